@@ -186,3 +186,20 @@ func (c *Client) TransferLeader(ctx context.Context, name string) (*kvpb.Transfe
 func (c *Client) Snapshot(ctx context.Context, endpoint string) (*kvpb.SnapshotResponse, error) {
 	panic("unimplemented")
 }
+
+// Errors. Every error the client returns for a server answer is an *Error;
+// errors.Is matches it against these by code.
+var (
+	ErrNotFound        error
+	ErrVersionMismatch error
+	ErrFenceFailed     error
+	ErrStaleToken      error
+	ErrSessionExpired  error
+	ErrInvalidArgument error
+	ErrLimitExceeded   error
+	ErrNotInteger      error
+	// ErrIndeterminate: the write may or may not have been applied.
+	ErrIndeterminate error
+	// ErrUnavailable: no member answered, or no leader, before ctx ended.
+	ErrUnavailable error
+)

@@ -1,0 +1,191 @@
+// Command kvctl is the command-line client of kvd.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvdproject/kvd/client"
+)
+
+// Exit codes. Scripts may rely on them; they are documented in the README.
+const (
+	exitOK          = 0
+	exitFailed      = 1
+	exitUsage       = 2
+	exitNotAcquired = 3 // lock not acquired within --wait
+	exitNotFound    = 4 // key, lock, session or cache entry absent
+	exitLockLost    = 5 // lock lost while the child command ran
+	exitUnknown     = 6 // the write's outcome is unknown (it may have applied)
+)
+
+// defaultEndpoints are the client ports of `kvd dev`.
+const defaultEndpoints = "127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
+
+// app holds the global flags and the lazily made client.
+type app struct {
+	endpoints string
+	output    string // "text" or "json"
+	timeout   time.Duration
+
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+
+	client *client.Client
+}
+
+// exitError carries a specific exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// withCode wraps err so that kvctl exits with code.
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{code: code, err: err}
+}
+
+// subcommands are added by the files of this package (kv.go, lock.go, ...)
+// from their init functions.
+var subcommands []func(a *app) *cobra.Command
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes kvctl with args and returns the exit code.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRoot(a)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if a.client != nil {
+		a.client.Close()
+	}
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "kvctl: %v\n", err)
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, client.ErrIndeterminate):
+		return exitUnknown
+	}
+	return exitFailed
+}
+
+// usageError is a bad command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func newRoot(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kvctl",
+		Short:         "Command-line client for kvd, a replicated key-value store with locks and a cache",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if a.output != "text" && a.output != "json" {
+				return &usageError{fmt.Sprintf("-o: want text or json, got %q", a.output)}
+			}
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{err.Error()}
+	})
+	eps := os.Getenv("KVD_ENDPOINTS")
+	if eps == "" {
+		eps = defaultEndpoints
+	}
+	root.PersistentFlags().StringVar(&a.endpoints, "endpoints", eps, "comma-separated client addresses of cluster members (env KVD_ENDPOINTS)")
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
+	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of one request, retries included")
+	for _, f := range subcommands {
+		root.AddCommand(f(a))
+	}
+	return root
+}
+
+// Client returns the client, making it on first use.
+func (a *app) Client() (*client.Client, error) {
+	if a.client != nil {
+		return a.client, nil
+	}
+	var eps []string
+	for _, e := range strings.Split(a.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, &usageError{"--endpoints: no endpoint given"}
+	}
+	c, err := client.New(client.Config{Endpoints: eps})
+	if err != nil {
+		return nil, err
+	}
+	a.client = c
+	return c, nil
+}
+
+// requestContext bounds one request by --timeout.
+func (a *app) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.timeout)
+}
+
+// json reports whether -o json was asked for.
+func (a *app) json() bool { return a.output == "json" }
+
+// printJSON writes v as one line of JSON.
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	return enc.Encode(v)
+}
+
+// exactArgs is cobra.ExactArgs with a usage error (exit 2).
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return &usageError{fmt.Sprintf("%s: want %d argument(s), got %d", cmd.CommandPath(), n, len(args))}
+		}
+		return nil
+	}
+}
