@@ -1,0 +1,35 @@
+# Thin wrappers; plain `go build ./... && go test ./...` works too.
+GO ?= go
+
+.PHONY: build test test-short lint fmt-check proto proto-check ci e2e jepsen bench clean
+
+build:
+	$(GO) build ./...
+	$(GO) build -o bin/kvd ./cmd/kvd
+	$(GO) build -o bin/kvctl ./cmd/kvctl
+
+# The README's test command.
+test:
+	$(GO) test -race ./...
+
+test-short:
+	$(GO) test -short ./...
+
+lint: fmt-check
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# Regenerate proto/kvpb (needs protoc: apt-get install protobuf-compiler).
+proto:
+	./proto/gen.sh
+
+# Fails when the committed generated code is stale.
+proto-check: proto
+	git diff --exit-code -- proto/kvpb
+
+ci: lint proto-check test
+
+clean:
+	rm -rf bin

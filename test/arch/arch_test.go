@@ -1,0 +1,83 @@
+// Package arch holds a test that keeps the import graph as the design draws
+// it: cmd/kvctl -> lock, cache -> client -> proto; cmd/kvd -> api -> fsm -> proto.
+package arch
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/kvdproject/kvd"
+
+// forbidden maps a package to the packages (and external prefixes) it must
+// never depend on, directly or not.
+var forbidden = map[string][]string{
+	"proto/kvpb": {module + "/fsm", module + "/api", module + "/client", module + "/lock", module + "/cache"},
+	"fsm":        {module + "/api", module + "/client", "google.golang.org/grpc", "net/http"},
+	"client":     {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"lock":       {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"cache":      {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"api":        {module + "/client", module + "/lock", module + "/cache"},
+}
+
+func TestImportDirection(t *testing.T) {
+	for pkg, bad := range forbidden {
+		t.Run(pkg, func(t *testing.T) {
+			out, err := exec.Command("go", "list", "-deps", module+"/"+pkg).CombinedOutput()
+			if err != nil {
+				t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+			}
+			deps := strings.Fields(string(out))
+			if len(deps) < 2 {
+				t.Fatalf("go list -deps %s listed %d packages; want its dependencies", pkg, len(deps))
+			}
+			for _, d := range deps {
+				for _, b := range bad {
+					if d == b || strings.HasPrefix(d, b+"/") {
+						t.Errorf("%s depends on %s; the design forbids it", pkg, d)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestFSMImportsNoClockOrRandomness: the fsm must not read the clock or
+// randomness, nor do I/O beyond snapshots.
+func TestFSMImportsNoClockOrRandomness(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{join .Imports "\n"}}`, module+"/fsm").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list fsm: %v\n%s", err, out)
+	}
+	for _, imp := range strings.Fields(string(out)) {
+		switch imp {
+		case "math/rand", "math/rand/v2", "crypto/rand", "net", "os/exec":
+			t.Errorf("fsm imports %s; it must stay deterministic and free of I/O", imp)
+		}
+	}
+}
+
+// TestFSMReadsNoClock: time in the fsm comes only from the leader's stamp.
+func TestFSMReadsNoClock(t *testing.T) {
+	files, err := filepath.Glob("../../fsm/*.go")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("glob fsm: %v (%d files)", err, len(files))
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"time.Now(", "time.Since(", "time.Until(", "go func"} {
+			if strings.Contains(string(b), bad) {
+				t.Errorf("%s contains %q; the fsm must stay deterministic", f, bad)
+			}
+		}
+	}
+}
