@@ -2,14 +2,19 @@ package client
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
-
-// CONTRACT STUB: signatures are fixed; bodies to be written.
 
 // Config configures a Client. The zero value of every field but Endpoints
 // has a documented default.
@@ -25,16 +30,221 @@ type Config struct {
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+
+	// AttemptTimeout bounds one attempt of a request on one member (calls
+	// that wait on the server, Acquire and Fill, get their wait on top).
+	// When it passes, the request is retried elsewhere, with the same
+	// sequence number for a write. Default 5s.
+	AttemptTimeout time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultDialTimeout    = 2 * time.Second
+	DefaultSessionTTL     = 60 * time.Second
+	DefaultAttemptTimeout = 5 * time.Second
+)
+
+// Validate reports the first bad field of cfg.
+func (cfg Config) Validate() error {
+	if len(cfg.Endpoints) == 0 {
+		return errors.New("client: Config.Endpoints: no endpoint")
+	}
+	for i, e := range cfg.Endpoints {
+		if e == "" {
+			return fmt.Errorf("client: Config.Endpoints[%d] is empty", i)
+		}
+	}
+	switch {
+	case cfg.DialTimeout < 0:
+		return fmt.Errorf("client: Config.DialTimeout %v is negative", cfg.DialTimeout)
+	case cfg.SessionTTL < 0:
+		return fmt.Errorf("client: Config.SessionTTL %v is negative", cfg.SessionTTL)
+	case cfg.AttemptTimeout < 0:
+		return fmt.Errorf("client: Config.AttemptTimeout %v is negative", cfg.AttemptTimeout)
+	}
+	return nil
+}
+
+func (cfg *Config) setDefaults() {
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.SessionTTL == 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.AttemptTimeout == 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 }
 
 // Client talks to a kvd cluster. It is safe for concurrent use.
-type Client struct{}
+//
+// Requests go to the last known leader (learned from the leader hints in
+// error answers, and from Status and Members answers); when none is known
+// they go round-robin over the endpoints. Any member forwards what it cannot
+// serve itself, so a follower's answer is as good as the leader's.
+type Client struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	conns     map[string]*grpc.ClientConn // by address
+	endpoints []string
+	next      int    // round-robin position
+	leader    string // last known leader's client address, "" if unknown
+	closed    bool
+
+	// The client's own session, for plain writes.
+	own         *Session
+	ownCreating chan struct{} // closed when a running creation ends
+}
 
 // New returns a client; it does no I/O (connections are made on first use).
-func New(cfg Config) (*Client, error) { panic("unimplemented") }
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	c := &Client{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		conns:     make(map[string]*grpc.ClientConn),
+		endpoints: append([]string(nil), cfg.Endpoints...),
+	}
+	for _, e := range c.endpoints {
+		if _, err := c.conn(e); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
 
-// Close closes the client's own session and its connections.
-func (c *Client) Close() error { panic("unimplemented") }
+// Close closes the client's own session (best effort, waiting at most a
+// second) and its connections. Calls made after Close fail with ErrClosed.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	own := c.own
+	c.own = nil
+	c.mu.Unlock()
+	if own != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		own.Close(ctx) // best effort: the server expires it anyway
+		cancel()
+	}
+	c.mu.Lock()
+	c.closed = true
+	conns := c.conns
+	c.conns = nil
+	c.mu.Unlock()
+	var errs []error
+	for _, cc := range conns {
+		if err := cc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// conn returns the connection to addr, making it (lazily: no I/O) if needed.
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   time.Second,
+			},
+			MinConnectTimeout: c.cfg.DialTimeout,
+		}),
+	}
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
+	// passthrough: the address goes to the dialer as it is (no DNS
+	// resolver in between), like grpc.Dial did.
+	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: endpoint %q: %w", addr, err)
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+// pick returns the address the next attempt goes to: the last known
+// leader, else the next endpoint round-robin.
+func (c *Client) pick() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leader != "" {
+		return c.leader
+	}
+	addr := c.endpoints[c.next%len(c.endpoints)]
+	c.next++
+	return addr
+}
+
+// Leader returns the client address of the last known leader, "" when the
+// client does not know one.
+func (c *Client) Leader() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leader
+}
+
+// setLeader records a leader hint.
+func (c *Client) setLeader(addr string) {
+	if addr == "" {
+		return
+	}
+	c.mu.Lock()
+	c.leader = addr
+	c.mu.Unlock()
+}
+
+// noteFailure updates the leader from a failed attempt on addr: a hint
+// wins; with none, a retryable failure means addr may not lead any more.
+func (c *Client) noteFailure(addr string, r attemptResult) {
+	if r.leaderAddr != "" && r.leaderAddr != addr {
+		c.setLeader(r.leaderAddr)
+		return
+	}
+	if r.class == classFinal {
+		return
+	}
+	c.mu.Lock()
+	if c.leader == addr {
+		c.leader = ""
+	}
+	c.mu.Unlock()
+}
+
+// ---------------------------------------------------------------------------
+// Options
 
 // OpOption is an optional per-call setting.
 type OpOption func(*opOptions)
@@ -47,6 +257,14 @@ type opOptions struct {
 	limit           int
 	startAfter      []byte
 	keysOnly        bool
+}
+
+func applyOpts(opts []OpOption) opOptions {
+	var o opOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
 }
 
 // WithTTL gives a put key a time to live.
@@ -71,135 +289,286 @@ func WithLimit(n int) OpOption         { return func(o *opOptions) { o.limit = n
 func WithStartAfter(k []byte) OpOption { return func(o *opOptions) { o.startAfter = k } }
 func WithKeysOnly() OpOption           { return func(o *opOptions) { o.keysOnly = true } }
 
-// KV: writes are exactly-once through the client's own session.
+// ms converts a duration to whole milliseconds, rounding up a fraction so
+// that 1ns does not become 0 (which means "none").
+func ms(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// ---------------------------------------------------------------------------
+// KV
+
+func putRequest(key, value []byte, o opOptions) *kvpb.PutRequest {
+	return &kvpb.PutRequest{Key: key, Value: value, TtlMs: ms(o.ttl), ExpectedVersion: o.expectedVersion, Fence: o.fence}
+}
+
+func sendPut(req *kvpb.PutRequest) writeFunc[*kvpb.PutResponse] {
+	return func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.PutResponse, error) {
+		req.Header = h
+		return kvpb.NewKVClient(cc).Put(ctx, req, opts...)
+	}
+}
+
+func sendDelete(req *kvpb.DeleteRequest) writeFunc[*kvpb.DeleteResponse] {
+	return func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.DeleteResponse, error) {
+		req.Header = h
+		return kvpb.NewKVClient(cc).Delete(ctx, req, opts...)
+	}
+}
+
+func sendAdd(req *kvpb.AddRequest) writeFunc[*kvpb.AddResponse] {
+	return func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.AddResponse, error) {
+		req.Header = h
+		return kvpb.NewKVClient(cc).Add(ctx, req, opts...)
+	}
+}
+
+// Put writes key = value (options: WithTTL, WithExpectedVersion, WithFence).
+// It is exactly-once through the client's own session: it is retried across
+// leader changes until ctx ends and applied at most once. Errors:
+// ErrVersionMismatch, ErrFenceFailed, ErrInvalidArgument, ErrIndeterminate
+// (may have been applied), ErrUnavailable (was not).
 func (c *Client) Put(ctx context.Context, key, value []byte, opts ...OpOption) (*kvpb.PutResponse, error) {
-	panic("unimplemented")
+	return write(ctx, c, nil, 0, sendPut(putRequest(key, value, applyOpts(opts))))
 }
+
+// Get reads a key (linearizable; WithStale for a local read). A missing or
+// expired key is ErrNotFound.
 func (c *Client) Get(ctx context.Context, key []byte, opts ...OpOption) (*kvpb.GetResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.GetRequest{Key: key, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.GetResponse, error) {
+		return kvpb.NewKVClient(cc).Get(ctx, req, opts...)
+	})
 }
+
+// Delete removes a key (WithExpectedVersion, WithFence), exactly-once like
+// Put. Deleting a missing key is not an error: Deleted is 0.
 func (c *Client) Delete(ctx context.Context, key []byte, opts ...OpOption) (*kvpb.DeleteResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.DeleteRequest{Key: key, ExpectedVersion: o.expectedVersion, Fence: o.fence}
+	return write(ctx, c, nil, 0, sendDelete(req))
 }
+
+// List returns one page of keys with prefix, in key order (WithLimit,
+// WithStartAfter, WithKeysOnly, WithStale). More says another page exists:
+// ask again WithStartAfter the last key.
 func (c *Client) List(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.ListResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	if o.limit < 0 {
+		return nil, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Msg: fmt.Sprintf("kvd: limit %d is negative", o.limit), Field: "limit"}
+	}
+	req := &kvpb.ListRequest{Prefix: prefix, StartAfter: o.startAfter, Limit: uint32(min(o.limit, 1<<31)), KeysOnly: o.keysOnly, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.ListResponse, error) {
+		return kvpb.NewKVClient(cc).List(ctx, req, opts...)
+	})
 }
+
+// Add adds delta to the decimal int64 counter at key (absent: 0), exactly
+// once (a retried Add never adds twice). ErrNotInteger if the value is not a
+// decimal integer.
 func (c *Client) Add(ctx context.Context, key []byte, delta int64, opts ...OpOption) (*kvpb.AddResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.AddRequest{Key: key, Delta: delta, Fence: o.fence}
+	return write(ctx, c, nil, 0, sendAdd(req))
 }
 
-// Session is a server-side session plus its command sequence numbers. Every
-// write made through it is exactly-once. It keeps itself alive until Close.
-// Safe for concurrent use.
-type Session struct{}
+// ---------------------------------------------------------------------------
+// Session-less calls
 
-// NewSession creates a session with the TTL and starts keeping it alive.
-func (c *Client) NewSession(ctx context.Context, ttl time.Duration, name string) (*Session, error) {
-	panic("unimplemented")
-}
-
-// ID is the server's session id.
-func (s *Session) ID() uint64 { panic("unimplemented") }
-
-// Done is closed when the client can no longer be sure the session is alive:
-// strictly before the server can expire it (send time of the last
-// acknowledged keepalive + TTL - margin), or after Close.
-func (s *Session) Done() <-chan struct{} { panic("unimplemented") }
-
-// Err says why Done closed (ErrSessionExpired, context.Canceled after Close, ...).
-func (s *Session) Err() error { panic("unimplemented") }
-
-// Close stops keepalives and closes the session on the server, releasing its locks.
-func (s *Session) Close(ctx context.Context) error { panic("unimplemented") }
-
-// Lock commands under this session.
-func (s *Session) Acquire(ctx context.Context, name []byte, wait, lockDelay time.Duration) (*kvpb.AcquireResponse, error) {
-	panic("unimplemented")
-}
-func (s *Session) Release(ctx context.Context, name []byte, token uint64) (*kvpb.ReleaseResponse, error) {
-	panic("unimplemented")
-}
-func (s *Session) CancelWait(ctx context.Context, name []byte) error { panic("unimplemented") }
-
-// Cache commands under this session.
-func (s *Session) Fill(ctx context.Context, key []byte, lease, wait time.Duration, opts ...OpOption) (*kvpb.FillResponse, error) {
-	panic("unimplemented")
-}
-func (s *Session) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb.StoreResponse, error) {
-	panic("unimplemented")
-}
-
-// KV writes under this session (exactly-once, and ownership for fences).
-func (s *Session) Put(ctx context.Context, key, value []byte, opts ...OpOption) (*kvpb.PutResponse, error) {
-	panic("unimplemented")
-}
-
-// Session-less calls.
+// KeepAlive renews session id once (retried until ctx ends).
+// ErrSessionExpired if the server no longer has it.
 func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.KeepAliveRequest{Id: id}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
+		return kvpb.NewSessionClient(cc).KeepAlive(ctx, req, opts...)
+	})
 }
+
+// CloseSession closes session id on the server, releasing its locks.
+// Closing a session that is already gone is not an error.
+func (c *Client) CloseSession(ctx context.Context, id uint64) error {
+	req := &kvpb.CloseSessionRequest{Id: id}
+	_, err := read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CloseSessionResponse, error) {
+		return kvpb.NewSessionClient(cc).Close(ctx, req, opts...)
+	})
+	if errors.Is(err, ErrSessionExpired) || errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// GetSession reads a session (WithStale). ErrNotFound or ErrSessionExpired
+// when it is gone.
 func (c *Client) GetSession(ctx context.Context, id uint64, opts ...OpOption) (*kvpb.GetSessionResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.GetSessionRequest{Id: id, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.GetSessionResponse, error) {
+		return kvpb.NewSessionClient(cc).Get(ctx, req, opts...)
+	})
 }
+
+// RenewLock keeps alive the session holding lock name with token.
+// ErrStaleToken if token no longer holds it.
 func (c *Client) RenewLock(ctx context.Context, name []byte, token uint64) (*kvpb.RenewResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.RenewRequest{Name: name, Token: token}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.RenewResponse, error) {
+		return kvpb.NewLockClient(cc).Renew(ctx, req, opts...)
+	})
 }
+
+// GetLock reads a lock's state (WithStale). A lock the server knows
+// nothing about is ErrNotFound.
 func (c *Client) GetLock(ctx context.Context, name []byte, opts ...OpOption) (*kvpb.GetLockResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.GetLockRequest{Name: name, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.GetLockResponse, error) {
+		return kvpb.NewLockClient(cc).Get(ctx, req, opts...)
+	})
 }
+
+// ListLocks lists the locks with prefix that are held or have waiters.
 func (c *Client) ListLocks(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.ListLocksResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.ListLocksRequest{Prefix: prefix, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.ListLocksResponse, error) {
+		return kvpb.NewLockClient(cc).List(ctx, req, opts...)
+	})
 }
+
+// BreakLock forcibly releases a lock (operator override), exactly-once
+// through the client's own session.
 func (c *Client) BreakLock(ctx context.Context, name []byte, reason string) (*kvpb.BreakResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.BreakRequest{Name: name, Reason: reason}
+	return write(ctx, c, nil, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.BreakResponse, error) {
+		req.Header = h
+		return kvpb.NewLockClient(cc).Break(ctx, req, opts...)
+	})
 }
+
+// CheckFence asks whether token still holds lock name (WithStale).
 func (c *Client) CheckFence(ctx context.Context, name []byte, token uint64, opts ...OpOption) (*kvpb.CheckFenceResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.CheckFenceRequest{Lock: name, Token: token, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CheckFenceResponse, error) {
+		return kvpb.NewLockClient(cc).CheckFence(ctx, req, opts...)
+	})
 }
+
+// CacheGet reads a cache entry and its state (WithStale). A miss is not an
+// error: State is MISS.
 func (c *Client) CacheGet(ctx context.Context, key []byte, opts ...OpOption) (*kvpb.CacheGetResponse, error) {
-	panic("unimplemented")
+	o := applyOpts(opts)
+	req := &kvpb.CacheGetRequest{Key: key, Consistency: o.consistency}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CacheGetResponse, error) {
+		return kvpb.NewCacheClient(cc).Get(ctx, req, opts...)
+	})
 }
+
+// CacheSet stores a value in the cache directly (no fill lease), fresh for
+// ttl and then served stale for stale more; exactly-once.
 func (c *Client) CacheSet(ctx context.Context, key, value []byte, ttl, stale time.Duration) (*kvpb.CacheSetResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.CacheSetRequest{Key: key, Value: value, TtlMs: ms(ttl), StaleMs: ms(stale)}
+	return write(ctx, c, nil, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.CacheSetResponse, error) {
+		req.Header = h
+		return kvpb.NewCacheClient(cc).Set(ctx, req, opts...)
+	})
 }
+
+// Invalidate removes a cache entry, or every entry under a prefix;
+// exactly-once.
 func (c *Client) Invalidate(ctx context.Context, key []byte, prefix bool) (*kvpb.InvalidateResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.InvalidateRequest{Key: key, Prefix: prefix}
+	return write(ctx, c, nil, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.InvalidateResponse, error) {
+		req.Header = h
+		return kvpb.NewCacheClient(cc).Invalidate(ctx, req, opts...)
+	})
 }
+
+// CacheStats returns the cache counters of the member that answers.
 func (c *Client) CacheStats(ctx context.Context) (*kvpb.CacheStatsResponse, error) {
-	panic("unimplemented")
+	req := &kvpb.CacheStatsRequest{}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CacheStatsResponse, error) {
+		return kvpb.NewCacheClient(cc).Stats(ctx, req, opts...)
+	})
 }
 
-// Cluster.
+// ---------------------------------------------------------------------------
+// Cluster
+
+// Status asks one specific member (its client address; dialled if it is not
+// among the endpoints) about itself. Only connection failures are retried,
+// on the same member, until ctx ends: give ctx a short deadline to find out
+// whether a member is reachable. endpoint "" asks whichever member the
+// client picks.
 func (c *Client) Status(ctx context.Context, endpoint string) (*kvpb.StatusResponse, error) {
-	panic("unimplemented")
-}
-func (c *Client) Members(ctx context.Context) (*kvpb.MembersResponse, error) { panic("unimplemented") }
-func (c *Client) AddMember(ctx context.Context, name, peerAddr string, nonVoter bool) (*kvpb.AddMemberResponse, error) {
-	panic("unimplemented")
-}
-func (c *Client) RemoveMember(ctx context.Context, name string) (*kvpb.RemoveMemberResponse, error) {
-	panic("unimplemented")
-}
-func (c *Client) TransferLeader(ctx context.Context, name string) (*kvpb.TransferLeaderResponse, error) {
-	panic("unimplemented")
-}
-func (c *Client) Snapshot(ctx context.Context, endpoint string) (*kvpb.SnapshotResponse, error) {
-	panic("unimplemented")
+	resp, err := read(ctx, c, 0, endpoint, func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.StatusResponse, error) {
+		return kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{}, opts...)
+	})
+	if err == nil {
+		c.setLeader(resp.GetLeaderAddr())
+	}
+	return resp, err
 }
 
-// Errors. Every error the client returns for a server answer is an *Error;
-// errors.Is matches it against these by code.
-var (
-	ErrNotFound        error
-	ErrVersionMismatch error
-	ErrFenceFailed     error
-	ErrStaleToken      error
-	ErrSessionExpired  error
-	ErrInvalidArgument error
-	ErrLimitExceeded   error
-	ErrNotInteger      error
-	// ErrIndeterminate: the write may or may not have been applied.
-	ErrIndeterminate error
-	// ErrUnavailable: no member answered, or no leader, before ctx ended.
-	ErrUnavailable error
-)
+// Members lists the cluster's members; the one marked leader becomes the
+// client's preferred endpoint.
+func (c *Client) Members(ctx context.Context) (*kvpb.MembersResponse, error) {
+	resp, err := read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.MembersResponse, error) {
+		return kvpb.NewClusterClient(cc).Members(ctx, &kvpb.MembersRequest{}, opts...)
+	})
+	if err == nil {
+		for _, m := range resp.GetMembers() {
+			if m.GetLeader() {
+				c.setLeader(m.GetClientAddr())
+			}
+		}
+	}
+	return resp, err
+}
+
+// AddMember adds a member (a voter unless nonVoter). Repeating it is
+// harmless, so it is retried like a read.
+func (c *Client) AddMember(ctx context.Context, name, peerAddr string, nonVoter bool) (*kvpb.AddMemberResponse, error) {
+	req := &kvpb.AddMemberRequest{Name: name, PeerAddr: peerAddr, NonVoter: nonVoter}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.AddMemberResponse, error) {
+		return kvpb.NewClusterClient(cc).AddMember(ctx, req, opts...)
+	})
+}
+
+// RemoveMember removes a member. It is retried only when it certainly was
+// not applied; otherwise ErrIndeterminate.
+func (c *Client) RemoveMember(ctx context.Context, name string) (*kvpb.RemoveMemberResponse, error) {
+	req := &kvpb.RemoveMemberRequest{Name: name}
+	return once(ctx, c, func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.RemoveMemberResponse, error) {
+		return kvpb.NewClusterClient(cc).RemoveMember(ctx, req, opts...)
+	})
+}
+
+// TransferLeader moves leadership to the named member ("" lets Raft pick).
+// It is retried only when it certainly was not applied; otherwise
+// ErrIndeterminate.
+func (c *Client) TransferLeader(ctx context.Context, name string) (*kvpb.TransferLeaderResponse, error) {
+	req := &kvpb.TransferLeaderRequest{Name: name}
+	resp, err := once(ctx, c, func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.TransferLeaderResponse, error) {
+		return kvpb.NewClusterClient(cc).TransferLeader(ctx, req, opts...)
+	})
+	if err == nil {
+		// The old leader is no longer the leader; learn the new one lazily.
+		c.mu.Lock()
+		c.leader = ""
+		c.mu.Unlock()
+	}
+	return resp, err
+}
+
+// Snapshot makes one member take a snapshot now: endpoint, or the member
+// the client picks when endpoint is "".
+func (c *Client) Snapshot(ctx context.Context, endpoint string) (*kvpb.SnapshotResponse, error) {
+	return read(ctx, c, 0, endpoint, func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.SnapshotResponse, error) {
+		return kvpb.NewClusterClient(cc).Snapshot(ctx, &kvpb.SnapshotRequest{}, opts...)
+	})
+}

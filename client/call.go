@@ -1,0 +1,261 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Retry backoff between attempts: doubling from backoffMin to backoffMax.
+const (
+	backoffMin = 20 * time.Millisecond
+	backoffMax = 500 * time.Millisecond
+)
+
+// seqTracker numbers a session's commands and knows which are in flight.
+// min_pending_seq sent to the server is the lowest seq in flight: the server
+// may forget every result below it.
+type seqTracker struct {
+	mu       sync.Mutex
+	next     uint64 // next seq to hand out; seqs start at 1
+	low      uint64 // lowest seq in flight, or next when none
+	inflight map[uint64]struct{}
+}
+
+// begin hands out the next seq and marks it in flight.
+func (t *seqTracker) begin() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.next == 0 {
+		t.next, t.low = 1, 1
+		t.inflight = make(map[uint64]struct{})
+	}
+	seq := t.next
+	t.next++
+	if len(t.inflight) == 0 {
+		t.low = seq
+	}
+	t.inflight[seq] = struct{}{}
+	return seq
+}
+
+// end marks seq done: its result is known to the caller.
+func (t *seqTracker) end(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.inflight[seq]; !ok {
+		return
+	}
+	delete(t.inflight, seq)
+	if seq != t.low {
+		return
+	}
+	// Seqs are handed out in order, so the new lowest is above the old one.
+	for t.low < t.next {
+		if _, ok := t.inflight[t.low]; ok {
+			break
+		}
+		t.low++
+	}
+}
+
+// minPending is the lowest seq still in flight (the next seq when none).
+func (t *seqTracker) minPending() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.next == 0 {
+		return 1
+	}
+	return t.low
+}
+
+// sendFunc makes one attempt of an RPC on cc. It must pass opts on.
+type sendFunc[R any] func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (R, error)
+
+// writeFunc makes one attempt of a mutating RPC carrying h.
+type writeFunc[R any] func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (R, error)
+
+// sleepBackoff sleeps for the current delay (or until ctx ends) and doubles it.
+func sleepBackoff(ctx context.Context, d *time.Duration) bool {
+	if *d == 0 {
+		*d = backoffMin
+	}
+	t := time.NewTimer(*d)
+	defer t.Stop()
+	*d = min(*d*2, backoffMax)
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// attempt makes one attempt on the endpoint the client prefers, records what
+// it learns about the leader, and classifies a failure.
+func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoint string, send sendFunc[R]) (R, *attemptResult) {
+	var zero R
+	addr := endpoint
+	if addr == "" {
+		addr = c.pick()
+	}
+	cc, err := c.conn(addr)
+	if err != nil {
+		return zero, &attemptResult{class: classFinal, err: err}
+	}
+	actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout+extra)
+	var p peer.Peer
+	resp, err := send(actx, cc, grpc.Peer(&p))
+	cancel()
+	if err == nil {
+		return resp, nil
+	}
+	r := classify(err, sentFrom(&p))
+	c.noteFailure(addr, r)
+	return zero, &r
+}
+
+// read runs an RPC that changes nothing (or whose repetition is harmless),
+// retrying every retryable failure until ctx ends. endpoint "" lets the
+// client pick (leader first); otherwise every attempt goes there.
+func read[R any](ctx context.Context, c *Client, extra time.Duration, endpoint string, send sendFunc[R]) (R, error) {
+	var zero R
+	var last error
+	var delay time.Duration
+	for {
+		if c.isClosed() {
+			return zero, ErrClosed
+		}
+		resp, r := attempt(ctx, c, extra, endpoint, send)
+		if r == nil {
+			return resp, nil
+		}
+		if r.class == classFinal {
+			return zero, r.err
+		}
+		last = r.err
+		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
+			return zero, unavailable(last, ctx.Err())
+		}
+	}
+}
+
+// once runs a non-idempotent RPC without a session header (cluster
+// changes): it is retried only when it certainly was not applied.
+func once[R any](ctx context.Context, c *Client, send sendFunc[R]) (R, error) {
+	var zero R
+	var last error
+	var delay time.Duration
+	for {
+		if c.isClosed() {
+			return zero, ErrClosed
+		}
+		resp, r := attempt(ctx, c, 0, "", send)
+		if r == nil {
+			return resp, nil
+		}
+		switch r.class {
+		case classFinal:
+			return zero, r.err
+		case classMaybe:
+			return zero, indeterminate(r.err, ctx.Err())
+		}
+		last = r.err
+		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
+			return zero, unavailable(last, ctx.Err())
+		}
+	}
+}
+
+// write runs a mutating command exactly-once under a session: every
+// attempt carries the same (session, seq), so the server applies it at most
+// once and a retry gets the first result. s nil means the client's own
+// session, which is created (or recreated after it expired) as needed.
+//
+// It retries NOT_LEADER, connection failures and lost answers until ctx
+// ends. It returns ErrIndeterminate if an attempt may have reached the log
+// and no definite answer came, ErrUnavailable if none can have.
+func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duration, send writeFunc[R]) (R, error) {
+	var zero R
+	own := s == nil
+	if own {
+		var err error
+		if s, err = c.ownSession(ctx); err != nil {
+			return zero, err
+		}
+	}
+	seq := s.seqs.begin()
+	defer func() { s.seqs.end(seq) }()
+
+	var (
+		last  error
+		maybe bool // an attempt of this command may have been applied
+		delay time.Duration
+	)
+	for {
+		if c.isClosed() {
+			return zero, ErrClosed
+		}
+		h := &kvpb.RequestHeader{Session: s.id, Seq: seq, MinPendingSeq: s.seqs.minPending()}
+		resp, r := attempt(ctx, c, extra, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (R, error) {
+			return send(ctx, cc, h, opts...)
+		})
+		if r == nil {
+			return resp, nil
+		}
+		switch r.class {
+		case classFinal:
+			code := codeOf(r.err)
+			switch {
+			case code == kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED:
+				s.expire(r.err)
+				if own && !maybe {
+					// Nothing of this command can have been applied: run it
+					// again under a new session.
+					ns, err := c.ownSession(ctx)
+					if err != nil {
+						return zero, err
+					}
+					s.seqs.end(seq)
+					s, seq = ns, ns.seqs.begin()
+					continue
+				}
+				if maybe {
+					return zero, indeterminate(r.err, nil)
+				}
+				return zero, r.err
+			case code == kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE && maybe:
+				// The server forgot the first result: it was applied, but
+				// what it answered is lost.
+				return zero, indeterminate(r.err, nil)
+			case code == kvpb.ErrorCode_ERROR_CODE_OK && maybe:
+				// Not a kvd answer (e.g. an internal error) after an attempt
+				// that may have been applied.
+				return zero, indeterminate(r.err, nil)
+			}
+			return zero, r.err
+		case classMaybe:
+			maybe = true
+		}
+		last = r.err
+		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
+			if maybe {
+				return zero, indeterminate(last, ctx.Err())
+			}
+			return zero, unavailable(last, ctx.Err())
+		}
+	}
+}
+
+// codeOf returns the ErrorCode of a kvd answer, OK for any other error.
+func codeOf(err error) kvpb.ErrorCode {
+	if e, ok := err.(*Error); ok {
+		return e.Code
+	}
+	return kvpb.ErrorCode_ERROR_CODE_OK
+}

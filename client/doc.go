@@ -1,0 +1,33 @@
+// Package client is the Go client of kvd. It knows the endpoints, finds the
+// leader, retries safely and carries context deadlines. It imports only the
+// generated protobuf package, gRPC and the standard library.
+//
+// # Exactly-once writes
+//
+// Every mutating call carries a RequestHeader (session, seq, min_pending_seq).
+// Plain writes (Client.Put, Delete, Add, CacheSet, Invalidate, BreakLock) run
+// under the client's own session, created on the first write with
+// Config.SessionTTL, kept alive in the background and recreated when it
+// ends. A Session made with NewSession has its own sequence. A command keeps
+// its seq across every retry, so the server applies it at most once and a
+// retry gets the first result. min_pending_seq is the lowest seq still in
+// flight in the session.
+//
+// Writes are retried on NOT_LEADER, on connection failures and on lost
+// answers, with a backoff from 20ms doubling to 500ms, until ctx ends. If an
+// attempt may have reached the log and no definite answer came, the error
+// is ErrIndeterminate; if none can have, ErrUnavailable. A write under the
+// client's own session that finds the session expired is rerun under a new
+// session when no earlier attempt can have been applied.
+//
+// # Reads
+//
+// Reads are linearizable unless WithStale is given, and are retried freely.
+//
+// # Errors
+//
+// Every kvd answer is an *Error carrying the server's ErrorCode and message;
+// errors.Is matches it against the sentinels (ErrNotFound, ...).
+//
+// The API is stable: other packages (lock, cache, kvctl) code against it.
+package client

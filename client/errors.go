@@ -1,0 +1,254 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Error is an error answered by a kvd server (or made by the client for
+// outcomes that have an ErrorCode: ErrIndeterminate, ErrUnavailable).
+// errors.Is matches it against the sentinel of the same Code.
+type Error struct {
+	Code kvpb.ErrorCode
+	// Msg is the server's message (prefixed "kvd: "), or the client's.
+	Msg string
+	// Field and Limit name the broken limit of an INVALID_ARGUMENT.
+	Field string
+	Limit int64
+	// CurrentToken is the lock's current token for FENCE_FAILED and
+	// STALE_TOKEN (0: the lock is free).
+	CurrentToken uint64
+
+	// causes are what led to a client-made error (the last attempt's error,
+	// the context's error); reached through Unwrap.
+	causes []error
+}
+
+// Error returns the server's message.
+func (e *Error) Error() string {
+	if e.Msg != "" {
+		return e.Msg
+	}
+	if ent, ok := errorTable[e.Code]; ok {
+		return ent.text
+	}
+	return fmt.Sprintf("kvd: error code %v", e.Code)
+}
+
+// Is reports whether target is an *Error with the same Code, so that
+// errors.Is(err, client.ErrNotFound) works on any NOT_FOUND answer.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Unwrap returns the causes of a client-made error (ErrIndeterminate,
+// ErrUnavailable): the last attempt's error and the context's error.
+func (e *Error) Unwrap() []error { return e.causes }
+
+// Errors. Every error the client returns for a server answer is an *Error;
+// errors.Is matches it against these by code.
+var (
+	ErrNotFound        error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND}
+	ErrVersionMismatch error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_VERSION_MISMATCH}
+	ErrFenceFailed     error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_FENCE_FAILED}
+	ErrStaleToken      error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_STALE_TOKEN}
+	ErrSessionExpired  error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED}
+	ErrInvalidArgument error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT}
+	ErrLimitExceeded   error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED}
+	ErrNotInteger      error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_INTEGER}
+	// ErrIndeterminate: the write may or may not have been applied. It
+	// wraps the last attempt's error and the context's error.
+	ErrIndeterminate error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE}
+	// ErrUnavailable: no member answered, or no leader, before ctx ended.
+	// The request was certainly not applied. It carries code NOT_LEADER and
+	// wraps the last attempt's error and the context's error.
+	ErrUnavailable error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER}
+	// ErrStaleSequence: the server has forgotten the result of a command
+	// (its seq is below what the session said was still pending).
+	ErrStaleSequence error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE}
+
+	// ErrSessionLost is Session.Err when no keepalive was acknowledged in
+	// time: the client can no longer be sure the server still holds the
+	// session (it may, until its TTL runs out).
+	ErrSessionLost = errors.New("kvd: session lost: no keepalive acknowledged before the local lease deadline")
+	// ErrClosed: the Client or Session was closed.
+	ErrClosed = errors.New("kvd: client closed")
+)
+
+// class says what a failed attempt means for the retry loop.
+type class uint8
+
+const (
+	// classFinal: a definite answer; return it.
+	classFinal class = iota
+	// classRetry: certainly not applied (no leader, not sent); try again.
+	classRetry
+	// classMaybe: the request may have reached the log; a retry must reuse
+	// the same seq, and if no definite answer comes, the outcome is unknown.
+	classMaybe
+)
+
+func (c class) String() string {
+	switch c {
+	case classFinal:
+		return "final"
+	case classRetry:
+		return "retry"
+	case classMaybe:
+		return "maybe"
+	}
+	return "?"
+}
+
+type tableEntry struct {
+	sentinel error
+	class    class
+	text     string // message when the server gave none
+}
+
+// errorTable maps every ErrorCode the server sends back to its sentinel and
+// to what the retry loop does with it. It mirrors the table in api.
+var errorTable = map[kvpb.ErrorCode]tableEntry{
+	kvpb.ErrorCode_ERROR_CODE_NOT_FOUND:        {ErrNotFound, classFinal, "kvd: not found"},
+	kvpb.ErrorCode_ERROR_CODE_VERSION_MISMATCH: {ErrVersionMismatch, classFinal, "kvd: version mismatch"},
+	kvpb.ErrorCode_ERROR_CODE_FENCE_FAILED:     {ErrFenceFailed, classFinal, "kvd: fence failed: token does not hold the lock"},
+	kvpb.ErrorCode_ERROR_CODE_STALE_TOKEN:      {ErrStaleToken, classFinal, "kvd: token is not current"},
+	kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED:  {ErrSessionExpired, classFinal, "kvd: session expired"},
+	kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT: {ErrInvalidArgument, classFinal, "kvd: invalid argument"},
+	kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED:   {ErrLimitExceeded, classFinal, "kvd: limit exceeded"},
+	kvpb.ErrorCode_ERROR_CODE_NOT_INTEGER:      {ErrNotInteger, classFinal, "kvd: value is not an integer"},
+	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   {ErrStaleSequence, classFinal, "kvd: stale sequence number"},
+	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       {ErrUnavailable, classRetry, "kvd: no leader"},
+	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    {ErrIndeterminate, classMaybe, "kvd: outcome unknown"},
+}
+
+// attemptResult is a classified failed attempt.
+type attemptResult struct {
+	class class
+	err   error // *Error for kvd answers, the gRPC error otherwise
+	// Leader hint from the answer (client address), "" when none.
+	leaderName, leaderAddr string
+}
+
+// classify turns the error of one attempt into what the retry loop needs.
+// sent reports whether the RPC got a transport stream (grpc.Peer was filled):
+// before that, nothing can have reached the server.
+func classify(err error, sent bool) attemptResult {
+	st, ok := status.FromError(err)
+	if !ok {
+		// Not a gRPC status: a local error (bad target, closed client).
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return attemptResult{class: maybeIf(sent), err: err}
+		}
+		return attemptResult{class: classFinal, err: err}
+	}
+	for _, d := range st.Details() {
+		info, ok := d.(*kvpb.ErrorInfo)
+		if !ok {
+			continue
+		}
+		e := &Error{
+			Code:         info.GetCode(),
+			Msg:          serverMessage(info.GetCode(), st.Message()),
+			Field:        info.GetField(),
+			Limit:        info.GetLimit(),
+			CurrentToken: info.GetCurrentToken(),
+		}
+		cl := classFinal
+		if ent, ok := errorTable[e.Code]; ok {
+			cl = ent.class
+		}
+		return attemptResult{class: cl, err: e, leaderName: info.GetLeaderName(), leaderAddr: info.GetLeaderAddr()}
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		// No answer from a kvd server: the connection could not be made
+		// (not sent) or broke during the call (maybe applied).
+		return attemptResult{class: maybeIf(sent), err: err}
+	case codes.DeadlineExceeded, codes.Canceled:
+		return attemptResult{class: maybeIf(sent), err: err}
+	case codes.ResourceExhausted:
+		// gRPC's own message size limit, client or server side.
+		return attemptResult{class: classFinal, err: &Error{
+			Code: kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
+			Msg:  "kvd: request too large: " + st.Message(), Field: "request",
+		}}
+	}
+	return attemptResult{class: classFinal, err: err}
+}
+
+func maybeIf(sent bool) class {
+	if sent {
+		return classMaybe
+	}
+	return classRetry
+}
+
+// serverMessage keeps the server's text, prefixed "kvd: " once.
+func serverMessage(code kvpb.ErrorCode, msg string) string {
+	if msg == "" {
+		if ent, ok := errorTable[code]; ok {
+			return ent.text
+		}
+		return fmt.Sprintf("kvd: error code %v", code)
+	}
+	if strings.HasPrefix(msg, "kvd: ") {
+		return msg
+	}
+	return "kvd: " + msg
+}
+
+// sentFrom reports whether p was filled by grpc.Peer, i.e. the RPC got a
+// transport stream and may have reached the server.
+func sentFrom(p *peer.Peer) bool { return p.Addr != nil }
+
+// indeterminate is the error of a write whose outcome is unknown.
+func indeterminate(last, ctxErr error) error {
+	msg := "kvd: outcome unknown, the write may or may not have been applied"
+	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, Msg: withCause(msg, last, ctxErr), causes: causes(last, ctxErr)}
+}
+
+// unavailable is the error of a request that certainly was not applied and
+// got no answer before ctx ended.
+func unavailable(last, ctxErr error) error {
+	msg := "kvd: unavailable: no leader or no member answered"
+	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: withCause(msg, last, ctxErr), causes: causes(last, ctxErr)}
+}
+
+func withCause(msg string, last, ctxErr error) string {
+	if last != nil {
+		msg += ": " + last.Error()
+	}
+	if ctxErr != nil && (last == nil || !errors.Is(last, ctxErr)) {
+		msg += " (" + ctxErr.Error() + ")"
+	}
+	return msg
+}
+
+func causes(errs ...error) []error {
+	var out []error
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		// A NOT_LEADER answer as cause of ErrIndeterminate would make
+		// errors.Is(err, ErrUnavailable) true, which means "not applied":
+		// keep only its own causes.
+		var ke *Error
+		if errors.As(e, &ke) && ke.Code == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER {
+			out = append(out, ke.causes...)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
