@@ -51,14 +51,17 @@ type Mutex struct {
 
 // hold is one grant of the lock.
 type hold struct {
-	token  uint64
-	lost   chan struct{}
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	once   sync.Once
-	stop   chan struct{} // closed to stop the watcher
-	done   chan struct{} // closed when the watcher has returned
+	token    uint64
+	lost     chan struct{}
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	once     sync.Once
+	stopOnce sync.Once
+	stop     chan struct{} // closed to stop the watcher
+	done     chan struct{} // closed when the watcher has returned
 }
+
+func (h *hold) stopWatch() { h.stopOnce.Do(func() { close(h.stop) }) }
 
 func (h *hold) lose(cause error) {
 	h.once.Do(func() {
@@ -95,6 +98,8 @@ func (m *Mutex) Session() *Session { return m.s }
 // expiry hands it to the head of the line in the same apply); there is no
 // polling. When ctx ends first, Lock takes the session out of the line
 // (releasing the lock if it was granted meanwhile) and returns ctx.Err().
+// (The client has the server end its wait just before ctx's deadline, so
+// that the answer is certain; Lock then returns context.DeadlineExceeded.)
 // Other errors are the client's (client.ErrSessionExpired,
 // client.ErrLimitExceeded when the line is full, client.ErrUnavailable...),
 // after which the session is taken out of the line too.
@@ -131,8 +136,14 @@ func (m *Mutex) Lock(ctx context.Context) error {
 			m.cancelWait(ctx)
 			return ctx.Err()
 		}
-		// The server's wait ended before ctx: queue again, unless ctx is
-		// about to end anyway. Never spin on a server that answers at once.
+		if _, ok := ctx.Deadline(); ok {
+			// The client shortens the server's wait so that the server
+			// answers just before ctx ends: the wait is over. (The session
+			// left the line when its wait ended.)
+			return context.DeadlineExceeded
+		}
+		// Without a deadline, the server's wait (maxWait) ended first:
+		// queue again. Never spin on a server that answers at once.
 		if time.Since(start) < 10*time.Millisecond {
 			t := time.NewTimer(50 * time.Millisecond)
 			select {
@@ -176,10 +187,22 @@ func (m *Mutex) cancelWait(ctx context.Context) {
 	_ = m.s.cs.CancelWait(cctx, m.name)
 }
 
+// held reports whether the Mutex holds a grant it has not lost. A lost
+// grant is forgotten, so that Lock may be called again.
 func (m *Mutex) held() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.h != nil
+	if m.h == nil {
+		return false
+	}
+	select {
+	case <-m.h.lost:
+		m.h.stopWatch()
+		m.h = nil
+		return false
+	default:
+		return true
+	}
 }
 
 // granted records a grant and starts watching for its loss.
@@ -332,11 +355,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ErrNotLocked
 	}
 	h.lose(ErrUnlocked)
-	select {
-	case <-h.stop:
-	default:
-		close(h.stop)
-	}
+	h.stopWatch()
 	<-h.done
 	_, err := m.s.cs.Release(ctx, m.name, h.token)
 	switch {

@@ -93,23 +93,12 @@ func (s *Session) Close(ctx context.Context) error {
 	return err
 }
 
-// info is the last keepalive answer, when the client offers it.
-func (s *Session) info() *kvpb.SessionInfo {
-	if i, ok := any(s.cs).(interface{ Info() *kvpb.SessionInfo }); ok {
-		return i.Info()
-	}
-	return nil
-}
+// info is the last keepalive answer: its Locks list the locks held then.
+func (s *Session) info() *kvpb.SessionInfo { return s.cs.Info() }
 
-// deadline is the end of the client's view of the session (zero: unknown).
-func (s *Session) deadline() time.Time {
-	if d, ok := any(s.cs).(interface{ Deadline() time.Time }); ok {
-		return d.Deadline()
-	}
-	return time.Time{}
-}
+// deadline is the end of the client's view of the session.
+func (s *Session) deadline() time.Time { return s.cs.Deadline() }
 
 // Deadline is when the client's view of the session ends unless a keepalive
-// gets through first: strictly before the server can expire it. Zero when
-// the client does not tell.
-func (s *Session) Deadline() time.Time { return s.deadline() }
+// gets through first: strictly before the server can expire it.
+func (s *Session) Deadline() time.Time { return s.cs.Deadline() }
