@@ -2,14 +2,30 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// CONTRACT STUB: signatures are fixed; bodies to be written.
+// Version is reported by Cluster.Status and `kvd version`.
+var Version = "0.1.0-dev"
 
 // Peer is one member of the initial cluster.
 type Peer struct {
@@ -32,6 +48,74 @@ type Limits struct {
 	MaxLocksPerSession int           // default 1024
 	CacheMaxBytes      int64         // default 256 MiB of cache values
 	MaxDedupResults    int           // per session, default 100000
+}
+
+// DefaultLimits returns the limits a zero Limits takes.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxKeyBytes:        4 << 10,
+		MaxValueBytes:      1 << 20,
+		MaxRequestBytes:    3 << 19, // 1.5 MiB
+		MinTTL:             time.Second,
+		MaxTTL:             365 * 24 * time.Hour,
+		MaxListLimit:       10000,
+		DefaultListLimit:   1000,
+		MaxNameBytes:       512,
+		MaxWaitersPerLock:  1024,
+		MaxLocksPerSession: 1024,
+		CacheMaxBytes:      256 << 20,
+		MaxDedupResults:    100000,
+	}
+}
+
+// withDefaults fills zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt(&l.MaxKeyBytes, d.MaxKeyBytes)
+	setInt(&l.MaxValueBytes, d.MaxValueBytes)
+	setInt(&l.MaxRequestBytes, d.MaxRequestBytes)
+	setInt(&l.MaxListLimit, d.MaxListLimit)
+	setInt(&l.DefaultListLimit, d.DefaultListLimit)
+	setInt(&l.MaxNameBytes, d.MaxNameBytes)
+	setInt(&l.MaxWaitersPerLock, d.MaxWaitersPerLock)
+	setInt(&l.MaxLocksPerSession, d.MaxLocksPerSession)
+	setInt(&l.MaxDedupResults, d.MaxDedupResults)
+	if l.MinTTL == 0 {
+		l.MinTTL = d.MinTTL
+	}
+	if l.MaxTTL == 0 {
+		l.MaxTTL = d.MaxTTL
+	}
+	if l.CacheMaxBytes == 0 {
+		l.CacheMaxBytes = d.CacheMaxBytes
+	}
+	return l
+}
+
+// Validate reports the first limit that is negative or inconsistent.
+func (l Limits) Validate() error {
+	l = l.withDefaults()
+	switch {
+	case l.MaxKeyBytes < 0, l.MaxValueBytes < 0, l.MaxRequestBytes < 0, l.MaxListLimit < 0,
+		l.DefaultListLimit < 0, l.MaxNameBytes < 0, l.MaxWaitersPerLock < 0,
+		l.MaxLocksPerSession < 0, l.CacheMaxBytes < 0, l.MaxDedupResults < 0, l.MinTTL < 0, l.MaxTTL < 0:
+		return errors.New("limits: negative value")
+	case l.MinTTL > l.MaxTTL:
+		return fmt.Errorf("limits: min-ttl %v exceeds max-ttl %v", l.MinTTL, l.MaxTTL)
+	case l.DefaultListLimit > l.MaxListLimit:
+		return fmt.Errorf("limits: default-list-limit %d exceeds max-list-limit %d", l.DefaultListLimit, l.MaxListLimit)
+	case l.MaxKeyBytes+l.MaxValueBytes > l.MaxRequestBytes:
+		return fmt.Errorf("limits: max-key-bytes + max-value-bytes (%d) exceed max-request-bytes %d",
+			l.MaxKeyBytes+l.MaxValueBytes, l.MaxRequestBytes)
+	case l.MaxWaitersPerLock > 1<<31, l.MaxLocksPerSession > 1<<31, l.MaxDedupResults > 1<<31:
+		return errors.New("limits: value too large")
+	}
+	return nil
 }
 
 // Config configures a Node. Validate reports the first bad field.
@@ -87,21 +171,462 @@ type Config struct {
 	InMemoryStore bool
 }
 
+// withDefaults returns cfg with every zero field defaulted.
+func (cfg Config) withDefaults() Config {
+	if cfg.AdvertiseClientAddr == "" {
+		cfg.AdvertiseClientAddr = cfg.ClientAddr
+	}
+	if cfg.SnapshotThreshold == 0 {
+		cfg.SnapshotThreshold = 8192
+	}
+	if cfg.SnapshotInterval == 0 {
+		cfg.SnapshotInterval = 30 * time.Second
+	}
+	if cfg.TrailingLogs == 0 {
+		cfg.TrailingLogs = 10240
+	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if cfg.ElectionTimeout == 0 {
+		cfg.ElectionTimeout = 500 * time.Millisecond
+	}
+	if cfg.LeaderLease == 0 {
+		cfg.LeaderLease = 250 * time.Millisecond
+		if cfg.LeaderLease > cfg.HeartbeatTimeout {
+			cfg.LeaderLease = cfg.HeartbeatTimeout
+		}
+	}
+	if cfg.RecoverGrace == 0 {
+		cfg.RecoverGrace = 2 * cfg.ElectionTimeout
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = 100 * time.Millisecond
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return cfg
+}
+
+// Validate reports the first bad field of cfg (after defaults are applied).
+func (cfg Config) Validate() error {
+	cfg = cfg.withDefaults()
+	switch {
+	case cfg.Name == "":
+		return errors.New("config: name is required")
+	case cfg.DataDir == "" && !cfg.InMemoryStore:
+		return errors.New("config: data dir is required")
+	case cfg.ClientAddr == "" && cfg.ClientListener == nil:
+		return errors.New("config: client address is required")
+	case cfg.PeerAddr == "" && cfg.Transport == nil:
+		return errors.New("config: peer address is required")
+	case cfg.TickInterval < 0, cfg.RecoverGrace < 0, cfg.SnapshotInterval < 0:
+		return errors.New("config: negative duration")
+	}
+	if cfg.Transport == nil {
+		if _, err := net.ResolveTCPAddr("tcp", cfg.PeerAddr); err != nil {
+			return fmt.Errorf("config: peer address %q: %w", cfg.PeerAddr, err)
+		}
+		if host, _, _ := net.SplitHostPort(cfg.PeerAddr); host == "" || net.ParseIP(host).IsUnspecified() {
+			return fmt.Errorf("config: peer address %q must name a host others can reach", cfg.PeerAddr)
+		}
+	}
+	if !cfg.Join {
+		seen := map[string]bool{}
+		for _, p := range cfg.InitialCluster {
+			if p.Name == "" || p.PeerAddr == "" {
+				return fmt.Errorf("config: initial cluster member %q=%q: name and address are required", p.Name, p.PeerAddr)
+			}
+			if seen[p.Name] {
+				return fmt.Errorf("config: initial cluster names %q twice", p.Name)
+			}
+			seen[p.Name] = true
+		}
+		if len(cfg.InitialCluster) > 0 && !seen[cfg.Name] {
+			return fmt.Errorf("config: initial cluster does not include this node %q", cfg.Name)
+		}
+	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	rc := cfg.raftConfig()
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// raftConfig builds raft's configuration from cfg (defaults applied).
+func (cfg Config) raftConfig() *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLease
+	if cfg.HeartbeatTimeout < rc.CommitTimeout {
+		rc.CommitTimeout = cfg.HeartbeatTimeout / 2
+	}
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.BatchApplyCh = true
+	return rc
+}
+
+// ErrStopped is returned by calls on a node that was shut down.
+var ErrStopped = errors.New("api: node stopped")
+
 // Node is one kvd server: raft, its stores, the fsm and the gRPC services.
-type Node struct{}
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	base   time.Time // monotonic origin of clock()
+	limits *kvpb.StateLimits
+
+	fsm     *fsm.FSM
+	adapter *fsmAdapter
+
+	raft      *raft.Raft
+	trans     raft.Transport
+	logStore  raft.LogStore
+	boltStore *raftboltdb.BoltStore
+	notifyCh  chan bool
+
+	grpc     *grpc.Server
+	health   *health.Server
+	listener net.Listener
+	peers    *peerPool
+
+	reads readBatcher
+	stats cacheCounters
+
+	mu      sync.Mutex
+	epoch   *epoch // non-nil while leader
+	started bool
+	stopped bool
+
+	ctx    context.Context // ends at Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	lastSnapshot atomic.Uint64
+}
 
 // NewNode validates cfg; it does no I/O.
-func NewNode(cfg Config) (*Node, error) { panic("unimplemented") }
+func NewNode(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	l := cfg.Limits
+	n := &Node{
+		cfg:  cfg,
+		log:  cfg.Logger.With("node", cfg.Name),
+		base: time.Now(),
+		limits: &kvpb.StateLimits{
+			MaxWaitersPerLock:  uint32(l.MaxWaitersPerLock),
+			MaxLocksPerSession: uint32(l.MaxLocksPerSession),
+			CacheMaxBytes:      uint64(l.CacheMaxBytes),
+			MaxDedupResults:    uint32(l.MaxDedupResults),
+		},
+	}
+	n.reads.n = n
+	return n, nil
+}
+
+// Name is the node's name (its Raft server ID).
+func (n *Node) Name() string { return n.cfg.Name }
+
+// clock is the node's monotonic clock plus TestClockOffset, in ns since the
+// node was created. Only differences of it are meaningful.
+func (n *Node) clock() int64 {
+	return int64(time.Since(n.base) + n.cfg.TestClockOffset)
+}
+
+// wallNow is the wall clock (plus TestClockOffset); it only seeds log time.
+func (n *Node) wallNow() int64 {
+	return time.Now().Add(n.cfg.TestClockOffset).UnixNano()
+}
 
 // Start opens the stores, starts raft (bootstrapping if needed) and serves gRPC.
 // It returns once serving; it does not wait for a leader.
-func (n *Node) Start() error { panic("unimplemented") }
+func (n *Node) Start() (err error) {
+	n.mu.Lock()
+	if n.started {
+		n.mu.Unlock()
+		return errors.New("api: node already started")
+	}
+	n.started = true
+	n.mu.Unlock()
 
-// Shutdown stops serving, then stops raft and closes the stores.
-func (n *Node) Shutdown(ctx context.Context) error { panic("unimplemented") }
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	var closers []func()
+	defer func() {
+		if err != nil {
+			n.cancel()
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	hlog := newHCLogger(n.log, "raft")
+	rc := n.cfg.raftConfig()
+	rc.Logger = hlog
+	n.notifyCh = make(chan bool, 16)
+	rc.NotifyCh = n.notifyCh
+
+	// Stores.
+	var (
+		logs   raft.LogStore
+		stable raft.StableStore
+		snaps  raft.SnapshotStore
+	)
+	if n.cfg.InMemoryStore {
+		s := raft.NewInmemStore()
+		logs, stable = s, s
+		snaps = raft.NewInmemSnapshotStore()
+	} else {
+		if err := ensureDataDir(n.cfg.DataDir); err != nil {
+			return err
+		}
+		path := filepath.Join(n.cfg.DataDir, "raft.db")
+		bs, err := raftboltdb.New(raftboltdb.Options{
+			Path: path,
+			BoltOptions: &bbolt.Options{
+				Timeout:        2 * time.Second, // another kvd holds the file
+				NoFreelistSync: true,
+				FreelistType:   bbolt.FreelistMapType,
+			},
+		})
+		if err != nil {
+			if errors.Is(err, bbolt.ErrTimeout) {
+				return fmt.Errorf("open raft log %s: locked by another process", path)
+			}
+			return fmt.Errorf("open raft log %s: %w", path, err)
+		}
+		n.boltStore = bs
+		closers = append(closers, func() { bs.Close() })
+		stable = bs
+		fss, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, hlog.Named("snapshot"))
+		if err != nil {
+			return fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
+		}
+		snaps = fss
+		logs, err = raft.NewLogCache(512, bs)
+		if err != nil {
+			return fmt.Errorf("log cache: %w", err)
+		}
+	}
+	n.logStore = logs
+
+	// Transport.
+	if n.cfg.Transport != nil {
+		n.trans = n.cfg.Transport
+	} else {
+		addr, err := net.ResolveTCPAddr("tcp", n.cfg.PeerAddr)
+		if err != nil {
+			return fmt.Errorf("peer address %s: %w", n.cfg.PeerAddr, err)
+		}
+		t, err := raft.NewTCPTransportWithConfig(n.cfg.PeerAddr, addr, &raft.NetworkTransportConfig{
+			ServerAddressProvider: dialOverrides(n.cfg.TestPeerDialAddrs),
+			Logger:                hlog.Named("transport"),
+			MaxPool:               3,
+			Timeout:               10 * time.Second,
+		})
+		if err != nil {
+			return fmt.Errorf("listen on peer address %s: %w", n.cfg.PeerAddr, err)
+		}
+		n.trans = t
+		closers = append(closers, func() { t.Close() })
+	}
+
+	// Client listener.
+	lis := n.cfg.ClientListener
+	if lis == nil {
+		lis, err = net.Listen("tcp", n.cfg.ClientAddr)
+		if err != nil {
+			return fmt.Errorf("listen on client address %s: %w", n.cfg.ClientAddr, err)
+		}
+		if n.cfg.AdvertiseClientAddr == n.cfg.ClientAddr {
+			n.cfg.AdvertiseClientAddr = lis.Addr().String()
+		}
+	}
+	n.listener = lis
+	closers = append(closers, func() { lis.Close() })
+
+	// State machine and raft.
+	n.fsm = fsm.New()
+	n.adapter = newFSMAdapter(n)
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		return fmt.Errorf("read raft state: %w", err)
+	}
+	if !existing && !n.cfg.Join && len(n.cfg.InitialCluster) > 0 {
+		var conf raft.Configuration
+		for _, p := range n.cfg.InitialCluster {
+			conf.Servers = append(conf.Servers, raft.Server{
+				Suffrage: raft.Voter,
+				ID:       raft.ServerID(p.Name),
+				Address:  raft.ServerAddress(p.PeerAddr),
+			})
+		}
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, n.trans, conf); err != nil {
+			return fmt.Errorf("bootstrap cluster: %w", err)
+		}
+	}
+	r, err := raft.NewRaft(rc, n.adapter, logs, stable, snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	n.raft = r
+	n.adapter.afterRestore() // raft may have restored a snapshot in NewRaft
+
+	// gRPC.
+	n.peers = newPeerPool(n.cfg.Dialer)
+	n.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRequestBytes),
+	)
+	kvpb.RegisterKVServer(n.grpc, &kvService{n: n})
+	kvpb.RegisterSessionServer(n.grpc, &sessionService{n: n})
+	kvpb.RegisterLockServer(n.grpc, &lockService{n: n})
+	kvpb.RegisterCacheServer(n.grpc, &cacheService{n: n})
+	kvpb.RegisterClusterServer(n.grpc, &clusterService{n: n})
+	kvpb.RegisterInternalServer(n.grpc, &internalService{n: n})
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
+
+	n.goFunc(n.runLeadership)
+	n.goFunc(n.runMemberRegistration)
+	n.goFunc(func() {
+		if err := n.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.log.Error("grpc serve", "err", err)
+		}
+	})
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	n.log.Info("kvd node started", "client_addr", n.cfg.AdvertiseClientAddr, "peer_addr", string(n.trans.LocalAddr()),
+		"existing_state", existing)
+	return nil
+}
+
+// goFunc runs f in a goroutine owned by the node; Shutdown waits for it.
+func (n *Node) goFunc(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// ensureDataDir creates dir and checks that it is writable.
+func ensureDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".kvd-write-check-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	os.Remove(name)
+	return nil
+}
+
+// dialOverrides is the raft.ServerAddressProvider for TestPeerDialAddrs:
+// an override address for a peer name, or an error so raft dials the
+// address in its configuration.
+type dialOverrides map[string]string
+
+func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a, ok := d[string(id)]; ok {
+		return raft.ServerAddress(a), nil
+	}
+	return "", errors.New("no override")
+}
+
+// Shutdown stops serving, then stops raft and closes the stores. In-flight
+// RPCs get until ctx ends to finish; then they are cut off.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.mu.Lock()
+	if !n.started || n.stopped {
+		n.mu.Unlock()
+		return nil
+	}
+	n.stopped = true
+	n.mu.Unlock()
+
+	n.health.Shutdown()
+	// Stop loops and long waits first so GracefulStop is not held up by
+	// lock or cache waiters.
+	n.cancel()
+	done := make(chan struct{})
+	go func() {
+		n.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.grpc.Stop()
+		<-done
+	}
+	n.wg.Wait()
+
+	var errs []error
+	if err := n.raft.Shutdown().Error(); err != nil {
+		errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+	}
+	if c, ok := n.trans.(raft.WithClose); ok && n.cfg.Transport == nil {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close transport: %w", err))
+		}
+	}
+	if n.boltStore != nil {
+		if err := n.boltStore.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft log: %w", err))
+		}
+	}
+	n.peers.close()
+	n.log.Info("kvd node stopped")
+	return errors.Join(errs...)
+}
 
 // ClientAddr is the address the gRPC server listens on.
-func (n *Node) ClientAddr() string { panic("unimplemented") }
+func (n *Node) ClientAddr() string {
+	if n.listener != nil {
+		return n.listener.Addr().String()
+	}
+	return n.cfg.ClientAddr
+}
+
+// AdvertiseClientAddr is the client address told to other nodes and clients.
+func (n *Node) AdvertiseClientAddr() string { return n.cfg.AdvertiseClientAddr }
 
 // Raft exposes the raft instance (tests, status).
-func (n *Node) Raft() *raft.Raft { panic("unimplemented") }
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// FSM exposes the state machine (tests).
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// IsLeader reports whether this node is leader and has finished taking office
+// (barrier and recover applied), so it accepts proposals.
+func (n *Node) IsLeader() bool {
+	e := n.currentEpoch()
+	if e == nil {
+		return false
+	}
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// Leader returns the leader's name and client address as this node knows
+// them ("" when unknown).
+func (n *Node) Leader() (name, clientAddr string) { return n.leader() }

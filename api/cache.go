@@ -1,0 +1,226 @@
+package api
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// cacheCounters are this node's cache counters since it started.
+type cacheCounters struct {
+	hits, staleHits, misses, waits atomic.Uint64
+}
+
+type cacheService struct {
+	kvpb.UnimplementedCacheServer
+	n *Node
+}
+
+func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvpb.CacheGetResponse, error) {
+	n := s.n
+	if err := n.checkKey("key", req.GetKey()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	state, entry := n.fsm.CacheEntry(req.GetKey(), now)
+	n.count(state)
+	return &kvpb.CacheGetResponse{Header: hdr, State: state, Entry: entry}, nil
+}
+
+func (n *Node) count(state kvpb.CacheState) {
+	switch state {
+	case kvpb.CacheState_CACHE_STATE_FRESH:
+		n.stats.hits.Add(1)
+	case kvpb.CacheState_CACHE_STATE_STALE:
+		n.stats.staleHits.Add(1)
+	default:
+		n.stats.misses.Add(1)
+	}
+}
+
+// Fill is one step of memoize. It reads first (at the requested
+// consistency): a FRESH entry is returned without proposing anything.
+// Otherwise it proposes the fill; if another session holds the lease
+// (FILLING) and wait_ms > 0, it waits on the local fsm (fsm.Watch) until the
+// entry is FRESH, or the lease passes to this session (MISS/STALE with
+// lease_token), or wait_ms passes (FILLING), or ctx ends.
+func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.FillResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkDuration("lease_ms", req.GetLeaseMs()),
+		n.checkDuration("wait_ms", req.GetWaitMs()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if state, entry := n.fsm.CacheEntry(req.GetKey(), now); state == kvpb.CacheState_CACHE_STATE_FRESH {
+		n.stats.hits.Add(1)
+		return &kvpb.FillResponse{Header: hdr, State: state, Entry: entry}, nil
+	}
+	var deadline <-chan time.Time
+	if req.GetWaitMs() > 0 {
+		t := time.NewTimer(msDuration(req.GetWaitMs()))
+		defer t.Stop()
+		deadline = t.C
+	}
+	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := resultError(res); err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetFill()
+	if resp == nil {
+		resp = &kvpb.FillResponse{}
+	}
+	resp.Header = n.writeHeader(index, 0)
+	if resp.GetState() != kvpb.CacheState_CACHE_STATE_FILLING || req.GetWaitMs() <= 0 {
+		n.count(resp.GetState())
+		return resp, nil
+	}
+
+	// Another session is filling: wait for its result or for the lease.
+	n.stats.waits.Add(1)
+	session, key := req.GetHeader().GetSession(), req.GetKey()
+	if err := n.waitApplied(ctx, index); err != nil {
+		return nil, n.toStatus(err)
+	}
+	for {
+		ch, stop := n.fsm.Watch(fsm.WatchCache, key)
+		now := n.fsm.LogTime()
+		state, entry := n.fsm.CacheEntry(key, now)
+		hdr := n.writeHeader(n.adapter.appliedIndex(), now)
+		switch {
+		case state == kvpb.CacheState_CACHE_STATE_FRESH:
+			stop()
+			n.stats.hits.Add(1)
+			return &kvpb.FillResponse{Header: hdr, State: state, Entry: entry}, nil
+		case entry.GetLease().GetSession() == session && entry.GetLease().GetToken() != 0:
+			stop()
+			if state == kvpb.CacheState_CACHE_STATE_FILLING {
+				state = kvpb.CacheState_CACHE_STATE_MISS // the caller holds the lease and must compute
+			}
+			n.count(state)
+			return &kvpb.FillResponse{Header: hdr, State: state, Entry: entry, LeaseToken: entry.GetLease().GetToken()}, nil
+		}
+		select {
+		case <-ch:
+			stop()
+		case <-deadline:
+			stop()
+			n.stats.misses.Add(1)
+			return &kvpb.FillResponse{Header: hdr, State: kvpb.CacheState_CACHE_STATE_FILLING, Entry: entry}, nil
+		case <-ctx.Done():
+			stop()
+			return nil, n.toStatus(ctx.Err())
+		case <-n.ctx.Done():
+			stop()
+			return nil, n.toStatus(ErrStopped)
+		}
+	}
+}
+
+func (s *cacheService) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb.StoreResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkValue("value", req.GetValue()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if req.GetToken() == 0 {
+		return nil, n.toStatus(invalid("token", 0, "token: required"))
+	}
+	if !req.GetAbandon() {
+		if err := firstErr(n.checkTTL("ttl_ms", req.GetTtlMs(), false), n.checkDuration("stale_ms", req.GetStaleMs())); err != nil {
+			return nil, n.toStatus(err)
+		}
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Store{Store: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetStore()
+	if resp == nil {
+		resp = &kvpb.StoreResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *cacheService) Set(ctx context.Context, req *kvpb.CacheSetRequest) (*kvpb.CacheSetResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkValue("value", req.GetValue()),
+		n.checkTTL("ttl_ms", req.GetTtlMs(), false),
+		n.checkDuration("stale_ms", req.GetStaleMs()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CacheSet{CacheSet: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetCacheSet()
+	if resp == nil {
+		resp = &kvpb.CacheSetResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *cacheService) Invalidate(ctx context.Context, req *kvpb.InvalidateRequest) (*kvpb.InvalidateResponse, error) {
+	n := s.n
+	check := n.checkKey
+	if req.GetPrefix() {
+		check = n.checkKeyLen // an empty prefix invalidates everything
+	}
+	if err := firstErr(n.checkHeader(req.GetHeader()), check("key", req.GetKey())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Invalidate{Invalidate: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetInvalidate()
+	if resp == nil {
+		resp = &kvpb.InvalidateResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *cacheService) Stats(ctx context.Context, _ *kvpb.CacheStatsRequest) (*kvpb.CacheStatsResponse, error) {
+	n := s.n
+	now, hdr, err := n.readState(ctx, kvpb.Consistency_CONSISTENCY_STALE)
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	_ = now
+	st := n.fsm.CacheStats()
+	if st == nil {
+		st = &kvpb.CacheStatsResponse{}
+	}
+	st.Header = hdr
+	st.Hits = n.stats.hits.Load()
+	st.StaleHits = n.stats.staleHits.Load()
+	st.Misses = n.stats.misses.Load()
+	st.Waits = n.stats.waits.Load()
+	return st, nil
+}

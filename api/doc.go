@@ -1,0 +1,21 @@
+// Package api owns a kvd node: it wires hashicorp/raft, raft-boltdb, the
+// transport, snapshots and the fsm into one runnable Node, and serves the
+// gRPC services of proto/kvd/v1 (KV, Session, Lock, Cache, Cluster,
+// Internal, plus grpc health and reflection).
+//
+// Invariants:
+//   - Every request is validated before anything is proposed; a violation is
+//     InvalidArgument with an ErrorInfo naming the field and the limit.
+//   - Only the leader stamps commands, with its monotonic clock anchored on
+//     the log time when it took office (DESIGN.md "Time is part of the log");
+//     it accepts proposals only after its barrier and RecoverOp have applied.
+//   - Linearizable reads use ReadIndex with batched VerifyLeader rounds, never
+//     the leader lease.
+//   - Every non-OK status carries a kvpb.ErrorInfo; grpcCodes is the one
+//     table from kvd error codes to gRPC codes.
+//   - CancelWait proposed by the server after a waiting Acquire ended carries
+//     header {session, seq: 0}: seq 0 is never deduplicated.
+//
+// The Config, Limits, Peer and Node signatures are stable: cmd/kvd, tests
+// and the fault harness depend on them.
+package api

@@ -1,0 +1,141 @@
+package api
+
+import (
+	"context"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// fsmAdapter is the raft.FSM raft calls: it applies through fsm.FSM, then
+// records the node's clock at the apply (for the leader's time anchor) and
+// the applied index, and wakes whoever waits for an index (ReadIndex).
+//
+// It also implements raft.ConfigurationStore so configuration entries move
+// the applied index too; barrier and no-op entries never reach an FSM, see
+// waitApplied.
+type fsmAdapter struct {
+	n *Node
+
+	applied   atomic.Uint64
+	lastApply atomic.Int64 // n.clock() at the last apply; 0: none since start
+
+	mu   sync.Mutex
+	wake chan struct{} // closed and replaced after every apply
+}
+
+func newFSMAdapter(n *Node) *fsmAdapter {
+	return &fsmAdapter{n: n, wake: make(chan struct{})}
+}
+
+var (
+	_ raft.FSM                = (*fsmAdapter)(nil)
+	_ raft.ConfigurationStore = (*fsmAdapter)(nil)
+)
+
+func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
+	r := a.n.fsm.Apply(l)
+	a.advance(l.Index)
+	return r
+}
+
+func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
+	a.advance(index)
+}
+
+func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) { return a.n.fsm.Snapshot() }
+
+func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
+	if err := a.n.fsm.Restore(rc); err != nil {
+		return err
+	}
+	a.afterRestore()
+	return nil
+}
+
+// afterRestore takes the applied index from the fsm (after a snapshot
+// restore). The clock of the "apply" is now: that underestimates elapsed
+// time, which only makes log time run late (safe).
+func (a *fsmAdapter) afterRestore() {
+	idx := a.n.fsm.AppliedIndex()
+	if idx == 0 {
+		return
+	}
+	a.advance(idx)
+}
+
+func (a *fsmAdapter) advance(index uint64) {
+	a.lastApply.Store(a.n.clock())
+	for {
+		cur := a.applied.Load()
+		if index <= cur || a.applied.CompareAndSwap(cur, index) {
+			break
+		}
+	}
+	a.mu.Lock()
+	close(a.wake)
+	a.wake = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// changed returns a channel closed at the next apply.
+func (a *fsmAdapter) changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.wake
+}
+
+// appliedIndex is the index of the last entry the fsm has applied.
+func (a *fsmAdapter) appliedIndex() uint64 { return a.applied.Load() }
+
+// waitApplied waits until the local state reflects every entry up to index,
+// or ctx ends. Entries that never reach an FSM (barriers, no-ops) are
+// skipped over by looking them up in the log once raft has dispatched them.
+func (n *Node) waitApplied(ctx context.Context, index uint64) error {
+	var recheck *time.Timer
+	for {
+		ch := n.adapter.changed()
+		cur := n.adapter.appliedIndex()
+		if cur >= index {
+			return nil
+		}
+		if n.raft.AppliedIndex() >= index && n.onlyNonFSMEntries(cur+1, index) {
+			return nil
+		}
+		if recheck == nil {
+			recheck = time.NewTimer(20 * time.Millisecond)
+			defer recheck.Stop()
+		} else {
+			recheck.Reset(20 * time.Millisecond)
+		}
+		select {
+		case <-ch:
+		case <-recheck.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.ctx.Done():
+			return ErrStopped
+		}
+	}
+}
+
+// onlyNonFSMEntries reports whether the log entries in [from, to] are all of
+// a kind raft never hands to the FSM.
+func (n *Node) onlyNonFSMEntries(from, to uint64) bool {
+	if to-from > 64 {
+		return false
+	}
+	var l raft.Log
+	for i := from; i <= to; i++ {
+		if err := n.logStore.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
+}

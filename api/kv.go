@@ -1,0 +1,207 @@
+package api
+
+import (
+	"context"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// write proposes cmd and returns its OK result with a response header, or
+// an error (a non-OK result becomes a *kvError).
+func (n *Node) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, *kvpb.ResponseHeader, error) {
+	res, index, err := n.propose(ctx, cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := resultError(res); err != nil {
+		return nil, nil, err
+	}
+	return res, n.writeHeader(index, 0), nil
+}
+
+type kvService struct {
+	kvpb.UnimplementedKVServer
+	n *Node
+}
+
+func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkValue("value", req.GetValue()),
+		n.checkTTL("ttl_ms", req.GetTtlMs(), false),
+		n.checkFence(req.GetFence()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Put{Put: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetPut()
+	if resp == nil {
+		resp = &kvpb.PutResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetResponse, error) {
+	n := s.n
+	if err := n.checkKey("key", req.GetKey()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	kv := n.fsm.Get(req.GetKey(), now)
+	if kv == nil {
+		return nil, n.toStatus(&kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, msg: "key not found"})
+	}
+	return &kvpb.GetResponse{Header: hdr, Kv: kv}, nil
+}
+
+func (s *kvService) Delete(ctx context.Context, req *kvpb.DeleteRequest) (*kvpb.DeleteResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkFence(req.GetFence()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Delete{Delete: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetDelete()
+	if resp == nil {
+		resp = &kvpb.DeleteResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.ListResponse, error) {
+	n := s.n
+	limit, err := n.listLimit("limit", req.GetLimit())
+	if err == nil {
+		err = firstErr(n.checkKeyLen("prefix", req.GetPrefix()), n.checkKeyLen("start_after", req.GetStartAfter()))
+	}
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	kvs, more := n.fsm.List(req.GetPrefix(), req.GetStartAfter(), limit, req.GetKeysOnly(), now)
+	return &kvpb.ListResponse{Header: hdr, Kvs: kvs, More: more}, nil
+}
+
+func (s *kvService) Add(ctx context.Context, req *kvpb.AddRequest) (*kvpb.AddResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkFence(req.GetFence()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetAdd()
+	if resp == nil {
+		resp = &kvpb.AddResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type sessionService struct {
+	kvpb.UnimplementedSessionServer
+	n *Node
+}
+
+func (s *sessionService) Create(ctx context.Context, req *kvpb.CreateSessionRequest) (*kvpb.CreateSessionResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkTTL("ttl_ms", req.GetTtlMs(), true),
+		n.checkNameLen("name", len(req.GetName())),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CreateSession{CreateSession: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetCreateSession()
+	if resp == nil {
+		resp = &kvpb.CreateSessionResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveRequest) (*kvpb.KeepAliveResponse, error) {
+	n := s.n
+	if req.GetId() == 0 {
+		return nil, n.toStatus(invalid("id", 0, "id: required"))
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAlive{KeepAlive: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetKeepAlive()
+	if resp == nil {
+		resp = &kvpb.KeepAliveResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *sessionService) Close(ctx context.Context, req *kvpb.CloseSessionRequest) (*kvpb.CloseSessionResponse, error) {
+	n := s.n
+	if req.GetId() == 0 {
+		return nil, n.toStatus(invalid("id", 0, "id: required"))
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CloseSession{CloseSession: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetCloseSession()
+	if resp == nil {
+		resp = &kvpb.CloseSessionResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *sessionService) Get(ctx context.Context, req *kvpb.GetSessionRequest) (*kvpb.GetSessionResponse, error) {
+	n := s.n
+	if req.GetId() == 0 {
+		return nil, n.toStatus(invalid("id", 0, "id: required"))
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	info := n.fsm.Session(req.GetId(), now)
+	if info == nil {
+		return nil, n.toStatus(&kvError{code: kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, msg: "session not found or expired"})
+	}
+	return &kvpb.GetSessionResponse{Header: hdr, Session: info}, nil
+}

@@ -1,0 +1,226 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+type lockService struct {
+	kvpb.UnimplementedLockServer
+	n *Node
+}
+
+// Acquire proposes the acquire. If the caller is queued and wait_ms > 0, it
+// waits on the local fsm (fsm.Watch, no polling) until the session holds
+// the lock, or has left the line (its wait expired in log time, its session
+// ended), or ctx ends. In the last case it proposes CancelWait (header
+// {session, seq: 0}: not deduplicated), which also releases the lock if it
+// was granted meanwhile, and returns DeadlineExceeded or Canceled.
+func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*kvpb.AcquireResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
+		n.checkName("name", req.GetName()),
+		n.checkDuration("wait_ms", req.GetWaitMs()),
+		n.checkDuration("lock_delay_ms", req.GetLockDelayMs()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := resultError(res); err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetAcquire()
+	if resp == nil {
+		resp = &kvpb.AcquireResponse{}
+	}
+	resp.Header = n.writeHeader(index, 0)
+	if resp.GetAcquired() || req.GetWaitMs() <= 0 || resp.GetPosition() == 0 {
+		return resp, nil
+	}
+
+	// Queued: wait for the grant on the local state machine.
+	session, name := req.GetHeader().GetSession(), req.GetName()
+	if err := n.waitApplied(ctx, index); err != nil {
+		return nil, n.toStatus(n.cancelWait(ctx, session, name, err))
+	}
+	for {
+		ch, stop := n.fsm.Watch(fsm.WatchLock, name)
+		now := n.fsm.LogTime()
+		lock := n.fsm.Lock(name, now)
+		held := lock != nil && lock.GetSession() == session && lock.GetToken() != 0
+		queued := false
+		for i, w := range lock.GetWaiters() {
+			if w.GetSession() == session {
+				queued = true
+				resp.Position = uint32(i + 1)
+				break
+			}
+		}
+		if held || !queued {
+			stop()
+			hdr := n.writeHeader(n.adapter.appliedIndex(), now)
+			if held {
+				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: lock.GetToken(), Lock: lock}, nil
+			}
+			return &kvpb.AcquireResponse{Header: hdr, Acquired: false, Lock: lock}, nil
+		}
+		select {
+		case <-ch:
+			stop()
+		case <-ctx.Done():
+			stop()
+			return nil, n.toStatus(n.cancelWait(ctx, session, name, ctx.Err()))
+		case <-n.ctx.Done():
+			stop()
+			return nil, n.toStatus(n.cancelWait(ctx, session, name, ErrStopped))
+		}
+	}
+}
+
+// cancelWait proposes CancelWait best-effort with a fresh short context
+// after a waiting Acquire ended; it returns cause for the caller to report.
+func (n *Node) cancelWait(ctx context.Context, session uint64, name []byte, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second+4*n.cfg.ElectionTimeout)
+	defer cancel()
+	_, _, err := n.propose(cctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{
+		Header: &kvpb.RequestHeader{Session: session, Seq: 0},
+		Name:   bytes.Clone(name),
+	}}})
+	if err != nil {
+		n.log.Warn("cancel wait after an acquire ended failed", "lock", string(name), "session", session, "err", err)
+	}
+	return cause
+}
+
+func (s *lockService) Release(ctx context.Context, req *kvpb.ReleaseRequest) (*kvpb.ReleaseResponse, error) {
+	n := s.n
+	if err := firstErr(n.checkHeader(req.GetHeader()), n.checkName("name", req.GetName())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if req.GetToken() == 0 {
+		return nil, n.toStatus(invalid("token", 0, "token: required"))
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Release{Release: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetRelease()
+	if resp == nil {
+		resp = &kvpb.ReleaseResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *lockService) CancelWait(ctx context.Context, req *kvpb.CancelWaitRequest) (*kvpb.CancelWaitResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
+		n.checkName("name", req.GetName()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetCancelWait()
+	if resp == nil {
+		resp = &kvpb.CancelWaitResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.RenewResponse, error) {
+	n := s.n
+	if err := n.checkName("name", req.GetName()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if req.GetToken() == 0 {
+		return nil, n.toStatus(invalid("token", 0, "token: required"))
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Renew{Renew: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetRenew()
+	if resp == nil {
+		resp = &kvpb.RenewResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.GetLockResponse, error) {
+	n := s.n
+	if err := n.checkName("name", req.GetName()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	lock := n.fsm.Lock(req.GetName(), now)
+	if lock == nil {
+		// A lock nobody holds or waits for: free, not an error.
+		lock = &kvpb.LockInfo{Name: req.GetName()}
+	}
+	return &kvpb.GetLockResponse{Header: hdr, Lock: lock}, nil
+}
+
+func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kvpb.ListLocksResponse, error) {
+	n := s.n
+	if err := n.checkNameLen("prefix", len(req.GetPrefix())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	return &kvpb.ListLocksResponse{Header: hdr, Locks: n.fsm.Locks(req.GetPrefix(), now)}, nil
+}
+
+func (s *lockService) Break(ctx context.Context, req *kvpb.BreakRequest) (*kvpb.BreakResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkName("name", req.GetName()),
+		n.checkNameLen("reason", len(req.GetReason())),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Break{Break: req}})
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	resp := res.GetBreak()
+	if resp == nil {
+		resp = &kvpb.BreakResponse{}
+	}
+	resp.Header = hdr
+	return resp, nil
+}
+
+func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceRequest) (*kvpb.CheckFenceResponse, error) {
+	n := s.n
+	if err := n.checkName("lock", req.GetLock()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	valid, current := n.fsm.CheckFence(req.GetLock(), req.GetToken(), now)
+	return &kvpb.CheckFenceResponse{Header: hdr, Valid: valid, CurrentToken: current}, nil
+}

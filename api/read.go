@@ -1,0 +1,194 @@
+package api
+
+import (
+	"context"
+	"sync"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// readBatcher confirms leadership for linearizable reads (ReadIndex, Raft
+// dissertation 6.4). Every read that arrives while no round runs joins the
+// next round; one goroutine runs VerifyLeader for all of them. Reads that
+// arrive during a round wait for the following one, because the round may
+// have started before their commit index was recorded.
+type readBatcher struct {
+	n       *Node
+	mu      sync.Mutex
+	queue   []chan readConfirm
+	running bool
+}
+
+type readConfirm struct {
+	now  int64 // leader's stamp at confirmation
+	term uint64
+	err  error
+}
+
+// confirm waits for the next leadership confirmation round.
+func (b *readBatcher) confirm(ctx context.Context) (readConfirm, error) {
+	ch := make(chan readConfirm, 1)
+	b.mu.Lock()
+	b.queue = append(b.queue, ch)
+	if !b.running {
+		b.running = true
+		go b.run()
+	}
+	b.mu.Unlock()
+	select {
+	case c := <-ch:
+		return c, c.err
+	case <-ctx.Done():
+		return readConfirm{}, ctx.Err()
+	}
+}
+
+func (b *readBatcher) run() {
+	for {
+		b.mu.Lock()
+		batch := b.queue
+		b.queue = nil
+		if len(batch) == 0 {
+			b.running = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+
+		var c readConfirm
+		e := b.n.currentEpoch()
+		if e == nil {
+			c.err = errNotLeader
+		} else if err := waitFuture(e.ctx, b.n.raft.VerifyLeader()); err != nil {
+			c.err = errNotLeader
+		} else {
+			c.now, c.term = b.n.stamp(e), e.term
+		}
+		for _, ch := range batch {
+			ch <- c
+		}
+	}
+}
+
+// readIndexHere is ReadIndex on this node as leader: the commit index
+// recorded at arrival, confirmed by a VerifyLeader round, with the leader's
+// clock at confirmation. It requires the leader to have taken office (its
+// barrier and RecoverOp applied).
+func (n *Node) readIndexHere(ctx context.Context) (index uint64, now int64, term uint64, err error) {
+	e := n.currentEpoch()
+	if e == nil {
+		return 0, 0, 0, errNotLeader
+	}
+	select {
+	case <-e.ready:
+	case <-e.ctx.Done():
+		return 0, 0, 0, errNotLeader
+	case <-ctx.Done():
+		return 0, 0, 0, ctx.Err()
+	}
+	index = n.raft.CommitIndex()
+	c, err := n.reads.confirm(ctx)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return index, c.now, c.term, nil
+}
+
+// readIndex is ReadIndex asked of the leader, wherever it is.
+func (n *Node) readIndex(ctx context.Context) (index uint64, now int64, term uint64, err error) {
+	var lastErr error = errNotLeader
+	for attempt := 0; attempt < 5; attempt++ {
+		if attempt > 0 {
+			if err := n.pause(ctx, n.cfg.HeartbeatTimeout/2); err != nil {
+				return 0, 0, 0, lastErr
+			}
+		}
+		name, addr, err := n.awaitLeader(ctx)
+		if err != nil {
+			return 0, 0, 0, lastErr
+		}
+		if name == n.cfg.Name {
+			index, now, term, err = n.readIndexHere(ctx)
+		} else {
+			index, now, term, err = n.forwardReadIndex(ctx, addr)
+		}
+		if err == nil {
+			return index, now, term, nil
+		}
+		if !isNotLeader(err) {
+			return 0, 0, 0, err
+		}
+		lastErr = err
+	}
+	return 0, 0, 0, lastErr
+}
+
+func (n *Node) forwardReadIndex(ctx context.Context, addr string) (uint64, int64, uint64, error) {
+	conn, err := n.peers.get(addr)
+	if err != nil {
+		return 0, 0, 0, errNotLeader
+	}
+	resp, err := kvpb.NewInternalClient(conn).ReadIndex(ctx, &kvpb.ReadIndexRequest{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, 0, 0, ctx.Err()
+		}
+		if isNotLeader(err) {
+			return 0, 0, 0, err
+		}
+		// A read has no effect: a transport failure is simply a failed
+		// read, safe to retry.
+		return 0, 0, 0, &kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: "leader unreachable: " + err.Error()}
+	}
+	return resp.GetIndex(), resp.GetNow(), resp.GetTerm(), nil
+}
+
+// readState prepares a read at consistency c: for a linearizable read it
+// runs ReadIndex and waits until the local state has caught up. It returns
+// the time to judge expiry against and the response header.
+func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.ResponseHeader, error) {
+	if c == kvpb.Consistency_CONSISTENCY_STALE {
+		now := n.fsm.LogTime()
+		return now, &kvpb.ResponseHeader{
+			AppliedIndex: n.adapter.appliedIndex(),
+			LogTime:      now,
+			ServedBy:     n.cfg.Name,
+			Stale:        true,
+			Term:         n.raft.CurrentTerm(),
+		}, nil
+	}
+	if c != kvpb.Consistency_CONSISTENCY_LINEARIZABLE {
+		return 0, nil, invalid("consistency", 0, "consistency: unknown value %d", c)
+	}
+	index, now, term, err := n.readIndex(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := n.waitApplied(ctx, index); err != nil {
+		return 0, nil, err
+	}
+	// Entries applied after the read index may carry later stamps: never
+	// judge against a time before the state's own.
+	if lt := n.fsm.LogTime(); now < lt {
+		now = lt
+	}
+	return now, &kvpb.ResponseHeader{
+		AppliedIndex: n.adapter.appliedIndex(),
+		LogTime:      now,
+		ServedBy:     n.cfg.Name,
+		Term:         term,
+	}, nil
+}
+
+// writeHeader is the header of a response to a write applied at index.
+func (n *Node) writeHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
+	if logTime == 0 {
+		logTime = n.fsm.LogTime()
+	}
+	return &kvpb.ResponseHeader{
+		AppliedIndex: index,
+		LogTime:      logTime,
+		ServedBy:     n.cfg.Name,
+		Term:         n.raft.CurrentTerm(),
+	}
+}

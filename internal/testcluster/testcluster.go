@@ -1,0 +1,344 @@
+// Package testcluster starts in-process kvd clusters for tests: nodes on
+// raft.NewInmemTransport (connected all-to-all), in-memory raft stores, and
+// gRPC over bufconn listeners, with short timeouts.
+//
+//	c := testcluster.Start(t, 3)
+//	cl, err := client.New(client.Config{Endpoints: c.Endpoints, Dialer: c.Dialer})
+//
+// Endpoints look like TCP addresses ("127.0.10.1:2379") but only Dialer can
+// reach them. Nodes are shut down by t.Cleanup. The API is stable: other
+// packages' tests depend on it.
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/kvdproject/kvd/api"
+)
+
+// Cluster is a running in-process cluster.
+type Cluster struct {
+	// Endpoints are the client addresses of the nodes, by index (including
+	// nodes added later with AddNode).
+	Endpoints []string
+	// Dialer reaches Endpoints (bufconn); use it in client.Config.Dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+
+	t       testing.TB
+	mutate  func(i int, cfg *api.Config)
+	mu      sync.Mutex
+	members []*member
+	lis     map[string]*bufconn.Listener
+}
+
+type member struct {
+	name    string
+	peer    raft.ServerAddress
+	client  string
+	trans   *raft.InmemTransport
+	node    *api.Node
+	conn    *grpc.ClientConn
+	stopped bool
+}
+
+// Start starts n voting nodes named n1..nN bootstrapped as one cluster. It
+// returns once every node serves gRPC; it does not wait for a leader (see
+// WaitLeader).
+func Start(t testing.TB, n int) *Cluster {
+	return StartWithConfig(t, n, nil)
+}
+
+// StartWithConfig is Start with a hook that may change each node's Config
+// (i is the node's index) before it starts.
+func StartWithConfig(t testing.TB, n int, mutate func(i int, cfg *api.Config)) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, mutate: mutate, lis: map[string]*bufconn.Listener{}}
+	c.Dialer = c.dial
+	var initial []api.Peer
+	for i := 0; i < n; i++ {
+		m := c.newMember(i)
+		initial = append(initial, api.Peer{Name: m.name, PeerAddr: string(m.peer)})
+	}
+	t.Cleanup(c.shutdownAll)
+	for i := 0; i < n; i++ {
+		c.startMember(i, initial, false)
+	}
+	return c
+}
+
+// DefaultConfig is the configuration testcluster gives node i (before the
+// StartWithConfig hook): short timeouts, in-memory stores.
+func DefaultConfig(name string) api.Config {
+	return api.Config{
+		Name:             name,
+		InMemoryStore:    true,
+		HeartbeatTimeout: 50 * time.Millisecond,
+		ElectionTimeout:  50 * time.Millisecond,
+		LeaderLease:      50 * time.Millisecond,
+		TickInterval:     20 * time.Millisecond,
+		Logger:           testLogger(),
+	}
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("KVD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// newMember allocates addresses and a transport for node i, connecting it
+// to every existing member.
+func (c *Cluster) newMember(i int) *member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := &member{
+		name:   fmt.Sprintf("n%d", i+1),
+		peer:   raft.ServerAddress(fmt.Sprintf("127.0.20.%d:2380", i+1)),
+		client: fmt.Sprintf("127.0.10.%d:2379", i+1),
+	}
+	_, m.trans = raft.NewInmemTransport(m.peer)
+	for _, o := range c.members {
+		m.trans.Connect(o.peer, o.trans)
+		o.trans.Connect(m.peer, m.trans)
+	}
+	c.members = append(c.members, m)
+	c.Endpoints = append(c.Endpoints, m.client)
+	return m
+}
+
+func (c *Cluster) startMember(i int, initial []api.Peer, join bool) {
+	c.t.Helper()
+	c.mu.Lock()
+	m := c.members[i]
+	lis := bufconn.Listen(1 << 20)
+	c.lis[m.client] = lis
+	c.mu.Unlock()
+
+	cfg := DefaultConfig(m.name)
+	cfg.ClientAddr = m.client
+	cfg.PeerAddr = string(m.peer)
+	cfg.Transport = m.trans
+	cfg.ClientListener = lis
+	cfg.Dialer = c.dial
+	cfg.InitialCluster = initial
+	cfg.Join = join
+	if c.mutate != nil {
+		c.mutate(i, &cfg)
+	}
+	node, err := api.NewNode(cfg)
+	if err != nil {
+		c.t.Fatalf("testcluster: node %s: %v", m.name, err)
+	}
+	if err := node.Start(); err != nil {
+		c.t.Fatalf("testcluster: start node %s: %v", m.name, err)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+m.client,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(c.dial))
+	if err != nil {
+		c.t.Fatalf("testcluster: connect to %s: %v", m.name, err)
+	}
+	c.mu.Lock()
+	m.node, m.conn = node, conn
+	c.mu.Unlock()
+}
+
+func (c *Cluster) dial(ctx context.Context, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	lis, ok := c.lis[addr]
+	c.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("testcluster: no node at %s", addr)
+	}
+	return lis.DialContext(ctx)
+}
+
+// N is the number of nodes started so far (stopped ones included).
+func (c *Cluster) N() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.members)
+}
+
+// Node returns node i.
+func (c *Cluster) Node(i int) *api.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].node
+}
+
+// Name returns node i's name ("n1" for 0).
+func (c *Cluster) Name(i int) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].name
+}
+
+// Conn returns a gRPC connection to node i (for raw kvpb clients).
+func (c *Cluster) Conn(i int) *grpc.ClientConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].conn
+}
+
+// Leader returns the index of the running node that is leader and has
+// taken office (accepts proposals), or -1.
+func (c *Cluster) Leader() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.members {
+		if !m.stopped && m.node != nil && m.node.IsLeader() {
+			return i
+		}
+	}
+	return -1
+}
+
+// WaitLeader waits until some running node leads and accepts proposals, and
+// every running node knows of it; it returns that node's index.
+func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if i := c.Leader(); i >= 0 && c.allKnow(c.Name(i)) {
+			return i, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("testcluster: no leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Cluster) allKnow(leader string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.members {
+		if m.stopped || m.node == nil {
+			continue
+		}
+		if name, _ := m.node.Leader(); name != leader {
+			return false
+		}
+	}
+	return true
+}
+
+// MustLeader is WaitLeader with a 10s limit that fails the test.
+func (c *Cluster) MustLeader() int {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	i, err := c.WaitLeader(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return i
+}
+
+// Stop shuts node i down gracefully. Its state is lost (stores are in memory).
+func (c *Cluster) Stop(i int) {
+	c.stop(i, 5*time.Second)
+}
+
+// Kill cuts node i off from its peers at once and stops it without waiting
+// for in-flight requests.
+func (c *Cluster) Kill(i int) {
+	c.Disconnect(i)
+	c.stop(i, 0)
+}
+
+func (c *Cluster) stop(i int, grace time.Duration) {
+	c.mu.Lock()
+	m := c.members[i]
+	if m.stopped || m.node == nil {
+		c.mu.Unlock()
+		return
+	}
+	m.stopped = true
+	lis := c.lis[m.client]
+	delete(c.lis, m.client)
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := m.node.Shutdown(ctx); err != nil {
+		c.t.Logf("testcluster: shutdown %s: %v", m.name, err)
+	}
+	m.conn.Close()
+	if lis != nil {
+		lis.Close()
+	}
+}
+
+// Disconnect cuts node i's Raft links in both directions (a partition);
+// its gRPC endpoint stays reachable.
+func (c *Cluster) Disconnect(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.members[i]
+	m.trans.DisconnectAll()
+	for _, o := range c.members {
+		if o != m {
+			o.trans.Disconnect(m.peer)
+		}
+	}
+}
+
+// Reconnect restores node i's Raft links.
+func (c *Cluster) Reconnect(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.members[i]
+	for _, o := range c.members {
+		if o != m {
+			m.trans.Connect(o.peer, o.trans)
+			o.trans.Connect(m.peer, m.trans)
+		}
+	}
+}
+
+// AddNode starts a new empty node with Join set (not yet a member) and
+// returns its index. Add it with Cluster.AddMember (name Name(i), peer
+// address PeerAddr(i)).
+func (c *Cluster) AddNode() int {
+	c.t.Helper()
+	c.newMember(c.N())
+	i := c.N() - 1
+	c.startMember(i, nil, true)
+	return i
+}
+
+// PeerAddr returns node i's Raft address.
+func (c *Cluster) PeerAddr(i int) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return string(c.members[i].peer)
+}
+
+func (c *Cluster) shutdownAll() {
+	var wg sync.WaitGroup
+	for i := 0; i < c.N(); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.stop(i, 2*time.Second)
+		}()
+	}
+	wg.Wait()
+}
