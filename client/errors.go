@@ -78,7 +78,9 @@ var (
 
 	// ErrSessionLost is Session.Err when no keepalive was acknowledged in
 	// time: the client can no longer be sure the server still holds the
-	// session (it may, until its TTL runs out).
+	// session (it may, until its TTL runs out). Such an Err also matches
+	// ErrSessionExpired, so code that only checks that one treats the
+	// session as gone.
 	ErrSessionLost = errors.New("kvd: session lost: no keepalive acknowledged before the local lease deadline")
 	// ErrClosed: the Client or Session was closed.
 	ErrClosed = errors.New("kvd: client closed")
@@ -195,7 +197,7 @@ func maybeIf(sent bool) class {
 
 // serverMessage keeps the server's text, prefixed "kvd: " once.
 func serverMessage(code kvpb.ErrorCode, msg string) string {
-	if msg == "" {
+	if msg == "" || msg == code.String() {
 		if ent, ok := errorTable[code]; ok {
 			return ent.text
 		}
@@ -251,4 +253,22 @@ func causes(errs ...error) []error {
 		out = append(out, e)
 	}
 	return out
+}
+
+// sessionLost is Session.Err when the local lease deadline passed.
+type sessionLost struct{ cause error }
+
+func (e *sessionLost) Error() string {
+	if e.cause == nil {
+		return ErrSessionLost.Error()
+	}
+	return ErrSessionLost.Error() + ": last keepalive: " + e.cause.Error()
+}
+
+func (e *sessionLost) Unwrap() []error {
+	errs := []error{ErrSessionLost, ErrSessionExpired}
+	if e.cause != nil {
+		errs = append(errs, e.cause)
+	}
+	return errs
 }

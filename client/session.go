@@ -102,9 +102,9 @@ func (s *Session) Client() *Client { return s.c }
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Err says why Done closed (ErrSessionExpired, context.Canceled after Close, ...).
-// It is nil while Done is open. ErrSessionLost means no keepalive was
-// acknowledged before Deadline; it wraps the last keepalive error when
-// there was one.
+// It is nil while Done is open. When no keepalive was acknowledged before
+// Deadline, Err matches both ErrSessionLost and ErrSessionExpired (and the
+// last keepalive error when there was one).
 func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -182,7 +182,7 @@ func (s *Session) onDeadline() {
 		s.timer.Reset(d) // extended meanwhile
 		return
 	}
-	s.expireLocked(ErrSessionLost)
+	s.expireLocked(&sessionLost{})
 }
 
 // keepalive renews the session every TTL/3 (counted from the send time of
@@ -216,7 +216,7 @@ func (s *Session) keepalive(ctx context.Context, lastSent time.Time) {
 			return
 		default:
 			s.c.log.Debug("kvd session keepalive failed", "session", s.id, "err", err)
-			s.expire(fmt.Errorf("%w: %w", ErrSessionLost, err))
+			s.expire(&sessionLost{cause: err})
 			return
 		}
 	}
