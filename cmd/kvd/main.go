@@ -1,0 +1,259 @@
+// Command kvd runs one kvd server node (or, with `kvd dev`, a local
+// three-node cluster). It only parses flags, handles signals and exits; the
+// node itself is api.Node.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvdproject/kvd/api"
+)
+
+// usageError marks bad command-line usage (exit status 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes kvd with args and returns the exit status: 0 ok, 1 failed,
+// 2 bad usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd(stderr)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "kvd: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+type serverFlags struct {
+	name, dataDir, clientAddr, advertiseClient, peerAddr string
+	initialCluster                                       string
+	join                                                 bool
+	snapshotThreshold, trailingLogs                      uint64
+	snapshotInterval                                     time.Duration
+	heartbeat, election, leaderLease, recoverGrace, tick time.Duration
+	limits                                               api.Limits
+	logLevel                                             string
+	testClockOffset                                      time.Duration
+	testPeerDial                                         string
+}
+
+func newRootCmd(stderr io.Writer) *cobra.Command {
+	var f serverFlags
+	root := &cobra.Command{
+		Use:   "kvd",
+		Short: "kvd is a key-value store replicated with Raft",
+		Long: `kvd runs one node of a kvd cluster: a key-value store with TTLs, sessions,
+locks with fencing tokens and a cache of computed results, replicated with Raft.
+
+Example (first node of three):
+  kvd --name n1 --data-dir /var/lib/kvd/n1 \
+      --client-addr 127.0.0.1:2379 --peer-addr 127.0.0.1:2380 \
+      --initial-cluster n1=127.0.0.1:2380,n2=127.0.0.1:2480,n3=127.0.0.1:2580
+
+Run a local three-node cluster for development with "kvd dev".`,
+		Args:          noArgs,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return usageError{err}
+			}
+			logger, err := newLogger(stderr, f.logLevel, f.name)
+			if err != nil {
+				return usageError{err}
+			}
+			cfg.Logger = logger
+			return serve(cmd.Context(), cfg)
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	fs := root.Flags()
+	fs.SortFlags = false
+	fs.StringVar(&f.name, "name", "", "node name, unique in the cluster (also its Raft ID)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log and snapshots (created if missing)")
+	fs.StringVar(&f.clientAddr, "client-addr", "127.0.0.1:2379", "gRPC listen address for clients")
+	fs.StringVar(&f.advertiseClient, "advertise-client-addr", "", "client address told to other nodes and clients (default --client-addr)")
+	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "Raft listen and advertised address")
+	fs.StringVar(&f.initialCluster, "initial-cluster", "", "bootstrap members of an empty data dir: name=peer-addr,... (ignored with existing data or --join)")
+	fs.BoolVar(&f.join, "join", false, "start empty and wait to be added (kvctl cluster add)")
+	fs.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
+	fs.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often Raft checks whether to snapshot")
+	fs.Uint64Var(&f.trailingLogs, "trailing-logs", 10240, "log entries kept after a snapshot")
+	fs.DurationVar(&f.heartbeat, "heartbeat-timeout", 500*time.Millisecond, "Raft heartbeat timeout")
+	fs.DurationVar(&f.election, "election-timeout", 500*time.Millisecond, "Raft election timeout")
+	fs.DurationVar(&f.leaderLease, "leader-lease", 250*time.Millisecond, "Raft leader lease timeout (not used for reads)")
+	fs.DurationVar(&f.recoverGrace, "recover-grace", 0, "grace for deadlines that fell due without a leader (default 2 x election timeout)")
+	fs.DurationVar(&f.tick, "tick-interval", 100*time.Millisecond, "how often the leader checks for due deadlines")
+
+	d := api.DefaultLimits()
+	l := &f.limits
+	fs.IntVar(&l.MaxKeyBytes, "max-key-bytes", d.MaxKeyBytes, "largest key")
+	fs.IntVar(&l.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest value")
+	fs.IntVar(&l.MaxRequestBytes, "max-request-bytes", d.MaxRequestBytes, "largest gRPC request")
+	fs.DurationVar(&l.MinTTL, "min-ttl", d.MinTTL, "shortest TTL of keys, sessions and cache entries")
+	fs.DurationVar(&l.MaxTTL, "max-ttl", d.MaxTTL, "longest TTL (also bounds waits and leases)")
+	fs.IntVar(&l.MaxListLimit, "max-list-limit", d.MaxListLimit, "most keys one List may ask for")
+	fs.IntVar(&l.DefaultListLimit, "default-list-limit", d.DefaultListLimit, "keys a List returns when it gives no limit")
+	fs.IntVar(&l.MaxNameBytes, "max-name-bytes", d.MaxNameBytes, "longest lock or session name")
+	fs.IntVar(&l.MaxWaitersPerLock, "max-waiters-per-lock", d.MaxWaitersPerLock, "longest FIFO line of one lock")
+	fs.IntVar(&l.MaxLocksPerSession, "max-locks-per-session", d.MaxLocksPerSession, "most locks one session may hold or wait for")
+	fs.Int64Var(&l.CacheMaxBytes, "cache-max-bytes", d.CacheMaxBytes, "bound on cache values; beyond it entries are evicted")
+	fs.IntVar(&l.MaxDedupResults, "max-dedup-results", d.MaxDedupResults, "results remembered per session for exactly-once retries")
+
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.DurationVar(&f.testClockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this node's clock by this much")
+	fs.StringVar(&f.testPeerDial, "test-peer-dial", "", "TESTING ONLY: dial these addresses for peers instead: name=addr,... (fault-injection proxies)")
+
+	root.AddCommand(newDevCmd(stderr), newVersionCmd())
+	return root
+}
+
+func (f *serverFlags) config() (api.Config, error) {
+	cfg := api.Config{
+		Name:                f.name,
+		DataDir:             f.dataDir,
+		ClientAddr:          f.clientAddr,
+		AdvertiseClientAddr: f.advertiseClient,
+		PeerAddr:            f.peerAddr,
+		Join:                f.join,
+		SnapshotThreshold:   f.snapshotThreshold,
+		SnapshotInterval:    f.snapshotInterval,
+		TrailingLogs:        f.trailingLogs,
+		HeartbeatTimeout:    f.heartbeat,
+		ElectionTimeout:     f.election,
+		LeaderLease:         f.leaderLease,
+		RecoverGrace:        f.recoverGrace,
+		TickInterval:        f.tick,
+		Limits:              f.limits,
+		TestClockOffset:     f.testClockOffset,
+	}
+	if f.name == "" {
+		return cfg, errors.New("--name is required")
+	}
+	if f.dataDir == "" {
+		return cfg, errors.New("--data-dir is required")
+	}
+	peers, err := parsePairs("--initial-cluster", f.initialCluster)
+	if err != nil {
+		return cfg, err
+	}
+	for _, p := range peers {
+		cfg.InitialCluster = append(cfg.InitialCluster, api.Peer{Name: p[0], PeerAddr: p[1]})
+	}
+	if len(peers) == 0 && !f.join {
+		// A single node cluster of itself.
+		cfg.InitialCluster = []api.Peer{{Name: f.name, PeerAddr: f.peerAddr}}
+	}
+	dial, err := parsePairs("--test-peer-dial", f.testPeerDial)
+	if err != nil {
+		return cfg, err
+	}
+	if len(dial) > 0 {
+		cfg.TestPeerDialAddrs = map[string]string{}
+		for _, p := range dial {
+			cfg.TestPeerDialAddrs[p[0]] = p[1]
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// parsePairs parses "a=x,b=y".
+func parsePairs(flag, s string) ([][2]string, error) {
+	var out [][2]string
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	for _, item := range strings.Split(s, ",") {
+		name, addr, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok || name == "" || addr == "" {
+			return nil, fmt.Errorf("%s: %q is not name=address", flag, item)
+		}
+		out = append(out, [2]string{name, addr})
+	}
+	return out, nil
+}
+
+func newLogger(w io.Writer, level, name string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
+}
+
+// serve runs a node until SIGINT/SIGTERM, then shuts it down gracefully.
+func serve(ctx context.Context, cfg api.Config) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	node, err := api.NewNode(cfg)
+	if err != nil {
+		return usageError{err}
+	}
+	if err := node.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stop()
+	cfg.Logger.Info("signal received; shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return node.Shutdown(sctx)
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "print the kvd version",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v := api.Version
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "kvd %s (%s)\n", v, bi.GoVersion)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "kvd %s\n", v)
+			return nil
+		},
+	}
+}
+
+// noArgs is cobra.NoArgs as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
