@@ -1,88 +1,260 @@
 package fsm
 
 import (
+	"crypto/sha256"
 	"io"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// CONTRACT STUB: signatures are fixed; bodies to be written.
-
 // FSM is the replicated state machine. Apply, Snapshot and Restore are called
 // by raft; the read methods may be called concurrently from any goroutine.
-type FSM struct{}
+// Every proto a method returns is a fresh copy the caller may keep and change.
+type FSM struct {
+	mu sync.RWMutex // Apply and Restore write; reads share
+	s  *state
+
+	watchMu sync.Mutex
+	watches map[watchKey]map[uint64]chan struct{}
+	watchID uint64
+}
 
 // New returns an empty state machine.
-func New() *FSM { return &FSM{} }
+func New() *FSM {
+	return &FSM{s: newState(), watches: map[watchKey]map[uint64]chan struct{}{}}
+}
 
 // Apply applies one committed log entry. For raft.LogCommand entries the data
-// is a marshalled kvpb.Command and the result is a *kvpb.CommandResult; other
-// entry types return nil.
-func (f *FSM) Apply(l *raft.Log) interface{} { panic("unimplemented") }
+// is a marshalled kvpb.Command and the result is a *kvpb.CommandResult (errors
+// are results with a code, never panics); other entry types return nil but
+// still advance the applied index.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	f.mu.Lock()
+	s := f.s
+	s.index = l.Index
+	clear(s.granted)
+	var res *kvpb.CommandResult
+	if l.Type == raft.LogCommand {
+		res = s.applyCommand(l.Data)
+	}
+	touched := s.touched
+	s.touched = nil
+	f.mu.Unlock()
 
-// Snapshot captures the state cheaply; Persist encodes it.
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) { panic("unimplemented") }
-
-// Restore replaces the whole state with a snapshot's.
-func (f *FSM) Restore(rc io.ReadCloser) error { panic("unimplemented") }
+	f.fire(touched)
+	if res == nil {
+		return nil
+	}
+	return res
+}
 
 // AppliedIndex is the index of the last applied entry.
-func (f *FSM) AppliedIndex() uint64 { panic("unimplemented") }
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.s.index
+}
 
 // LogTime is the replicated clock after the last applied entry.
-func (f *FSM) LogTime() int64 { panic("unimplemented") }
+func (f *FSM) LogTime() int64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.s.logTime
+}
 
 // Get returns the key, or nil when absent or expired at now.
-func (f *FSM) Get(key []byte, now int64) *kvpb.KeyValue { panic("unimplemented") }
+func (f *FSM) Get(key []byte, now int64) *kvpb.KeyValue {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	it, ok := f.s.getKey(string(key))
+	if !ok || !it.live(now) {
+		return nil
+	}
+	return it.proto(false)
+}
 
-// List returns up to limit live keys with prefix, strictly after startAfter.
+// List returns up to limit live keys with prefix, strictly after startAfter
+// (limit <= 0: no limit). more reports that further keys match.
 func (f *FSM) List(prefix, startAfter []byte, limit int, keysOnly bool, now int64) (kvs []*kvpb.KeyValue, more bool) {
-	panic("unimplemented")
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, after := string(prefix), string(startAfter)
+	from := max(p, after)
+	f.s.kv.AscendGreaterOrEqual(kvItem{key: from}, func(it kvItem) bool {
+		if !strings.HasPrefix(it.key, p) {
+			return false
+		}
+		if (len(startAfter) > 0 && it.key == after) || !it.live(now) {
+			return true
+		}
+		if limit > 0 && len(kvs) == limit {
+			more = true
+			return false
+		}
+		kvs = append(kvs, it.proto(keysOnly))
+		return true
+	})
+	return kvs, more
 }
 
 // Session returns a live session, or nil.
-func (f *FSM) Session(id uint64, now int64) *kvpb.SessionInfo { panic("unimplemented") }
+func (f *FSM) Session(id uint64, now int64) *kvpb.SessionInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	se := f.s.sessions[id]
+	if se == nil || se.expiresAt <= now {
+		return nil
+	}
+	return se.proto()
+}
 
 // Lock returns the lock's state, or nil when the fsm holds nothing for it.
-func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo { panic("unimplemented") }
+// A holder whose session has expired by now is shown as gone.
+func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	l, ok := f.s.getLock(string(name))
+	if !ok {
+		return nil
+	}
+	return f.s.lockProto(l, now)
+}
 
 // Locks lists locks with the prefix that are held or have waiters, by name.
-func (f *FSM) Locks(prefix []byte, now int64) []*kvpb.LockInfo { panic("unimplemented") }
+func (f *FSM) Locks(prefix []byte, now int64) []*kvpb.LockInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []*kvpb.LockInfo
+	p := string(prefix)
+	f.s.locks.AscendGreaterOrEqual(lockItem{name: p}, func(l lockItem) bool {
+		if !strings.HasPrefix(l.name, p) {
+			return false
+		}
+		if info := f.s.lockProto(l, now); info.Token != 0 || len(info.Waiters) > 0 {
+			out = append(out, info)
+		}
+		return true
+	})
+	return out
+}
 
-// CheckFence reports whether token still holds the lock at now, and the
-// lock's current token (0: free).
+// CheckFence reports whether token still holds the lock at now (the holder's
+// session has not expired by now), and the lock's current token (0: free).
 func (f *FSM) CheckFence(name []byte, token uint64, now int64) (valid bool, current uint64) {
-	panic("unimplemented")
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	l, ok := f.s.getLock(string(name))
+	if !ok || l.token == 0 {
+		return false, 0
+	}
+	se := f.s.sessions[l.session]
+	if se == nil || se.expiresAt <= now {
+		return false, 0
+	}
+	return token != 0 && token == l.token, l.token
 }
 
 // CacheEntry returns a cache entry and its state at now (nil, MISS if none).
 func (f *FSM) CacheEntry(key []byte, now int64) (kvpb.CacheState, *kvpb.CacheEntry) {
-	panic("unimplemented")
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c, ok := f.s.getCache(string(key))
+	if !ok {
+		return kvpb.CacheState_CACHE_STATE_MISS, nil
+	}
+	return cacheState(c, now), f.s.cacheProto(c, now)
 }
 
-// CacheStats returns the replicated cache counters.
-func (f *FSM) CacheStats() *kvpb.CacheStatsResponse { panic("unimplemented") }
+// CacheStats returns the replicated cache counters (the node-local hit
+// counters are left zero for the caller to fill).
+func (f *FSM) CacheStats() *kvpb.CacheStatsResponse {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := f.s
+	return &kvpb.CacheStatsResponse{
+		Header:              &kvpb.ResponseHeader{AppliedIndex: s.index, LogTime: s.logTime},
+		Entries:             uint64(s.cache.Len()),
+		Bytes:               s.cacheBytes,
+		MaxBytes:            s.counters.maxBytes,
+		Evictions:           s.counters.evictions,
+		Stores:              s.counters.stores,
+		StaleStoresRejected: s.counters.staleStoresRejected,
+		LeasesGranted:       s.counters.leasesGranted,
+		LeasesExpired:       s.counters.leasesExpired,
+	}
+}
 
 // Members returns the members whose addresses came through the log, by name.
-func (f *FSM) Members() []*kvpb.Member { panic("unimplemented") }
+func (f *FSM) Members() []*kvpb.Member {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return membersProto(f.s.members)
+}
 
-// NextDeadline is the earliest pending deadline in log time, 0 if none.
-func (f *FSM) NextDeadline() int64 { panic("unimplemented") }
+func membersProto(m map[string]member) []*kvpb.Member {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := make([]*kvpb.Member, 0, len(names))
+	for _, n := range names {
+		mb := m[n]
+		out = append(out, &kvpb.Member{Name: mb.name, PeerAddr: mb.peerAddr, ClientAddr: mb.clientAddr})
+	}
+	return out
+}
 
-// StateHash is a hash of the replicated state (the snapshot encoding).
-func (f *FSM) StateHash() []byte { panic("unimplemented") }
+// NextDeadline is the earliest pending deadline in log time, 0 if none. When
+// it is at or before the leader's clock, a TickOp is due.
+func (f *FSM) NextDeadline() int64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	d, ok := f.s.deadlines.Min()
+	if !ok {
+		return 0
+	}
+	return d.at
+}
 
-// WatchKind names what a Watch is on.
-type WatchKind uint8
+// StateHash is the sha256 of the snapshot encoding of the current state.
+func (f *FSM) StateHash() []byte {
+	f.mu.Lock() // capture clones btrees, which writes to the source trees
+	snap := f.s.capture()
+	f.mu.Unlock()
+	h := sha256.New()
+	if err := snap.encode(h); err != nil {
+		return nil // a hash writer does not fail
+	}
+	return h.Sum(nil)
+}
 
-const (
-	WatchLock  WatchKind = iota + 1 // a lock name: grant, release, queue change
-	WatchCache                      // a cache key: store, lease change, invalidation
-)
+// Snapshot captures a point-in-time copy of the state cheaply (btree clones
+// are copy-on-write); Persist encodes it and may run concurrently with later
+// Applies.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.Lock() // Clone marks the source trees copy-on-write: exclusive
+	defer f.mu.Unlock()
+	return f.s.capture(), nil
+}
 
-// Watch returns a channel closed the next time an applied entry changes the
-// named lock or cache entry (including through expiry), and a func to stop
-// watching. It never blocks Apply.
-func (f *FSM) Watch(kind WatchKind, name []byte) (<-chan struct{}, func()) { panic("unimplemented") }
+// Restore replaces the whole state with a snapshot's. It rejects a snapshot
+// whose format version it does not know, leaving the state untouched. Every
+// watch fires.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	s, err := decodeSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.s = s
+	f.mu.Unlock()
+	f.fireAll()
+	return nil
+}

@@ -1,0 +1,33 @@
+// Package fsm is the state machine every replica applies.
+//
+// Apply is deterministic: the only time it knows is the leader's stamp in the
+// command (log time, kept as max(log time, stamp)). It never reads the local
+// clock, draws random numbers, starts goroutines or logs per entry, and it
+// never lets map iteration order decide anything: ordered state lives in
+// btrees, and the few maps are sorted before they are walked. The same log in
+// gives the same state, the same results and the same snapshot bytes out on
+// every replica.
+//
+// The state is: keys (with TTLs), client sessions (with the exactly-once
+// results of their recent commands), locks (holder, fencing token, FIFO line
+// of waiters, lock-delay), cache entries (value, freshness, fill lease, line
+// of waiters, size bound) and the members' addresses. Every deadline of every
+// kind sits in one ordered index, so NextDeadline is O(log n) and expiry walks
+// only what is due.
+//
+// Invariants:
+//   - A fencing token or fill-lease token is the Raft index of the granting
+//     entry. A lock is granted at most once per applied entry, so tokens are
+//     strictly increasing per lock.
+//   - Nothing expired at log time is in the state after an Apply; reads take
+//     a "now" and hide what has expired by then even if no entry removed it yet.
+//   - Two FSMs fed the same log produce byte-identical snapshots, and
+//     StateHash is the sha256 of that encoding.
+//
+// The exported API (New, Apply, Snapshot, Restore and the read methods) is a
+// contract other packages code against; it is stable. The snapshot format is
+// versioned (formatVersion); Restore rejects versions it does not know.
+//
+// Choices where the contract was silent are written down in the comments of
+// the code that makes them (search for "Choice:").
+package fsm

@@ -1,0 +1,108 @@
+package fsm
+
+import (
+	"slices"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+func (se *session) proto() *kvpb.SessionInfo {
+	info := &kvpb.SessionInfo{
+		Id:        se.id,
+		TtlMs:     se.ttlMs,
+		ExpiresAt: se.expiresAt,
+		Name:      se.name,
+		CreatedAt: se.createdAt,
+	}
+	for _, name := range sortedKeys(se.locks) {
+		info.Locks = append(info.Locks, []byte(name))
+	}
+	return info
+}
+
+func sortedKeys(m map[string]struct{}) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func (s *state) createSession(req *kvpb.CreateSessionRequest) *kvpb.CommandResult {
+	if req.TtlMs <= 0 {
+		return invalid("ttl_ms: must be positive, got %d", req.TtlMs)
+	}
+	se := newSession(s.index)
+	se.ttlMs = req.TtlMs
+	se.name = req.Name
+	se.createdAt = s.logTime
+	s.sessions[se.id] = se
+	s.setSessionExpiry(se, s.logTime+req.TtlMs*nsPerMs)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_CreateSession{
+		CreateSession: &kvpb.CreateSessionResponse{Session: se.proto()}}}
+}
+
+func sessionExpired(id uint64) *kvpb.CommandResult {
+	return fail(kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, "session %d is unknown or expired", id)
+}
+
+func (s *state) keepAlive(req *kvpb.KeepAliveRequest) *kvpb.CommandResult {
+	se := s.liveSession(req.Id)
+	if se == nil {
+		return sessionExpired(req.Id)
+	}
+	s.setSessionExpiry(se, s.logTime+se.ttlMs*nsPerMs)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_KeepAlive{
+		KeepAlive: &kvpb.KeepAliveResponse{Session: se.proto()}}}
+}
+
+// closeSession ends a session. Choice: closing an unknown or expired session
+// is SESSION_EXPIRED (the client may treat it as done).
+func (s *state) closeSession(req *kvpb.CloseSessionRequest) *kvpb.CommandResult {
+	se := s.liveSession(req.Id)
+	if se == nil {
+		return sessionExpired(req.Id)
+	}
+	s.endSession(se, false)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_CloseSession{CloseSession: &kvpb.CloseSessionResponse{}}}
+}
+
+// endSession removes a session and everything it owns: it leaves every lock
+// and cache line, its locks are released (with lock-delay when expired, not
+// when closed) and handed to the next waiter, its fill leases pass to the
+// next cache waiter, and its dedup table goes. All in name order.
+func (s *state) endSession(se *session, expired bool) {
+	s.delDeadline(deadline{at: se.expiresAt, kind: dlSession, id: se.id})
+	delete(s.sessions, se.id) // from here on it is not live: no grant goes to it
+
+	for _, name := range sortedKeys(se.lockWaits) {
+		if l, ok := s.getLock(name); ok {
+			if i := waiterIndex(l.waiters, se.id); i >= 0 {
+				l.waiters = slices.Delete(slices.Clone(l.waiters), i, i+1)
+				s.putLock(l)
+			}
+		}
+	}
+	for _, key := range sortedKeys(se.cacheWaits) {
+		if c, ok := s.getCache(key); ok {
+			if i := cacheWaiterIndex(c.waiters, se.id); i >= 0 {
+				c.waiters = slices.Delete(slices.Clone(c.waiters), i, i+1)
+				s.putCache(c)
+			}
+		}
+	}
+	for _, name := range sortedKeys(se.locks) {
+		if l, ok := s.getLock(name); ok && l.token != 0 && l.session == se.id {
+			s.releaseLock(&l, expired)
+			s.putLock(l)
+		}
+	}
+	for _, key := range sortedKeys(se.leases) {
+		if c, ok := s.getCache(key); ok && c.lease.token != 0 && c.lease.session == se.id {
+			c.lease = fillLease{}
+			s.passLease(&c)
+			s.putCache(c)
+		}
+	}
+}

@@ -1,0 +1,456 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/google/btree"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Snapshot format, version 1:
+//
+//	uvarint length, kvpb.SnapshotHeader
+//	then records: uvarint length, one byte record kind, payload
+//
+// Payloads are existing kvpb messages, or small messages written by hand with
+// protowire where the state has fields kvd.proto does not carry (their field
+// numbers are listed at each kind). Records come in a fixed order (limits,
+// counters, members by name, keys, sessions by id each followed by its dedup
+// results by seq, locks, cache entries), marshalled deterministically, so
+// equal states give equal bytes.
+const formatVersion = 1
+
+type recordKind byte
+
+const (
+	recLimits   recordKind = 1 // kvpb.StateLimits
+	recCounters recordKind = 2 // 1 max_bytes, 2 evictions, 3 stores, 4 stale_stores_rejected, 5 leases_granted, 6 leases_expired
+	recMember   recordKind = 3 // kvpb.Member
+	recKey      recordKind = 4 // kvpb.KeyValue
+	recSession  recordKind = 5 // 1 kvpb.SessionInfo (no locks), 2 min_pending_seq
+	recDedup    recordKind = 6 // 1 session, 2 seq, 3 kvpb.CommandResult
+	recLock     recordKind = 7 // 1 kvpb.LockInfo (no expires_at), 2 packed waiter lock_delay_ms
+	recCache    recordKind = 8 // 1 kvpb.CacheEntry, 2 has_value, 3 lease_ms, 4 packed waiter wait_until
+)
+
+// maxRecord bounds one record's length when reading a snapshot.
+const maxRecord = 1 << 30
+
+// ErrSnapshotFormat is returned by Restore for a snapshot it cannot read.
+var ErrSnapshotFormat = errors.New("fsm: bad snapshot")
+
+var marshal = proto.MarshalOptions{Deterministic: true}
+
+// snapshot is a point-in-time copy of the state. Its trees are copy-on-write
+// clones and the sessions are copied, so Applies after capture cannot touch it.
+type snapshot struct {
+	index    uint64
+	logTime  int64
+	limits   *kvpb.StateLimits
+	counters cacheCounters
+	members  []*kvpb.Member
+	kv       *btree.BTreeG[kvItem]
+	sessions []session // sorted by id; only the replicated fields and dedup
+	locks    *btree.BTreeG[lockItem]
+	cache    *btree.BTreeG[cacheItem]
+}
+
+// capture copies the state. The caller holds the write lock.
+func (s *state) capture() *snapshot {
+	snap := &snapshot{
+		index:    s.index,
+		logTime:  s.logTime,
+		limits:   proto.CloneOf(s.limits),
+		counters: s.counters,
+		members:  membersProto(s.members),
+		kv:       s.kv.Clone(),
+		locks:    s.locks.Clone(),
+		cache:    s.cache.Clone(),
+	}
+	ids := make([]uint64, 0, len(s.sessions))
+	for id := range s.sessions {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		se := s.sessions[id]
+		snap.sessions = append(snap.sessions, session{
+			id: se.id, ttlMs: se.ttlMs, expiresAt: se.expiresAt, createdAt: se.createdAt,
+			name: se.name, minPending: se.minPending, dedup: se.dedup.Clone(),
+		})
+	}
+	return snap
+}
+
+// Persist writes the snapshot to the sink (raft calls it off the fsm goroutine).
+func (snap *snapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriterSize(sink, 1<<16)
+	err := snap.encode(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("fsm: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release is a no-op: the snapshot holds no resources.
+func (snap *snapshot) Release() {}
+
+type recordWriter struct {
+	w   io.Writer
+	buf []byte
+	err error
+}
+
+func (rw *recordWriter) raw(b []byte) {
+	if rw.err != nil {
+		return
+	}
+	rw.buf = binary.AppendUvarint(rw.buf[:0], uint64(len(b)))
+	if _, rw.err = rw.w.Write(rw.buf); rw.err == nil {
+		_, rw.err = rw.w.Write(b)
+	}
+}
+
+func (rw *recordWriter) record(kind recordKind, payload []byte) {
+	rw.raw(append([]byte{byte(kind)}, payload...))
+}
+
+func (rw *recordWriter) msg(kind recordKind, m proto.Message) {
+	b, err := marshal.Marshal(m)
+	if err != nil && rw.err == nil {
+		rw.err = err
+	}
+	rw.record(kind, b)
+}
+
+func appendMsg(b []byte, num protowire.Number, m proto.Message) []byte {
+	mb, _ := marshal.Marshal(m) // our own well-formed messages
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, mb)
+}
+
+func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func appendPacked(b []byte, num protowire.Number, vs []uint64) []byte {
+	if len(vs) == 0 {
+		return b
+	}
+	var p []byte
+	for _, v := range vs {
+		p = protowire.AppendVarint(p, v)
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, p)
+}
+
+// encode writes the snapshot stream.
+func (snap *snapshot) encode(w io.Writer) error {
+	rw := &recordWriter{w: w}
+	hdr, err := marshal.Marshal(&kvpb.SnapshotHeader{FormatVersion: formatVersion, AppliedIndex: snap.index, LogTime: snap.logTime})
+	if err != nil {
+		return err
+	}
+	rw.raw(hdr)
+	if snap.limits != nil {
+		rw.msg(recLimits, snap.limits)
+	}
+	c := snap.counters
+	var cb []byte
+	cb = appendUint(cb, 1, c.maxBytes)
+	cb = appendUint(cb, 2, c.evictions)
+	cb = appendUint(cb, 3, c.stores)
+	cb = appendUint(cb, 4, c.staleStoresRejected)
+	cb = appendUint(cb, 5, c.leasesGranted)
+	cb = appendUint(cb, 6, c.leasesExpired)
+	rw.record(recCounters, cb)
+	for _, m := range snap.members {
+		rw.msg(recMember, m)
+	}
+	snap.kv.Ascend(func(it kvItem) bool {
+		rw.msg(recKey, it.proto(false))
+		return rw.err == nil
+	})
+	for _, se := range snap.sessions {
+		var b []byte
+		b = appendMsg(b, 1, se.proto())
+		b = appendUint(b, 2, se.minPending)
+		rw.record(recSession, b)
+		se.dedup.Ascend(func(d dedupEntry) bool {
+			var b []byte
+			b = appendUint(b, 1, se.id)
+			b = appendUint(b, 2, d.seq)
+			b = appendMsg(b, 3, d.res)
+			rw.record(recDedup, b)
+			return rw.err == nil
+		})
+	}
+	snap.locks.Ascend(func(l lockItem) bool {
+		info := &kvpb.LockInfo{
+			Name: []byte(l.name), Token: l.token, Session: l.session, HeldSince: l.heldSince,
+			DelayUntil: l.delayUntil, BrokenToken: l.brokenToken, BrokenAt: l.brokenAt,
+			BrokenReason: l.brokenReason, LockDelayMs: l.lockDelayMs,
+		}
+		var delays []uint64
+		for _, w := range l.waiters {
+			info.Waiters = append(info.Waiters, &kvpb.LockWaiter{Session: w.session, QueuedAt: w.queuedAt, WaitUntil: w.waitUntil})
+			delays = append(delays, uint64(w.lockDelayMs))
+		}
+		var b []byte
+		b = appendMsg(b, 1, info)
+		b = appendPacked(b, 2, delays)
+		rw.record(recLock, b)
+		return rw.err == nil
+	})
+	snap.cache.Ascend(func(c cacheItem) bool {
+		e := &kvpb.CacheEntry{
+			Key: []byte(c.key), Value: c.value, FreshUntil: c.freshUntil, StaleUntil: c.staleUntil,
+			FilledIndex: c.filledIdx, IsError: c.isError,
+		}
+		if c.lease.token != 0 {
+			e.Lease = &kvpb.FillLease{Session: c.lease.session, Token: c.lease.token, ExpiresAt: c.lease.expiresAt}
+		}
+		var untils []uint64
+		for _, w := range c.waiters {
+			e.Waiters = append(e.Waiters, w.session)
+			untils = append(untils, uint64(w.waitUntil))
+		}
+		var b []byte
+		b = appendMsg(b, 1, e)
+		if c.hasValue {
+			b = appendUint(b, 2, 1)
+		}
+		b = appendUint(b, 3, uint64(c.leaseMs))
+		b = appendPacked(b, 4, untils)
+		rw.record(recCache, b)
+		return rw.err == nil
+	})
+	return rw.err
+}
+
+// fields parses a hand-written record into its fields: varints and bytes by
+// field number (a repeated field keeps the last value, none is repeated).
+type fields struct {
+	varints map[protowire.Number]uint64
+	bytes   map[protowire.Number][]byte
+}
+
+func parseFields(b []byte) (fields, error) {
+	f := fields{varints: map[protowire.Number]uint64{}, bytes: map[protowire.Number][]byte{}}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return f, protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch typ {
+		case protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return f, protowire.ParseError(n)
+			}
+			f.varints[num], b = v, b[n:]
+		case protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return f, protowire.ParseError(n)
+			}
+			f.bytes[num], b = v, b[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return f, protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return f, nil
+}
+
+func unpack(b []byte) ([]uint64, error) {
+	var out []uint64
+	for len(b) > 0 {
+		v, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		out, b = append(out, v), b[n:]
+	}
+	return out, nil
+}
+
+func readRecord(r *bufio.Reader) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > maxRecord {
+		return nil, fmt.Errorf("record of %d bytes", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return b, nil
+}
+
+// decodeSnapshot reads a snapshot stream into a new state.
+func decodeSnapshot(rd io.Reader) (*state, error) {
+	r := bufio.NewReaderSize(rd, 1<<16)
+	hb, err := readRecord(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: header: %w", ErrSnapshotFormat, err)
+	}
+	var hdr kvpb.SnapshotHeader
+	if err := proto.Unmarshal(hb, &hdr); err != nil {
+		return nil, fmt.Errorf("%w: header: %w", ErrSnapshotFormat, err)
+	}
+	if hdr.FormatVersion != formatVersion {
+		return nil, fmt.Errorf("%w: format version %d, this build reads version %d", ErrSnapshotFormat, hdr.FormatVersion, formatVersion)
+	}
+	s := newState()
+	s.index, s.logTime = hdr.AppliedIndex, hdr.LogTime
+	for i := 1; ; i++ {
+		b, err := readRecord(r)
+		if err == io.EOF {
+			break
+		}
+		if err == nil && len(b) == 0 {
+			err = errors.New("empty record")
+		}
+		if err == nil {
+			err = s.decodeRecord(recordKind(b[0]), b[1:])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: record %d: %w", ErrSnapshotFormat, i, err)
+		}
+	}
+	s.rebuild()
+	return s, nil
+}
+
+func (s *state) decodeRecord(kind recordKind, b []byte) error {
+	switch kind {
+	case recLimits:
+		s.limits = &kvpb.StateLimits{}
+		return proto.Unmarshal(b, s.limits)
+	case recCounters:
+		f, err := parseFields(b)
+		s.counters = cacheCounters{
+			maxBytes: f.varints[1], evictions: f.varints[2], stores: f.varints[3],
+			staleStoresRejected: f.varints[4], leasesGranted: f.varints[5], leasesExpired: f.varints[6],
+		}
+		return err
+	case recMember:
+		var m kvpb.Member
+		if err := proto.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		s.members[m.Name] = member{name: m.Name, peerAddr: m.PeerAddr, clientAddr: m.ClientAddr}
+	case recKey:
+		var kv kvpb.KeyValue
+		if err := proto.Unmarshal(b, &kv); err != nil {
+			return err
+		}
+		s.kv.ReplaceOrInsert(kvItem{key: string(kv.Key), value: kv.Value, createIdx: kv.CreateIndex,
+			modIdx: kv.ModIndex, version: kv.Version, expiresAt: kv.ExpiresAt})
+	case recSession:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		var info kvpb.SessionInfo
+		if err := proto.Unmarshal(f.bytes[1], &info); err != nil {
+			return err
+		}
+		se := newSession(info.Id)
+		se.ttlMs, se.expiresAt, se.createdAt, se.name = info.TtlMs, info.ExpiresAt, info.CreatedAt, info.Name
+		se.minPending = f.varints[2]
+		s.sessions[se.id] = se
+	case recDedup:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		se := s.sessions[f.varints[1]]
+		if se == nil {
+			return fmt.Errorf("dedup result of unknown session %d", f.varints[1])
+		}
+		res := &kvpb.CommandResult{}
+		if err := proto.Unmarshal(f.bytes[3], res); err != nil {
+			return err
+		}
+		se.dedup.ReplaceOrInsert(dedupEntry{seq: f.varints[2], res: res})
+	case recLock:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		var info kvpb.LockInfo
+		if err := proto.Unmarshal(f.bytes[1], &info); err != nil {
+			return err
+		}
+		delays, err := unpack(f.bytes[2])
+		if err != nil {
+			return err
+		}
+		l := lockItem{name: string(info.Name), token: info.Token, session: info.Session, heldSince: info.HeldSince,
+			delayUntil: info.DelayUntil, brokenToken: info.BrokenToken, brokenAt: info.BrokenAt,
+			brokenReason: info.BrokenReason, lockDelayMs: info.LockDelayMs}
+		for i, w := range info.Waiters {
+			lw := lockWaiter{session: w.Session, queuedAt: w.QueuedAt, waitUntil: w.WaitUntil}
+			if i < len(delays) {
+				lw.lockDelayMs = int64(delays[i])
+			}
+			l.waiters = append(l.waiters, lw)
+		}
+		s.locks.ReplaceOrInsert(l)
+	case recCache:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		var e kvpb.CacheEntry
+		if err := proto.Unmarshal(f.bytes[1], &e); err != nil {
+			return err
+		}
+		untils, err := unpack(f.bytes[4])
+		if err != nil {
+			return err
+		}
+		c := cacheItem{key: string(e.Key), value: e.Value, hasValue: f.varints[2] != 0, freshUntil: e.FreshUntil,
+			staleUntil: e.StaleUntil, filledIdx: e.FilledIndex, isError: e.IsError, leaseMs: int64(f.varints[3])}
+		if e.Lease != nil {
+			c.lease = fillLease{session: e.Lease.Session, token: e.Lease.Token, expiresAt: e.Lease.ExpiresAt}
+		}
+		for i, sess := range e.Waiters {
+			w := cacheWaiter{session: sess}
+			if i < len(untils) {
+				w.waitUntil = int64(untils[i])
+			}
+			c.waiters = append(c.waiters, w)
+		}
+		s.cache.ReplaceOrInsert(c)
+	default:
+		return fmt.Errorf("unknown record kind %d", kind)
+	}
+	return nil
+}
