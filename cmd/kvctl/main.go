@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -61,6 +62,10 @@ func withCode(code int, err error) error {
 	}
 	return &exitError{code: code, err: err}
 }
+
+// testDialer, when set (by tests), replaces net.Dial for the client: it
+// reaches an in-process cluster.
+var testDialer func(ctx context.Context, addr string) (net.Conn, error)
 
 // subcommands are added by the files of this package (kv.go, lock.go, ...)
 // from their init functions.
@@ -158,7 +163,7 @@ func (a *app) Client() (*client.Client, error) {
 	if len(eps) == 0 {
 		return nil, &usageError{"--endpoints: no endpoint given"}
 	}
-	c, err := client.New(client.Config{Endpoints: eps})
+	c, err := client.New(client.Config{Endpoints: eps, Dialer: testDialer})
 	if err != nil {
 		return nil, err
 	}
