@@ -379,6 +379,20 @@ func (c *Client) Add(ctx context.Context, key []byte, delta int64, opts ...OpOpt
 // ---------------------------------------------------------------------------
 // Session-less calls
 
+// CreateSession creates a session on the server and nothing else: no
+// keepalives, no sequence numbers (NewSession does both). It is for tools
+// such as kvctl that hand the id to someone else. ttl 0 means
+// Config.SessionTTL.
+func (c *Client) CreateSession(ctx context.Context, ttl time.Duration, name string) (*kvpb.CreateSessionResponse, error) {
+	if ttl == 0 {
+		ttl = c.cfg.SessionTTL
+	}
+	req := &kvpb.CreateSessionRequest{TtlMs: ms(ttl), Name: name}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CreateSessionResponse, error) {
+		return kvpb.NewSessionClient(cc).Create(ctx, req, opts...)
+	})
+}
+
 // KeepAlive renews session id once (retried until ctx ends).
 // ErrSessionExpired if the server no longer has it.
 func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveResponse, error) {

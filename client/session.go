@@ -57,11 +57,8 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, name string)
 	if ttl == 0 {
 		ttl = c.cfg.SessionTTL
 	}
-	req := &kvpb.CreateSessionRequest{TtlMs: ms(ttl), Name: name}
 	sent := time.Now()
-	resp, err := read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CreateSessionResponse, error) {
-		return kvpb.NewSessionClient(cc).Create(ctx, req, opts...)
-	})
+	resp, err := c.CreateSession(ctx, ttl, name)
 	if err != nil {
 		return nil, err
 	}
