@@ -1,0 +1,262 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvdproject/kvd/client"
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+func init() { subcommands = append(subcommands, newCacheCommand) }
+
+func newCacheCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cache",
+		Short: "The cache of computed results",
+		Long: `The cache of computed results (what the Go cache package memoizes into).
+Cache entries are a namespace apart from plain keys.
+
+Exit code 4: no value for the key (state miss).`,
+	}
+	cmd.AddCommand(newCacheGetCommand(a), newCacheSetCommand(a), newCacheInvalidateCommand(a), newCacheStatsCommand(a))
+	return cmd
+}
+
+// cacheStateName is the lower-case name of a cache state.
+func cacheStateName(s kvpb.CacheState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "CACHE_STATE_"))
+}
+
+// cacheEntryJSON is the -o json form of `cache get`.
+type cacheEntryJSON struct {
+	Key          string `json:"key"`
+	State        string `json:"state"`
+	Value        string `json:"value,omitempty"`
+	IsError      bool   `json:"is_error,omitempty"`
+	FreshUntil   string `json:"fresh_until,omitempty"`
+	TTLLeftMs    int64  `json:"ttl_left_ms,omitempty"`
+	StaleUntil   string `json:"stale_until,omitempty"`
+	FilledIndex  uint64 `json:"filled_index,omitempty"`
+	LeaseSession uint64 `json:"lease_session,omitempty"`
+	LeaseToken   uint64 `json:"lease_token,omitempty"`
+	LeaseExpires string `json:"lease_expires_at,omitempty"`
+	Waiters      int    `json:"waiters,omitempty"`
+	LogTime      string `json:"log_time"`
+}
+
+func newCacheGetCommand(a *app) *cobra.Command {
+	var consistency string
+	cmd := &cobra.Command{
+		Use:   "get KEY",
+		Short: "Show a cache entry: value, state (fresh/stale/filling/miss), TTL left, filled at index",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var opts []client.OpOption
+			switch consistency {
+			case "linearizable", "":
+			case "stale":
+				opts = append(opts, client.WithStale())
+			default:
+				return &usageError{fmt.Sprintf("--consistency: want linearizable or stale, got %q", consistency)}
+			}
+			c, err := a.Client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.requestContext(cmd.Context())
+			defer cancel()
+			resp, err := c.CacheGet(ctx, []byte(args[0]), opts...)
+			if err != nil {
+				return fmt.Errorf("cache get %q: %w", args[0], err)
+			}
+			if err := a.printCacheEntry(args[0], resp); err != nil {
+				return err
+			}
+			if resp.GetState() == kvpb.CacheState_CACHE_STATE_MISS {
+				return withCode(exitNotFound, fmt.Errorf("cache get %q: no value (miss)", args[0]))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale (served by the receiving node)")
+	return cmd
+}
+
+func (a *app) printCacheEntry(key string, resp *kvpb.CacheGetResponse) error {
+	now := resp.GetHeader().GetLogTime()
+	e := resp.GetEntry()
+	state := cacheStateName(resp.GetState())
+	if a.json() {
+		j := cacheEntryJSON{
+			Key:          key,
+			State:        state,
+			Value:        string(e.GetValue()),
+			IsError:      e.GetIsError(),
+			FreshUntil:   logTimeRFC3339(e.GetFreshUntil()),
+			StaleUntil:   logTimeRFC3339(e.GetStaleUntil()),
+			FilledIndex:  e.GetFilledIndex(),
+			LeaseSession: e.GetLease().GetSession(),
+			LeaseToken:   e.GetLease().GetToken(),
+			LeaseExpires: logTimeRFC3339(e.GetLease().GetExpiresAt()),
+			Waiters:      len(e.GetWaiters()),
+			LogTime:      logTimeRFC3339(now),
+		}
+		if e.GetFreshUntil() > now {
+			j.TTLLeftMs = time.Duration(e.GetFreshUntil() - now).Milliseconds()
+		}
+		return a.printJSON(j)
+	}
+	w := a.stdout
+	fmt.Fprintf(w, "key:         %s\nstate:       %s\n", key, state)
+	if e == nil {
+		return nil
+	}
+	if len(e.GetValue()) > 0 || e.GetFilledIndex() != 0 {
+		if e.GetIsError() {
+			fmt.Fprintf(w, "error:       %s\n", e.GetValue())
+		} else {
+			fmt.Fprintf(w, "value:       %s\n", e.GetValue())
+		}
+		fmt.Fprintf(w, "fresh until: %s\n", logTimeText(e.GetFreshUntil(), now))
+		if e.GetStaleUntil() > e.GetFreshUntil() {
+			fmt.Fprintf(w, "stale until: %s\n", logTimeText(e.GetStaleUntil(), now))
+		}
+		fmt.Fprintf(w, "filled at:   index %d\n", e.GetFilledIndex())
+	}
+	if l := e.GetLease(); l.GetToken() != 0 {
+		fmt.Fprintf(w, "fill lease:  session %d token %d until %s\n", l.GetSession(), l.GetToken(), logTimeText(l.GetExpiresAt(), now))
+	}
+	if n := len(e.GetWaiters()); n > 0 {
+		fmt.Fprintf(w, "waiting:     %d session(s)\n", n)
+	}
+	return nil
+}
+
+func newCacheSetCommand(a *app) *cobra.Command {
+	var ttl, stale time.Duration
+	cmd := &cobra.Command{
+		Use:   "set KEY VALUE --ttl 1m [--stale 0]",
+		Short: "Store a value in the cache (bypassing any fill lease)",
+		Args:  exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ttl <= 0 || stale < 0 {
+				return &usageError{"cache set: --ttl must be positive and --stale not negative"}
+			}
+			c, err := a.Client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.requestContext(cmd.Context())
+			defer cancel()
+			resp, err := c.CacheSet(ctx, []byte(args[0]), []byte(args[1]), ttl, stale)
+			if err != nil {
+				return fmt.Errorf("cache set %q: %w", args[0], err)
+			}
+			e, now := resp.GetEntry(), resp.GetHeader().GetLogTime()
+			if a.json() {
+				return a.printJSON(map[string]any{
+					"key":          args[0],
+					"fresh_until":  logTimeRFC3339(e.GetFreshUntil()),
+					"stale_until":  logTimeRFC3339(e.GetStaleUntil()),
+					"filled_index": e.GetFilledIndex(),
+				})
+			}
+			fmt.Fprintf(a.stdout, "stored %s at index %d, fresh until %s\n", args[0], e.GetFilledIndex(), logTimeText(e.GetFreshUntil(), now))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&ttl, "ttl", time.Minute, "time the value stays fresh")
+	cmd.Flags().DurationVar(&stale, "stale", 0, "serve-stale window after the TTL")
+	return cmd
+}
+
+func newCacheInvalidateCommand(a *app) *cobra.Command {
+	var prefix string
+	cmd := &cobra.Command{
+		Use:   "invalidate KEY | --prefix P",
+		Short: "Remove a cache entry, or every entry with a prefix",
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case cmd.Flags().Changed("prefix") && len(args) == 0:
+			case !cmd.Flags().Changed("prefix") && len(args) == 1:
+			default:
+				return &usageError{"cache invalidate: want KEY or --prefix P"}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, isPrefix := prefix, true
+			if len(args) == 1 {
+				key, isPrefix = args[0], false
+			}
+			c, err := a.Client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.requestContext(cmd.Context())
+			defer cancel()
+			resp, err := c.Invalidate(ctx, []byte(key), isPrefix)
+			if err != nil {
+				return fmt.Errorf("cache invalidate %q: %w", key, err)
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{"key": key, "prefix": isPrefix, "invalidated": resp.GetInvalidated()})
+			}
+			fmt.Fprintf(a.stdout, "invalidated %d entr%s\n", resp.GetInvalidated(), map[bool]string{true: "y", false: "ies"}[resp.GetInvalidated() == 1])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&prefix, "prefix", "", "invalidate every entry whose key starts with P")
+	return cmd
+}
+
+func newCacheStatsCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "Cache counters: replicated ones, and the receiving node's hits and misses",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.Client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.requestContext(cmd.Context())
+			defer cancel()
+			r, err := c.CacheStats(ctx)
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(map[string]any{
+					"served_by":             r.GetHeader().GetServedBy(),
+					"entries":               r.GetEntries(),
+					"bytes":                 r.GetBytes(),
+					"max_bytes":             r.GetMaxBytes(),
+					"evictions":             r.GetEvictions(),
+					"stores":                r.GetStores(),
+					"stale_stores_rejected": r.GetStaleStoresRejected(),
+					"leases_granted":        r.GetLeasesGranted(),
+					"leases_expired":        r.GetLeasesExpired(),
+					"hits":                  r.GetHits(),
+					"stale_hits":            r.GetStaleHits(),
+					"misses":                r.GetMisses(),
+					"waits":                 r.GetWaits(),
+				})
+			}
+			w := a.stdout
+			fmt.Fprintf(w, "entries:               %d\n", r.GetEntries())
+			fmt.Fprintf(w, "bytes:                 %d of %d\n", r.GetBytes(), r.GetMaxBytes())
+			fmt.Fprintf(w, "evictions:             %d\n", r.GetEvictions())
+			fmt.Fprintf(w, "stores:                %d\n", r.GetStores())
+			fmt.Fprintf(w, "stale stores rejected: %d\n", r.GetStaleStoresRejected())
+			fmt.Fprintf(w, "fill leases granted:   %d (expired %d)\n", r.GetLeasesGranted(), r.GetLeasesExpired())
+			fmt.Fprintf(w, "on %s since it started:\n", r.GetHeader().GetServedBy())
+			fmt.Fprintf(w, "  hits %d, stale hits %d, misses %d, waits %d\n", r.GetHits(), r.GetStaleHits(), r.GetMisses(), r.GetWaits())
+			return nil
+		},
+	}
+}
