@@ -1,0 +1,273 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// randomLog builds a seeded log that exercises every op. It feeds a scratch
+// FSM as it goes so that it can reuse live session ids and tokens.
+func randomLog(t testing.TB, seed uint64, n int) [][]byte {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	h := newHarness(t)
+	h.limits = &kvpb.StateLimits{MaxWaitersPerLock: 4, MaxLocksPerSession: 3, CacheMaxBytes: 200, MaxDedupResults: 5}
+	var log [][]byte
+	var sessions []uint64
+	seqs := map[uint64]uint64{}
+	tokens := map[string]uint64{}
+	keys := []string{"a", "b", "c", "d/1", "d/2"}
+	pick := func() string { return keys[rng.IntN(len(keys))] }
+	sess := func() uint64 {
+		if len(sessions) == 0 || rng.IntN(10) == 0 {
+			return uint64(rng.IntN(int(h.index + 2)))
+		}
+		return sessions[max(0, len(sessions)-1-rng.IntN(4))]
+	}
+	next := func(s uint64) *kvpb.RequestHeader {
+		if rng.IntN(5) == 0 && seqs[s] > 0 {
+			return &kvpb.RequestHeader{Session: s, Seq: seqs[s]} // a retry
+		}
+		seqs[s]++
+		return &kvpb.RequestHeader{Session: s, Seq: seqs[s], MinPendingSeq: seqs[s] - uint64(rng.IntN(3)) }
+	}
+	for range n {
+		h.now += int64(rng.IntN(60)) * ms
+		var cmd *kvpb.Command
+		switch rng.IntN(20) {
+		case 0, 1:
+			cmd = put(pick(), "v", int64(rng.IntN(3))*300)
+		case 2:
+			cmd = del(pick())
+		case 3:
+			s := sess()
+			cmd = add(next(s), pick(), int64(rng.IntN(5)))
+		case 4:
+			cmd = createSession(int64(1000 + rng.IntN(3000)))
+		case 5:
+			cmd = keepAlive(sess())
+		case 6:
+			cmd = closeSession(sess())
+		case 7, 8:
+			s := sess()
+			cmd = acquire(s, next(s).Seq, "L"+pick(), int64(rng.IntN(3))*500, int64(rng.IntN(2))*200)
+		case 9:
+			name := "L" + pick()
+			cmd = release(sess(), name, tokens[name])
+		case 10:
+			cmd = cancelWait(sess(), "L"+pick())
+		case 11:
+			name := "L" + pick()
+			cmd = renew(name, tokens[name])
+		case 12:
+			cmd = breakLock("L"+pick(), "test")
+		case 13, 14:
+			cmd = fill(sess(), pick(), int64(100+rng.IntN(500)), int64(rng.IntN(2))*1000)
+		case 15:
+			k := pick()
+			c := store(sess(), k, tokens["C"+k], "value-"+k, int64(1+rng.IntN(1000)), int64(rng.IntN(500)))
+			c.GetStore().Abandon = rng.IntN(4) == 0
+			c.GetStore().IsError = rng.IntN(4) == 0
+			cmd = c
+		case 16:
+			cmd = cacheSet(pick(), "set", int64(1+rng.IntN(1000)))
+		case 17:
+			cmd = invalidate("d/", rng.IntN(2) == 0)
+		case 18:
+			cmd = tick()
+		case 19:
+			if rng.IntN(4) == 0 {
+				cmd = recoverOp(int64(rng.IntN(1000)))
+			} else {
+				cmd = setMember(pick(), "p", "c")
+			}
+		}
+		res := h.apply(cmd)
+		cmd.Stamp, cmd.Limits = h.now, h.limits
+		data, _ := proto.Marshal(cmd)
+		log = append(log, data)
+		if id := res.GetCreateSession().GetSession().GetId(); id != 0 {
+			sessions = append(sessions, id)
+		}
+		if a := cmd.GetAcquire(); a != nil && res.GetAcquire().GetToken() != 0 {
+			tokens[string(a.Name)] = res.GetAcquire().Token
+		}
+		if f := cmd.GetFill(); f != nil && res.GetFill().GetLeaseToken() != 0 {
+			tokens["C"+string(f.Key)] = res.GetFill().LeaseToken
+		}
+	}
+	return log
+}
+
+func applyAll(f *FSM, log [][]byte, from uint64) {
+	for i, data := range log {
+		f.Apply(&raft.Log{Index: from + uint64(i), Type: raft.LogCommand, Data: data})
+	}
+}
+
+func TestTwoFSMsSameLogSameSnapshot(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3, 42} {
+		log := randomLog(t, seed, 3000)
+		a, b := New(), New()
+		applyAll(a, log, 1)
+		applyAll(b, log, 1)
+		sa, sb := snapshotBytes(t, a), snapshotBytes(t, b)
+		if !bytes.Equal(sa, sb) {
+			t.Fatalf("seed %d: snapshots differ (%d vs %d bytes)", seed, len(sa), len(sb))
+		}
+		if !bytes.Equal(a.StateHash(), b.StateHash()) {
+			t.Fatalf("seed %d: state hashes differ", seed)
+		}
+	}
+}
+
+// TestSnapshotRestoreMidLog restores a snapshot taken half way and applies
+// the rest: the result must equal a replica that applied the whole log, so
+// the derived indexes are rebuilt correctly.
+func TestSnapshotRestoreMidLog(t *testing.T) {
+	for _, seed := range []uint64{7, 8, 9} {
+		log := randomLog(t, seed, 3000)
+		whole := New()
+		applyAll(whole, log, 1)
+
+		half := New()
+		applyAll(half, log[:1500], 1)
+		snap := snapshotBytes(t, half)
+		restored := New()
+		if err := restored.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+		if !bytes.Equal(snapshotBytes(t, restored), snap) {
+			t.Fatalf("seed %d: re-snapshot after restore differs", seed)
+		}
+		if !bytes.Equal(restored.StateHash(), half.StateHash()) {
+			t.Fatalf("seed %d: StateHash after restore differs", seed)
+		}
+		if restored.NextDeadline() != half.NextDeadline() {
+			t.Errorf("seed %d: NextDeadline() = %d after restore, want %d", seed, restored.NextDeadline(), half.NextDeadline())
+		}
+		applyAll(restored, log[1500:], 1501)
+		if !bytes.Equal(snapshotBytes(t, restored), snapshotBytes(t, whole)) {
+			t.Fatalf("seed %d: restored replica diverged from the whole-log replica", seed)
+		}
+	}
+}
+
+// TestSnapshotIsPointInTime checks that Applies after Snapshot do not change
+// what Persist writes.
+func TestSnapshotIsPointInTime(t *testing.T) {
+	log := randomLog(t, 5, 2000)
+	a, b := New(), New()
+	applyAll(a, log[:1000], 1)
+	applyAll(b, log[:1000], 1)
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyAll(a, log[1000:], 1001)
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sink.Bytes(), snapshotBytes(t, b)) {
+		t.Fatalf("Persist after later Applies wrote a different state")
+	}
+}
+
+func TestRestoreRejectsBadSnapshots(t *testing.T) {
+	h := newHarness(t)
+	h.ok(put("keep", "me", 0))
+	hb, _ := proto.Marshal(&kvpb.SnapshotHeader{FormatVersion: 99})
+	future := append([]byte{byte(len(hb))}, hb...)
+	good := snapshotBytes(t, New())
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"unknown version", future},
+		{"empty", nil},
+		{"truncated record", append(append([]byte{}, good...), 10, 1, 2)},
+		{"unknown record kind", append(append([]byte{}, good...), 1, 99)},
+	}
+	for _, tt := range tests {
+		err := h.f.Restore(io.NopCloser(bytes.NewReader(tt.data)))
+		if !errors.Is(err, ErrSnapshotFormat) {
+			t.Errorf("Restore(%s) = %v, want ErrSnapshotFormat", tt.name, err)
+		}
+	}
+	if h.get("keep") == nil {
+		t.Errorf("a rejected Restore changed the state")
+	}
+}
+
+func TestWatch(t *testing.T) {
+	h := newHarness(t)
+	s := h.session(10000)
+	lockCh, _ := h.f.Watch(WatchLock, []byte("L"))
+	cacheCh, _ := h.f.Watch(WatchCache, []byte("k"))
+	otherCh, cancel := h.f.Watch(WatchLock, []byte("other"))
+	defer cancel()
+	h.ok(acquire(s, 1, "L", 0, 0))
+	select {
+	case <-lockCh:
+	default:
+		t.Errorf("lock watch did not fire on grant")
+	}
+	select {
+	case <-cacheCh:
+		t.Errorf("cache watch fired on a lock change")
+	default:
+	}
+	h.ok(fill(s, "k", 1000, 0))
+	select {
+	case <-cacheCh:
+	default:
+		t.Errorf("cache watch did not fire on lease grant")
+	}
+	// Expiry fires watches too.
+	ch, _ := h.f.Watch(WatchLock, []byte("L"))
+	h.at(20000).ok(tick())
+	select {
+	case <-ch:
+	default:
+		t.Errorf("lock watch did not fire on session expiry")
+	}
+	select {
+	case <-otherCh:
+		t.Errorf("watch on an untouched lock fired")
+	default:
+	}
+	c2, cancel2 := h.f.Watch(WatchCache, []byte("k"))
+	cancel2()
+	h.ok(cacheSet("k", "v", 1000))
+	select {
+	case <-c2:
+		t.Errorf("a cancelled watch fired")
+	default:
+	}
+}
+
+func BenchmarkApplyPut(b *testing.B) {
+	f := New()
+	cmd := &kvpb.Command{Stamp: t0, Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Key: []byte("key"), Value: bytes.Repeat([]byte("v"), 100)}}}
+	datas := make([][]byte, 1024)
+	for i := range datas {
+		cmd.GetPut().Key = []byte{byte(i), byte(i >> 8), 'k'}
+		cmd.GetPut().TtlMs = int64(i % 3 * 1000)
+		cmd.Stamp = t0 + int64(i)*ms
+		datas[i], _ = proto.Marshal(cmd)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		f.Apply(&raft.Log{Index: uint64(i), Type: raft.LogCommand, Data: datas[i%len(datas)]})
+	}
+}
