@@ -451,5 +451,3 @@ func TestErrorTable(t *testing.T) {
 		}
 	}
 }
-
-
