@@ -51,6 +51,7 @@ type Mutex struct {
 
 // hold is one grant of the lock.
 type hold struct {
+	grant    *kvpb.AcquireResponse
 	token    uint64
 	lost     chan struct{}
 	ctx      context.Context
@@ -209,6 +210,7 @@ func (m *Mutex) held() bool {
 func (m *Mutex) granted(resp *kvpb.AcquireResponse) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	h := &hold{
+		grant:  resp,
 		token:  resp.GetToken(),
 		lost:   make(chan struct{}),
 		ctx:    ctx,
@@ -294,6 +296,18 @@ func (m *Mutex) Token() uint64 {
 		return 0
 	}
 	return m.h.token
+}
+
+// Grant is the server's answer to the acquire that granted the current
+// hold (lock state and expiry in log time, response header), nil when
+// nothing is held.
+func (m *Mutex) Grant() *kvpb.AcquireResponse {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.h == nil {
+		return nil
+	}
+	return m.h.grant
 }
 
 // closed is returned by Lost when nothing is held.
