@@ -61,6 +61,9 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if req.GetLeaseMs() == 0 {
+		return nil, n.toStatus(invalid("lease_ms", 0, "lease_ms: required (how long a granted fill lease lasts)"))
+	}
 	now, hdr, err := n.readState(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
