@@ -144,7 +144,9 @@ func store(sess uint64, key string, token uint64, value string, ttlMs, staleMs i
 		Value: []byte(value), TtlMs: ttlMs, StaleMs: staleMs}}}
 }
 
-func storeReq(r *kvpb.StoreRequest) *kvpb.Command { return &kvpb.Command{Op: &kvpb.Command_Store{Store: r}} }
+func storeReq(r *kvpb.StoreRequest) *kvpb.Command {
+	return &kvpb.Command{Op: &kvpb.Command_Store{Store: r}}
+}
 
 func cacheSet(key, value string, ttlMs int64) *kvpb.Command {
 	return &kvpb.Command{Op: &kvpb.Command_CacheSet{CacheSet: &kvpb.CacheSetRequest{Key: []byte(key), Value: []byte(value), TtlMs: ttlMs}}}

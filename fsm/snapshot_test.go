@@ -36,7 +36,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 			return &kvpb.RequestHeader{Session: s, Seq: seqs[s]} // a retry
 		}
 		seqs[s]++
-		return &kvpb.RequestHeader{Session: s, Seq: seqs[s], MinPendingSeq: seqs[s] - uint64(rng.IntN(3)) }
+		return &kvpb.RequestHeader{Session: s, Seq: seqs[s], MinPendingSeq: seqs[s] - uint64(rng.IntN(3))}
 	}
 	for range n {
 		h.now += int64(rng.IntN(60)) * ms

@@ -40,10 +40,10 @@ type session struct {
 	minPending uint64
 	dedup      *btree.BTreeG[dedupEntry] // by seq; results never mutated once stored
 
-	locks       map[string]struct{} // locks held
-	lockWaits   map[string]struct{} // lock lines it stands in
-	leases      map[string]struct{} // cache keys whose fill lease it holds
-	cacheWaits  map[string]struct{} // cache keys it waits on
+	locks      map[string]struct{} // locks held
+	lockWaits  map[string]struct{} // lock lines it stands in
+	leases     map[string]struct{} // cache keys whose fill lease it holds
+	cacheWaits map[string]struct{} // cache keys it waits on
 }
 
 func newSession(id uint64) *session {
@@ -100,16 +100,16 @@ type cacheWaiter struct {
 // cacheItem is one cache entry. It exists while it has a value, a lease or
 // waiters.
 type cacheItem struct {
-	key         string
-	value       []byte
-	hasValue    bool
-	freshUntil  int64
-	staleUntil  int64
-	filledIdx   uint64
-	isError     bool
-	lease       fillLease
-	leaseMs     int64         // lease length given to the next waiter
-	waiters     []cacheWaiter // FIFO; replaced, never edited in place
+	key        string
+	value      []byte
+	hasValue   bool
+	freshUntil int64
+	staleUntil int64
+	filledIdx  uint64
+	isError    bool
+	lease      fillLease
+	leaseMs    int64         // lease length given to the next waiter
+	waiters    []cacheWaiter // FIFO; replaced, never edited in place
 }
 
 func (c *cacheItem) size() uint64 { return uint64(len(c.key) + len(c.value)) }
@@ -178,12 +178,12 @@ type state struct {
 	index   uint64 // last applied
 	logTime int64
 
-	kv        *btree.BTreeG[kvItem]
-	sessions  map[uint64]*session
-	locks     *btree.BTreeG[lockItem]
-	cache     *btree.BTreeG[cacheItem]
-	members   map[string]member
-	counters  cacheCounters
+	kv       *btree.BTreeG[kvItem]
+	sessions map[uint64]*session
+	locks    *btree.BTreeG[lockItem]
+	cache    *btree.BTreeG[cacheItem]
+	members  map[string]member
+	counters cacheCounters
 
 	// limits are the StateLimits of the last command that carried them.
 	// A zero limit means "no limit".
