@@ -252,3 +252,20 @@ func TestLocksList(t *testing.T) {
 		t.Errorf("Session.locks = %q, want sorted", locks)
 	}
 }
+
+func TestLockDelayWithoutWaitersIsDeletedAfter(t *testing.T) {
+	h := newHarness(t)
+	a := h.session(60000)
+	h.ok(acquire(a, 0, "L", 0, 1000))
+	h.ok(breakLock("L", "x"))
+	if h.f.Lock([]byte("L"), h.f.LogTime()) == nil {
+		t.Fatalf("Lock(L) = nil during its delay, want the delay shown")
+	}
+	h.at(1000).ok(tick())
+	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l != nil {
+		t.Errorf("Lock(L) = %v after the delay, want nil", l)
+	}
+	if d := h.f.NextDeadline(); d != t0+60000*ms {
+		t.Errorf("NextDeadline() = %d, want the session's %d", d, t0+60000*ms)
+	}
+}

@@ -290,7 +290,7 @@ func (s *state) unindexLock(l lockItem) {
 		}
 		s.delDeadline(deadline{at: w.waitUntil, kind: dlLockWaiter, id: w.session, name: l.name})
 	}
-	if l.token == 0 && len(l.waiters) > 0 {
+	if l.token == 0 {
 		s.delDeadline(deadline{at: l.delayUntil, kind: dlLockGrant, name: l.name})
 	}
 }
@@ -305,10 +305,10 @@ func (s *state) indexLock(l lockItem) {
 		}
 		s.addDeadline(deadline{at: w.waitUntil, kind: dlLockWaiter, id: w.session, name: l.name})
 	}
-	// A free lock with a line is granted to its head when its delay passes
-	// (see grantNext: a grant the current entry cannot make is deferred by
-	// setting delayUntil to log time + 1).
-	if l.token == 0 && len(l.waiters) > 0 && l.delayUntil > 0 {
+	// When the delay of a free lock passes, its head waiter is granted, or
+	// the lock, now empty, is deleted. (grantNext defers a grant the current
+	// entry cannot make by setting delayUntil to log time + 1.)
+	if l.token == 0 && l.delayUntil > 0 {
 		s.addDeadline(deadline{at: l.delayUntil, kind: dlLockGrant, name: l.name})
 	}
 }
