@@ -271,3 +271,37 @@ func BenchmarkApplyPut(b *testing.B) {
 		f.Apply(&raft.Log{Index: uint64(i), Type: raft.LogCommand, Data: datas[i%len(datas)]})
 	}
 }
+
+// TestConcurrentReadsAndPersist runs Persist and the read methods while
+// entries are applied (meaningful under -race).
+func TestConcurrentReadsAndPersist(t *testing.T) {
+	log := randomLog(t, 11, 2000)
+	f := New()
+	applyAll(f, log[:500], 1)
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := snap.Persist(&memSink{}); err != nil {
+			t.Error(err)
+		}
+		for range 200 {
+			now := f.LogTime()
+			f.Get([]byte("a"), now)
+			f.List(nil, nil, 0, false, now)
+			f.Locks(nil, now)
+			f.CacheEntry([]byte("b"), now)
+			f.CacheStats()
+			f.Members()
+			f.NextDeadline()
+			ch, cancel := f.Watch(WatchLock, []byte("La"))
+			cancel()
+			_ = ch
+		}
+	}()
+	applyAll(f, log[500:], 501)
+	<-done
+}
