@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -138,7 +139,13 @@ func (n *Node) leaderLoop(e *epoch) {
 	log.Info("leader ready", "anchor", time.Unix(0, e.anchor).UTC().Format(time.RFC3339Nano))
 
 	// Make sure our own client address is in the log.
-	go n.registerSelf(e.ctx)
+	var reg sync.WaitGroup
+	reg.Add(1)
+	go func() {
+		defer reg.Done()
+		n.registerSelf(e.ctx)
+	}()
+	defer reg.Wait()
 
 	t := time.NewTicker(n.cfg.TickInterval)
 	defer t.Stop()

@@ -430,12 +430,17 @@ func (n *Node) Start() (err error) {
 		if err != nil {
 			return fmt.Errorf("peer address %s: %w", n.cfg.PeerAddr, err)
 		}
-		t, err := raft.NewTCPTransportWithConfig(n.cfg.PeerAddr, addr, &raft.NetworkTransportConfig{
-			ServerAddressProvider: dialOverrides(n.cfg.TestPeerDialAddrs),
-			Logger:                hlog.Named("transport"),
-			MaxPool:               3,
-			Timeout:               10 * time.Second,
-		})
+		tc := &raft.NetworkTransportConfig{
+			Logger:  hlog.Named("transport"),
+			MaxPool: 3,
+			Timeout: 10 * time.Second,
+		}
+		if len(n.cfg.TestPeerDialAddrs) > 0 {
+			// Peers without an override fall back to their configured
+			// address (raft logs a warning each time: name every peer).
+			tc.ServerAddressProvider = dialOverrides(n.cfg.TestPeerDialAddrs)
+		}
+		t, err := raft.NewTCPTransportWithConfig(n.cfg.PeerAddr, addr, tc)
 		if err != nil {
 			return fmt.Errorf("listen on peer address %s: %w", n.cfg.PeerAddr, err)
 		}
