@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -180,7 +182,13 @@ func (a *app) lockRun(ctx context.Context, m *lock.Mutex, child []string, o lock
 		"KVD_LOCK_TOKEN="+strconv.FormatUint(token, 10),
 		"KVD_LOCK_SESSION="+strconv.FormatUint(s.ID(), 10),
 	)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
+	// kvctl writes its own messages to stderr while the child does; a
+	// stderr that is not a file (tests) is shared under a lock.
+	stderr := a.stderr
+	if _, ok := stderr.(*os.File); !ok {
+		stderr = &syncWriter{w: stderr}
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, stderr
 	cmd.WaitDelay = time.Second // a grandchild holding our pipes does not hold us
 
 	sigs := make(chan os.Signal, 8)
@@ -206,14 +214,14 @@ loop:
 		case <-lost:
 			lost = nil
 			lostErr = m.Err()
-			fmt.Fprintf(a.stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s\n", name, token, lostErr, child[0])
+			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s\n", name, token, lostErr, child[0])
 			cmd.Process.Signal(syscall.SIGTERM)
 			t := time.NewTimer(o.killGrace)
 			defer t.Stop()
 			kill = t.C
 		case <-kill:
 			kill = nil
-			fmt.Fprintf(a.stderr, "kvctl: %s still running %v after SIGTERM; sending SIGKILL\n", child[0], o.killGrace)
+			fmt.Fprintf(stderr, "kvctl: %s still running %v after SIGTERM; sending SIGKILL\n", child[0], o.killGrace)
 			cmd.Process.Kill()
 		case waitErr = <-exited:
 			break loop
@@ -248,6 +256,18 @@ loop:
 		return withCode(code, fmt.Errorf("%s exited with code %d", child[0], code))
 	}
 	return fmt.Errorf("lock %q: wait for %s: %w", name, child[0], waitErr)
+}
+
+// syncWriter serializes writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 func newLockReleaseCommand(a *app) *cobra.Command {
