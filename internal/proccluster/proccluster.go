@@ -82,6 +82,7 @@ type Cluster struct {
 	Dir   string
 	Nodes []*Node
 	kvd   string
+	logf  func(format string, args ...any) // without t (NewCluster)
 }
 
 // Node is one kvd process and its fixed addresses and data dir.
@@ -187,7 +188,12 @@ func (c *Cluster) DumpLogs() {
 		if len(lines) > 60 {
 			lines = lines[len(lines)-60:]
 		}
-		c.t.Logf("--- %s log (tail)\n%s", nd.Name, strings.Join(lines, "\n"))
+		switch {
+		case c.t != nil:
+			c.t.Logf("--- %s log (tail)\n%s", nd.Name, strings.Join(lines, "\n"))
+		case c.logf != nil:
+			c.logf("--- %s log (tail)\n%s", nd.Name, strings.Join(lines, "\n"))
+		}
 	}
 }
 
@@ -335,4 +341,76 @@ func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
 		}
 	}
 	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Harnesses without a testing.TB (test/jepsen-lite).
+
+// Build compiles ./cmd/kvd of the module that contains the working
+// directory into dir, with the given build tags, and returns its path.
+func Build(dir string, tags ...string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "kvd")
+	args := []string{"build", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, "./cmd/kvd")...)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/kvd: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+// NewCluster returns a cluster with no nodes that runs the kvd binary and
+// keeps node logs in dir. logf (may be nil) receives DumpLogs output. Add
+// nodes with AddNode, then Start each one.
+func NewCluster(kvd, dir string, logf func(format string, args ...any)) *Cluster {
+	return &Cluster{Dir: dir, kvd: kvd, logf: logf}
+}
+
+// AddNode adds a node that is not started. args is its whole command line
+// (Args; it may be changed between starts, e.g. to add a clock offset);
+// dataDir is the node's data directory.
+func (c *Cluster) AddNode(name, clientAddr, peerAddr, dataDir string, args []string) *Node {
+	nd := &Node{Name: name, ClientAddr: clientAddr, PeerAddr: peerAddr, DataDir: dataDir, Args: args, c: c}
+	c.Nodes = append(c.Nodes, nd)
+	return nd
+}
+
+// FreePortList is FreePorts without a testing.TB.
+func FreePortList(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// LogPath is the file the node's output goes to.
+func (nd *Node) LogPath() string { return nd.logPath() }
+
+// Pid is the running process's id, 0 when not running.
+func (nd *Node) Pid() int {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if nd.cmd == nil || nd.cmd.Process == nil {
+		return 0
+	}
+	return nd.cmd.Process.Pid
 }

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kvdproject/kvd/internal/proccluster"
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Harness is a kvd cluster of real processes whose every network path runs
+// through a Proxy the harness controls:
+//
+//   - links[i][j] carries node i's Raft connections to node j (kvd's
+//     --test-peer-dial names it for peer j on node i);
+//   - clientProxy[i] is node i's advertised client address: clients, and
+//     other nodes forwarding to node i, reach it through it.
+//
+// Every port is fixed before the first start, so a node restarts on the
+// same addresses.
+type Harness struct {
+	pc          *proccluster.Cluster
+	n           int
+	clientProxy []*Proxy
+	links       [][]*Proxy
+	logf        func(string, ...any)
+
+	mu      sync.Mutex
+	offsets []time.Duration // --test-clock-offset per node
+	base    [][]string      // args without the clock offset
+}
+
+// HarnessConfig shapes a Harness.
+type HarnessConfig struct {
+	Kvd   string // kvd binary
+	Dir   string // data dirs and logs
+	Nodes int
+	// Extra arguments for every node.
+	ExtraArgs []string
+	Logf      func(string, ...any)
+}
+
+// NewHarness allocates ports, starts the proxies and defines the nodes; it
+// does not start them.
+func NewHarness(cfg HarnessConfig) (*Harness, error) {
+	n := cfg.Nodes
+	ports, err := proccluster.FreePortList(3*n + n*(n-1))
+	if err != nil {
+		return nil, err
+	}
+	addr := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
+	h := &Harness{n: n, logf: cfg.Logf, offsets: make([]time.Duration, n)}
+	h.pc = proccluster.NewCluster(cfg.Kvd, cfg.Dir, cfg.Logf)
+	realClient := make([]string, n)
+	realPeer := make([]string, n)
+	for i := 0; i < n; i++ {
+		realClient[i] = addr(ports[3*i])
+		realPeer[i] = addr(ports[3*i+1])
+		p, err := NewProxy(fmt.Sprintf("client->%s", nodeName(i)), addr(ports[3*i+2]), realClient[i])
+		if err != nil {
+			h.Close()
+			return nil, err
+		}
+		h.clientProxy = append(h.clientProxy, p)
+	}
+	next := 3 * n
+	h.links = make([][]*Proxy, n)
+	for i := 0; i < n; i++ {
+		h.links[i] = make([]*Proxy, n)
+		for j := 0; j < n; j++ {
+			if i == j {
+				continue
+			}
+			p, err := NewProxy(fmt.Sprintf("%s->%s", nodeName(i), nodeName(j)), addr(ports[next]), realPeer[j])
+			next++
+			if err != nil {
+				h.Close()
+				return nil, err
+			}
+			h.links[i][j] = p
+		}
+	}
+	var initial []string
+	for i := 0; i < n; i++ {
+		initial = append(initial, nodeName(i)+"="+realPeer[i])
+	}
+	for i := 0; i < n; i++ {
+		var dial []string
+		for j := 0; j < n; j++ {
+			if j != i {
+				dial = append(dial, nodeName(j)+"="+h.links[i][j].Listen)
+			}
+		}
+		dataDir := filepath.Join(cfg.Dir, nodeName(i))
+		args := append([]string{
+			"--name", nodeName(i),
+			"--data-dir", dataDir,
+			"--client-addr", realClient[i],
+			"--advertise-client-addr", h.clientProxy[i].Listen,
+			"--peer-addr", realPeer[i],
+			"--initial-cluster", strings.Join(initial, ","),
+			"--test-peer-dial", strings.Join(dial, ","),
+		}, cfg.ExtraArgs...)
+		h.base = append(h.base, args)
+		h.pc.AddNode(nodeName(i), realClient[i], realPeer[i], dataDir, append([]string(nil), args...))
+	}
+	return h, nil
+}
+
+func nodeName(i int) string { return fmt.Sprintf("n%d", i+1) }
+
+// Node is node i's process.
+func (h *Harness) Node(i int) *proccluster.Node { return h.pc.Nodes[i] }
+
+// Endpoints are the client proxies' addresses (what workload clients use).
+func (h *Harness) Endpoints() []string {
+	var eps []string
+	for _, p := range h.clientProxy {
+		eps = append(eps, p.Listen)
+	}
+	return eps
+}
+
+// DirectEndpoints are the nodes' own client addresses (harness probes).
+func (h *Harness) DirectEndpoints() []string { return h.pc.Endpoints() }
+
+// StartAll starts every node that is not running.
+func (h *Harness) StartAll() error {
+	for i := 0; i < h.n; i++ {
+		if !h.Node(i).Running() {
+			if err := h.Start(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Start starts node i with its current clock offset.
+func (h *Harness) Start(i int) error {
+	h.mu.Lock()
+	args := append([]string(nil), h.base[i]...)
+	if off := h.offsets[i]; off != 0 {
+		args = append(args, "--test-clock-offset", off.String())
+	}
+	h.mu.Unlock()
+	nd := h.Node(i)
+	nd.Args = args
+	return nd.Start()
+}
+
+// SetClockOffset sets node i's clock offset for its next start.
+func (h *Harness) SetClockOffset(i int, d time.Duration) {
+	h.mu.Lock()
+	h.offsets[i] = d
+	h.mu.Unlock()
+}
+
+// Status asks node i directly (no proxy).
+func (h *Harness) Status(ctx context.Context, i int) (*kvpb.StatusResponse, error) {
+	if !h.Node(i).Running() {
+		return nil, errors.New("not running")
+	}
+	return h.Node(i).Status(ctx)
+}
+
+// Leader returns the index of the node that reports itself leader and is
+// acknowledged by a majority of the running nodes' leader_name; -1 if none.
+func (h *Harness) Leader(ctx context.Context) int {
+	votes := map[string]int{}
+	self := -1
+	for i := 0; i < h.n; i++ {
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		st, err := h.Status(sctx, i)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if st.GetRole() == "leader" {
+			self = i
+		}
+		if st.GetLeaderName() != "" {
+			votes[st.GetLeaderName()]++
+		}
+	}
+	if self >= 0 && votes[nodeName(self)] > h.n/2 {
+		return self
+	}
+	return -1
+}
+
+// HealNetwork heals every proxy.
+func (h *Harness) HealNetwork() {
+	for _, p := range h.clientProxy {
+		p.Heal()
+	}
+	for i := range h.links {
+		for _, p := range h.links[i] {
+			if p != nil {
+				p.Heal()
+			}
+		}
+	}
+}
+
+// CutOneWay drops every message from node a to node b: a's requests on the
+// a→b connections and a's answers on the b→a connections.
+func (h *Harness) CutOneWay(a, b int) {
+	h.links[a][b].Blackhole(true, false)
+	h.links[b][a].Blackhole(false, true)
+}
+
+// Cut drops every message between a and b, both ways.
+func (h *Harness) Cut(a, b int) {
+	h.CutOneWay(a, b)
+	h.CutOneWay(b, a)
+}
+
+// Partition cuts every link between the groups (each node belongs to at
+// most one group; nodes in no group keep all their links).
+func (h *Harness) Partition(groups ...[]int) {
+	g := make([]int, h.n)
+	for i := range g {
+		g[i] = -1
+	}
+	for k, grp := range groups {
+		for _, i := range grp {
+			g[i] = k
+		}
+	}
+	for a := 0; a < h.n; a++ {
+		for b := a + 1; b < h.n; b++ {
+			if g[a] >= 0 && g[b] >= 0 && g[a] != g[b] {
+				h.Cut(a, b)
+			}
+		}
+	}
+}
+
+// DelayLinks delays every Raft link by d.
+func (h *Harness) DelayLinks(d time.Duration) {
+	for i := range h.links {
+		for _, p := range h.links[i] {
+			if p != nil {
+				p.SetDelay(d)
+			}
+		}
+	}
+}
+
+// ResetLinks closes every open Raft connection; returns how many.
+func (h *Harness) ResetLinks() int {
+	n := 0
+	for i := range h.links {
+		for _, p := range h.links[i] {
+			if p != nil {
+				n += p.Reset()
+			}
+		}
+	}
+	return n
+}
+
+// CutClients blackholes node i's client proxy (clients and forwarding
+// nodes cannot reach it).
+func (h *Harness) CutClients(i int) { h.clientProxy[i].Blackhole(true, true) }
+
+// KillAll kills every node (SIGKILL), concurrently.
+func (h *Harness) KillAll() {
+	var wg sync.WaitGroup
+	for i := 0; i < h.n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			h.Node(i).Kill()
+		}(i)
+	}
+	wg.Wait()
+}
+
+// Close kills the nodes and closes the proxies.
+func (h *Harness) Close() {
+	if h.pc != nil {
+		h.KillAll()
+	}
+	for _, p := range h.clientProxy {
+		p.Close()
+	}
+	for i := range h.links {
+		for _, p := range h.links[i] {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}
+}
+
+// DumpLogs writes the tail of every node's log through logf.
+func (h *Harness) DumpLogs() { h.pc.DumpLogs() }
