@@ -281,11 +281,16 @@ func (cc *Cache) flight(ctx context.Context, key string, ttl time.Duration, fn f
 		if err != nil {
 			return &result{err: err, outcome: outFailed}
 		}
-		wait := maxFillWait
-		if dl, ok := ctx.Deadline(); ok {
-			wait = min(wait, time.Until(dl))
+		// The first ask does not wait, so that a fresh answer is known to
+		// be a hit; after a FILLING answer the flight waits for the fill.
+		var wait time.Duration
+		if waited {
+			wait = maxFillWait
+			if dl, ok := ctx.Deadline(); ok {
+				wait = min(wait, time.Until(dl))
+			}
+			wait = max(wait, time.Millisecond)
 		}
-		wait = max(wait, time.Millisecond)
 		sentAt := time.Now()
 		resp, err := sess.Fill(ctx, []byte(key), o.fillLease, wait, fillOpts...)
 		if err != nil {
@@ -305,7 +310,7 @@ func (cc *Cache) flight(ctx context.Context, key string, ttl time.Duration, fn f
 		case kvpb.CacheState_CACHE_STATE_FRESH:
 			r := entryResult(key, e)
 			r.outcome = outHit
-			if waited || answeredByStore(resp) {
+			if waited {
 				r.outcome = outWaited
 			}
 			if o.near > 0 {
@@ -337,9 +342,11 @@ func (cc *Cache) flight(ctx context.Context, key string, ttl time.Duration, fn f
 				continue
 			}
 			return cc.fill(ctx, sess, key, tok, ttl, fn, o)
-		default: // FILLING: someone else fills and our wait ended first.
+		default: // FILLING: someone else fills (and our wait, if any, ended first).
+			if waited {
+				pause(ctx, sentAt)
+			}
 			waited = true
-			pause(ctx, sentAt)
 		}
 	}
 }
@@ -355,13 +362,6 @@ func pause(ctx context.Context, sentAt time.Time) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-}
-
-// answeredByStore: the answer to a waiting fill is served at the apply of
-// the store it waited for, whose index is the entry's filled_index.
-func answeredByStore(resp *kvpb.FillResponse) bool {
-	h, e := resp.GetHeader(), resp.GetEntry()
-	return h != nil && !h.GetStale() && e.GetFilledIndex() != 0 && h.GetAppliedIndex() == e.GetFilledIndex()
 }
 
 // entryResult is what callers get from a stored entry.
