@@ -304,7 +304,8 @@ type Node struct {
 
 	mu      sync.Mutex
 	epoch   *epoch // non-nil while leader
-	started bool
+	started bool   // Start was called
+	serving bool   // Start succeeded
 	stopped bool
 
 	ctx    context.Context // ends at Shutdown
@@ -512,6 +513,9 @@ func (n *Node) Start() (err error) {
 		}
 	})
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	n.mu.Lock()
+	n.serving = true
+	n.mu.Unlock()
 	n.log.Info("kvd node started", "client_addr", n.cfg.AdvertiseClientAddr, "peer_addr", string(n.trans.LocalAddr()),
 		"existing_state", existing)
 	return nil
@@ -557,7 +561,7 @@ func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) 
 // RPCs get until ctx ends to finish; then they are cut off.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
-	if !n.started || n.stopped {
+	if !n.serving || n.stopped {
 		n.mu.Unlock()
 		return nil
 	}

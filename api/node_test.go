@@ -451,3 +451,33 @@ func TestErrorTable(t *testing.T) {
 		}
 	}
 }
+
+func TestPartitionedLeaderRefusesLinearizableRead(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	l := c.MustLeader()
+	put(t, kv(c, l), "p", "old", 0)
+	c.Disconnect(l)
+	f := followers(c, l)[0]
+	eventually(t, 5*time.Second, "a new leader", func() bool { return c.Leader() >= 0 && c.Leader() != l })
+	put(t, kv(c, f), "p", "new", 0)
+
+	r, err := get(ctxT(t, 2*time.Second), kv(c, l), "p", false)
+	if err == nil && string(r.GetKv().GetValue()) == "old" {
+		t.Fatalf("partitioned old leader served a stale linearizable read: %v", r)
+	}
+	if err != nil {
+		if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+			t.Errorf("linearizable read on the partitioned node: %v, want Unavailable or DeadlineExceeded", err)
+		}
+	}
+	// A stale read is served, and says so.
+	r, err = get(ctxT(t, 2*time.Second), kv(c, l), "p", true)
+	if err != nil || !r.GetHeader().GetStale() {
+		t.Errorf("stale read on the partitioned node = %v, %v; want a stale answer", r, err)
+	}
+	c.Reconnect(l)
+	eventually(t, 5*time.Second, "the old leader to catch up", func() bool {
+		r, err := get(t.Context(), kv(c, l), "p", false)
+		return err == nil && string(r.GetKv().GetValue()) == "new"
+	})
+}
