@@ -98,6 +98,13 @@ type Client struct {
 	leader    string // last known leader's client address, "" if unknown
 	closed    bool
 
+	// Leader discovery in the background (see discover).
+	discovering  bool
+	lastDiscover time.Time
+	bg           context.Context
+	stopBG       context.CancelFunc
+	bgWG         sync.WaitGroup
+
 	// The client's own session, for plain writes.
 	own         *Session
 	ownCreating chan struct{} // closed when a running creation ends
@@ -115,6 +122,7 @@ func New(cfg Config) (*Client, error) {
 		conns:     make(map[string]*grpc.ClientConn),
 		endpoints: append([]string(nil), cfg.Endpoints...),
 	}
+	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {
 		if _, err := c.conn(e); err != nil {
 			c.Close()
@@ -145,6 +153,8 @@ func (c *Client) Close() error {
 	conns := c.conns
 	c.conns = nil
 	c.mu.Unlock()
+	c.stopBG()
+	c.bgWG.Wait()
 	var errs []error
 	for _, cc := range conns {
 		if err := cc.Close(); err != nil {
@@ -196,7 +206,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 }
 
 // pick returns the address the next attempt goes to: the last known
-// leader, else the next endpoint round-robin.
+// leader, else the next endpoint round-robin (and then it starts finding
+// out who leads, so that later requests skip the forwarding hop).
 func (c *Client) pick() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -205,7 +216,40 @@ func (c *Client) pick() string {
 	}
 	addr := c.endpoints[c.next%len(c.endpoints)]
 	c.next++
+	c.discoverLocked(addr)
 	return addr
+}
+
+// discoverMinInterval spaces background leader discoveries.
+const discoverMinInterval = 100 * time.Millisecond
+
+// discoverLocked asks addr in the background who leads (Cluster.Status),
+// unless a discovery is running or ran recently. c.mu is held.
+func (c *Client) discoverLocked(addr string) {
+	if c.closed || c.discovering || time.Since(c.lastDiscover) < discoverMinInterval {
+		return
+	}
+	c.discovering = true
+	c.lastDiscover = time.Now()
+	c.bgWG.Add(1)
+	go func() {
+		defer c.bgWG.Done()
+		ctx, cancel := context.WithTimeout(c.bg, c.cfg.DialTimeout)
+		defer cancel()
+		var leader string
+		if cc, err := c.conn(addr); err == nil {
+			st, err := kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{})
+			if err == nil {
+				leader = st.GetLeaderAddr()
+			}
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.discovering = false
+		if leader != "" && c.leader == "" && !c.closed {
+			c.leader = leader
+		}
+	}()
 }
 
 // Leader returns the client address of the last known leader, "" when the

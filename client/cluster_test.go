@@ -28,7 +28,7 @@ func newClient(t *testing.T, tc *testcluster.Cluster) *client.Client {
 
 func TestKV(t *testing.T) {
 	tc := testcluster.Start(t, 3)
-	tc.MustLeader()
+	leader := tc.MustLeader()
 	c := newClient(t, tc)
 	ctx := t.Context()
 
@@ -42,6 +42,12 @@ func TestKV(t *testing.T) {
 	for _, kv := range [][2]string{{"a/2", "two"}, {"a/3", "three"}, {"b/1", "other"}} {
 		if _, err := c.Put(ctx, []byte(kv[0]), []byte(kv[1])); err != nil {
 			t.Fatalf("Put(%q): %v", kv[0], err)
+		}
+	}
+	// The client found the leader in the background.
+	for deadline := time.Now().Add(5 * time.Second); c.Leader() != tc.Endpoints[leader]; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Leader() = %q, want %q", c.Leader(), tc.Endpoints[leader])
 		}
 	}
 	get, err := c.Get(ctx, []byte("a/1"))
