@@ -199,6 +199,9 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 	)
 	for {
 		if c.isClosed() {
+			if maybe {
+				return zero, indeterminate(ErrClosed, nil)
+			}
 			return zero, ErrClosed
 		}
 		h := &kvpb.RequestHeader{Session: s.id, Seq: seq, MinPendingSeq: s.seqs.minPending()}
@@ -217,6 +220,9 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 				if own && !maybe {
 					// Nothing of this command can have been applied: run it
 					// again under a new session.
+					if !sleepBackoff(ctx, &delay) {
+						return zero, unavailable(r.err, ctx.Err())
+					}
 					ns, err := c.ownSession(ctx)
 					if err != nil {
 						return zero, err

@@ -382,9 +382,25 @@ func TestClusterCalls(t *testing.T) {
 	leader := tc.MustLeader()
 	c := newClient(t, tc)
 	ctx := t.Context()
-	m, err := c.Members(ctx)
-	if err != nil {
-		t.Fatalf("Members: %v", err)
+	// Client addresses reach the member list through the log: wait for all.
+	var m *kvpb.MembersResponse
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if m, err = c.Members(ctx); err != nil {
+			t.Fatalf("Members: %v", err)
+		}
+		known := 0
+		for _, mm := range m.GetMembers() {
+			if mm.GetClientAddr() != "" {
+				known++
+			}
+		}
+		if known == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Members = %v, want 3 with client addresses", m.GetMembers())
+		}
 	}
 	if len(m.GetMembers()) != 3 {
 		t.Errorf("Members = %v, want 3", m.GetMembers())
