@@ -145,7 +145,7 @@ func TestLockLostKillsCommandExit5(t *testing.T) {
 	go func() {
 		var code int
 		code, out, errs = lockCLI(t, cl, "lock", "acquire", "doomed", "--ttl", "3s", "--kill-grace", "500ms", "--",
-			"sh", "-c", `trap '' TERM; sleep 30`)
+			"sh", "-c", `trap '' TERM; exec sleep 30`)
 		done <- code
 	}()
 	deadline := time.Now().Add(5 * time.Second)
