@@ -251,11 +251,22 @@ func TestValidation(t *testing.T) {
 	conn := c.Conn(f)
 	ctx := ctxT(t, 10*time.Second)
 	put(t, kv(c, l), "seed", "v", 0)
+	// Member registration must be done before taking the index.
+	eventually(t, 5*time.Second, "every member registered", func() bool {
+		ms, err := kvpb.NewClusterClient(conn).Members(t.Context(), &kvpb.MembersRequest{})
+		if err != nil {
+			return false
+		}
+		for _, m := range ms.GetMembers() {
+			if m.GetClientAddr() == "" {
+				return false
+			}
+		}
+		return len(ms.GetMembers()) == 3
+	})
 	eventually(t, 5*time.Second, "quiet log", func() bool {
 		return c.Node(l).Raft().AppliedIndex() == c.Node(l).Raft().LastIndex()
 	})
-	// Let ticks and member registration settle before taking the index.
-	time.Sleep(100 * time.Millisecond)
 	before := c.Node(l).Raft().LastIndex()
 
 	lim := api.DefaultLimits()

@@ -208,13 +208,15 @@ func (c *Cluster) Leader() int {
 	return -1
 }
 
-// WaitLeader waits until some running node leads and accepts proposals, and
-// every running node knows of it; it returns that node's index.
+// WaitLeader waits until some running node leads and accepts proposals,
+// and every running member (of the leader's Raft configuration) knows the
+// leader's name and client address and every running member's client
+// address. It returns the leader's index.
 func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if i := c.Leader(); i >= 0 && c.allKnow(c.Name(i)) {
+		if i := c.Leader(); i >= 0 && c.settled(c.Name(i)) {
 			return i, nil
 		}
 		select {
@@ -225,15 +227,45 @@ func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
 	}
 }
 
-func (c *Cluster) allKnow(leader string) bool {
+// settled reports whether every running node of the leader's configuration
+// names leader with its client address and has every such node's client
+// address.
+func (c *Cluster) settled(leader string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	inConf := map[string]bool{}
 	for _, m := range c.members {
-		if m.stopped || m.node == nil {
+		if m.name == leader && m.node != nil {
+			f := m.node.Raft().GetConfiguration()
+			if f.Error() != nil {
+				return false
+			}
+			for _, s := range f.Configuration().Servers {
+				inConf[string(s.ID)] = true
+			}
+		}
+	}
+	want := map[string]string{}
+	for _, m := range c.members {
+		if !m.stopped && m.node != nil && inConf[m.name] {
+			want[m.name] = m.client
+		}
+	}
+	for _, m := range c.members {
+		if m.stopped || m.node == nil || !inConf[m.name] {
 			continue
 		}
-		if name, _ := m.node.Leader(); name != leader {
+		if name, addr := m.node.Leader(); name != leader || addr == "" {
 			return false
+		}
+		have := map[string]string{}
+		for _, mm := range m.node.FSM().Members() {
+			have[mm.GetName()] = mm.GetClientAddr()
+		}
+		for name, addr := range want {
+			if have[name] != addr {
+				return false
+			}
 		}
 	}
 	return true
