@@ -1,0 +1,726 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Verdict is one checker's result.
+type Verdict struct {
+	Name     string         `json:"name"`
+	Pass     bool           `json:"pass"`
+	Counts   map[string]int `json:"counts"`
+	Problems []string       `json:"problems,omitempty"` // violations (first maxProblems)
+	Notes    []string       `json:"notes,omitempty"`    // reported, not failed on
+	Files    []string       `json:"files,omitempty"`    // e.g. porcupine visualizations
+}
+
+const maxProblems = 25
+
+func newVerdict(name string) *Verdict {
+	return &Verdict{Name: name, Pass: true, Counts: map[string]int{}}
+}
+
+func (v *Verdict) fail(format string, args ...any) {
+	v.Pass = false
+	v.Counts["violations"]++
+	if len(v.Problems) < maxProblems {
+		v.Problems = append(v.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+func (v *Verdict) note(format string, args ...any) {
+	v.Counts["notes"]++
+	if len(v.Notes) < maxProblems {
+		v.Notes = append(v.Notes, fmt.Sprintf(format, args...))
+	}
+}
+
+func byKey(ops []Op, pred func(*Op) bool) map[string][]*Op {
+	m := map[string][]*Op{}
+	for i := range ops {
+		if pred(&ops[i]) {
+			m[ops[i].Key] = append(m[ops[i].Key], &ops[i])
+		}
+	}
+	return m
+}
+
+func maxTime(ops []Op) int64 {
+	var t int64
+	for _, op := range ops {
+		t = max(t, op.Complete, op.Invoke)
+	}
+	return t
+}
+
+// ---------------------------------------------------------------------------
+// Register linearizability (porcupine, per key).
+
+type regInput struct {
+	Kind     string // read, write, cas
+	Value    string
+	Expected uint64
+}
+
+type regOutput struct {
+	Unknown   bool
+	CASFailed bool
+	Found     bool
+	Value     string
+	Version   uint64
+}
+
+type regState struct {
+	Exists bool
+	Value  string
+	Ver    uint64
+}
+
+var registerModel = porcupine.Model{
+	Init: func() any { return regState{} },
+	Step: func(state, input, output any) (bool, any) {
+		st, in, out := state.(regState), input.(regInput), output.(regOutput)
+		next := regState{Exists: true, Value: in.Value, Ver: st.Ver + 1}
+		switch in.Kind {
+		case "read":
+			if out.Found != st.Exists {
+				return false, st
+			}
+			return !out.Found || (out.Value == st.Value && out.Version == st.Ver), st
+		case "write":
+			if out.Unknown {
+				return true, next
+			}
+			return out.Version == next.Ver, next
+		case "cas":
+			match := st.Ver == in.Expected
+			switch {
+			case out.CASFailed:
+				return !match, st
+			case out.Unknown:
+				if match {
+					return true, next
+				}
+				return true, st
+			}
+			return match && out.Version == next.Ver, next
+		}
+		return false, st
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(regInput), output.(regOutput)
+		res := fmt.Sprintf("%q v%d", out.Value, out.Version)
+		switch {
+		case out.Unknown:
+			res = "?"
+		case out.CASFailed:
+			res = "mismatch"
+		case in.Kind == "read" && !out.Found:
+			res = "absent"
+		}
+		switch in.Kind {
+		case "read":
+			return "get -> " + res
+		case "cas":
+			return fmt.Sprintf("cas(v%d, %q) -> %s", in.Expected, in.Value, res)
+		}
+		return fmt.Sprintf("put(%q) -> %s", in.Value, res)
+	},
+	DescribeState: func(state any) string {
+		st := state.(regState)
+		if !st.Exists {
+			return "absent"
+		}
+		return fmt.Sprintf("%q v%d", st.Value, st.Ver)
+	},
+}
+
+// registerOps turns the register history (and the final reads) into
+// porcupine operations by key. Unknown writes complete at "infinity".
+func registerOps(ops []Op) map[string][]porcupine.Operation {
+	inf := maxTime(ops) + int64(time.Hour)
+	m := map[string][]porcupine.Operation{}
+	for _, op := range ops {
+		if !strings.HasPrefix(op.Key, "reg/") || (op.Workload != "register" && op.Workload != "final") {
+			continue
+		}
+		in := regInput{Kind: op.Type, Value: op.Value}
+		if op.Expected != nil {
+			in.Expected = *op.Expected
+		}
+		out := regOutput{Found: op.Found, Value: op.Value, Version: op.Version}
+		ret := op.Complete
+		switch {
+		case op.Outcome == OK:
+		case op.Type == "read":
+			continue // a failed read observed nothing
+		case op.Outcome == Info:
+			out, ret = regOutput{Unknown: true}, inf
+		case op.Type == "cas" && op.Code == kvpb.ErrorCode_ERROR_CODE_VERSION_MISMATCH.String():
+			out = regOutput{CASFailed: true}
+		default:
+			continue // certainly not applied
+		}
+		if in.Kind == "read" && !out.Found {
+			out.Value = ""
+		}
+		m[op.Key] = append(m[op.Key], porcupine.Operation{ClientId: op.Client, Input: in, Call: op.Invoke, Output: out, Return: ret})
+	}
+	return m
+}
+
+// CheckRegister checks each key's history for linearizability; a key
+// whose check times out fails. Visualizations of failing keys go to dir.
+func CheckRegister(ops []Op, perKey time.Duration, dir string) *Verdict {
+	v := newVerdict("linearizable-register")
+	byKey := registerOps(ops)
+	keys := sortedKeys(byKey)
+	type res struct {
+		key    string
+		result porcupine.CheckResult
+		info   porcupine.LinearizationInfo
+	}
+	results := make([]res, len(keys))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 2)
+	for i, k := range keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int, k string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r, info := porcupine.CheckOperationsVerbose(registerModel, byKey[k], perKey)
+			results[i] = res{k, r, info}
+		}(i, k)
+	}
+	wg.Wait()
+	for _, r := range results {
+		v.Counts["keys"]++
+		v.Counts["ops"] += len(byKey[r.key])
+		switch r.result {
+		case porcupine.Ok:
+			continue
+		case porcupine.Unknown:
+			v.Counts["timeouts"]++
+			v.fail("key %s: check timed out after %v (counts as a failure)", r.key, perKey)
+		case porcupine.Illegal:
+			v.fail("key %s: not linearizable", r.key)
+		}
+		if dir != "" {
+			path := filepath.Join(dir, "linearizability-"+strings.ReplaceAll(r.key, "/", "_")+".html")
+			if err := porcupine.VisualizePath(registerModel, r.info, path); err == nil {
+				v.Files = append(v.Files, path)
+			}
+		}
+	}
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// Locks.
+
+// CheckLocks checks grants, fenced writes and the outside resource.
+func CheckLocks(ops []Op) *Verdict {
+	v := newVerdict("lock")
+	end := maxTime(ops)
+	grants := byKey(ops, func(op *Op) bool {
+		return op.Workload == "lock" && op.Type == "acquire" && op.Outcome == OK && op.Token > 0
+	})
+	// Ops that end a session's hold voluntarily, by session.
+	enders := map[uint64][]*Op{}
+	sessionEnd := map[uint64]int64{}
+	for i := range ops {
+		op := &ops[i]
+		if op.Workload != "lock" {
+			continue
+		}
+		switch op.Type {
+		case "release", "cancel-wait", "close-session":
+			enders[op.Session] = append(enders[op.Session], op)
+		case "session-end":
+			sessionEnd[op.Session] = op.Invoke
+		}
+	}
+	byToken := func(typ string) map[string]map[uint64][]*Op {
+		m := map[string]map[uint64][]*Op{}
+		for i := range ops {
+			op := &ops[i]
+			if op.Workload == "lock" && op.Type == typ && op.Outcome == OK {
+				if m[op.Key] == nil {
+					m[op.Key] = map[uint64][]*Op{}
+				}
+				m[op.Key][op.Token] = append(m[op.Key][op.Token], op)
+			}
+		}
+		return m
+	}
+	puts, releases, resource := byToken("fenced-put"), byToken("release"), byToken("resource")
+	for _, name := range sortedKeys(grants) {
+		gs := grants[name]
+		sort.Slice(gs, func(i, j int) bool { return gs[i].Token < gs[j].Token })
+		// One grant per token.
+		var uniq []*Op
+		for _, g := range gs {
+			if len(uniq) > 0 && uniq[len(uniq)-1].Token == g.Token {
+				if uniq[len(uniq)-1].Session != g.Session {
+					v.fail("lock %s: token %d granted to sessions %d and %d", name, g.Token, uniq[len(uniq)-1].Session, g.Session)
+				}
+				continue
+			}
+			uniq = append(uniq, g)
+		}
+		v.Counts["grants"] += len(uniq)
+		for i, g := range uniq {
+			if g.Index > 0 && g.Token > g.Index {
+				v.fail("lock %s: token %d is above the index %d of the state that granted it", name, g.Token, g.Index)
+			}
+			if i == 0 {
+				continue
+			}
+			p := uniq[i-1]
+			if g.HeldSince < p.HeldSince {
+				v.fail("lock %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order",
+					name, g.Token, g.HeldSince, p.Token, p.HeldSince)
+			}
+			for _, w := range puts[name][p.Token] {
+				if w.Index > g.Token {
+					v.fail("lock %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)",
+						name, p.Token, w.Index, g.Token)
+				}
+			}
+			for _, r := range releases[name][p.Token] {
+				if r.Index > g.Token {
+					v.fail("lock %s: grants overlap in log order: token %d released at index %d, after token %d was granted",
+						name, p.Token, r.Index, g.Token)
+				}
+			}
+			for _, r := range resource[name][p.Token] {
+				if r.Index >= g.Token {
+					v.fail("lock %s: CheckFence said token %d is valid at index %d, after token %d was granted (resource accepted a stale token)",
+						name, p.Token, r.Index, g.Token)
+				}
+			}
+			// The previous holder's session deadline (as of its grant) had
+			// not passed: the lock could only change hands if it was given up.
+			if p.Session != g.Session && g.HeldSince < p.ExpiresAt {
+				given := false
+				for _, e := range enders[p.Session] {
+					if e.Invoke <= g.Complete && (e.Type == "close-session" || e.Key == name) {
+						given = true
+					}
+				}
+				if !given {
+					v.fail("lock %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release",
+						name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
+				}
+			}
+		}
+		// Wall-clock overlaps of believed holders (reported only).
+		type iv struct {
+			tok        uint64
+			start, end int64
+		}
+		var ivs []iv
+		for _, g := range uniq {
+			e := end
+			for _, r := range enders[g.Session] {
+				if r.Invoke >= g.Complete && (r.Key == name || r.Type == "close-session") {
+					e = min(e, r.Invoke)
+				}
+			}
+			if se, ok := sessionEnd[g.Session]; ok && se >= g.Complete {
+				e = min(e, se)
+			}
+			ivs = append(ivs, iv{g.Token, g.Complete, e})
+		}
+		for i := range ivs {
+			for j := i + 1; j < len(ivs); j++ {
+				if ivs[i].start < ivs[j].end && ivs[j].start < ivs[i].end {
+					v.Counts["wall-clock-overlaps"]++
+					v.note("lock %s: holders of tokens %d and %d both believed they held it for %v",
+						name, ivs[i].tok, ivs[j].tok, time.Duration(min(ivs[i].end, ivs[j].end)-max(ivs[i].start, ivs[j].start)))
+				}
+			}
+		}
+	}
+	// The resource itself: accepted tokens never decrease.
+	for _, name := range sortedKeys(resource) {
+		var acc []*Op
+		for _, l := range resource[name] {
+			acc = append(acc, l...)
+		}
+		sort.Slice(acc, func(i, j int) bool { return acc[i].Complete < acc[j].Complete })
+		for i := 1; i < len(acc); i++ {
+			if acc[i].Token < acc[i-1].Token {
+				v.fail("resource %s accepted token %d after %d", name, acc[i].Token, acc[i-1].Token)
+			}
+		}
+		v.Counts["resource-accepted"] += len(acc)
+	}
+	for _, op := range ops {
+		if op.Workload != "lock" {
+			continue
+		}
+		switch {
+		case op.Type == "fenced-put" && op.Outcome == OK:
+			v.Counts["fenced-puts-accepted"]++
+		case op.Type == "fenced-put" && op.Code == kvpb.ErrorCode_ERROR_CODE_FENCE_FAILED.String():
+			v.Counts["fenced-puts-rejected"]++
+		case op.Type == "resource" && op.Outcome != OK:
+			v.Counts["resource-rejected"]++
+		}
+	}
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// TTL.
+
+// CheckTTL checks that no key expired before its log-time deadline, and
+// that a linearizable read whose log time is past the deadline does not
+// see the key.
+func CheckTTL(ops []Op) *Verdict {
+	v := newVerdict("ttl")
+	puts := map[string]*Op{}
+	for i := range ops {
+		if op := &ops[i]; op.Workload == "ttl" && op.Type == "put-ttl" && op.Outcome == OK {
+			puts[op.Key] = op
+		}
+	}
+	for _, op := range ops {
+		if op.Workload != "ttl" || op.Type != "list" || op.Outcome != OK {
+			continue
+		}
+		p := puts[op.Key]
+		if p == nil || op.Invoke < p.Complete {
+			continue
+		}
+		v.Counts["reads"]++
+		switch {
+		case !op.Found && op.LogTime < p.ExpiresAt:
+			v.fail("key %s expired early: absent at log time %d, deadline %d (%v early)",
+				op.Key, op.LogTime, p.ExpiresAt, time.Duration(p.ExpiresAt-op.LogTime))
+		case op.Found && op.LogTime >= p.ExpiresAt:
+			v.fail("key %s still present at log time %d, past its deadline %d by %v",
+				op.Key, op.LogTime, p.ExpiresAt, time.Duration(op.LogTime-p.ExpiresAt))
+		case op.Found:
+			v.Counts["present-before-deadline"]++
+		default:
+			v.Counts["absent-after-deadline"]++
+		}
+	}
+	v.Counts["keys"] = len(puts)
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// Memoize.
+
+// tokenOfValue extracts the lease token a raw memo value was stored with.
+func tokenOfValue(val string) (uint64, bool) {
+	i := strings.LastIndex(val, "-t")
+	if i < 0 {
+		return 0, false
+	}
+	t, err := strconv.ParseUint(val[i+2:], 10, 64)
+	return t, err == nil
+}
+
+// CheckMemo checks fill leases and stored values.
+func CheckMemo(ops []Op) *Verdict {
+	v := newVerdict("memoize")
+	grants := byKey(ops, func(op *Op) bool {
+		return op.Workload == "memo" && op.Type == "fill" && op.Outcome == OK && op.Token > 0
+	})
+	stores := byKey(ops, func(op *Op) bool { return op.Workload == "memo" && op.Type == "store" })
+	sessionEnd := map[uint64]int64{}
+	for _, op := range ops {
+		if op.Workload == "memo" && op.Type == "session-end" {
+			sessionEnd[op.Session] = op.Invoke
+		}
+	}
+	storedValues := map[string]*Op{}
+	for _, l := range stores {
+		for _, s := range l {
+			if s.Outcome != Fail {
+				storedValues[s.Value] = s
+			}
+		}
+	}
+	tokens := map[string][]uint64{}
+	for _, key := range sortedKeys(grants) {
+		gs := grants[key]
+		sort.Slice(gs, func(i, j int) bool { return gs[i].Token < gs[j].Token })
+		var uniq []*Op
+		for _, g := range gs {
+			if len(uniq) > 0 && uniq[len(uniq)-1].Token == g.Token {
+				if uniq[len(uniq)-1].Session != g.Session {
+					v.fail("cache %s: lease token %d granted to sessions %d and %d", key, g.Token, uniq[len(uniq)-1].Session, g.Session)
+				}
+				continue
+			}
+			uniq = append(uniq, g)
+			tokens[key] = append(tokens[key], g.Token)
+		}
+		v.Counts["leases"] += len(uniq)
+		for i := 1; i < len(uniq); i++ {
+			p, g := uniq[i-1], uniq[i]
+			if g.LogTime >= p.ExpiresAt || p.Session == g.Session {
+				continue
+			}
+			ended := false
+			for _, s := range stores[key] {
+				if s.Token == p.Token && s.Invoke <= g.Complete {
+					ended = true
+				}
+			}
+			if se, ok := sessionEnd[p.Session]; ok && se <= g.Complete {
+				ended = true
+			}
+			if !ended {
+				v.fail("cache %s: lease %d granted at log time %d while lease %d was live until %d and not given up",
+					key, g.Token, g.LogTime, p.Token, p.ExpiresAt)
+			}
+		}
+	}
+	// A newer lease granted between t and index i.
+	newer := func(key string, t, i uint64) uint64 {
+		for _, g := range tokens[key] {
+			if g > t && g <= i {
+				return g
+			}
+		}
+		return 0
+	}
+	for _, key := range sortedKeys(stores) {
+		for _, s := range stores[key] {
+			switch s.Outcome {
+			case OK:
+				v.Counts["stores-accepted"]++
+				if g := newer(key, s.Token, s.Index); g != 0 {
+					v.fail("cache %s: store under lease %d accepted at index %d, after lease %d was granted", key, s.Token, s.Index, g)
+				}
+			case Fail:
+				v.Counts["stores-rejected"]++
+			default:
+				v.Counts["stores-unknown"]++
+			}
+		}
+	}
+	for _, op := range ops {
+		if op.Workload != "memo" || op.Outcome != OK {
+			continue
+		}
+		switch op.Type {
+		case "fill":
+			if op.State != "FRESH" && op.State != "STALE" || op.Value == "" {
+				continue
+			}
+			v.Counts["values-read"]++
+			s := storedValues[op.Value]
+			if s == nil {
+				v.fail("cache %s: read value %q that no accepted store wrote", op.Key, op.Value)
+				continue
+			}
+			if t, ok := tokenOfValue(op.Value); ok && op.Filled > 0 {
+				if g := newer(op.Key, t, op.Filled-1); g != 0 {
+					v.fail("cache %s: value of lease %d stored at index %d, after lease %d was granted", op.Key, t, op.Filled, g)
+				}
+			}
+		case "memoize":
+			v.Counts["memoize-ok"]++
+			if !op.Found {
+				v.fail("memoize %s: caller got %q, which no fn computed", op.Key, op.Value)
+			}
+		}
+	}
+	for _, op := range ops {
+		if op.Workload == "memo" && op.Type == "memoize" && op.Outcome != OK {
+			v.Counts["memoize-errors"]++
+			if !isAvailabilityError(op) {
+				v.fail("memoize %s: caller got no value: %s", op.Key, op.Err)
+			}
+		}
+	}
+	return v
+}
+
+// isAvailabilityError: the op failed for want of a cluster (timeouts, no
+// leader, unknown outcome), not with a wrong answer.
+func isAvailabilityError(op Op) bool {
+	switch op.Code {
+	case "", kvpb.ErrorCode_ERROR_CODE_NOT_LEADER.String(), kvpb.ErrorCode_ERROR_CODE_INDETERMINATE.String(),
+		kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED.String():
+		return true
+	}
+	return false
+}
+
+// ---------------------------------------------------------------------------
+// Counters.
+
+// CheckCounters: each counter's final value is the acknowledged increments
+// plus at most the unknown ones; acknowledged results are distinct.
+func CheckCounters(ops []Op) *Verdict {
+	v := newVerdict("exactly-once-counter")
+	type agg struct {
+		acked, unknown int64
+		final          *Op
+		results        map[int64]int
+	}
+	m := map[string]*agg{}
+	get := func(k string) *agg {
+		if m[k] == nil {
+			m[k] = &agg{results: map[int64]int{}}
+		}
+		return m[k]
+	}
+	for i := range ops {
+		op := &ops[i]
+		switch {
+		case op.Workload == "counter" && op.Type == "add":
+			a := get(op.Key)
+			switch op.Outcome {
+			case OK:
+				a.acked += op.Delta
+				a.results[op.Result]++
+			case Info:
+				a.unknown += op.Delta
+			}
+		case op.Workload == "final" && op.Type == "read-counter" && op.Outcome == OK:
+			get(op.Key).final = op
+		}
+	}
+	for _, k := range sortedKeys(m) {
+		a := m[k]
+		v.Counts["acked"] += int(a.acked)
+		v.Counts["unknown"] += int(a.unknown)
+		for r, n := range a.results {
+			if n > 1 {
+				v.fail("counter %s: %d acknowledged increments both returned %d", k, n, r)
+			}
+		}
+		if a.final == nil {
+			v.fail("counter %s: no final read", k)
+			continue
+		}
+		got := a.final.Result
+		if got < a.acked || got > a.acked+a.unknown {
+			v.fail("counter %s = %d, want between %d acknowledged and %d (+%d unknown)", k, got, a.acked, a.acked+a.unknown, a.unknown)
+		}
+	}
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// Durability.
+
+// CheckDurability: after the final kill-all and restart, every register key
+// with an acknowledged write is readable, present, and holds a value no
+// acknowledged write invoked after it completed has overwritten.
+func CheckDurability(ops []Op) *Verdict {
+	v := newVerdict("durability")
+	writes := map[string][]*Op{}
+	byValue := map[string]*Op{}
+	finals := map[string]*Op{}
+	for i := range ops {
+		op := &ops[i]
+		if !strings.HasPrefix(op.Key, "reg/") {
+			continue
+		}
+		switch {
+		case op.Workload == "register" && (op.Type == "write" || op.Type == "cas") && op.Outcome != Fail:
+			writes[op.Key] = append(writes[op.Key], op)
+			byValue[op.Value] = op
+		case op.Workload == "final" && op.Type == "read":
+			finals[op.Key] = op
+		}
+	}
+	for _, k := range sortedKeys(writes) {
+		var acked []*Op
+		for _, w := range writes[k] {
+			if w.Outcome == OK {
+				acked = append(acked, w)
+			}
+		}
+		if len(acked) == 0 {
+			continue
+		}
+		v.Counts["keys"]++
+		f := finals[k]
+		switch {
+		case f == nil || f.Outcome != OK:
+			v.fail("key %s: not readable after the final restart", k)
+			continue
+		case !f.Found:
+			v.fail("key %s: acknowledged writes lost: absent after the final restart", k)
+			continue
+		}
+		w := byValue[f.Value]
+		if w == nil || w.Key != k {
+			v.fail("key %s: final value %q was never written", k, f.Value)
+			continue
+		}
+		if w.Outcome != OK {
+			continue // an unknown write: it completes "at infinity"
+		}
+		for _, a := range acked {
+			if a.Invoke > w.Complete {
+				v.fail("key %s: acknowledged write %q (invoked after %q was acknowledged) lost: final value %q",
+					k, a.Value, w.Value, f.Value)
+				break
+			}
+		}
+	}
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// Convergence.
+
+// NodeState is one node's status at the end.
+type NodeState struct {
+	Name      string `json:"name"`
+	Applied   uint64 `json:"applied"`
+	StateHash string `json:"state_hash"`
+	Err       string `json:"err,omitempty"`
+}
+
+// CheckConvergence: every node reported the same state hash at the same
+// applied index.
+func CheckConvergence(states []NodeState, tries int) *Verdict {
+	v := newVerdict("convergence")
+	v.Counts["nodes"] = len(states)
+	v.Counts["tries"] = tries
+	for _, s := range states {
+		if s.Err != "" {
+			v.fail("node %s: %s", s.Name, s.Err)
+		}
+	}
+	for i := 1; i < len(states) && v.Pass; i++ {
+		a, b := states[0], states[i]
+		if a.Applied != b.Applied || a.StateHash != b.StateHash {
+			v.fail("nodes %s (index %d hash %s) and %s (index %d hash %s) differ", a.Name, a.Applied, a.StateHash, b.Name, b.Applied, b.StateHash)
+		}
+	}
+	return v
+}
+
+// writeFileIf writes b to path unless dir is empty.
+func writeFileIf(dir, name string, b []byte) error {
+	if dir == "" {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
+}

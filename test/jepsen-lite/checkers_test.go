@@ -1,0 +1,174 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+func u64(v uint64) *uint64 { return &v }
+
+var mismatch = kvpb.ErrorCode_ERROR_CODE_VERSION_MISMATCH.String()
+
+func TestCheckRegister(t *testing.T) {
+	tests := []struct {
+		name string
+		ops  []Op
+		pass bool
+	}{
+		{"sequential", []Op{
+			{Workload: "register", Type: "write", Key: "reg/0/0", Value: "a", Version: 1, Invoke: 0, Complete: 10, Outcome: OK},
+			{Workload: "register", Type: "read", Key: "reg/0/0", Value: "a", Version: 1, Found: true, Invoke: 11, Complete: 20, Outcome: OK},
+			{Workload: "register", Type: "cas", Key: "reg/0/0", Value: "b", Expected: u64(1), Version: 2, Invoke: 21, Complete: 30, Outcome: OK},
+			{Workload: "register", Type: "cas", Key: "reg/0/0", Value: "c", Expected: u64(1), Invoke: 31, Complete: 40, Outcome: Fail, Code: mismatch},
+			{Workload: "final", Type: "read", Key: "reg/0/0", Value: "b", Version: 2, Found: true, Invoke: 41, Complete: 50, Outcome: OK},
+		}, true},
+		{"stale read", []Op{
+			{Workload: "register", Type: "write", Key: "reg/0/0", Value: "a", Version: 1, Invoke: 0, Complete: 10, Outcome: OK},
+			{Workload: "register", Type: "write", Key: "reg/0/0", Value: "b", Version: 2, Invoke: 11, Complete: 20, Outcome: OK},
+			{Workload: "register", Type: "read", Key: "reg/0/0", Value: "a", Version: 1, Found: true, Invoke: 21, Complete: 30, Outcome: OK},
+		}, false},
+		{"unknown write may appear later", []Op{
+			{Workload: "register", Type: "write", Key: "reg/0/0", Value: "a", Invoke: 0, Complete: 10, Outcome: Info},
+			{Workload: "register", Type: "read", Key: "reg/0/0", Found: false, Invoke: 11, Complete: 20, Outcome: OK},
+			{Workload: "register", Type: "read", Key: "reg/0/0", Value: "a", Version: 1, Found: true, Invoke: 21, Complete: 30, Outcome: OK},
+		}, true},
+		{"failed write never appears", []Op{
+			{Workload: "register", Type: "write", Key: "reg/0/0", Value: "a", Invoke: 0, Complete: 10, Outcome: Fail, Code: "ERROR_CODE_NOT_LEADER"},
+			{Workload: "register", Type: "read", Key: "reg/0/0", Value: "a", Version: 1, Found: true, Invoke: 21, Complete: 30, Outcome: OK},
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := CheckRegister(tc.ops, 5*time.Second, t.TempDir())
+			if v.Pass != tc.pass {
+				t.Errorf("CheckRegister pass = %v, want %v (%v)", v.Pass, tc.pass, v.Problems)
+			}
+			if !v.Pass && len(v.Files) == 0 {
+				t.Errorf("no visualization written for a failing key")
+			}
+		})
+	}
+}
+
+func TestCheckLocks(t *testing.T) {
+	base := []Op{
+		{Workload: "lock", Type: "acquire", Key: "lk/0", Token: 10, Session: 1, Index: 10, HeldSince: 100, ExpiresAt: 1100, Invoke: 0, Complete: 5, Outcome: OK},
+		{Workload: "lock", Type: "fenced-put", Key: "lk/0", Token: 10, Session: 1, Index: 11, Invoke: 6, Complete: 7, Outcome: OK},
+		{Workload: "lock", Type: "release", Key: "lk/0", Token: 10, Session: 1, Index: 12, Invoke: 8, Complete: 9, Outcome: OK},
+		{Workload: "lock", Type: "acquire", Key: "lk/0", Token: 13, Session: 2, Index: 13, HeldSince: 200, ExpiresAt: 1200, Invoke: 9, Complete: 10, Outcome: OK},
+	}
+	if v := CheckLocks(base); !v.Pass {
+		t.Fatalf("CheckLocks(good) failed: %v", v.Problems)
+	}
+	bad := map[string]func([]Op) []Op{
+		"stale fenced put": func(o []Op) []Op {
+			return append(o, Op{Workload: "lock", Type: "fenced-put", Key: "lk/0", Token: 10, Session: 1, Index: 14, Invoke: 11, Complete: 12, Outcome: OK})
+		},
+		"granted before expiry without release": func(o []Op) []Op { return append(o[:2:2], o[3]) },
+		"token twice": func(o []Op) []Op {
+			return append(o, Op{Workload: "lock", Type: "acquire", Key: "lk/0", Token: 13, Session: 3, Index: 13, HeldSince: 200, ExpiresAt: 1200, Invoke: 9, Complete: 10, Outcome: OK})
+		},
+		"check fence valid for a stale token": func(o []Op) []Op {
+			return append(o, Op{Workload: "lock", Type: "resource", Key: "lk/0", Token: 10, Session: 1, Index: 15, Invoke: 11, Complete: 12, Outcome: OK})
+		},
+	}
+	for name, f := range bad {
+		ops := f(append([]Op(nil), base...))
+		if v := CheckLocks(ops); v.Pass {
+			t.Errorf("CheckLocks(%s) passed, want a violation", name)
+		}
+	}
+}
+
+func TestCheckTTL(t *testing.T) {
+	put := Op{Workload: "ttl", Type: "put-ttl", Key: "ttl/1", ExpiresAt: 1000, Invoke: 0, Complete: 5, Outcome: OK}
+	tests := []struct {
+		name string
+		read Op
+		pass bool
+	}{
+		{"present before", Op{Found: true, LogTime: 999}, true},
+		{"absent after", Op{Found: false, LogTime: 1000}, true},
+		{"absent before: early", Op{Found: false, LogTime: 998}, false},
+		{"present after: late", Op{Found: true, LogTime: 1001}, false},
+	}
+	for _, tc := range tests {
+		r := tc.read
+		r.Workload, r.Type, r.Key, r.Invoke, r.Complete, r.Outcome = "ttl", "list", "ttl/1", 10, 20, OK
+		if v := CheckTTL([]Op{put, r}); v.Pass != tc.pass {
+			t.Errorf("CheckTTL(%s) pass = %v, want %v", tc.name, v.Pass, tc.pass)
+		}
+	}
+}
+
+func TestCheckMemo(t *testing.T) {
+	good := []Op{
+		{Workload: "memo", Type: "fill", Key: "m", Token: 10, Session: 1, LogTime: 100, ExpiresAt: 900, State: "MISS", Invoke: 0, Complete: 5, Outcome: OK},
+		{Workload: "memo", Type: "store", Key: "m", Token: 10, Value: "m1-1-t10", Session: 1, Index: 11, Invoke: 6, Complete: 7, Outcome: OK},
+		{Workload: "memo", Type: "fill", Key: "m", State: "FRESH", Value: "m1-1-t10", Filled: 11, Invoke: 8, Complete: 9, Outcome: OK},
+		{Workload: "memo", Type: "fill", Key: "m", Token: 20, Session: 2, LogTime: 2000, ExpiresAt: 2800, State: "MISS", Invoke: 10, Complete: 11, Outcome: OK},
+	}
+	if v := CheckMemo(good); !v.Pass {
+		t.Fatalf("CheckMemo(good) failed: %v", v.Problems)
+	}
+	stale := append(append([]Op(nil), good...),
+		Op{Workload: "memo", Type: "store", Key: "m", Token: 10, Value: "m1-2-t10", Session: 1, Index: 25, Invoke: 12, Complete: 13, Outcome: OK})
+	if v := CheckMemo(stale); v.Pass {
+		t.Errorf("CheckMemo(store under superseded lease) passed")
+	}
+	two := append(append([]Op(nil), good[0]),
+		Op{Workload: "memo", Type: "fill", Key: "m", Token: 12, Session: 2, LogTime: 200, ExpiresAt: 1000, State: "MISS", Invoke: 1, Complete: 3, Outcome: OK})
+	if v := CheckMemo(two); v.Pass {
+		t.Errorf("CheckMemo(two live leases) passed")
+	}
+}
+
+func TestCheckCounters(t *testing.T) {
+	add := func(out Outcome, r int64) Op {
+		return Op{Workload: "counter", Type: "add", Key: "ctr/0", Delta: 1, Outcome: out, Result: r}
+	}
+	final := func(v int64) Op { return Op{Workload: "final", Type: "read-counter", Key: "ctr/0", Outcome: OK, Result: v} }
+	tests := []struct {
+		name string
+		ops  []Op
+		pass bool
+	}{
+		{"exact", []Op{add(OK, 1), add(OK, 2), final(2)}, true},
+		{"unknown applied", []Op{add(OK, 1), add(Info, 0), final(2)}, true},
+		{"double applied", []Op{add(OK, 1), add(OK, 2), final(3)}, false},
+		{"lost", []Op{add(OK, 1), add(OK, 2), final(1)}, false},
+		{"same result twice", []Op{add(OK, 1), add(OK, 1), final(2)}, false},
+		{"no final read", []Op{add(OK, 1)}, false},
+	}
+	for _, tc := range tests {
+		if v := CheckCounters(tc.ops); v.Pass != tc.pass {
+			t.Errorf("CheckCounters(%s) pass = %v, want %v (%v)", tc.name, v.Pass, tc.pass, v.Problems)
+		}
+	}
+}
+
+func TestCheckDurability(t *testing.T) {
+	w := func(v string, inv, comp int64) Op {
+		return Op{Workload: "register", Type: "write", Key: "reg/0/0", Value: v, Invoke: inv, Complete: comp, Outcome: OK}
+	}
+	final := func(v string, found bool) Op {
+		return Op{Workload: "final", Type: "read", Key: "reg/0/0", Value: v, Found: found, Outcome: OK, Invoke: 100, Complete: 101}
+	}
+	tests := []struct {
+		name string
+		ops  []Op
+		pass bool
+	}{
+		{"last write survives", []Op{w("a", 0, 1), w("b", 2, 3), final("b", true)}, true},
+		{"concurrent writes either", []Op{w("a", 0, 5), w("b", 1, 3), final("a", true)}, true},
+		{"later write lost", []Op{w("a", 0, 1), w("b", 2, 3), final("a", true)}, false},
+		{"all lost", []Op{w("a", 0, 1), final("", false)}, false},
+	}
+	for _, tc := range tests {
+		if v := CheckDurability(tc.ops); v.Pass != tc.pass {
+			t.Errorf("CheckDurability(%s) pass = %v, want %v (%v)", tc.name, v.Pass, tc.pass, v.Problems)
+		}
+	}
+}
