@@ -492,3 +492,35 @@ func TestPartitionedLeaderRefusesLinearizableRead(t *testing.T) {
 		return err == nil && string(r.GetKv().GetValue()) == "new"
 	})
 }
+
+func TestNewMemberCatchesUpFromSnapshot(t *testing.T) {
+	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *api.Config) {
+		cfg.SnapshotThreshold = 8
+		cfg.TrailingLogs = 4
+		cfg.SnapshotInterval = 50 * time.Millisecond
+	})
+	l := c.MustLeader()
+	for i := range 40 {
+		put(t, kv(c, l), fmt.Sprintf("s%02d", i), fmt.Sprint(i), 0)
+	}
+	for i := 0; i < 3; i++ {
+		r, err := kvpb.NewClusterClient(c.Conn(i)).Snapshot(ctxT(t, 5*time.Second), &kvpb.SnapshotRequest{})
+		if err != nil || r.GetIndex() == 0 {
+			t.Fatalf("Snapshot on %s = %v, %v; want an index", c.Name(i), r, err)
+		}
+	}
+	n4 := c.AddNode()
+	if _, err := kvpb.NewClusterClient(c.Conn(l)).AddMember(ctxT(t, 5*time.Second),
+		&kvpb.AddMemberRequest{Name: c.Name(n4), PeerAddr: c.PeerAddr(n4)}); err != nil {
+		t.Fatalf("AddMember: %v", err)
+	}
+	eventually(t, 10*time.Second, "n4 to hold every key", func() bool {
+		r, err := kv(c, n4).List(t.Context(), &kvpb.ListRequest{Prefix: []byte("s"), Consistency: kvpb.Consistency_CONSISTENCY_STALE})
+		return err == nil && len(r.GetKvs()) == 40
+	})
+	// Same state at the same index on every member.
+	eventually(t, 10*time.Second, "equal state hashes", func() bool {
+		a, b := c.Node(l).Status(), c.Node(n4).Status()
+		return a.GetAppliedIndex() == b.GetAppliedIndex() && bytes.Equal(a.GetStateHash(), b.GetStateHash())
+	})
+}
