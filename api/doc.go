@@ -15,6 +15,13 @@
 //     table from kvd error codes to gRPC codes.
 //   - CancelWait proposed by the server after a waiting Acquire ended carries
 //     header {session, seq: 0}: seq 0 is never deduplicated.
+//   - Reads of absent things: KV.Get -> NotFound (NOT_FOUND); Session.Get ->
+//     NotFound (SESSION_EXPIRED); Lock.Get of a lock nobody holds or waits
+//     for -> OK with a free LockInfo (token 0); Cache.Get -> OK, state MISS.
+//     KV.Delete of an absent key -> OK, deleted = 0.
+//   - A request that ended (deadline, cancel) before its command was
+//     proposed carries ErrorInfo NOT_LEADER (nothing applied); one that ended
+//     while its command was in flight carries INDETERMINATE.
 //
 // The Config, Limits, Peer and Node signatures are stable: cmd/kvd, tests
 // and the fault harness depend on them.

@@ -93,7 +93,9 @@ func (n *Node) proposeHere(ctx context.Context, cmd *kvpb.Command) (*kvpb.Comman
 	case <-e.ctx.Done():
 		return nil, 0, errNotLeader
 	case <-ctx.Done():
-		return nil, 0, ctx.Err()
+		// Nothing was proposed: say so (NOT_LEADER), with the context's code.
+		return nil, 0, &kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, grpc: status.FromContextError(ctx.Err()).Code(),
+			msg: "leader still taking office: " + ctx.Err().Error()}
 	}
 	return n.applyLocal(ctx, e, cmd)
 }
