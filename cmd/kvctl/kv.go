@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -250,6 +251,9 @@ Exit 4 when the key does not exist.`,
 			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Get(ctx, []byte(args[0]), opts...)
+			if errors.Is(err, client.ErrNotFound) {
+				return fmt.Errorf("get %q: key not found: %w", args[0], client.ErrNotFound)
+			}
 			if err != nil {
 				return err
 			}
