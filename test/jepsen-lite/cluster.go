@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -49,6 +50,9 @@ type HarnessConfig struct {
 // does not start them.
 func NewHarness(cfg HarnessConfig) (*Harness, error) {
 	n := cfg.Nodes
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
 	ports, err := proccluster.FreePortList(3*n + n*(n-1))
 	if err != nil {
 		return nil, err

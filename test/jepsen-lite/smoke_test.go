@@ -1,0 +1,39 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// TestSmoke is the smoke run: the default configuration against real kvd
+// processes. It needs a few minutes; -short skips it.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("smoke run skipped in -short mode")
+	}
+	cfg := Config{Nodes: 3, Duration: defaultDuration, Seed: uint64(time.Now().UnixNano()), Out: t.TempDir(), Log: testWriter{t}}
+	s, err := Run(cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var b bytes.Buffer
+	PrintSummary(&b, s)
+	t.Log("\n" + b.String())
+	if !s.Pass {
+		t.Errorf("jepsen-lite found violations (seed %d)", s.Seed)
+	}
+	if s.Ops < 20000 {
+		t.Errorf("%d operations, want at least 20000", s.Ops)
+	}
+	if len(s.Faults) < 30 {
+		t.Errorf("%d faults, want at least 30", len(s.Faults))
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
