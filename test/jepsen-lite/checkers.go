@@ -297,15 +297,19 @@ func CheckLocks(ops []Op) *Verdict {
 					name, g.Token, g.HeldSince, p.Token, p.HeldSince)
 			}
 			for _, w := range puts[name][p.Token] {
-				if w.Index > g.Token {
+				if w.Effect > g.Token {
 					v.fail("lock %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)",
-						name, p.Token, w.Index, g.Token)
+						name, p.Token, w.Effect, g.Token)
 				}
 			}
 			for _, r := range releases[name][p.Token] {
-				if r.Index > g.Token {
+				// Effect: the index of a release that handed the lock to a
+				// waiter (its next_token). Releases that granted nobody do
+				// not say where they applied (a retry's header is the
+				// retry's index), so they are not judged here.
+				if r.Effect > g.Token {
 					v.fail("lock %s: grants overlap in log order: token %d released at index %d, after token %d was granted",
-						name, p.Token, r.Index, g.Token)
+						name, p.Token, r.Effect, g.Token)
 				}
 			}
 			for _, r := range resource[name][p.Token] {
@@ -410,13 +414,23 @@ func CheckTTL(ops []Op) *Verdict {
 			continue
 		}
 		v.Counts["reads"]++
+		if op.Found && op.ExpiresAt != p.ExpiresAt {
+			// A new leader moves deadlines that fell due while there was
+			// no leader to now + grace (DESIGN.md): later, never earlier.
+			if op.ExpiresAt < p.ExpiresAt {
+				v.fail("key %s: deadline moved earlier, from %d to %d", op.Key, p.ExpiresAt, op.ExpiresAt)
+			} else {
+				v.Counts["deadlines-moved-by-recover"]++
+			}
+		}
+		deadline := max(p.ExpiresAt, op.ExpiresAt)
 		switch {
 		case !op.Found && op.LogTime < p.ExpiresAt:
 			v.fail("key %s expired early: absent at log time %d, deadline %d (%v early)",
 				op.Key, op.LogTime, p.ExpiresAt, time.Duration(p.ExpiresAt-op.LogTime))
-		case op.Found && op.LogTime >= p.ExpiresAt:
+		case op.Found && op.LogTime >= deadline:
 			v.fail("key %s still present at log time %d, past its deadline %d by %v",
-				op.Key, op.LogTime, p.ExpiresAt, time.Duration(op.LogTime-p.ExpiresAt))
+				op.Key, op.LogTime, deadline, time.Duration(op.LogTime-deadline))
 		case op.Found:
 			v.Counts["present-before-deadline"]++
 		default:
@@ -511,8 +525,8 @@ func CheckMemo(ops []Op) *Verdict {
 			switch s.Outcome {
 			case OK:
 				v.Counts["stores-accepted"]++
-				if g := newer(key, s.Token, s.Index); g != 0 {
-					v.fail("cache %s: store under lease %d accepted at index %d, after lease %d was granted", key, s.Token, s.Index, g)
+				if g := newer(key, s.Token, s.Effect); g != 0 {
+					v.fail("cache %s: store under lease %d accepted at index %d, after lease %d was granted", key, s.Token, s.Effect, g)
 				}
 			case Fail:
 				v.Counts["stores-rejected"]++

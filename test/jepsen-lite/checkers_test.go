@@ -59,16 +59,21 @@ func TestCheckLocks(t *testing.T) {
 		{Workload: "lock", Type: "release", Key: "lk/0", Token: 10, Session: 1, Index: 12, Invoke: 8, Complete: 9, Outcome: OK},
 		{Workload: "lock", Type: "acquire", Key: "lk/0", Token: 13, Session: 2, Index: 13, HeldSince: 200, ExpiresAt: 1200, Invoke: 9, Complete: 10, Outcome: OK},
 	}
+	// A retried release answered at a later index (its first result).
+	base = append(base, Op{Workload: "lock", Type: "release", Key: "lk/0", Token: 10, Session: 1, Index: 20, Invoke: 8, Complete: 12, Outcome: OK})
 	if v := CheckLocks(base); !v.Pass {
 		t.Fatalf("CheckLocks(good) failed: %v", v.Problems)
 	}
 	bad := map[string]func([]Op) []Op{
 		"stale fenced put": func(o []Op) []Op {
-			return append(o, Op{Workload: "lock", Type: "fenced-put", Key: "lk/0", Token: 10, Session: 1, Index: 14, Invoke: 11, Complete: 12, Outcome: OK})
+			return append(o, Op{Workload: "lock", Type: "fenced-put", Key: "lk/0", Token: 10, Session: 1, Index: 14, Effect: 14, Invoke: 11, Complete: 12, Outcome: OK})
 		},
 		"granted before expiry without release": func(o []Op) []Op { return append(o[:2:2], o[3]) },
 		"token twice": func(o []Op) []Op {
 			return append(o, Op{Workload: "lock", Type: "acquire", Key: "lk/0", Token: 13, Session: 3, Index: 13, HeldSince: 200, ExpiresAt: 1200, Invoke: 9, Complete: 10, Outcome: OK})
+		},
+		"release after the next grant": func(o []Op) []Op {
+			return append(o, Op{Workload: "lock", Type: "release", Key: "lk/0", Token: 10, Session: 1, Index: 16, Effect: 16, Invoke: 11, Complete: 12, Outcome: OK})
 		},
 		"check fence valid for a stale token": func(o []Op) []Op {
 			return append(o, Op{Workload: "lock", Type: "resource", Key: "lk/0", Token: 10, Session: 1, Index: 15, Invoke: 11, Complete: 12, Outcome: OK})
@@ -89,10 +94,12 @@ func TestCheckTTL(t *testing.T) {
 		read Op
 		pass bool
 	}{
-		{"present before", Op{Found: true, LogTime: 999}, true},
+		{"present before", Op{Found: true, LogTime: 999, ExpiresAt: 1000}, true},
+		{"present after, deadline moved by a new leader", Op{Found: true, LogTime: 1500, ExpiresAt: 2000}, true},
+		{"deadline moved earlier", Op{Found: true, LogTime: 500, ExpiresAt: 900}, false},
 		{"absent after", Op{Found: false, LogTime: 1000}, true},
 		{"absent before: early", Op{Found: false, LogTime: 998}, false},
-		{"present after: late", Op{Found: true, LogTime: 1001}, false},
+		{"present after: late", Op{Found: true, LogTime: 1001, ExpiresAt: 1000}, false},
 	}
 	for _, tc := range tests {
 		r := tc.read
@@ -114,7 +121,7 @@ func TestCheckMemo(t *testing.T) {
 		t.Fatalf("CheckMemo(good) failed: %v", v.Problems)
 	}
 	stale := append(append([]Op(nil), good...),
-		Op{Workload: "memo", Type: "store", Key: "m", Token: 10, Value: "m1-2-t10", Session: 1, Index: 25, Invoke: 12, Complete: 13, Outcome: OK})
+		Op{Workload: "memo", Type: "store", Key: "m", Token: 10, Value: "m1-2-t10", Session: 1, Index: 25, Effect: 25, Invoke: 12, Complete: 13, Outcome: OK})
 	if v := CheckMemo(stale); v.Pass {
 		t.Errorf("CheckMemo(store under superseded lease) passed")
 	}

@@ -64,6 +64,11 @@ type Op struct {
 	Delta     int64  `json:"delta,omitempty"`
 	Result    int64  `json:"result,omitempty"` // counter value
 	TTLms     int64  `json:"ttl_ms,omitempty"`
+	// Effect is the Raft index at which a write took effect, when the
+	// answer says so (a put's kv.mod_index, a store's filled_index, a
+	// release's next_token). Index is not that: a retried command gets
+	// its first result again, served at the index of the retry.
+	Effect uint64 `json:"effect,omitempty"`
 }
 
 // History records operations from many goroutines.

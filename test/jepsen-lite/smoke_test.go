@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"testing"
 	"time"
 )
@@ -12,8 +13,19 @@ func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("smoke run skipped in -short mode")
 	}
-	cfg := Config{Nodes: 3, Duration: defaultDuration, Seed: uint64(time.Now().UnixNano()), Out: t.TempDir(), Log: testWriter{t}}
+	out, err := os.MkdirTemp("", "jepsen-lite-smoke-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Nodes: 3, Duration: defaultDuration, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}}
 	s, err := Run(cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("results kept in %s", out)
+			return
+		}
+		os.RemoveAll(out)
+	})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}

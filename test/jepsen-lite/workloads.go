@@ -397,6 +397,7 @@ func useLock(ctx context.Context, e *Env, c *client.Client, s *client.Session, i
 		e.H.Error(op, err)
 		return
 	}
+	op.Effect = resp.GetKv().GetModIndex()
 	e.H.OK(op, resp.GetHeader())
 	rop := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "resource", Key: name, Token: token, Session: s.ID()})
 	e.Resource.Write(octx, c, e.H, rop)
@@ -439,6 +440,7 @@ func lockCycleRaw(ctx context.Context, e *Env, c *client.Client, s *client.Sessi
 		e.H.Error(rop, err)
 		return
 	}
+	rop.Effect = rresp.GetNextToken() // the release's own index when it granted a waiter
 	e.H.OK(rop, rresp.GetHeader())
 }
 
@@ -557,6 +559,7 @@ func MemoWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 			continue
 		}
 		sop.Filled = sresp.GetEntry().GetFilledIndex()
+		sop.Effect = sop.Filled
 		e.H.OK(sop, sresp.GetHeader())
 	}
 	if s != nil {
