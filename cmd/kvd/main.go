@@ -59,6 +59,7 @@ type serverFlags struct {
 	heartbeat, election, leaderLease, recoverGrace, tick time.Duration
 	limits                                               api.Limits
 	logLevel                                             string
+	pprofAddr                                            string
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
 }
@@ -90,6 +91,13 @@ Run a local three-node cluster for development with "kvd dev".`,
 				return usageError{err}
 			}
 			cfg.Logger = logger
+			if f.pprofAddr != "" {
+				stopPprof, err := servePprof(f.pprofAddr, logger)
+				if err != nil {
+					return usageError{err}
+				}
+				defer stopPprof()
+			}
 			return serve(cmd.Context(), cfg)
 		},
 	}
@@ -128,6 +136,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.IntVar(&l.MaxDedupResults, "max-dedup-results", d.MaxDedupResults, "results remembered per session for exactly-once retries")
 
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")
 	fs.DurationVar(&f.testClockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this node's clock by this much")
 	fs.StringVar(&f.testPeerDial, "test-peer-dial", "", "TESTING ONLY: dial these addresses for peers instead: name=addr,... (fault-injection proxies)")
 
