@@ -161,6 +161,13 @@ func Indeterminate(err error) bool {
 	return false
 }
 
+// Len is the number of operations invoked so far.
+func (h *History) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ops)
+}
+
 // Ops returns a copy of the operations, in invocation order. Operations
 // still pending are returned as Info completing at the end.
 func (h *History) Ops() []Op {

@@ -44,6 +44,7 @@ type Config struct {
 	Kvd      string // prebuilt kvd binary; built when empty
 	Bug      string // planted bug to enable (kvdbugs build)
 	Kinds    []string
+	Rate     float64   // operations per second over all workers; 0: as fast as they go
 	Log      io.Writer // progress; nil: quiet
 }
 
@@ -82,6 +83,7 @@ func main() {
 	flag.BoolVar(&selfTest, "self-test", false, "build kvd with planted bugs (tag kvdbugs) and check that each is caught")
 	flag.IntVar(&runs, "self-test-runs", 10, "runs per planted bug in --self-test")
 	flag.BoolVar(&quiet, "quiet", false, "no progress output")
+	flag.Float64Var(&cfg.Rate, "rate", 0, "limit operations per second over all workers (0: none; long runs keep their history smaller)")
 	registerBugFlag(&cfg)
 	flag.Parse()
 	if cfg.Nodes != 3 && cfg.Nodes != 5 {
@@ -178,6 +180,7 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	hist := NewHistory()
 	env := NewEnv(hist, h.Endpoints())
+	env.SetRate(cfg.Rate)
 	probe, err := env.NewClient()
 	if err != nil {
 		return nil, err
@@ -225,7 +228,7 @@ func Run(cfg Config) (*Summary, error) {
 		select {
 		case <-ctx.Done():
 		case <-progress.C:
-			lg("%d ops, %d faults", len(hist.Ops()), len(nm.Faults))
+			lg("%d ops, %d faults", hist.Len(), len(nm.Faults))
 		}
 	}
 	progress.Stop()
@@ -233,7 +236,7 @@ func Run(cfg Config) (*Summary, error) {
 	if !waitTimeout(&wg, 20*time.Second) {
 		lg("workers did not stop within 20s; their pending ops count as unknown")
 	}
-	lg("workloads stopped: %d ops, %d faults; healing, then kill-all and restart", len(hist.Ops()), len(nm.Faults))
+	lg("workloads stopped: %d ops, %d faults; healing, then kill-all and restart", hist.Len(), len(nm.Faults))
 
 	// Heal everything, kill all, restart: durability.
 	h.HealNetwork()

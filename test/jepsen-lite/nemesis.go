@@ -166,8 +166,12 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 		// Longer than a client attempt: the client retries elsewhere with
 		// the same sequence number while the first attempt may apply.
 		d := attemptTimeout + 200*time.Millisecond
-		f.Detail = fmt.Sprintf("clients -> %s delayed %v", nodeName(pick), d)
-		h.clientProxy[pick].SetDelay(d)
+		i := pick
+		if nm.Rng.IntN(2) == 0 {
+			i = nm.leaderOr(pick)
+		}
+		f.Detail = fmt.Sprintf("clients -> %s delayed %v", nodeName(i), d)
+		h.clientProxy[i].SetDelay(d)
 		heal = h.HealNetwork
 	case "link-delay":
 		d := time.Duration(50+nm.Rng.IntN(150)) * time.Millisecond

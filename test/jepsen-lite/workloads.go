@@ -45,6 +45,10 @@ type Env struct {
 	regOps  atomic.Int64 // register ops so far (key generation)
 	memoOps atomic.Int64
 
+	rateMu   sync.Mutex
+	interval time.Duration // between two operations over all workers; 0: none
+	next     time.Time
+
 	mu       sync.Mutex
 	computed map[string]map[string]bool // memoize key -> values computed by fn
 	regKeys  map[string]bool
@@ -60,6 +64,33 @@ func NewEnv(h *History, endpoints []string) *Env {
 		regKeys:  map[string]bool{},
 		ctrKeys:  map[string]bool{},
 	}
+}
+
+// SetRate limits operations to perSec over all workers (0: no limit).
+func (e *Env) SetRate(perSec float64) {
+	e.rateMu.Lock()
+	defer e.rateMu.Unlock()
+	e.interval = 0
+	if perSec > 0 {
+		e.interval = time.Duration(float64(time.Second) / perSec)
+	}
+}
+
+// throttle waits for the worker's turn under the rate limit.
+func (e *Env) throttle(ctx context.Context) {
+	e.rateMu.Lock()
+	if e.interval == 0 {
+		e.rateMu.Unlock()
+		return
+	}
+	now := time.Now()
+	if e.next.Before(now) {
+		e.next = now
+	}
+	at := e.next
+	e.next = e.next.Add(e.interval)
+	e.rateMu.Unlock()
+	sleepCtx(ctx, time.Until(at))
 }
 
 // NewClient makes a client for one worker.
@@ -101,6 +132,7 @@ func RegisterWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 	defer c.Close()
 	seen := map[string]uint64{} // last version seen per key
 	for n := 0; ctx.Err() == nil; n++ {
+		e.throttle(ctx)
 		key := registerKey(e, rng)
 		octx, cancel := opCtx(ctx)
 		switch p := rng.IntN(100); {
@@ -159,6 +191,7 @@ func CounterWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 	}
 	defer c.Close()
 	for ctx.Err() == nil {
+		e.throttle(ctx)
 		key := fmt.Sprintf("ctr/%d", rng.IntN(counterKeys))
 		e.mu.Lock()
 		e.ctrKeys[key] = true
@@ -362,6 +395,7 @@ func LockWorker(raw bool) Worker {
 				ls = s
 				watchSession(e, id, "lock", s.ClientSession())
 			}
+			e.throttle(ctx)
 			name := fmt.Sprintf("lk/%d", rng.IntN(lockNames))
 			if raw {
 				lockCycleRaw(ctx, e, c, ls.ClientSession(), id, name, rng)
@@ -522,6 +556,7 @@ func MemoWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 			s = ns
 			watchSession(e, id, "memo", s)
 		}
+		e.throttle(ctx)
 		key := memoKey(e, "memo", rng)
 		octx, cancel := opCtx(ctx)
 		op := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "fill", Key: key, Session: s.ID()})
@@ -580,6 +615,7 @@ func MemoizeWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 	cc := cache.New(c, fmt.Sprintf("jepsen-%d", id), cache.FillLease(fillLease))
 	defer cc.Close()
 	for n := 0; ctx.Err() == nil; n++ {
+		e.throttle(ctx)
 		key := memoKey(e, "memoize", rng)
 		octx, cancel := opCtx(ctx)
 		op := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "memoize", Key: key})
