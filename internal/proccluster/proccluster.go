@@ -92,6 +92,9 @@ type Node struct {
 	PeerAddr   string
 	DataDir    string
 	Args       []string
+	// Env is added to the inherited environment of the process (e.g.
+	// KVD_TEST_BUG for a kvdbugs build).
+	Env []string
 
 	c       *Cluster
 	mu      sync.Mutex
@@ -213,6 +216,9 @@ func (nd *Node) Start() error {
 	nd.starts++
 	fmt.Fprintf(f, "=== start %d\n", nd.starts)
 	cmd := exec.Command(nd.c.kvd, nd.Args...)
+	if len(nd.Env) > 0 {
+		cmd.Env = append(os.Environ(), nd.Env...)
+	}
 	cmd.Stdout = f
 	cmd.Stderr = f
 	if err := cmd.Start(); err != nil {

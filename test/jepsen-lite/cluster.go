@@ -43,6 +43,8 @@ type HarnessConfig struct {
 	Nodes int
 	// Extra arguments for every node.
 	ExtraArgs []string
+	// Env is added to every node's environment.
+	Env []string
 	Logf      func(string, ...any)
 }
 
@@ -111,7 +113,8 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 			"--test-peer-dial", strings.Join(dial, ","),
 		}, cfg.ExtraArgs...)
 		h.base = append(h.base, args)
-		h.pc.AddNode(nodeName(i), realClient[i], realPeer[i], dataDir, append([]string(nil), args...))
+		nd := h.pc.AddNode(nodeName(i), realClient[i], realPeer[i], dataDir, append([]string(nil), args...))
+		nd.Env = cfg.Env
 	}
 	return h, nil
 }

@@ -167,10 +167,11 @@ func Run(cfg Config) (*Summary, error) {
 		"--trailing-logs", "256",
 		"--snapshot-interval", "2s",
 	}
+	var env []string
 	if cfg.Bug != "" {
-		extra = append(extra, "--test-bug", cfg.Bug)
+		env = append(env, "KVD_TEST_BUG="+cfg.Bug)
 	}
-	h, err := NewHarness(HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Logf: lg})
+	h, err := NewHarness(HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Env: env, Logf: lg})
 	if err != nil {
 		return nil, err
 	}
@@ -179,9 +180,9 @@ func Run(cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	hist := NewHistory()
-	env := NewEnv(hist, h.Endpoints())
-	env.SetRate(cfg.Rate)
-	probe, err := env.NewClient()
+	wenv := NewEnv(hist, h.Endpoints())
+	wenv.SetRate(cfg.Rate)
+	probe, err := wenv.NewClient()
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +214,7 @@ func Run(cfg Config) (*Summary, error) {
 			wg.Add(1)
 			go func(w Worker, id int) {
 				defer wg.Done()
-				w(ctx, env, id, rand.New(rand.NewPCG(cfg.Seed, uint64(id))))
+				w(ctx, wenv, id, rand.New(rand.NewPCG(cfg.Seed, uint64(id))))
 			}(s.w, id)
 			id++
 		}
@@ -253,7 +254,7 @@ func Run(cfg Config) (*Summary, error) {
 	if !nm.waitRecovered(context.Background(), 30*time.Second) {
 		lg("cluster did not recover within 30s after the final restart")
 	}
-	finalReads(env, probe)
+	finalReads(wenv, probe)
 	states, tries := converge(h, 30*time.Second)
 
 	// Check.
