@@ -131,7 +131,7 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 			return nil, n.toStatus(ctx.Err())
 		case <-n.ctx.Done():
 			stop()
-			return nil, n.toStatus(ErrStopped)
+			return nil, n.toStatus(errWaitEnded)
 		}
 	}
 }

@@ -17,9 +17,14 @@ type lockService struct {
 // Acquire proposes the acquire. If the caller is queued and wait_ms > 0, it
 // waits on the local fsm (fsm.Watch, no polling) until the session holds
 // the lock, or has left the line (its wait expired in log time, its session
-// ended), or ctx ends. In the last case it proposes CancelWait (header
-// {session, seq: 0}: not deduplicated), which also releases the lock if it
-// was granted meanwhile, and returns DeadlineExceeded or Canceled.
+// ended), or ctx ends, or wait_ms (plus a grace) has passed on this node's
+// clock (log time stands still on a partitioned follower). When the wait
+// ends without an answer it proposes CancelWait{leave_line_only} (header
+// {session, seq: 0}: not deduplicated): the session leaves the line, but a
+// grant that raced in stays, because a retry of this acquire through another
+// node may already have reported it to the client; the client's own
+// CancelWait, or its session's expiry, releases it. Since the acquire is in
+// the log by then, the error is INDETERMINATE.
 func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*kvpb.AcquireResponse, error) {
 	n := s.n
 	if err := firstErr(
@@ -49,6 +54,8 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 
 	// Queued: wait for the grant on the local state machine.
 	session, name := req.GetHeader().GetSession(), req.GetName()
+	timer := time.NewTimer(msDuration(req.GetWaitMs()) + 4*n.cfg.ElectionTimeout)
+	defer timer.Stop()
 	if err := n.waitApplied(ctx, index); err != nil {
 		return nil, n.toStatus(n.cancelWait(ctx, session, name, err))
 	}
@@ -79,12 +86,22 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 		case <-ctx.Done():
 			stop()
 			return nil, n.toStatus(n.cancelWait(ctx, session, name, ctx.Err()))
+		case <-timer.C:
+			stop()
+			return nil, n.toStatus(n.cancelWait(ctx, session, name, errWaitEnded))
 		case <-n.ctx.Done():
 			stop()
-			return nil, n.toStatus(n.cancelWait(ctx, session, name, ErrStopped))
+			return nil, n.toStatus(n.cancelWait(ctx, session, name, errWaitEnded))
 		}
 	}
 }
+
+// errWaitEnded: a wait for a command already in the log (a queued acquire,
+// a fill) ended on this node without an answer. The command did apply, so
+// the outcome is unknown rather than "not applied"; a retry with the same
+// sequence number gets the first result and waits again.
+var errWaitEnded = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+	msg: "the wait ended on this node before an answer (the request is in the log); retry with the same sequence number"}
 
 // cancelWait proposes CancelWait best-effort with a fresh short context
 // after a waiting Acquire ended; it returns cause for the caller to report.
@@ -92,8 +109,9 @@ func (n *Node) cancelWait(ctx context.Context, session uint64, name []byte, caus
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second+4*n.cfg.ElectionTimeout)
 	defer cancel()
 	_, _, err := n.propose(cctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{
-		Header: &kvpb.RequestHeader{Session: session, Seq: 0},
-		Name:   bytes.Clone(name),
+		Header:        &kvpb.RequestHeader{Session: session, Seq: 0},
+		Name:          bytes.Clone(name),
+		LeaveLineOnly: true,
 	}}})
 	if err != nil {
 		n.log.Warn("cancel wait after an acquire ended failed", "lock", string(name), "session", session, "err", err)

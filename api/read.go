@@ -57,6 +57,15 @@ func (b *readBatcher) run() {
 
 		var c readConfirm
 		e := b.n.currentEpoch()
+		if e != nil {
+			// A new epoch stamps only once it has taken office (its anchor
+			// is set before ready closes).
+			select {
+			case <-e.ready:
+			case <-e.ctx.Done():
+				e = nil
+			}
+		}
 		if e == nil {
 			c.err = errNotLeader
 		} else if err := waitFuture(e.ctx, b.n.raft.VerifyLeader()); err != nil {

@@ -151,14 +151,16 @@ func (s *state) release(req *kvpb.ReleaseRequest) *kvpb.CommandResult {
 }
 
 // cancelWait takes the session out of the line, and releases the lock if it
-// was granted to the session meanwhile. Doing nothing is not an error.
+// was granted to the session meanwhile, unless leave_line_only: then a grant
+// stays (a retried acquire may have reported it to the client). Doing
+// nothing is not an error.
 func (s *state) cancelWait(req *kvpb.CancelWaitRequest) *kvpb.CommandResult {
 	sess := req.Header.GetSession()
 	if l, ok := s.getLock(string(req.Name)); ok {
 		if i := waiterIndex(l.waiters, sess); i >= 0 {
 			l.waiters = slices.Delete(slices.Clone(l.waiters), i, i+1)
 		}
-		if l.token != 0 && l.session == sess {
+		if l.token != 0 && l.session == sess && !req.LeaveLineOnly {
 			s.releaseLock(&l, false)
 		}
 		s.putLock(l)

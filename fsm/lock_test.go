@@ -269,3 +269,42 @@ func TestLockDelayWithoutWaitersIsDeletedAfter(t *testing.T) {
 		t.Errorf("NextDeadline() = %d, want the session's %d", d, t0+60000*ms)
 	}
 }
+
+// TestCancelWaitLeaveLineOnly: the cancel a node proposes for a waiting
+// client that went away takes the session out of the line but never releases
+// a grant that raced in (a retry elsewhere may have reported it).
+func TestCancelWaitLeaveLineOnly(t *testing.T) {
+	h := newHarness(t)
+	a, b, c := h.session(10_000), h.session(10_000), h.session(10_000)
+	h.ok(acquire(a, 1, "L", 0, 0))
+	h.ok(acquire(b, 1, "L", 5_000, 0))
+	h.ok(acquire(c, 1, "L", 5_000, 0))
+
+	// c leaves the line; b stays first.
+	leave := func(sess uint64) *kvpb.Command {
+		return &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{
+			Header: hdr(sess, 0), Name: []byte("L"), LeaveLineOnly: true}}}
+	}
+	h.ok(leave(c))
+	if l := h.f.Lock([]byte("L"), h.f.LogTime()); len(l.GetWaiters()) != 1 || l.GetWaiters()[0].GetSession() != b {
+		t.Fatalf("waiters after c left = %v, want only b", l.GetWaiters())
+	}
+
+	// a releases: b is granted; a leave-line-only cancel from b must keep it.
+	tok := h.f.Lock([]byte("L"), h.f.LogTime()).GetToken()
+	h.ok(release(a, "L", tok))
+	granted := h.f.Lock([]byte("L"), h.f.LogTime())
+	if granted.GetSession() != b {
+		t.Fatalf("holder after release = session %d, want %d", granted.GetSession(), b)
+	}
+	h.ok(leave(b))
+	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l.GetSession() != b || l.GetToken() != granted.GetToken() {
+		t.Fatalf("after leave-line-only cancel: holder %d token %d, want %d token %d",
+			l.GetSession(), l.GetToken(), b, granted.GetToken())
+	}
+	// A plain CancelWait from the holder does release.
+	h.ok(cancelWait(b, "L"))
+	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l.GetToken() != 0 {
+		t.Fatalf("after CancelWait by the holder: token %d, want free", l.GetToken())
+	}
+}

@@ -2143,11 +2143,16 @@ func (x *ReleaseResponse) GetNextToken() uint64 {
 }
 
 // CancelWaitRequest takes header.session out of the lock's line; if the lock
-// was granted to it meanwhile, it is released.
+// was granted to it meanwhile, it is released (unless leave_line_only).
 type CancelWaitRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Name          []byte                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name   []byte                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Only leave the line; never release a grant. A node proposes this when the
+	// client of a waiting Acquire goes away: a retry of the same acquire may
+	// have reported the grant to the client through another node, so only the
+	// client (or its session's expiry) may release it.
+	LeaveLineOnly bool `protobuf:"varint,3,opt,name=leave_line_only,json=leaveLineOnly,proto3" json:"leave_line_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2194,6 +2199,13 @@ func (x *CancelWaitRequest) GetName() []byte {
 		return x.Name
 	}
 	return nil
+}
+
+func (x *CancelWaitRequest) GetLeaveLineOnly() bool {
+	if x != nil {
+		return x.LeaveLineOnly
+	}
+	return false
 }
 
 type CancelWaitResponse struct {
@@ -5906,10 +5918,11 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x0fReleaseResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x1d\n" +
 	"\n" +
-	"next_token\x18\x02 \x01(\x04R\tnextToken\"V\n" +
+	"next_token\x18\x02 \x01(\x04R\tnextToken\"~\n" +
 	"\x11CancelWaitRequest\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\fR\x04name\"D\n" +
+	"\x04name\x18\x02 \x01(\fR\x04name\x12&\n" +
+	"\x0fleave_line_only\x18\x03 \x01(\bR\rleaveLineOnly\"D\n" +
 	"\x12CancelWaitResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\"8\n" +
 	"\fRenewRequest\x12\x12\n" +
