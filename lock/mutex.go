@@ -94,6 +94,11 @@ func (m *Mutex) Name() string { return string(m.name) }
 // Session is the session that owns the mutex.
 func (m *Mutex) Session() *Session { return m.s }
 
+// requeueSlack: a "not acquired" answer with more than this left before
+// ctx's deadline is not the end of the wait (the client ends the server's
+// wait at most 500ms early).
+const requeueSlack = time.Second
+
 // Lock takes the lock, waiting in the server's FIFO line until it is granted
 // or ctx ends. The server answers when it grants the lock (a release or
 // expiry hands it to the head of the line in the same apply); there is no
@@ -137,14 +142,18 @@ func (m *Mutex) Lock(ctx context.Context) error {
 			m.cancelWait(ctx)
 			return ctx.Err()
 		}
-		if _, ok := ctx.Deadline(); ok {
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < requeueSlack {
 			// The client shortens the server's wait so that the server
 			// answers just before ctx ends: the wait is over. (The session
 			// left the line when its wait ended.)
 			return context.DeadlineExceeded
 		}
-		// Without a deadline, the server's wait (maxWait) ended first:
-		// queue again. Never spin on a server that answers at once.
+		// The server's wait ended while ctx has time left: without a
+		// deadline its wait is maxWait; otherwise the session was taken out
+		// of the line for another reason (a node that lost its client
+		// proposes a leave-line cancel, a waiter over the locks-per-session
+		// limit is dropped). Queue again, at the back of the line. Never
+		// spin on a server that answers at once.
 		if time.Since(start) < 10*time.Millisecond {
 			t := time.NewTimer(50 * time.Millisecond)
 			select {
