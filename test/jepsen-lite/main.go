@@ -229,7 +229,7 @@ func Run(cfg Config) (*Summary, error) {
 		select {
 		case <-ctx.Done():
 		case <-progress.C:
-			lg("%d ops, %d faults", hist.Len(), len(nm.Faults))
+			lg("%d ops, %d faults", hist.Len(), nm.Count())
 		}
 	}
 	progress.Stop()

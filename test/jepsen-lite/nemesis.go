@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvdproject/kvd/client"
@@ -38,7 +39,8 @@ type Nemesis struct {
 	Rng    *rand.Rand
 	Probe  *client.Client // harness client (proxied endpoints)
 	Logf   func(string, ...any)
-	Faults []Fault
+	Faults []Fault // read it after Run returned; Count while it runs
+	count  atomic.Int64
 	// Kinds to draw from (default faultKinds).
 	Kinds []string
 	// Hold bounds how long a fault lasts.
@@ -66,12 +68,16 @@ func (nm *Nemesis) Run(ctx context.Context) {
 		order = order[1:]
 		f := nm.inject(ctx, kind)
 		nm.Faults = append(nm.Faults, f)
+		nm.count.Add(1)
 		if nm.Logf != nil {
 			nm.Logf("fault %-15s %-40s recovered=%v in %dms %s", f.Kind, f.Detail, f.Recovered, f.RecoveryMs, f.Err)
 		}
 		sleepCtx(ctx, time.Duration(200+nm.Rng.IntN(500))*time.Millisecond)
 	}
 }
+
+// Count is the number of faults injected so far.
+func (nm *Nemesis) Count() int { return int(nm.count.Load()) }
 
 func (nm *Nemesis) secs() float64 { return float64(nm.Hist.Now()) / 1e9 }
 

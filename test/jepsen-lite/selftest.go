@@ -31,7 +31,7 @@ var plantedBugs = []plantedBug{
 	{"ttl-wall-clock", "reads judge TTL expiry on the node's wall clock instead of log time",
 		25 * time.Second, []string{"clock"}, "ttl"},
 	{"unfenced-store", "cache Store accepted without checking the fill lease token",
-		25 * time.Second, []string{"transfer-leader", "reset"}, "memoize"},
+		30 * time.Second, []string{"transfer-leader", "reset"}, "memoize"},
 	{"no-dedup", "exactly-once deduplication disabled: a retried command applies again",
 		25 * time.Second, []string{"client-delay"}, "exactly-once-counter"},
 }

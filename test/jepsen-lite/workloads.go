@@ -580,7 +580,7 @@ func MemoWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 		}
 		// We hold the fill lease: compute and store.
 		work := time.Duration(rng.IntN(20)) * time.Millisecond
-		if rng.IntN(20) == 0 {
+		if rng.IntN(8) == 0 {
 			work = fillLease + 300*time.Millisecond // outlive the lease
 		}
 		sleepCtx(ctx, work)
