@@ -117,6 +117,14 @@ func (s *Session) Deadline() time.Time {
 	return s.deadline
 }
 
+// ServerDeadline is the earliest time the server may expire the session as
+// far as this client knows: the send time of the last acknowledged
+// keepalive (or of the create) + TTL. Whatever the session guards must have
+// stopped by then.
+func (s *Session) ServerDeadline() time.Time {
+	return s.Deadline().Add(leaseMargin(s.ttl))
+}
+
 // Info is the session as of the last acknowledged keepalive (or the
 // create): its Locks list the locks it held then.
 func (s *Session) Info() *kvpb.SessionInfo {

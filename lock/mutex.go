@@ -94,6 +94,10 @@ func (m *Mutex) Name() string { return string(m.name) }
 // Session is the session that owns the mutex.
 func (m *Mutex) Session() *Session { return m.s }
 
+// LockDelay is the lock-delay the Mutex asks for (WithLockDelay): after an
+// involuntary release nobody is granted the lock for this long.
+func (m *Mutex) LockDelay() time.Duration { return m.lockDelay }
+
 // requeueSlack: a "not acquired" answer with more than this left before
 // ctx's deadline is not the end of the wait (the client ends the server's
 // wait at most 500ms early).

@@ -102,3 +102,7 @@ func (s *Session) deadline() time.Time { return s.cs.Deadline() }
 // Deadline is when the client's view of the session ends unless a keepalive
 // gets through first: strictly before the server can expire it.
 func (s *Session) Deadline() time.Time { return s.cs.Deadline() }
+
+// ServerDeadline is the earliest time the server may expire the session
+// (client.Session.ServerDeadline): what the lock guards must stop by then.
+func (s *Session) ServerDeadline() time.Time { return s.cs.ServerDeadline() }

@@ -67,12 +67,15 @@ leaving the session (and the lock) alive until its TTL runs out or the lock
 is released (kvctl lock release NAME --token N).
 
 With CMD: run CMD while holding the lock, keeping the session alive; CMD gets
-KVD_LOCK_NAME, KVD_LOCK_TOKEN and KVD_LOCK_SESSION in its environment, and
-SIGINT, SIGTERM and SIGHUP are forwarded to it. The lock is released when CMD
-exits, and kvctl exits with CMD's exit code (128+N when killed by signal N).
+KVD_LOCK_NAME, KVD_LOCK_TOKEN and KVD_LOCK_SESSION in its environment. CMD
+runs in a process group of its own, and SIGINT, SIGTERM and SIGHUP sent to
+kvctl are forwarded to that group. The lock is released when CMD exits, and
+kvctl exits with CMD's exit code (128+N when killed by signal N).
 If the lock is lost while CMD runs (the session could not be renewed before
-its TTL, or the lock was broken), CMD gets SIGTERM, then SIGKILL after
---kill-grace, and kvctl exits 5. A leader election alone does not lose it.
+its TTL, or the lock was broken), CMD's process group gets SIGTERM, then
+SIGKILL after --kill-grace, but never later than the server may grant the
+lock to someone else (the session's earliest expiry; for a broken lock, its
+--lock-delay), and kvctl exits 5. A leader election alone does not lose it.
 
 Exit 3 when the lock is not acquired within --wait (0: try once).`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -190,6 +193,15 @@ func (a *app) lockRun(ctx context.Context, m *lock.Mutex, child []string, o lock
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, stderr
 	cmd.WaitDelay = time.Second // a grandchild holding our pipes does not hold us
+	// The child leads a process group of its own, so that losing the lock
+	// stops everything it started (sh -c 'a; b' included), not only itself.
+	// kvctl forwards the signals it receives to that group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	signalGroup := func(sig syscall.Signal) {
+		if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil {
+			cmd.Process.Signal(sig)
+		}
+	}
 
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -210,19 +222,29 @@ loop:
 	for {
 		select {
 		case sig := <-sigs:
-			cmd.Process.Signal(sig)
+			signalGroup(sig.(syscall.Signal))
 		case <-lost:
 			lost = nil
 			lostErr = m.Err()
-			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s\n", name, token, lostErr, child[0])
-			cmd.Process.Signal(syscall.SIGTERM)
-			t := time.NewTimer(o.killGrace)
+			// SIGKILL comes after --kill-grace, but never later than the
+			// server may hand the lock on: the session's earliest expiry
+			// (when the session failed), or at once (when it was broken).
+			grace := o.killGrace
+			if errors.Is(lostErr, client.ErrSessionExpired) || !time.Now().Before(s.Deadline()) {
+				grace = min(grace, max(0, time.Until(s.ServerDeadline())))
+			} else {
+				grace = min(grace, m.LockDelay())
+			}
+			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s, SIGKILL in %v\n",
+				name, token, lostErr, child[0], grace.Round(time.Millisecond))
+			signalGroup(syscall.SIGTERM)
+			t := time.NewTimer(grace)
 			defer t.Stop()
 			kill = t.C
 		case <-kill:
 			kill = nil
-			fmt.Fprintf(stderr, "kvctl: %s still running %v after SIGTERM; sending SIGKILL\n", child[0], o.killGrace)
-			cmd.Process.Kill()
+			fmt.Fprintf(stderr, "kvctl: %s still running after SIGTERM; sending SIGKILL\n", child[0])
+			signalGroup(syscall.SIGKILL)
 		case waitErr = <-exited:
 			break loop
 		}

@@ -119,14 +119,17 @@ func TestLockHolderKilledNextWaiterAfterTTL(t *testing.T) {
 	dir := t.TempDir()
 	held := filepath.Join(dir, "held")
 	const ttl = 3 * time.Second
-	holder := kvctlCmd(ctx, t, cl, "lock", "acquire", "critical_section", "--ttl", ttl.String(), "--", "sh", "-c", `echo $KVD_LOCK_TOKEN > "$HELD"; sleep 60`)
+	holder := kvctlCmd(ctx, t, cl, "lock", "acquire", "critical_section", "--ttl", ttl.String(), "--", "sh", "-c", `echo "$KVD_LOCK_TOKEN $$" > "$HELD"; sleep 60`)
 	holder.Env = append(holder.Env, "HELD="+held)
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	tok1, _ := strconv.ParseUint(waitFile(ctx, t, held), 10, 64)
+	f := strings.Fields(waitFile(ctx, t, held))
+	tok1, _ := strconv.ParseUint(f[0], 10, 64)
+	childPgid, _ := strconv.Atoi(f[1])
 	killed := time.Now()
 	syscall.Kill(-holder.Process.Pid, syscall.SIGKILL)
+	syscall.Kill(-childPgid, syscall.SIGKILL) // the orphaned command, so the test leaves nothing behind
 	holder.Wait()
 
 	waiter := kvctlCmd(ctx, t, cl, "-o", "json", "lock", "acquire", "critical_section", "--ttl", "10s", "--wait", "20s", "--", "sh", "-c", `echo $KVD_LOCK_TOKEN`)
@@ -162,19 +165,25 @@ func TestPausedHolderLateWriteIsFenced(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	held, result := filepath.Join(dir, "held"), filepath.Join(dir, "result")
-	// The child ignores SIGTERM so that its late write is attempted even
-	// though kvctl notices the loss; kvctl kills it after --kill-grace.
-	script := `trap '' TERM; echo $KVD_LOCK_TOKEN > "$HELD"; sleep 1; ` +
+	grandchild := filepath.Join(dir, "grandchild")
+	// The child (a process group leader: kvctl gives CMD a group of its own)
+	// starts a grandchild, then ignores SIGTERM so that its late write is
+	// attempted even though kvctl notices the loss.
+	script := `trap '' TERM; sleep 300 & echo $! > "$GRANDCHILD"; echo "$KVD_LOCK_TOKEN $$" > "$HELD"; sleep 1; ` +
 		`"$KVCTL" put --fence "critical_section:$KVD_LOCK_TOKEN" resource late-from-old-holder; echo $? > "$RESULT"`
 	holder := kvctlCmd(ctx, t, cl, "lock", "acquire", "critical_section", "--ttl", "2s", "--kill-grace", "5s", "--", "sh", "-c", script)
-	holder.Env = append(holder.Env, "HELD="+held, "RESULT="+result)
+	holder.Env = append(holder.Env, "HELD="+held, "RESULT="+result, "GRANDCHILD="+grandchild)
 	var hout bytes.Buffer
 	holder.Stdout, holder.Stderr = &hout, &hout
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	tok1 := waitFile(ctx, t, held)
+	f := strings.Fields(waitFile(ctx, t, held))
+	tok1, childPgid := f[0], f[1]
+	pgid, _ := strconv.Atoi(childPgid)
+	// Pause the whole holder: kvctl and its child's group.
 	syscall.Kill(-holder.Process.Pid, syscall.SIGSTOP)
+	syscall.Kill(-pgid, syscall.SIGSTOP)
 
 	// Another holder gets the lock once the paused session expires, and writes.
 	next := kvctlCmd(ctx, t, cl, "lock", "acquire", "critical_section", "--ttl", "30s", "--wait", "20s", "--",
@@ -182,10 +191,20 @@ func TestPausedHolderLateWriteIsFenced(t *testing.T) {
 	if out, err := next.CombinedOutput(); err != nil {
 		t.Fatalf("new holder: %v\n%s", err, out)
 	}
+	syscall.Kill(-pgid, syscall.SIGCONT)
 	syscall.Kill(-holder.Process.Pid, syscall.SIGCONT)
 	err := holder.Wait()
 	if code := exitCodeOf(err); code != 5 {
 		t.Errorf("old holder's kvctl exit code = %d, want 5 (lock lost)\n%s", code, hout.String())
+	}
+	// Losing the lock stops everything the command started.
+	gpid, _ := strconv.Atoi(waitFile(ctx, t, grandchild))
+	for syscall.Kill(gpid, 0) == nil {
+		if ctx.Err() != nil {
+			syscall.Kill(gpid, syscall.SIGKILL)
+			t.Fatalf("grandchild %d still running after kvctl lost the lock and exited", gpid)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	// The child either wrote and was rejected, or was killed before writing;
 	// either way the store holds the new holder's value.
