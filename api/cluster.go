@@ -56,7 +56,7 @@ func (n *Node) Status() *kvpb.StatusResponse {
 		LeaderName:        leaderName,
 		LeaderAddr:        leaderAddr,
 		LastSnapshotIndex: u("last_snapshot_index"),
-		StateHash:         n.fsm.StateHash(),
+		StateHash:         n.stateHash(),
 		Version:           Version,
 	}
 }

@@ -299,8 +299,9 @@ type Node struct {
 	listener net.Listener
 	peers    *peerPool
 
-	reads readBatcher
-	stats cacheCounters
+	reads  readBatcher
+	stats  cacheCounters
+	hasher stateHasher
 
 	mu      sync.Mutex
 	epoch   *epoch // non-nil while leader
