@@ -33,6 +33,7 @@ func newFSMAdapter(n *Node) *fsmAdapter {
 
 var (
 	_ raft.FSM                = (*fsmAdapter)(nil)
+	_ raft.BatchingFSM        = (*fsmAdapter)(nil)
 	_ raft.ConfigurationStore = (*fsmAdapter)(nil)
 )
 
@@ -40,6 +41,27 @@ func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	r := a.n.fsm.Apply(l)
 	a.advance(l.Index)
 	return r
+}
+
+// ApplyBatch applies the committed entries raft hands over together (up to
+// MaxAppendEntries): each command entry is still applied on its own, in
+// order, with its own index (a lock's fencing token is the index of its
+// granting entry), but the applied index moves, and the readers waiting for
+// it wake, once per batch. Configuration entries only move the applied
+// index, as StoreConfiguration does for raft's unbatched path.
+func (a *fsmAdapter) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	var last uint64
+	for i, l := range logs {
+		if l.Type == raft.LogCommand {
+			out[i] = a.n.fsm.Apply(l)
+		}
+		last = l.Index
+	}
+	if last > 0 {
+		a.advance(last)
+	}
+	return out
 }
 
 func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
