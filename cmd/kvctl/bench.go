@@ -34,6 +34,7 @@ type benchFlags struct {
 	keySize  int
 	valSize  int
 	keySpace int
+	seqKeys  bool
 
 	consistency string  // get
 	lockers     int     // lock
@@ -68,6 +69,7 @@ member per instance). The run ends after --total requests, or after
 	pf.IntVar(&f.keySize, "key-size", 8, "key size in bytes")
 	pf.IntVar(&f.valSize, "val-size", 256, "value size in bytes")
 	pf.IntVar(&f.keySpace, "key-space", 100000, "distinct keys (chosen at random)")
+	pf.BoolVar(&f.seqKeys, "sequential-keys", false, "put: write keys 0, 1, 2... (modulo --key-space) instead of random ones")
 
 	put := &cobra.Command{
 		Use:   "put",
@@ -177,6 +179,7 @@ type bench struct {
 	value   []byte
 
 	issued atomic.Int64 // requests handed out (for --total)
+	seq    atomic.Int64 // next key of --sequential-keys
 	done   atomic.Int64 // requests finished
 	failed atomic.Int64 // of which failed
 }
@@ -575,7 +578,11 @@ func (putWorkload) setup(ctx context.Context, b *bench) error {
 }
 
 func (putWorkload) op(ctx context.Context, b *bench, w *worker) error {
-	_, err := w.c.Put(ctx, b.key(w, w.rng.IntN(b.f.keySpace)), b.value)
+	i := w.rng.IntN(b.f.keySpace)
+	if b.f.seqKeys {
+		i = int(b.seq.Add(1)-1) % b.f.keySpace
+	}
+	_, err := w.c.Put(ctx, b.key(w, i), b.value)
 	return err
 }
 
