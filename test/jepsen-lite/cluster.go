@@ -96,7 +96,11 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 		initial = append(initial, nodeName(i)+"="+realPeer[i])
 	}
 	for i := 0; i < n; i++ {
-		var dial []string
+		// The node's own name maps to its own address: raft asks the
+		// address provider for the local ID on every AppendEntries it
+		// sends (EncodePeer), and kvd logs a warning for each ID the
+		// override leaves out.
+		dial := []string{nodeName(i) + "=" + realPeer[i]}
 		for j := 0; j < n; j++ {
 			if j != i {
 				dial = append(dial, nodeName(j)+"="+h.links[i][j].Listen)

@@ -59,11 +59,15 @@ func SelfTest(cfg Config, runs int) error {
 		}
 		cfg.Out = d
 	}
-	bin := filepath.Join(cfg.Out, "bin")
-	os.MkdirAll(bin, 0o755)
-	kvd, err := proccluster.Build(bin, "kvdbugs")
-	if err != nil {
-		return err
+	kvd := cfg.Kvd // a prebuilt kvdbugs binary, or build one
+	if kvd == "" {
+		bin := filepath.Join(cfg.Out, "bin")
+		os.MkdirAll(bin, 0o755)
+		k, err := proccluster.Build(bin, "kvdbugs")
+		if err != nil {
+			return err
+		}
+		kvd = k
 	}
 	need := runs - runs/10 // 9 of 10
 	var failed []string
