@@ -136,7 +136,9 @@ func TestCheckCounters(t *testing.T) {
 	add := func(out Outcome, r int64) Op {
 		return Op{Workload: "counter", Type: "add", Key: "ctr/0", Delta: 1, Outcome: out, Result: r}
 	}
-	final := func(v int64) Op { return Op{Workload: "final", Type: "read-counter", Key: "ctr/0", Outcome: OK, Result: v} }
+	final := func(v int64) Op {
+		return Op{Workload: "final", Type: "read-counter", Key: "ctr/0", Outcome: OK, Result: v}
+	}
 	tests := []struct {
 		name string
 		ops  []Op

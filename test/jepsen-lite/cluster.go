@@ -44,8 +44,8 @@ type HarnessConfig struct {
 	// Extra arguments for every node.
 	ExtraArgs []string
 	// Env is added to every node's environment.
-	Env []string
-	Logf      func(string, ...any)
+	Env  []string
+	Logf func(string, ...any)
 }
 
 // NewHarness allocates ports, starts the proxies and defines the nodes; it

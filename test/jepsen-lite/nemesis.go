@@ -97,7 +97,7 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 	n := h.n
 	f := Fault{Kind: kind, Start: nm.secs()}
 	hold := nm.hold()
-	pick := nm.Rng.IntN(n)            // a random node
+	pick := nm.Rng.IntN(n)                     // a random node
 	other := (pick + 1 + nm.Rng.IntN(n-1)) % n // a different one
 	perm := nm.Rng.Perm(n)
 	var heal func()
