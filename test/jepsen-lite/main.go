@@ -188,7 +188,7 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	defer probe.Close()
 	nm := &Nemesis{H: h, Hist: hist, Rng: rand.New(rand.NewPCG(cfg.Seed, 1<<40)), Probe: probe, Logf: lg,
-		Kinds: cfg.Kinds, HoldMin: 800 * time.Millisecond, HoldMax: 2500 * time.Millisecond}
+		Kinds: cfg.Kinds, HoldMin: 700 * time.Millisecond, HoldMax: 2000 * time.Millisecond}
 	if !nm.waitRecovered(context.Background(), 30*time.Second) {
 		h.DumpLogs()
 		return nil, errors.New("cluster did not accept a write within 30s of starting")

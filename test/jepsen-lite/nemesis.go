@@ -72,7 +72,7 @@ func (nm *Nemesis) Run(ctx context.Context) {
 		if nm.Logf != nil {
 			nm.Logf("fault %-15s %-40s recovered=%v in %dms %s", f.Kind, f.Detail, f.Recovered, f.RecoveryMs, f.Err)
 		}
-		sleepCtx(ctx, time.Duration(200+nm.Rng.IntN(500))*time.Millisecond)
+		sleepCtx(ctx, time.Duration(100+nm.Rng.IntN(300))*time.Millisecond)
 	}
 }
 
