@@ -216,20 +216,49 @@ func (cc *Cache) memoize(ctx context.Context, key string, ttl time.Duration, fn 
 			return e.value, e.err
 		}
 	}
+	// A caller that joins a flight just as its last caller left gets that
+	// flight's cancellation: it starts a new flight (a bounded number of
+	// times).
+	for attempt := 0; ; attempt++ {
+		res, leader := cc.join(ctx, key, ttl, fn, o)
+		if res == nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(res.err, errFlightAbandoned) && ctx.Err() == nil && attempt < 3 {
+			continue
+		}
+		cc.count(res.outcome, leader)
+		return res.value, res.err
+	}
+}
+
+// errFlightAbandoned ends a flight whose callers have all gone.
+var errFlightAbandoned = errors.New("cache: every caller of the fill left")
+
+// join waits on key's flight (starting it if none runs); nil when ctx ends
+// first.
+func (cc *Cache) join(ctx context.Context, key string, ttl time.Duration, fn func(context.Context) ([]byte, error), o options) (*result, bool) {
+	refs := cc.sh.joinFlight(key)
+	defer cc.sh.leaveFlight(key, refs)
 	leader := false
 	ch := cc.sh.group.DoChan(key, func() (any, error) {
 		leader = true
 		fctx, cancel := flightContext(ctx, o)
 		defer cancel()
-		return cc.flight(fctx, key, ttl, fn, o), nil
+		if !cc.sh.startFlight(refs, cancel) {
+			return &result{err: errFlightAbandoned, outcome: outFailed}, nil
+		}
+		r := cc.flight(fctx, key, ttl, fn, o)
+		if r.err != nil && errors.Is(fctx.Err(), context.Canceled) {
+			r.err = fmt.Errorf("%w: %w", errFlightAbandoned, r.err)
+		}
+		return r, nil
 	})
 	select {
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false
 	case r := <-ch:
-		res := r.Val.(*result)
-		cc.count(res.outcome, leader)
-		return res.value, res.err
+		return r.Val.(*result), leader
 	}
 }
 
@@ -253,7 +282,8 @@ func (cc *Cache) count(out outcome, leader bool) {
 
 // flightContext is the context of a flight shared by several callers: it
 // keeps the first caller's values but not its cancellation, and lasts as
-// long as the first caller's deadline, at least the fill lease.
+// long as the first caller's deadline, at least the fill lease; it is
+// canceled when every caller has left (leaveFlight).
 func flightContext(ctx context.Context, o options) (context.Context, context.CancelFunc) {
 	base := context.WithoutCancel(ctx)
 	if dl, ok := ctx.Deadline(); ok {
@@ -421,21 +451,27 @@ func (cc *Cache) fill(ctx context.Context, sess *client.Session, key string, tok
 // once per process at a time. A failed refresh gives the lease up and the
 // stale value keeps being served (stale-if-error).
 func (cc *Cache) refresh(sess *client.Session, key string, tok uint64, ttl time.Duration, fn func(context.Context) ([]byte, error), o options) {
-	done, ok := cc.sh.startRefresh(key)
+	run, prev, ok := cc.sh.startRefresh(key, tok)
 	if !ok {
 		return
 	}
 	cc.bgMu.Lock()
 	if cc.bgCtx.Err() != nil {
 		cc.bgMu.Unlock()
-		cc.sh.endRefresh(key, done)
+		cc.sh.endRefresh(key, run)
 		return
 	}
 	cc.bg.Add(1)
 	cc.bgMu.Unlock()
 	go func() {
 		defer cc.bg.Done()
-		defer cc.sh.endRefresh(key, done)
+		defer cc.sh.endRefresh(key, run)
+		if prev != nil {
+			select {
+			case <-prev:
+			case <-cc.bgCtx.Done():
+			}
+		}
 		ctx, cancel := context.WithTimeout(cc.bgCtx, o.fillLease)
 		defer cancel()
 		cc.fills.Add(1)

@@ -356,3 +356,47 @@ func TestKey(t *testing.T) {
 		t.Errorf("Key of a long argument = %q: want short and stable", k)
 	}
 }
+
+// TestFlightCanceledWhenEveryCallerLeaves: a fill shared by callers without
+// deadlines stops (its function's context ends) once every caller has gone,
+// and the next caller starts a fresh flight.
+func TestFlightCanceledWhenEveryCallerLeaves(t *testing.T) {
+	cl := startCluster(t)
+	c := newClient(t, cl)
+	started := make(chan struct{})
+	stopped := make(chan struct{})
+	fn := func(ctx context.Context) (string, error) {
+		close(started)
+		<-ctx.Done()
+		close(stopped)
+		return "", ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(t.Context()) // no deadline
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, err := cache.Memoize(ctx, c, "abandoned", time.Minute, fn, cache.FillLease(time.Second))
+			errs <- err
+		}()
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the function never started")
+	}
+	cancel()
+	for i := 0; i < 2; i++ {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Memoize after cancel = %v, want context.Canceled", err)
+		}
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shared fill kept running after every caller left")
+	}
+	v, err := cache.Memoize(t.Context(), c, "abandoned", time.Minute, func(context.Context) (string, error) { return "fresh", nil })
+	if err != nil || v != "fresh" {
+		t.Fatalf("Memoize after the abandoned flight = %q, %v; want fresh", v, err)
+	}
+}

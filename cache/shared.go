@@ -25,7 +25,8 @@ type shared struct {
 	group singleflight.Group
 
 	mu         sync.Mutex
-	refreshing map[string]chan struct{} // closed when the refresh ends
+	flights    map[string]*flightRefs // callers of each key's flight
+	refreshing map[string]*refreshRun // the newest refresh of each key
 	near       map[string]nearEntry
 	caches     map[string]*Cache
 }
@@ -42,13 +43,61 @@ func sharedOf(c *client.Client) *shared {
 	if sh == nil {
 		sh = &shared{
 			c:          c,
-			refreshing: map[string]chan struct{}{},
+			flights:    map[string]*flightRefs{},
+			refreshing: map[string]*refreshRun{},
 			near:       map[string]nearEntry{},
 			caches:     map[string]*Cache{},
 		}
 		registry[c] = sh
 	}
 	return sh
+}
+
+// flightRefs counts the callers waiting on one key's flight, so that a
+// flight whose callers have all gone is canceled instead of talking to the
+// cluster for nobody.
+type flightRefs struct {
+	callers int
+	cancel  context.CancelFunc // set by the flight once it runs
+	left    bool               // every caller left before the flight ran
+}
+
+// joinFlight counts a caller of key's flight.
+func (sh *shared) joinFlight(key string) *flightRefs {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	f := sh.flights[key]
+	if f == nil {
+		f = &flightRefs{}
+		sh.flights[key] = f
+	}
+	f.callers++
+	return f
+}
+
+// leaveFlight uncounts a caller; the last one out cancels the flight.
+func (sh *shared) leaveFlight(key string, f *flightRefs) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if f.callers--; f.callers > 0 {
+		return
+	}
+	if sh.flights[key] == f {
+		delete(sh.flights, key)
+	}
+	f.left = true
+	if f.cancel != nil {
+		f.cancel()
+	}
+}
+
+// startFlight gives the flight of f its cancel func; it reports false when
+// every caller has already left.
+func (sh *shared) startFlight(f *flightRefs, cancel context.CancelFunc) bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	f.cancel = cancel
+	return !f.left
 }
 
 // session returns the memoize session, creating it (again, if the last one
@@ -112,30 +161,50 @@ func Close(ctx context.Context, c *client.Client) error {
 	return s.Close(ctx)
 }
 
-// startRefresh marks key as being refreshed; false if it already is.
-func (sh *shared) startRefresh(key string) (done chan struct{}, ok bool) {
+// startRefresh marks key as being refreshed under lease tok; false when a
+// refresh under that same lease already runs. prev is the done channel of a
+// refresh under an older lease, which the new one waits for.
+func (sh *shared) startRefresh(key string, tok uint64) (run *refreshRun, prev chan struct{}, ok bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, busy := sh.refreshing[key]; busy {
-		return nil, false
+	old := sh.refreshing[key]
+	if old != nil && old.tok == tok {
+		return nil, nil, false // this lease is being refreshed already
 	}
-	done = make(chan struct{})
-	sh.refreshing[key] = done
-	return done, true
+	// A running refresh of an older lease (given up or expired) ends first;
+	// the new lease must not be dropped, or it would sit unused until it
+	// expired while every caller got the stale value.
+	run = &refreshRun{done: make(chan struct{}), tok: tok}
+	sh.refreshing[key] = run
+	if old != nil {
+		prev = old.done
+	}
+	return run, prev, true
 }
 
-func (sh *shared) endRefresh(key string, done chan struct{}) {
+func (sh *shared) endRefresh(key string, run *refreshRun) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	delete(sh.refreshing, key)
-	close(done)
+	if sh.refreshing[key] == run {
+		delete(sh.refreshing, key)
+	}
+	close(run.done)
 }
 
 // refreshOf is the done channel of a running refresh of key, or nil.
 func (sh *shared) refreshOf(key string) chan struct{} {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return sh.refreshing[key]
+	if r := sh.refreshing[key]; r != nil {
+		return r.done
+	}
+	return nil
+}
+
+// refreshRun is one background refresh of a key under one fill lease.
+type refreshRun struct {
+	done chan struct{} // closed when it has ended
+	tok  uint64
 }
 
 // nearEntry is a fresh value kept in the process.
