@@ -22,6 +22,10 @@ type fsmAdapter struct {
 
 	applied   atomic.Uint64
 	lastApply atomic.Int64 // n.clock() at the last apply; 0: none since start
+	// logTime is the fsm's log time after the last applied batch, read
+	// without the fsm's lock: every proposal stamps against it, and taking
+	// the fsm's read lock there queued proposals behind each Apply.
+	logTime atomic.Int64
 
 	mu   sync.Mutex
 	wake chan struct{} // closed and replaced after every apply
@@ -39,6 +43,7 @@ var (
 
 func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
 	r := a.n.fsm.Apply(l)
+	a.logTime.Store(a.n.fsm.LogTime())
 	a.advance(l.Index)
 	return r
 }
@@ -58,6 +63,7 @@ func (a *fsmAdapter) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 		last = l.Index
 	}
+	a.logTime.Store(a.n.fsm.LogTime())
 	if last > 0 {
 		a.advance(last)
 	}
@@ -82,6 +88,7 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 // restore). The clock of the "apply" is now: that underestimates elapsed
 // time, which only makes log time run late (safe).
 func (a *fsmAdapter) afterRestore() {
+	a.logTime.Store(a.n.fsm.LogTime())
 	idx := a.n.fsm.AppliedIndex()
 	if idx == 0 {
 		return
@@ -109,6 +116,10 @@ func (a *fsmAdapter) changed() <-chan struct{} {
 	defer a.mu.Unlock()
 	return a.wake
 }
+
+// lastLogTime is the fsm's log time as of the last applied batch: never
+// ahead of fsm.LogTime, behind it only while a batch is being applied.
+func (a *fsmAdapter) lastLogTime() int64 { return a.logTime.Load() }
 
 // appliedIndex is the index of the last entry the fsm has applied.
 func (a *fsmAdapter) appliedIndex() uint64 { return a.applied.Load() }

@@ -39,7 +39,9 @@ func (n *Node) currentEpoch() *epoch {
 // is closed.
 func (n *Node) stamp(e *epoch) int64 {
 	s := e.anchor + (n.clock() - e.office)
-	if lt := n.fsm.LogTime(); s < lt {
+	// Lock-free: a stamp a little below a batch being applied is harmless,
+	// the fsm keeps logTime = max(logTime, stamp).
+	if lt := n.adapter.lastLogTime(); s < lt {
 		s = lt
 	}
 	return s

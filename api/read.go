@@ -192,7 +192,8 @@ func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.
 // writeHeader is the header of a response to a write applied at index.
 func (n *Node) writeHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
 	if logTime == 0 {
-		logTime = n.fsm.LogTime()
+		// The batch holding index has been applied: its log time is here.
+		logTime = n.adapter.lastLogTime()
 	}
 	return &kvpb.ResponseHeader{
 		AppliedIndex: index,
