@@ -273,6 +273,15 @@ func (cfg Config) raftConfig() *raft.Config {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.BatchApplyCh = true
+	// Group commit: the leader writes up to this many queued entries in one
+	// bolt transaction (one set of fsyncs) and sends as many in one
+	// AppendEntries, which a follower also stores in one transaction. Still
+	// one command per entry (a lock's fencing token is its entry's index).
+	// With 1000 concurrent puts, 256 instead of raft's 64 cut the servers'
+	// CPU per put by ~15% and raised throughput by half (kvctl bench).
+	// Entries are bounded by --max-request-bytes; mind that a batch of large
+	// values is one large message.
+	rc.MaxAppendEntries = 256
 	return rc
 }
 
