@@ -31,5 +31,10 @@ proto-check: proto
 
 ci: lint proto-check test
 
+# Micro-benchmarks of the apply, api and report paths (no disk). A running
+# cluster is measured with `kvctl bench` (README, Performance).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./fsm ./api ./cmd/kvctl
+
 clean:
 	rm -rf bin

@@ -35,6 +35,7 @@ type benchFlags struct {
 	valSize  int
 	keySpace int
 	seqKeys  bool
+	firstKey int
 
 	consistency string  // get
 	lockers     int     // lock
@@ -70,6 +71,7 @@ member per instance). The run ends after --total requests, or after
 	pf.IntVar(&f.valSize, "val-size", 256, "value size in bytes")
 	pf.IntVar(&f.keySpace, "key-space", 100000, "distinct keys (chosen at random)")
 	pf.BoolVar(&f.seqKeys, "sequential-keys", false, "put: write keys 0, 1, 2... (modulo --key-space) instead of random ones")
+	pf.IntVar(&f.firstKey, "first-key", 0, "put --sequential-keys: start at this key (to load a key space in parts)")
 
 	put := &cobra.Command{
 		Use:   "put",
@@ -580,7 +582,7 @@ func (putWorkload) setup(ctx context.Context, b *bench) error {
 func (putWorkload) op(ctx context.Context, b *bench, w *worker) error {
 	i := w.rng.IntN(b.f.keySpace)
 	if b.f.seqKeys {
-		i = int(b.seq.Add(1)-1) % b.f.keySpace
+		i = (b.f.firstKey + int(b.seq.Add(1)-1)) % b.f.keySpace
 	}
 	_, err := w.c.Put(ctx, b.key(w, i), b.value)
 	return err

@@ -143,3 +143,17 @@ func TestBenchErrorsAreNotClean(t *testing.T) {
 		t.Errorf("text report %q does not start with NOT CLEAN", text.String())
 	}
 }
+
+// BenchmarkSummarize: the report of a run of a million requests.
+func BenchmarkSummarize(b *testing.B) {
+	d := make([]time.Duration, 1_000_000)
+	src := make([]time.Duration, len(d))
+	for i := range src {
+		src[i] = time.Duration((i*7919)%1_000_003) * time.Microsecond
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(d, src)
+		summarize(d)
+	}
+}
