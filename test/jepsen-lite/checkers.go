@@ -340,6 +340,14 @@ func CheckLocks(ops []Op) *Verdict {
 		}
 		var ivs []iv
 		for _, g := range uniq {
+			if se, ok := sessionEnd[g.Session]; ok && se <= g.Complete {
+				// The client's view of the session had ended before the
+				// grant was returned: a careful holder does not use it.
+				v.Counts["grants-returned-after-session-end"]++
+				v.note("lock %s: token %d returned to session %d %v after the client's view of that session ended",
+					name, g.Token, g.Session, time.Duration(g.Complete-se))
+				continue
+			}
 			e := end
 			for _, r := range enders[g.Session] {
 				if r.Invoke >= g.Complete && (r.Key == name || r.Type == "close-session") {
