@@ -221,7 +221,7 @@ func Run(cfg Config) (*Summary, error) {
 		n int
 	}
 	specs := []spec{
-		{RegisterWorker, 10}, {CounterWorker, 2}, {TTLWorker, 2},
+		{RegisterWorker, 20}, {CounterWorker, 3}, {TTLWorker, 2},
 		{LockWorker(true), 2}, {LockWorker(false), 2},
 		{MemoWorker, 3}, {MemoizeWorker, 1},
 	}

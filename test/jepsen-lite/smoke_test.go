@@ -17,7 +17,11 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Nodes: 3, Duration: defaultDuration, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}}
+	d := defaultDuration
+	if raceEnabled {
+		d = 110 * time.Second
+	}
+	cfg := Config{Nodes: 3, Duration: d, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}}
 	s, err := Run(cfg)
 	t.Cleanup(func() {
 		if t.Failed() {
