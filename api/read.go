@@ -156,7 +156,7 @@ func (n *Node) forwardReadIndex(ctx context.Context, addr string) (uint64, int64
 // runs ReadIndex and waits until the local state has caught up. It returns
 // the time to judge expiry against and the response header.
 func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.ResponseHeader, error) {
-	if c == kvpb.Consistency_CONSISTENCY_STALE {
+	if c == kvpb.Consistency_CONSISTENCY_STALE || bug("stale-read") {
 		now := n.fsm.LogTime()
 		return now, &kvpb.ResponseHeader{
 			AppliedIndex: n.adapter.appliedIndex(),
@@ -181,7 +181,7 @@ func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.
 	if lt := n.fsm.LogTime(); now < lt {
 		now = lt
 	}
-	return now, &kvpb.ResponseHeader{
+	return n.judgeTime(now), &kvpb.ResponseHeader{
 		AppliedIndex: n.adapter.appliedIndex(),
 		LogTime:      now,
 		ServedBy:     n.cfg.Name,

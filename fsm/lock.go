@@ -118,7 +118,7 @@ func (s *state) acquire(req *kvpb.AcquireRequest) *kvpb.CommandResult {
 		resp.Acquired, resp.Token = true, l.token
 	case waiterIndex(l.waiters, sess) >= 0: // already in line
 		resp.Position = uint32(waiterIndex(l.waiters, sess) + 1)
-	case l.token == 0 && len(l.waiters) == 0 && l.delayUntil <= s.logTime && !s.granted[name]:
+	case (l.token == 0 || bug("lock-ignore-expiry")) && len(l.waiters) == 0 && l.delayUntil <= s.logTime && !s.granted[name]:
 		if maxLocks := s.limits.GetMaxLocksPerSession(); maxLocks > 0 && len(s.sessions[sess].locks) >= int(maxLocks) {
 			return fail(kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED, "session %d holds %d locks, the limit", sess, maxLocks)
 		}

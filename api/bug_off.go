@@ -1,0 +1,10 @@
+//go:build !kvdbugs
+
+package api
+
+// bug reports whether a planted bug is on: never, outside a kvdbugs build
+// (see bug_on.go).
+func bug(string) bool { return false }
+
+// judgeTime is the time a linearizable read judges expiry against.
+func (n *Node) judgeTime(now int64) int64 { return now }

@@ -1,0 +1,30 @@
+//go:build kvdbugs
+
+package api
+
+import "github.com/kvdproject/kvd/fsm"
+
+// Planted bugs for the jepsen-lite self-test (test/jepsen-lite --self-test).
+// This file exists only in a build with -tags kvdbugs; without the tag the
+// switches are constant (bug_off.go) and the checks compile away.
+
+var testBugs = map[string]bool{}
+
+// SetTestBug switches a planted bug on, in api ("stale-read",
+// "ttl-wall-clock") and fsm ("lock-ignore-expiry", "unfenced-store",
+// "no-dedup"). Call it before starting a node.
+func SetTestBug(name string) {
+	testBugs[name] = true
+	fsm.SetTestBug(name)
+}
+
+func bug(name string) bool { return testBugs[name] }
+
+// judgeTime is the time a linearizable read judges expiry against: with
+// "ttl-wall-clock", the node's wall clock instead of log time.
+func (n *Node) judgeTime(now int64) int64 {
+	if bug("ttl-wall-clock") {
+		return n.wallNow()
+	}
+	return now
+}
