@@ -21,6 +21,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,6 +111,12 @@ func main() {
 	}
 	if *faults != "" {
 		cfg.Kinds = strings.Split(*faults, ",")
+		for _, k := range cfg.Kinds {
+			if !slices.Contains(faultKinds, k) {
+				fmt.Fprintf(os.Stderr, "jepsen-lite: --faults: unknown kind %q (known: %s)\n", k, strings.Join(faultKinds, ","))
+				os.Exit(2)
+			}
+		}
 	}
 	cfg.Seed = uint64(seed)
 	if seed == 0 {

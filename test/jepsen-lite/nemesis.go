@@ -267,6 +267,10 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 		hold = 200 * time.Millisecond
 		heal = func() { h.Start(pick) }
 	}
+	if heal == nil { // unknown kind
+		f.Err = "unknown fault kind"
+		heal, hold = func() {}, 0
+	}
 	sleepCtx(ctx, hold)
 	heal()
 	f.Healed = nm.secs()
