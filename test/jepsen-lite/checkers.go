@@ -343,9 +343,14 @@ func CheckLocks(ops []Op) *Verdict {
 			if se, ok := sessionEnd[g.Session]; ok && se <= g.Complete {
 				// The client's view of the session had ended before the
 				// grant was returned: a careful holder does not use it.
+				recipe := "client.Session.Acquire"
+				if g.Recipe == "mutex" {
+					recipe = "lock.Mutex.Lock"
+				}
 				v.Counts["grants-returned-after-session-end"]++
-				v.note("lock %s: token %d returned to session %d %v after the client's view of that session ended",
-					name, g.Token, g.Session, time.Duration(g.Complete-se))
+				v.Counts["grants-returned-after-session-end/"+recipe]++
+				v.note("lock %s: %s returned token %d to session %d %v after the client's view of that session ended",
+					name, recipe, g.Token, g.Session, time.Duration(g.Complete-se))
 				continue
 			}
 			e := end

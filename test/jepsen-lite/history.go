@@ -69,6 +69,8 @@ type Op struct {
 	// release's next_token). Index is not that: a retried command gets
 	// its first result again, served at the index of the retry.
 	Effect uint64 `json:"effect,omitempty"`
+	// Recipe: "mutex" for lock.Mutex operations (raw client.Session otherwise).
+	Recipe string `json:"recipe,omitempty"`
 }
 
 // History records operations from many goroutines.

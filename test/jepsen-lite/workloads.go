@@ -481,7 +481,7 @@ func lockCycleRaw(ctx context.Context, e *Env, c *client.Client, s *client.Sessi
 func lockCycleMutex(ctx context.Context, e *Env, c *client.Client, ls *lock.Session, id int, name string, rng *rand.Rand) {
 	m := lock.NewMutex(ls, name)
 	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	op := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "acquire", Key: name, Session: ls.ID()})
+	op := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "acquire", Key: name, Session: ls.ID(), Recipe: "mutex"})
 	err := m.Lock(octx)
 	cancel()
 	if err != nil {
