@@ -37,9 +37,11 @@ type benchFlags struct {
 	seqKeys  bool
 	firstKey int
 
-	consistency string  // get
-	lockers     int     // lock
-	hitRatio    float64 // memoize
+	consistency string        // get
+	lockers     int           // lock
+	hitRatio    float64       // memoize
+	memoReads   string        // memoize: linearizable or local
+	nearCache   time.Duration // memoize: near-cache bound, 0 off
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -124,10 +126,18 @@ member per instance). The run ends after --total requests, or after
 			if f.hitRatio < 0 || f.hitRatio > 1 {
 				return &usageError{"--hit-ratio: want a number in [0, 1]"}
 			}
+			if f.memoReads != "linearizable" && f.memoReads != "local" {
+				return &usageError{fmt.Sprintf("--reads: want linearizable or local, got %q", f.memoReads)}
+			}
+			if f.nearCache < 0 {
+				return &usageError{"--near-cache: want a duration >= 0"}
+			}
 			return runBench(cmd.Context(), a, &f, &memoizeWorkload{})
 		},
 	}
 	memo.Flags().Float64Var(&f.hitRatio, "hit-ratio", 0.99, "share of calls that find a fresh value")
+	memo.Flags().StringVar(&f.memoReads, "reads", "linearizable", "how a fresh value is read: linearizable (through the leader) or local (cache.LocalReads: the receiving member's state)")
+	memo.Flags().DurationVar(&f.nearCache, "near-cache", 0, "keep fresh values in the process for up to this long (cache.NearCache); 0: off")
 	cmd.AddCommand(put, get, lk, ka, memo)
 	return cmd
 }
@@ -753,8 +763,15 @@ func (*memoizeWorkload) name() string { return "memoize" }
 
 func (m *memoizeWorkload) setup(ctx context.Context, b *bench) error {
 	m.prefix = fmt.Sprintf("bench/%d/", time.Now().UnixNano())
+	var opts []cache.Option
+	if b.f.memoReads == "local" {
+		opts = append(opts, cache.LocalReads())
+	}
+	if b.f.nearCache > 0 {
+		opts = append(opts, cache.NearCache(b.f.nearCache))
+	}
 	for _, c := range b.clients {
-		m.caches = append(m.caches, cache.New(c, "bench"))
+		m.caches = append(m.caches, cache.New(c, "bench", opts...))
 	}
 	hot := min(b.f.keySpace, 10000)
 	b.f.keySpace = hot
