@@ -61,6 +61,8 @@ func TestBenchWorkloads(t *testing.T) {
 		{"lock", []string{"bench", "lock", "--lockers", "3", "--total", "12"}, 12},
 		{"keepalive", []string{"bench", "keepalive", "--clients", "4", "--total", "20"}, 20},
 		{"memoize", []string{"bench", "memoize", "--clients", "4", "--total", "40", "--hit-ratio", "0.5", "--key-space", "5"}, 40},
+		{"memoize local", []string{"bench", "memoize", "--clients", "2", "--total", "20", "--hit-ratio", "1", "--key-space", "5", "--reads", "local"}, 20},
+		{"memoize near", []string{"bench", "memoize", "--clients", "2", "--total", "20", "--hit-ratio", "1", "--key-space", "5", "--near-cache", "1m"}, 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,6 +99,7 @@ func TestBenchWorkloads(t *testing.T) {
 			{"bench", "put", "--clients", "2", "--conns", "3"},
 			{"bench", "get", "--consistency", "eventual"},
 			{"bench", "memoize", "--hit-ratio", "2"},
+			{"bench", "memoize", "--reads", "eventual"},
 			{"bench", "put", "extra"},
 		} {
 			if code, _, _ := kvctl(t, tc, "", args...); code != exitUsage {
