@@ -8,7 +8,7 @@ import (
 )
 
 // TestSmoke is the smoke run: the default configuration against real kvd
-// processes. It needs a few minutes; -short skips it.
+// processes (75 s of workload, 90 s under -race). -short skips it.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("smoke run skipped in -short mode")
@@ -19,7 +19,7 @@ func TestSmoke(t *testing.T) {
 	}
 	d := defaultDuration
 	if raceEnabled {
-		d = 110 * time.Second
+		d = 90 * time.Second
 	}
 	cfg := Config{Nodes: 3, Duration: d, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}}
 	s, err := Run(cfg)
