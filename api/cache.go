@@ -105,7 +105,9 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 		ch, stop := n.fsm.Watch(fsm.WatchCache, key)
 		now := n.fsm.LogTime()
 		state, entry := n.fsm.CacheEntry(key, now)
-		hdr := n.writeHeader(n.adapter.appliedIndex(), now)
+		// The adapter's index advances after a whole batch: the entry read
+		// may be newer, so the header says at least its store or lease index.
+		hdr := n.writeHeader(max(n.adapter.appliedIndex(), entry.GetFilledIndex(), entry.GetLease().GetToken()), now)
 		switch {
 		case state == kvpb.CacheState_CACHE_STATE_FRESH:
 			stop()

@@ -74,7 +74,9 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 		}
 		if held || !queued {
 			stop()
-			hdr := n.writeHeader(n.adapter.appliedIndex(), now)
+			// The adapter's index advances after a whole batch: a grant read
+			// from the fsm may be newer, so the header says at least its token.
+			hdr := n.writeHeader(max(n.adapter.appliedIndex(), lock.GetToken()), now)
 			if held {
 				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: lock.GetToken(), Lock: lock}, nil
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -450,7 +451,13 @@ func (n *Node) Start() (err error) {
 		if len(n.cfg.TestPeerDialAddrs) > 0 {
 			// Peers without an override fall back to their configured
 			// address (raft logs a warning each time: name every peer).
-			tc.ServerAddressProvider = dialOverrides(n.cfg.TestPeerDialAddrs)
+			// Raft also asks for this node's own ID on every
+			// AppendEntries: answer with its own address.
+			over := maps.Clone(n.cfg.TestPeerDialAddrs)
+			if _, ok := over[n.cfg.Name]; !ok {
+				over[n.cfg.Name] = addr.String()
+			}
+			tc.ServerAddressProvider = dialOverrides(over)
 		}
 		t, err := raft.NewTCPTransportWithConfig(n.cfg.PeerAddr, addr, tc)
 		if err != nil {

@@ -110,7 +110,9 @@ const requeueSlack = time.Second
 // (releasing the lock if it was granted meanwhile) and returns ctx.Err().
 // (The client has the server end its wait just before ctx's deadline, so
 // that the answer is certain; Lock then returns context.DeadlineExceeded.)
-// Other errors are the client's (client.ErrSessionExpired,
+// ErrLost when the grant came back after the session's lease had ended in
+// this client's view (the grant is given back). Other errors are the
+// client's (client.ErrSessionExpired,
 // client.ErrLimitExceeded when the line is full, client.ErrUnavailable...),
 // after which the session is taken out of the line too.
 func (m *Mutex) Lock(ctx context.Context) error {
@@ -139,8 +141,7 @@ func (m *Mutex) Lock(ctx context.Context) error {
 			return fmt.Errorf("lock %q: acquire: %w", m.name, err)
 		}
 		if resp.GetAcquired() {
-			m.granted(resp)
-			return nil
+			return m.accept(ctx, resp)
 		}
 		if ctx.Err() != nil {
 			m.cancelWait(ctx)
@@ -187,8 +188,7 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 		li := resp.GetLock()
 		return fmt.Errorf("%w: %q held by session %d with token %d", ErrLocked, m.name, li.GetSession(), li.GetToken())
 	}
-	m.granted(resp)
-	return nil
+	return m.accept(ctx, resp)
 }
 
 // cancelWait takes the session out of the line, or releases a grant that
@@ -220,6 +220,27 @@ func (m *Mutex) held() bool {
 }
 
 // granted records a grant and starts watching for its loss.
+// accept takes a grant, unless the session's lease has already ended in the
+// client's view (its answer came back after the local deadline, or the
+// session was lost meanwhile): the client can then no longer be sure the
+// server has not released the lock, so the grant is given back (best
+// effort) and ErrLost returned.
+func (m *Mutex) accept(ctx context.Context, resp *kvpb.AcquireResponse) error {
+	select {
+	case <-m.s.Done():
+	default:
+		if time.Now().Before(m.s.Deadline()) {
+			m.granted(resp)
+			return nil
+		}
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, _ = m.s.cs.Release(rctx, m.name, resp.GetToken())
+	return fmt.Errorf("lock %q: %w: token %d was granted after the session's lease had ended in this client's view",
+		m.name, ErrLost, resp.GetToken())
+}
+
 func (m *Mutex) granted(resp *kvpb.AcquireResponse) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	h := &hold{
