@@ -1,7 +1,7 @@
 # Thin wrappers; plain `go build ./... && go test ./...` works too.
 GO ?= go
 
-.PHONY: build test test-short lint fmt-check proto proto-check ci e2e jepsen bench clean
+.PHONY: build test test-short lint fmt-check proto proto-check ci e2e jepsen jepsen-long jepsen-self-test bench clean
 
 build:
 	$(GO) build ./...
@@ -30,6 +30,21 @@ proto-check: proto
 	git diff --exit-code -- proto/kvpb
 
 ci: lint proto-check test
+
+# The tests that start real kvd processes.
+e2e:
+	$(GO) test -race -count=1 ./test/e2e/
+
+# The fault harness (test/jepsen-lite/README.md): the smoke run, a long run,
+# and the self-test that plants known bugs and expects each to be caught.
+jepsen:
+	$(GO) run ./test/jepsen-lite
+
+jepsen-long:
+	$(GO) run ./test/jepsen-lite --nodes 5 --duration 30m --seed 42 --rate 300 --out results/
+
+jepsen-self-test:
+	$(GO) run ./test/jepsen-lite --self-test
 
 # Micro-benchmarks of the apply, api and report paths (no disk). A running
 # cluster is measured with `kvctl bench` (README, Performance).
