@@ -161,10 +161,14 @@ func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveReque
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAlive{KeepAlive: req}})
+	res, index, err := n.keepAlives.renew(ctx, req.GetId())
+	if err == nil {
+		err = resultError(res)
+	}
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	hdr := n.writeHeader(index, 0)
 	resp := res.GetKeepAlive()
 	if resp == nil {
 		resp = &kvpb.KeepAliveResponse{}

@@ -310,9 +310,10 @@ type Node struct {
 	listener net.Listener
 	peers    *peerPool
 
-	reads  readBatcher
-	stats  cacheCounters
-	hasher stateHasher
+	reads      readBatcher
+	keepAlives keepAliveBatcher
+	stats      cacheCounters
+	hasher     stateHasher
 
 	mu      sync.Mutex
 	epoch   *epoch // non-nil while leader
@@ -346,6 +347,7 @@ func NewNode(cfg Config) (*Node, error) {
 		},
 	}
 	n.reads.n = n
+	n.keepAlives.n = n
 	return n, nil
 }
 

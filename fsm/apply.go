@@ -105,6 +105,8 @@ func (s *state) op(cmd *kvpb.Command) (*kvpb.RequestHeader, bool, func() *kvpb.C
 		return nil, false, func() *kvpb.CommandResult { return s.createSession(o.CreateSession) }
 	case *kvpb.Command_KeepAlive:
 		return nil, false, func() *kvpb.CommandResult { return s.keepAlive(o.KeepAlive) }
+	case *kvpb.Command_KeepAliveBatch:
+		return nil, false, func() *kvpb.CommandResult { return s.keepAliveBatch(o.KeepAliveBatch) }
 	case *kvpb.Command_CloseSession:
 		return nil, false, func() *kvpb.CommandResult { return s.closeSession(o.CloseSession) }
 	case *kvpb.Command_Acquire:
@@ -154,9 +156,10 @@ func (s *state) finish(cmd *kvpb.Command, res *kvpb.CommandResult) *kvpb.Command
 	}
 	if fd != nil {
 		resp := m.Mutable(fd).Message()
-		hf := resp.Descriptor().Fields().ByName("header")
-		h := &kvpb.ResponseHeader{AppliedIndex: s.index, LogTime: s.logTime}
-		resp.Set(hf, protoreflect.ValueOfMessage(h.ProtoReflect()))
+		if hf := resp.Descriptor().Fields().ByName("header"); hf != nil {
+			h := &kvpb.ResponseHeader{AppliedIndex: s.index, LogTime: s.logTime}
+			resp.Set(hf, protoreflect.ValueOfMessage(h.ProtoReflect()))
+		}
 	}
 	return res
 }

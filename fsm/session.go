@@ -57,6 +57,16 @@ func (s *state) keepAlive(req *kvpb.KeepAliveRequest) *kvpb.CommandResult {
 		KeepAlive: &kvpb.KeepAliveResponse{Session: se.proto()}}}
 }
 
+// keepAliveBatch renews each session in turn, as keepAlive would.
+func (s *state) keepAliveBatch(op *kvpb.KeepAliveBatchOp) *kvpb.CommandResult {
+	results := make([]*kvpb.CommandResult, len(op.GetIds()))
+	for i, id := range op.GetIds() {
+		results[i] = s.keepAlive(&kvpb.KeepAliveRequest{Id: id})
+	}
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_KeepAliveBatch{
+		KeepAliveBatch: &kvpb.KeepAliveBatchResult{Results: results}}}
+}
+
 // closeSession ends a session. Choice: closing an unknown or expired session
 // is SESSION_EXPIRED (the client may treat it as done).
 func (s *state) closeSession(req *kvpb.CloseSessionRequest) *kvpb.CommandResult {

@@ -4568,6 +4568,7 @@ type Command struct {
 	//	*Command_CreateSession
 	//	*Command_KeepAlive
 	//	*Command_CloseSession
+	//	*Command_KeepAliveBatch
 	//	*Command_Acquire
 	//	*Command_Release
 	//	*Command_CancelWait
@@ -4686,6 +4687,15 @@ func (x *Command) GetCloseSession() *CloseSessionRequest {
 	if x != nil {
 		if x, ok := x.Op.(*Command_CloseSession); ok {
 			return x.CloseSession
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetKeepAliveBatch() *KeepAliveBatchOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_KeepAliveBatch); ok {
+			return x.KeepAliveBatch
 		}
 	}
 	return nil
@@ -4836,6 +4846,10 @@ type Command_CloseSession struct {
 	CloseSession *CloseSessionRequest `protobuf:"bytes,22,opt,name=close_session,json=closeSession,proto3,oneof"`
 }
 
+type Command_KeepAliveBatch struct {
+	KeepAliveBatch *KeepAliveBatchOp `protobuf:"bytes,23,opt,name=keep_alive_batch,json=keepAliveBatch,proto3,oneof"`
+}
+
 type Command_Acquire struct {
 	Acquire *AcquireRequest `protobuf:"bytes,30,opt,name=acquire,proto3,oneof"`
 }
@@ -4899,6 +4913,8 @@ func (*Command_CreateSession) isCommand_Op() {}
 func (*Command_KeepAlive) isCommand_Op() {}
 
 func (*Command_CloseSession) isCommand_Op() {}
+
+func (*Command_KeepAliveBatch) isCommand_Op() {}
 
 func (*Command_Acquire) isCommand_Op() {}
 
@@ -4996,6 +5012,99 @@ func (x *StateLimits) GetMaxDedupResults() uint32 {
 	return 0
 }
 
+// KeepAliveBatchOp renews several sessions in one entry: a node gathers the
+// KeepAlive calls that arrive while its previous renewal is in flight.
+// Renewals grant nothing, so sharing an entry (and its stamp) is harmless.
+type KeepAliveBatchOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []uint64               `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveBatchOp) Reset() {
+	*x = KeepAliveBatchOp{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveBatchOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveBatchOp) ProtoMessage() {}
+
+func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
+func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *KeepAliveBatchOp) GetIds() []uint64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+// KeepAliveBatchResult holds one result per id, in order: a KeepAlive
+// response, or SESSION_EXPIRED.
+type KeepAliveBatchResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CommandResult       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveBatchResult) Reset() {
+	*x = KeepAliveBatchResult{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveBatchResult) ProtoMessage() {}
+
+func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
+func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // TickOp advances log time; the fsm expires whatever fell due.
 type TickOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -5005,7 +5114,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5017,7 +5126,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5030,7 +5139,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -5045,7 +5154,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5057,7 +5166,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5070,7 +5179,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -5091,7 +5200,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5103,7 +5212,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5116,7 +5225,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -5149,7 +5258,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5161,7 +5270,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5174,7 +5283,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -5199,6 +5308,7 @@ type CommandResult struct {
 	//	*CommandResult_CreateSession
 	//	*CommandResult_KeepAlive
 	//	*CommandResult_CloseSession
+	//	*CommandResult_KeepAliveBatch
 	//	*CommandResult_Acquire
 	//	*CommandResult_Release
 	//	*CommandResult_CancelWait
@@ -5215,7 +5325,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5227,7 +5337,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5240,7 +5350,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -5320,6 +5430,15 @@ func (x *CommandResult) GetCloseSession() *CloseSessionResponse {
 	if x != nil {
 		if x, ok := x.Result.(*CommandResult_CloseSession); ok {
 			return x.CloseSession
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetKeepAliveBatch() *KeepAliveBatchResult {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_KeepAliveBatch); ok {
+			return x.KeepAliveBatch
 		}
 	}
 	return nil
@@ -5434,6 +5553,10 @@ type CommandResult_CloseSession struct {
 	CloseSession *CloseSessionResponse `protobuf:"bytes,22,opt,name=close_session,json=closeSession,proto3,oneof"`
 }
 
+type CommandResult_KeepAliveBatch struct {
+	KeepAliveBatch *KeepAliveBatchResult `protobuf:"bytes,23,opt,name=keep_alive_batch,json=keepAliveBatch,proto3,oneof"`
+}
+
 type CommandResult_Acquire struct {
 	Acquire *AcquireResponse `protobuf:"bytes,30,opt,name=acquire,proto3,oneof"`
 }
@@ -5482,6 +5605,8 @@ func (*CommandResult_KeepAlive) isCommandResult_Result() {}
 
 func (*CommandResult_CloseSession) isCommandResult_Result() {}
 
+func (*CommandResult_KeepAliveBatch) isCommandResult_Result() {}
+
 func (*CommandResult_Acquire) isCommandResult_Result() {}
 
 func (*CommandResult_Release) isCommandResult_Result() {}
@@ -5509,7 +5634,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5521,7 +5646,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5534,7 +5659,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -5555,7 +5680,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5567,7 +5692,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5580,7 +5705,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -5612,7 +5737,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5624,7 +5749,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5637,7 +5762,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
 }
 
 type ReadIndexResponse struct {
@@ -5653,7 +5778,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5665,7 +5790,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5678,7 +5803,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -5715,7 +5840,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5727,7 +5852,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5740,7 +5865,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -6095,7 +6220,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x0fSnapshotRequest\"X\n" +
 	"\x10SnapshotResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xb3\b\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xf9\b\n" +
 	"\aCommand\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12+\n" +
 	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12&\n" +
@@ -6106,7 +6231,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x0ecreate_session\x18\x14 \x01(\v2\x1c.kvd.v1.CreateSessionRequestH\x00R\rcreateSession\x129\n" +
 	"\n" +
 	"keep_alive\x18\x15 \x01(\v2\x18.kvd.v1.KeepAliveRequestH\x00R\tkeepAlive\x12B\n" +
-	"\rclose_session\x18\x16 \x01(\v2\x1b.kvd.v1.CloseSessionRequestH\x00R\fcloseSession\x122\n" +
+	"\rclose_session\x18\x16 \x01(\v2\x1b.kvd.v1.CloseSessionRequestH\x00R\fcloseSession\x12D\n" +
+	"\x10keep_alive_batch\x18\x17 \x01(\v2\x18.kvd.v1.KeepAliveBatchOpH\x00R\x0ekeepAliveBatch\x122\n" +
 	"\aacquire\x18\x1e \x01(\v2\x16.kvd.v1.AcquireRequestH\x00R\aacquire\x122\n" +
 	"\arelease\x18\x1f \x01(\v2\x16.kvd.v1.ReleaseRequestH\x00R\arelease\x12<\n" +
 	"\vcancel_wait\x18  \x01(\v2\x19.kvd.v1.CancelWaitRequestH\x00R\n" +
@@ -6129,7 +6255,11 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x14max_waiters_per_lock\x18\x01 \x01(\rR\x11maxWaitersPerLock\x121\n" +
 	"\x15max_locks_per_session\x18\x02 \x01(\rR\x12maxLocksPerSession\x12&\n" +
 	"\x0fcache_max_bytes\x18\x03 \x01(\x04R\rcacheMaxBytes\x12*\n" +
-	"\x11max_dedup_results\x18\x04 \x01(\rR\x0fmaxDedupResults\"\b\n" +
+	"\x11max_dedup_results\x18\x04 \x01(\rR\x0fmaxDedupResults\"$\n" +
+	"\x10KeepAliveBatchOp\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x04R\x03ids\"G\n" +
+	"\x14KeepAliveBatchResult\x12/\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.kvd.v1.CommandResultR\aresults\"\b\n" +
 	"\x06TickOp\"&\n" +
 	"\tRecoverOp\x12\x19\n" +
 	"\bgrace_ns\x18\x01 \x01(\x03R\agraceNs\"_\n" +
@@ -6139,7 +6269,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vclient_addr\x18\x03 \x01(\tR\n" +
 	"clientAddr\"$\n" +
 	"\x0eRemoveMemberOp\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xa5\a\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xef\a\n" +
 	"\rCommandResult\x12%\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x11.kvd.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
@@ -6151,7 +6281,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x0ecreate_session\x18\x14 \x01(\v2\x1d.kvd.v1.CreateSessionResponseH\x00R\rcreateSession\x12:\n" +
 	"\n" +
 	"keep_alive\x18\x15 \x01(\v2\x19.kvd.v1.KeepAliveResponseH\x00R\tkeepAlive\x12C\n" +
-	"\rclose_session\x18\x16 \x01(\v2\x1c.kvd.v1.CloseSessionResponseH\x00R\fcloseSession\x123\n" +
+	"\rclose_session\x18\x16 \x01(\v2\x1c.kvd.v1.CloseSessionResponseH\x00R\fcloseSession\x12H\n" +
+	"\x10keep_alive_batch\x18\x17 \x01(\v2\x1c.kvd.v1.KeepAliveBatchResultH\x00R\x0ekeepAliveBatch\x123\n" +
 	"\aacquire\x18\x1e \x01(\v2\x17.kvd.v1.AcquireResponseH\x00R\aacquire\x123\n" +
 	"\arelease\x18\x1f \x01(\v2\x17.kvd.v1.ReleaseResponseH\x00R\arelease\x12=\n" +
 	"\vcancel_wait\x18  \x01(\v2\x1a.kvd.v1.CancelWaitResponseH\x00R\n" +
@@ -6257,7 +6388,7 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 }
 
 var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),               // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                 // 1: kvd.v1.ErrorCode
@@ -6333,16 +6464,18 @@ var file_kvd_v1_kvd_proto_goTypes = []any{
 	(*SnapshotResponse)(nil),       // 71: kvd.v1.SnapshotResponse
 	(*Command)(nil),                // 72: kvd.v1.Command
 	(*StateLimits)(nil),            // 73: kvd.v1.StateLimits
-	(*TickOp)(nil),                 // 74: kvd.v1.TickOp
-	(*RecoverOp)(nil),              // 75: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),            // 76: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),         // 77: kvd.v1.RemoveMemberOp
-	(*CommandResult)(nil),          // 78: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),         // 79: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),        // 80: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),       // 81: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),      // 82: kvd.v1.ReadIndexResponse
-	(*SnapshotHeader)(nil),         // 83: kvd.v1.SnapshotHeader
+	(*KeepAliveBatchOp)(nil),       // 74: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),   // 75: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                 // 76: kvd.v1.TickOp
+	(*RecoverOp)(nil),              // 77: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),            // 78: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),         // 79: kvd.v1.RemoveMemberOp
+	(*CommandResult)(nil),          // 80: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),         // 81: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),        // 82: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),       // 83: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),      // 84: kvd.v1.ReadIndexResponse
+	(*SnapshotHeader)(nil),         // 85: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
@@ -6426,104 +6559,107 @@ var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	19,  // 78: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
 	21,  // 79: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
 	23,  // 80: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	29,  // 81: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	31,  // 82: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	33,  // 83: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	35,  // 84: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	41,  // 85: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	49,  // 86: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	51,  // 87: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	53,  // 88: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	55,  // 89: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	74,  // 90: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	75,  // 91: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	76,  // 92: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	77,  // 93: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	1,   // 94: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	9,   // 95: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	13,  // 96: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	17,  // 97: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	20,  // 98: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	22,  // 99: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	24,  // 100: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	30,  // 101: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	32,  // 102: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	34,  // 103: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	36,  // 104: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	42,  // 105: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	50,  // 106: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	52,  // 107: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	54,  // 108: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	56,  // 109: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	72,  // 110: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	78,  // 111: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	8,   // 112: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	10,  // 113: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	12,  // 114: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	14,  // 115: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	16,  // 116: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	19,  // 117: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	21,  // 118: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	23,  // 119: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	25,  // 120: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	29,  // 121: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	31,  // 122: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	33,  // 123: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	35,  // 124: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	37,  // 125: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	39,  // 126: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	41,  // 127: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	43,  // 128: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	47,  // 129: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	49,  // 130: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	51,  // 131: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	53,  // 132: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	55,  // 133: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	57,  // 134: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	60,  // 135: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	62,  // 136: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	64,  // 137: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	66,  // 138: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	68,  // 139: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	70,  // 140: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	79,  // 141: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	81,  // 142: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	9,   // 143: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	11,  // 144: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	13,  // 145: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	15,  // 146: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	17,  // 147: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	20,  // 148: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	22,  // 149: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	24,  // 150: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	26,  // 151: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	30,  // 152: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	32,  // 153: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	34,  // 154: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	36,  // 155: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	38,  // 156: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	40,  // 157: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	42,  // 158: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	44,  // 159: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	48,  // 160: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	50,  // 161: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	52,  // 162: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	54,  // 163: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	56,  // 164: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	58,  // 165: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	61,  // 166: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	63,  // 167: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	65,  // 168: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	67,  // 169: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	69,  // 170: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	71,  // 171: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	80,  // 172: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	82,  // 173: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	143, // [143:174] is the sub-list for method output_type
-	112, // [112:143] is the sub-list for method input_type
-	112, // [112:112] is the sub-list for extension type_name
-	112, // [112:112] is the sub-list for extension extendee
-	0,   // [0:112] is the sub-list for field type_name
+	74,  // 81: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	29,  // 82: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	31,  // 83: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	33,  // 84: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	35,  // 85: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	41,  // 86: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	49,  // 87: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	51,  // 88: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	53,  // 89: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	55,  // 90: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	76,  // 91: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	77,  // 92: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	78,  // 93: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	79,  // 94: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	80,  // 95: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	1,   // 96: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	9,   // 97: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	13,  // 98: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	17,  // 99: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	20,  // 100: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	22,  // 101: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	24,  // 102: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	75,  // 103: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	30,  // 104: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	32,  // 105: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	34,  // 106: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	36,  // 107: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	42,  // 108: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	50,  // 109: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	52,  // 110: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	54,  // 111: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	56,  // 112: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	72,  // 113: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	80,  // 114: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	8,   // 115: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	10,  // 116: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	12,  // 117: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	14,  // 118: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	16,  // 119: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	19,  // 120: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	21,  // 121: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	23,  // 122: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	25,  // 123: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	29,  // 124: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	31,  // 125: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	33,  // 126: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	35,  // 127: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	37,  // 128: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	39,  // 129: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	41,  // 130: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	43,  // 131: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	47,  // 132: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	49,  // 133: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	51,  // 134: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	53,  // 135: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	55,  // 136: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	57,  // 137: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	60,  // 138: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	62,  // 139: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	64,  // 140: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	66,  // 141: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	68,  // 142: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	70,  // 143: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	81,  // 144: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	83,  // 145: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	9,   // 146: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	11,  // 147: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	13,  // 148: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	15,  // 149: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	17,  // 150: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	20,  // 151: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	22,  // 152: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	24,  // 153: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	26,  // 154: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	30,  // 155: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	32,  // 156: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	34,  // 157: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	36,  // 158: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	38,  // 159: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	40,  // 160: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	42,  // 161: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	44,  // 162: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	48,  // 163: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	50,  // 164: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	52,  // 165: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	54,  // 166: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	56,  // 167: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	58,  // 168: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	61,  // 169: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	63,  // 170: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	65,  // 171: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	67,  // 172: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	69,  // 173: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	71,  // 174: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	82,  // 175: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	84,  // 176: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	146, // [146:177] is the sub-list for method output_type
+	115, // [115:146] is the sub-list for method input_type
+	115, // [115:115] is the sub-list for extension type_name
+	115, // [115:115] is the sub-list for extension extendee
+	0,   // [0:115] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -6540,6 +6676,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_CreateSession)(nil),
 		(*Command_KeepAlive)(nil),
 		(*Command_CloseSession)(nil),
+		(*Command_KeepAliveBatch)(nil),
 		(*Command_Acquire)(nil),
 		(*Command_Release)(nil),
 		(*Command_CancelWait)(nil),
@@ -6554,13 +6691,14 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_SetMember)(nil),
 		(*Command_RemoveMember)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[75].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[77].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
 		(*CommandResult_CreateSession)(nil),
 		(*CommandResult_KeepAlive)(nil),
 		(*CommandResult_CloseSession)(nil),
+		(*CommandResult_KeepAliveBatch)(nil),
 		(*CommandResult_Acquire)(nil),
 		(*CommandResult_Release)(nil),
 		(*CommandResult_CancelWait)(nil),
@@ -6577,7 +6715,7 @@ func file_kvd_v1_kvd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   81,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   6,
 		},
