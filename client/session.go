@@ -336,6 +336,11 @@ func clampWait(ctx context.Context, wait time.Duration) time.Duration {
 // command, which the server never grants twice. Errors: ErrSessionExpired,
 // ErrLimitExceeded, ErrInvalidArgument, ErrIndeterminate (the session may
 // be queued or hold the lock: CancelWait cleans up), ErrUnavailable.
+//
+// The answer says what the server granted. Whether the session's lease
+// still holds in this client's view when the answer arrives (Deadline,
+// Done) is the caller's to check before relying on the lock: lock.Mutex
+// gives such a late grant back.
 func (s *Session) Acquire(ctx context.Context, name []byte, wait, lockDelay time.Duration) (*kvpb.AcquireResponse, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
