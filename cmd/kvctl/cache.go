@@ -63,11 +63,10 @@ func newCacheGetCommand(a *app) *cobra.Command {
 			default:
 				return &usageError{fmt.Sprintf("--consistency: want linearizable or stale, got %q", consistency)}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.CacheGet(ctx, []byte(args[0]), opts...)
 			if err != nil {
@@ -146,11 +145,10 @@ func newCacheSetCommand(a *app) *cobra.Command {
 			if ttl <= 0 || stale < 0 {
 				return &usageError{"cache set: --ttl must be positive and --stale not negative"}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.CacheSet(ctx, []byte(args[0]), []byte(args[1]), ttl, stale)
 			if err != nil {
@@ -193,11 +191,10 @@ func newCacheInvalidateCommand(a *app) *cobra.Command {
 			if len(args) == 1 {
 				key, isPrefix = args[0], false
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Invalidate(ctx, []byte(key), isPrefix)
 			if err != nil {
@@ -220,11 +217,10 @@ func newCacheStatsCommand(a *app) *cobra.Command {
 		Short: "Cache counters: replicated ones, and the receiving node's hits and misses",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			r, err := c.CacheStats(ctx)
 			if err != nil {

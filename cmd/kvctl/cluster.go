@@ -106,11 +106,10 @@ shown as unreachable; that is not an error (exit 0). The leader is marked *.`,
   kvctl cluster status -o json`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			mresp, err := c.Members(ctx)
 			if err != nil {
@@ -180,11 +179,10 @@ func newClusterMembersCommand(a *app) *cobra.Command {
 		Example: `  kvctl cluster members`,
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Members(ctx)
 			if err != nil {
@@ -206,11 +204,10 @@ func newClusterAddCommand(a *app) *cobra.Command {
 		Example: `  kvctl cluster add n4 10.0.0.4:2380`,
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.AddMember(ctx, args[0], args[1], nonVoter)
 			if err != nil {
@@ -230,11 +227,10 @@ func newClusterRemoveCommand(a *app) *cobra.Command {
 		Example: `  kvctl cluster remove n4`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.RemoveMember(ctx, args[0])
 			if err != nil {
@@ -256,11 +252,10 @@ func newClusterTransferCommand(a *app) *cobra.Command {
 			if len(args) == 1 {
 				name = args[0]
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.TransferLeader(ctx, name)
 			if err != nil {
@@ -287,11 +282,10 @@ the member kvctl talks to (the leader when known). Prints the snapshot's index.`
 		Example: `  kvctl cluster snapshot --endpoint 127.0.0.1:2479`,
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Snapshot(ctx, endpoint)
 			if err != nil {

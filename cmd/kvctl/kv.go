@@ -192,11 +192,10 @@ The write is exactly-once: it is retried across leader changes until
 				}
 				value = b
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Put(ctx, []byte(args[0]), value, opts...)
 			if err != nil {
@@ -244,11 +243,10 @@ Exit 4 when the key does not exist.`,
 			if err != nil {
 				return err
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Get(ctx, []byte(args[0]), opts...)
 			if errors.Is(err, client.ErrNotFound) {
@@ -308,11 +306,10 @@ exist, which is not an error). Exactly-once like put.`,
 				}
 				opts = append(opts, f)
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Delete(ctx, []byte(args[0]), opts...)
 			if err != nil {
@@ -461,11 +458,10 @@ A negative DELTA goes after "--", or it reads as a flag.`,
 				}
 				opts = append(opts, f)
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.Add(ctx, []byte(args[0]), delta, opts...)
 			if err != nil {

@@ -304,11 +304,10 @@ in the same apply. A token that is not current releases nothing (error).`,
 			if token == 0 {
 				return &usageError{"lock release: --token is required"}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			// Release is a command of a session; the token is what names
 			// the grant, so a short-lived session of our own issues it.
@@ -346,11 +345,10 @@ func newLockRenewCommand(a *app) *cobra.Command {
 			if token == 0 {
 				return &usageError{"lock renew: --token is required"}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.RenewLock(ctx, []byte(args[0]), token)
 			if err != nil {
@@ -369,11 +367,10 @@ func newLockShowCommand(a *app) *cobra.Command {
 		Short: "Show a lock: holder, token, session, held since, expiry, waiters in order",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.GetLock(ctx, []byte(args[0]))
 			if err != nil {
@@ -403,11 +400,10 @@ func newLockListCommand(a *app) *cobra.Command {
 			if len(args) == 1 {
 				prefix = []byte(args[0])
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.ListLocks(ctx, prefix)
 			if err != nil {
@@ -443,11 +439,10 @@ once (fenced writes with it are rejected), the break is recorded on the lock,
 and the next waiter is granted.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.BreakLock(ctx, []byte(args[0]), reason)
 			if err != nil {
@@ -478,11 +473,10 @@ func newLockCheckCommand(a *app) *cobra.Command {
 			if token == 0 {
 				return &usageError{"lock check: --token is required"}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.CheckFence(ctx, []byte(args[0]), token)
 			if err != nil {

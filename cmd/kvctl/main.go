@@ -171,6 +171,17 @@ func (a *app) Client() (*client.Client, error) {
 	return c, nil
 }
 
+// request returns the client and a context bounded by --timeout for one
+// command's request; the caller defers cancel.
+func (a *app) request(cmd *cobra.Command) (*client.Client, context.Context, context.CancelFunc, error) {
+	c, err := a.Client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := a.requestContext(cmd.Context())
+	return c, ctx, cancel, nil
+}
+
 // requestContext bounds one request by --timeout.
 func (a *app) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.timeout)

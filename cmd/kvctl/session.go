@@ -117,11 +117,10 @@ alive: run "kvctl session keepalive ID", or let it expire after the TTL.`,
 			if ttl <= 0 {
 				return &usageError{fmt.Sprintf("--ttl %v: want a positive duration", ttl)}
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.CreateSession(ctx, ttl, name)
 			if err != nil {
@@ -214,11 +213,10 @@ func newSessionCloseCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			if err := c.CloseSession(ctx, id); err != nil {
 				return err
@@ -252,11 +250,10 @@ func newSessionGetCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.Client()
+			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.requestContext(cmd.Context())
 			defer cancel()
 			resp, err := c.GetSession(ctx, id, opts...)
 			if err != nil {
