@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -324,8 +323,6 @@ type Node struct {
 	ctx    context.Context // ends at Shutdown
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-
-	lastSnapshot atomic.Uint64
 }
 
 // NewNode validates cfg; it does no I/O.
