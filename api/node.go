@@ -8,14 +8,11 @@ import (
 	"maps"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -129,6 +126,10 @@ type Config struct {
 	// told about; default ClientAddr.
 	AdvertiseClientAddr string
 
+	// LogStore is LogStoreWAL or LogStoreBolt; "" keeps whichever the data
+	// dir already holds and uses the WAL for a new one.
+	LogStore string
+
 	// InitialCluster bootstraps an empty data dir. Ignored when the data dir
 	// already holds Raft state, or when Join is set.
 	InitialCluster []Peer
@@ -225,6 +226,8 @@ func (cfg Config) Validate() error {
 		return errors.New("config: peer address is required")
 	case cfg.TickInterval < 0, cfg.RecoverGrace < 0, cfg.SnapshotInterval < 0:
 		return errors.New("config: negative duration")
+	case cfg.LogStore != "" && cfg.LogStore != LogStoreWAL && cfg.LogStore != LogStoreBolt:
+		return fmt.Errorf("config: log store %q: want %q or %q", cfg.LogStore, LogStoreWAL, LogStoreBolt)
 	}
 	if cfg.Transport == nil {
 		if _, err := net.ResolveTCPAddr("tcp", cfg.PeerAddr); err != nil {
@@ -298,11 +301,12 @@ type Node struct {
 	fsm     *fsm.FSM
 	adapter *fsmAdapter
 
-	raft      *raft.Raft
-	trans     raft.Transport
-	logStore  raft.LogStore
-	boltStore *raftboltdb.BoltStore
-	notifyCh  chan bool
+	raft     *raft.Raft
+	trans    raft.Transport
+	logStore raft.LogStore
+	stores   *stores  // nil with InMemoryStore
+	dataLock *os.File // flock on the data dir while open
+	notifyCh chan bool
 
 	grpc     *grpc.Server
 	health   *health.Server
@@ -404,30 +408,30 @@ func (n *Node) Start() (err error) {
 		if err := ensureDataDir(n.cfg.DataDir); err != nil {
 			return err
 		}
-		path := filepath.Join(n.cfg.DataDir, "raft.db")
-		bs, err := raftboltdb.New(raftboltdb.Options{
-			Path: path,
-			BoltOptions: &bbolt.Options{
-				Timeout:        2 * time.Second, // another kvd holds the file
-				NoFreelistSync: true,
-				FreelistType:   bbolt.FreelistMapType,
-			},
-		})
+		lock, err := lockDataDir(n.cfg.DataDir)
 		if err != nil {
-			if errors.Is(err, bbolt.ErrTimeout) {
-				return fmt.Errorf("open raft log %s: locked by another process", path)
-			}
-			return fmt.Errorf("open raft log %s: %w", path, err)
+			return err
 		}
-		n.boltStore = bs
-		closers = append(closers, func() { bs.Close() })
-		stable = bs
+		closers = append(closers, func() { lock.Close() })
+		kind, err := chooseLogStore(n.cfg.DataDir, n.cfg.LogStore)
+		if err != nil {
+			return err
+		}
+		st, err := openStores(n.cfg.DataDir, kind, hlog)
+		if err != nil {
+			return err
+		}
+		n.stores = st
+		n.dataLock = lock
+		closers = append(closers, func() { st.close() })
+		n.log.Info("raft log store", "kind", kind, "dir", n.cfg.DataDir)
+		stable = st.stable
 		fss, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, hlog.Named("snapshot"))
 		if err != nil {
 			return fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
 		}
 		snaps = fss
-		logs, err = raft.NewLogCache(512, bs)
+		logs, err = raft.NewLogCache(512, st.logs)
 		if err != nil {
 			return fmt.Errorf("log cache: %w", err)
 		}
@@ -616,10 +620,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("close transport: %w", err))
 		}
 	}
-	if n.boltStore != nil {
-		if err := n.boltStore.Close(); err != nil {
+	if n.stores != nil {
+		if err := n.stores.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft log: %w", err))
 		}
+	}
+	if n.dataLock != nil {
+		n.dataLock.Close()
 	}
 	n.peers.close()
 	n.log.Info("kvd node stopped")

@@ -29,7 +29,7 @@ var devNodes = []devNode{
 }
 
 func newDevCmd(stderr io.Writer) *cobra.Command {
-	var dataDir, logLevel string
+	var dataDir, logLevel, logStore string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "run a local three-node cluster (n1, n2, n3 on 127.0.0.1:2379/2479/2579)",
@@ -41,15 +41,16 @@ the same data. Ctrl-C stops all three.
   kvctl --endpoints 127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579 put hello world`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), dataDir, logLevel, cmd.OutOrStdout(), stderr)
+			return runDev(cmd.Context(), dataDir, logLevel, logStore, cmd.OutOrStdout(), stderr)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./kvd-data", "parent directory of the nodes' data directories")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level of the nodes")
+	cmd.Flags().StringVar(&logStore, "log-store", "", "Raft log store for new data dirs: wal or bolt (see kvd --help)")
 	return cmd
 }
 
-func runDev(ctx context.Context, dataDir, logLevel string, stdout, stderr io.Writer) error {
+func runDev(ctx context.Context, dataDir, logLevel, logStore string, stdout, stderr io.Writer) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -85,6 +86,9 @@ func runDev(ctx context.Context, dataDir, logLevel string, stdout, stderr io.Wri
 			"--initial-cluster", initial,
 			"--log-level", logLevel,
 		)
+		if logStore != "" {
+			c.Args = append(c.Args, "--log-store", logStore)
+		}
 		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // we forward signals ourselves
 		pr, pw := io.Pipe()
 		c.Stdout, c.Stderr = pw, pw

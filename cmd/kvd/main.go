@@ -60,6 +60,7 @@ type serverFlags struct {
 	limits                                               api.Limits
 	logLevel                                             string
 	pprofAddr                                            string
+	logStore                                             string
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
 }
@@ -106,6 +107,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.SortFlags = false
 	fs.StringVar(&f.name, "name", "", "node name, unique in the cluster (also its Raft ID)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log and snapshots (created if missing)")
+	fs.StringVar(&f.logStore, "log-store", "", "Raft log store for a new data dir: wal (one fsync per append) or bolt (raft-boltdb); an existing data dir keeps its own")
 	fs.StringVar(&f.clientAddr, "client-addr", "127.0.0.1:2379", "gRPC listen address for clients")
 	fs.StringVar(&f.advertiseClient, "advertise-client-addr", "", "client address told to other nodes and clients (default --client-addr)")
 	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "Raft listen and advertised address")
@@ -148,6 +150,7 @@ func (f *serverFlags) config() (api.Config, error) {
 	cfg := api.Config{
 		Name:                f.name,
 		DataDir:             f.dataDir,
+		LogStore:            f.logStore,
 		ClientAddr:          f.clientAddr,
 		AdvertiseClientAddr: f.advertiseClient,
 		PeerAddr:            f.peerAddr,
@@ -168,6 +171,9 @@ func (f *serverFlags) config() (api.Config, error) {
 	}
 	if f.dataDir == "" {
 		return cfg, errors.New("--data-dir is required")
+	}
+	if f.logStore != "" && f.logStore != api.LogStoreWAL && f.logStore != api.LogStoreBolt {
+		return cfg, fmt.Errorf("--log-store %q: want %s or %s", f.logStore, api.LogStoreWAL, api.LogStoreBolt)
 	}
 	peers, err := parsePairs("--initial-cluster", f.initialCluster)
 	if err != nil {

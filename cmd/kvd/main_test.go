@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,6 +34,7 @@ func TestUsageErrors(t *testing.T) {
 		{"not in cluster", []string{"--name", "n9", "--data-dir", dir, "--initial-cluster", "n1=127.0.0.1:1"}, 2, "does not include"},
 		{"bad duration", []string{"--name", "n1", "--data-dir", dir, "--min-ttl", "soon"}, 2, "min-ttl"},
 		{"bad log level", []string{"--name", "n1", "--data-dir", dir, "--log-level", "loud"}, 2, "--log-level"},
+		{"bad log store", []string{"--name", "n1", "--data-dir", dir, "--log-store", "rocks"}, 2, "--log-store \"rocks\": want wal or bolt"},
 		{"extra arg", []string{"stray"}, 2, "unknown command"},
 	}
 	for _, tt := range tests {
@@ -86,9 +88,11 @@ func TestStartupErrors(t *testing.T) {
 	})
 }
 
-// TestProcessRestartKeepsData runs the real binary: a single-node cluster
-// takes a write, stops on SIGTERM with status 0, and has the write after a
-// restart on the same data dir.
+// TestProcessRestartKeepsData runs the real binary with each log store: a
+// single-node cluster acknowledges writes, is killed with SIGKILL, and has
+// every acknowledged write after a restart on the same data dir, which also
+// picks the data dir's log store by itself. While it runs, a second kvd on
+// the same data dir is refused; asking for the other log store is refused.
 func TestProcessRestartKeepsData(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the kvd binary")
@@ -97,23 +101,24 @@ func TestProcessRestartKeepsData(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	for _, store := range []string{"wal", "bolt"} {
+		t.Run(store, func(t *testing.T) { testRestartKeepsData(t, bin, store) })
+	}
+}
+
+func testRestartKeepsData(t *testing.T, bin, store string) {
 	dataDir := t.TempDir()
 	client, peer := freePort(t), freePort(t)
-	start := func() (*exec.Cmd, *bytes.Buffer) {
-		cmd := exec.Command(bin, "--name", "n1", "--data-dir", dataDir, "--client-addr", client, "--peer-addr", peer,
-			"--heartbeat-timeout", "100ms", "--election-timeout", "100ms", "--leader-lease", "100ms")
+	start := func(extra ...string) (*exec.Cmd, *bytes.Buffer) {
+		args := append([]string{"--name", "n1", "--data-dir", dataDir, "--client-addr", client, "--peer-addr", peer,
+			"--heartbeat-timeout", "100ms", "--election-timeout", "100ms", "--leader-lease", "100ms"}, extra...)
+		cmd := exec.Command(bin, args...)
 		var logs bytes.Buffer
 		cmd.Stderr = &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return cmd, &logs
-	}
-	stop := func(cmd *exec.Cmd, logs *bytes.Buffer) {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("kvd exited with %v after SIGTERM; logs:\n%s", err, logs)
-		}
 	}
 	conn, err := grpc.NewClient(client, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -138,21 +143,52 @@ func TestProcessRestartKeepsData(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	key := func(i int) []byte { return []byte("durable-" + strconv.Itoa(i)) }
 
-	cmd, logs := start()
-	retry("Put", func(ctx context.Context) error {
-		_, err := kv.Put(ctx, &kvpb.PutRequest{Key: []byte("durable"), Value: []byte("yes")})
-		return err
-	})
-	stop(cmd, logs)
+	cmd, logs := start("--log-store", store)
+	const n = 50
+	for i := range n {
+		retry("Put", func(ctx context.Context) error {
+			_, err := kv.Put(ctx, &kvpb.PutRequest{Key: key(i), Value: []byte(store)})
+			return err
+		})
+	}
+
+	// A second kvd on the same data dir while the first runs.
+	second := exec.Command(bin, "--name", "n1", "--data-dir", dataDir, "--client-addr", freePort(t), "--peer-addr", freePort(t))
+	out, err := second.CombinedOutput()
+	if code := second.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "locked by another process") {
+		t.Errorf("second kvd on the data dir: exit %d (%v), output %q; want 1 and \"locked by another process\"", code, err, out)
+	}
+
+	// Crash: no shutdown, no final sync beyond what each write did.
+	cmd.Process.Kill()
+	cmd.Wait()
+	if !strings.Contains(logs.String(), "kind="+store) {
+		t.Errorf("logs do not say kind=%s:\n%s", store, logs)
+	}
+
+	other := map[string]string{"wal": "bolt", "bolt": "wal"}[store]
+	wrong := exec.Command(bin, "--name", "n1", "--data-dir", dataDir, "--client-addr", client, "--peer-addr", peer, "--log-store", other)
+	out, err = wrong.CombinedOutput()
+	if code := wrong.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "already holds a \""+store+"\" log") {
+		t.Errorf("restart with --log-store %s: exit %d (%v), output %q; want 1 and \"already holds a %q log\"", other, code, err, out, store)
+	}
 
 	cmd, logs = start()
-	defer stop(cmd, logs)
-	retry("Get after restart", func(ctx context.Context) error {
-		r, err := kv.Get(ctx, &kvpb.GetRequest{Key: []byte("durable")})
-		if err == nil && string(r.GetKv().GetValue()) != "yes" {
-			t.Fatalf("Get(durable) = %q, want yes", r.GetKv().GetValue())
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("kvd exited with %v after SIGTERM; logs:\n%s", err, logs)
 		}
-		return err
-	})
+	}()
+	for i := range n {
+		retry("Get after restart", func(ctx context.Context) error {
+			r, err := kv.Get(ctx, &kvpb.GetRequest{Key: key(i)})
+			if err == nil && string(r.GetKv().GetValue()) != store {
+				t.Fatalf("Get(%s) = %q after the crash, want %q", key(i), r.GetKv().GetValue(), store)
+			}
+			return err
+		})
+	}
 }
