@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -42,6 +43,8 @@ type benchFlags struct {
 	hitRatio    float64       // memoize
 	memoReads   string        // memoize: linearizable or local
 	nearCache   time.Duration // memoize: near-cache bound, 0 off
+
+	cpuProfile string // write the load generator's own CPU profile here
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -74,6 +77,7 @@ member per instance). The run ends after --total requests, or after
 	pf.IntVar(&f.keySpace, "key-space", 100000, "distinct keys (chosen at random)")
 	pf.BoolVar(&f.seqKeys, "sequential-keys", false, "put: write keys 0, 1, 2... (modulo --key-space) instead of random ones")
 	pf.IntVar(&f.firstKey, "first-key", 0, "put --sequential-keys: start at this key (to load a key space in parts)")
+	pf.StringVar(&f.cpuProfile, "cpuprofile", "", "write kvctl's own CPU profile of the timed run to this file (go tool pprof)")
 
 	put := &cobra.Command{
 		Use:   "put",
@@ -266,7 +270,12 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 	if err := wl.setup(ctx, b); err != nil {
 		return fmt.Errorf("bench %s: setup: %w", wl.name(), err)
 	}
+	stopProfile, err := startCPUProfile(f.cpuProfile)
+	if err != nil {
+		return err
+	}
 	rep := b.run(ctx, wl, a.stderr)
+	stopProfile()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	wl.teardown(tctx, b)
 	cancel()
@@ -810,4 +819,24 @@ func (m *memoizeWorkload) teardown(context.Context, *bench) {
 
 func (m *memoizeWorkload) extra(_ *bench, elapsed time.Duration) map[string]float64 {
 	return map[string]float64{"misses/s": float64(m.misses.Load()) / elapsed.Seconds()}
+}
+
+// startCPUProfile profiles this process into path until the returned stop
+// is called; with an empty path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		out.Close()
+	}, nil
 }

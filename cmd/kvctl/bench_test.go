@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +93,20 @@ func TestBenchWorkloads(t *testing.T) {
 		var rep benchReport
 		if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Requests == 0 || !rep.Clean {
 			t.Errorf("report %q (%v): want a clean run with requests", out, err)
+		}
+	})
+	t.Run("cpuprofile", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "cpu.pb")
+		code, _, errOut := kvctl(t, tc, "", "bench", "get", "--consistency", "stale", "--key-space", "5", "--total", "200", "--cpuprofile", path)
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr %s", code, errOut)
+		}
+		// A CPU profile is a gzipped protobuf.
+		if b, err := os.ReadFile(path); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("profile %s: %d bytes, %v; want a gzipped pprof profile", path, len(b), err)
+		}
+		if code, _, errOut := kvctl(t, tc, "", "bench", "get", "--total", "1", "--cpuprofile", filepath.Join(path, "no", "such")); code != exitFailed && code != exitUsage {
+			t.Errorf("unwritable --cpuprofile: exit %d (%s), want a failure", code, errOut)
 		}
 	})
 	t.Run("usage", func(t *testing.T) {
