@@ -2,12 +2,19 @@
 // and fault tests: each node is its own OS process with its own data dir,
 // talking Raft and gRPC over real TCP. Nodes can be killed (SIGKILL), stopped
 // (SIGTERM), paused (SIGSTOP) and restarted on their data.
+//
+// A process that ends without being asked to (a panic, a bad flag, a data
+// dir it cannot open) is a failure of the cluster: Cluster.Failed is closed
+// and Cluster.Err names the node, its exit status and the end of its log.
+// Node.WaitReady bounds the wait for a started node to answer.
 package proccluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -76,6 +83,40 @@ type Options struct {
 	ExtraArgs []string
 }
 
+var (
+	// ErrExited: a node's process ended without being asked to (Kill, Stop).
+	ErrExited = errors.New("proccluster: process exited without being asked to")
+	// ErrNotReady: a started node did not answer a Status request in time.
+	ErrNotReady = errors.New("proccluster: process did not answer after its start")
+	// ErrStopped: the node has no process: never started, or killed or
+	// stopped on purpose.
+	ErrStopped = errors.New("proccluster: node is not running")
+)
+
+// logTailLines is how many of its last log lines a NodeError carries.
+const logTailLines = 20
+
+// A NodeError is a node whose process failed: it exited without being asked
+// to (Err is ErrExited) or did not answer after a start (ErrNotReady).
+type NodeError struct {
+	Node    string // its name, e.g. "n1"
+	Status  string // "exit status 2", "signal: aborted", or why it still runs without answering
+	Log     string // its log file
+	LogTail string // the last lines of that file
+	Err     error  // ErrExited or ErrNotReady
+}
+
+func (e *NodeError) Error() string {
+	what := "exited without being asked to"
+	if errors.Is(e.Err, ErrNotReady) {
+		what = "did not answer after its start"
+	}
+	tail := "\t" + strings.ReplaceAll(e.LogTail, "\n", "\n\t")
+	return fmt.Sprintf("kvd %s %s (%s); its log %s ends:\n%s", e.Node, what, e.Status, e.Log, tail)
+}
+
+func (e *NodeError) Unwrap() error { return e.Err }
+
 // Cluster is a set of kvd processes.
 type Cluster struct {
 	t     testing.TB
@@ -83,6 +124,31 @@ type Cluster struct {
 	Nodes []*Node
 	kvd   string
 	logf  func(format string, args ...any) // without t (NewCluster)
+
+	mu     sync.Mutex
+	err    error         // the first node that exited without being asked to
+	failed chan struct{} // closed when err is set
+}
+
+// Failed is closed when a node's process first exits without being asked
+// to; Err then says which node, how, and how its log ends.
+func (c *Cluster) Failed() <-chan struct{} { return c.failed }
+
+// Err is the first node failure (a *NodeError wrapping ErrExited), nil as
+// long as every process that ended was asked to.
+func (c *Cluster) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *Cluster) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = err
+		close(c.failed)
+	}
 }
 
 // Node is one kvd process and its fixed addresses and data dir.
@@ -96,19 +162,21 @@ type Node struct {
 	// KVD_TEST_BUG for a kvdbugs build).
 	Env []string
 
-	c       *Cluster
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logFile *os.File
-	starts  int
+	c        *Cluster
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed once cmd is reaped
+	stopping bool          // cmd was asked to end (Kill, Stop): its exit is no failure
+	exitErr  *NodeError    // cmd ended without being asked to
+	logFile  *os.File
+	starts   int
 }
 
 // Start launches n nodes bootstrapped as one cluster and waits for a leader.
 func Start(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
 	kvd, _ := Binaries(t)
-	c := &Cluster{t: t, Dir: t.TempDir(), kvd: kvd}
+	c := &Cluster{t: t, Dir: t.TempDir(), kvd: kvd, failed: make(chan struct{})}
 	ports := FreePorts(t, 2*n)
 	var initial []string
 	for i := 0; i < n; i++ {
@@ -202,11 +270,12 @@ func (c *Cluster) DumpLogs() {
 
 func (nd *Node) logPath() string { return filepath.Join(nd.c.Dir, nd.Name+".log") }
 
-// Start runs the node's process (again, on its existing data).
+// Start runs the node's process (again, on its existing data). It does not
+// wait for the process to serve: see WaitReady.
 func (nd *Node) Start() error {
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
-	if nd.cmd != nil {
+	if nd.cmd != nil && !isClosed(nd.exited) {
 		return fmt.Errorf("%s is running", nd.Name)
 	}
 	f, err := os.OpenFile(nd.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -226,38 +295,140 @@ func (nd *Node) Start() error {
 		return err
 	}
 	nd.cmd, nd.logFile, nd.exited = cmd, f, make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}, f *os.File) {
-		cmd.Wait()
-		f.Close()
-		close(exited)
-	}(cmd, nd.exited, f)
+	nd.stopping, nd.exitErr = false, nil
+	go nd.reap(cmd, nd.exited, f)
 	return nil
+}
+
+// reap waits for the process to end. An end nobody asked for is recorded on
+// the node and fails the cluster.
+func (nd *Node) reap(cmd *exec.Cmd, exited chan struct{}, f *os.File) {
+	cmd.Wait()
+	f.Close()
+	nd.mu.Lock()
+	// Start replaces cmd only after exited is closed, so stopping is still
+	// about this process.
+	if !nd.stopping {
+		nd.exitErr = nd.failure(ErrExited, cmd.ProcessState.String())
+	}
+	failed := nd.exitErr
+	nd.mu.Unlock()
+	if failed != nil {
+		nd.c.fail(failed) // before exited: whoever sees the exit sees the failure
+	}
+	close(exited)
+}
+
+// failure describes a failed process with the end of its log.
+func (nd *Node) failure(err error, status string) *NodeError {
+	return &NodeError{Node: nd.Name, Status: status, Log: nd.logPath(), LogTail: logTail(nd.logPath(), logTailLines), Err: err}
+}
+
+// WaitReady polls the node until its process answers a Status request. It
+// returns nil once it does; a *NodeError wrapping ErrExited if the process
+// ends without being asked to first; ErrStopped if there is no process
+// (never started, or killed or stopped on purpose); and a *NodeError
+// wrapping ErrNotReady if ctx ends first.
+func (nd *Node) WaitReady(ctx context.Context) error {
+	var last error
+	for {
+		nd.mu.Lock()
+		cmd, exited, exitErr := nd.cmd, nd.exited, nd.exitErr
+		nd.mu.Unlock()
+		switch {
+		case exitErr != nil:
+			return exitErr
+		case cmd == nil || isClosed(exited):
+			return ErrStopped
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := nd.Status(sctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if isClosed(exited) {
+				continue // report the exit
+			}
+			status := fmt.Sprintf("pid %d still running; last Status error: %v", cmd.Process.Pid, last)
+			return nd.failure(fmt.Errorf("%w: %w", ErrNotReady, ctx.Err()), status)
+		case <-exited:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// logTail returns the last n lines of the file at path. A Go panic's
+// message comes first in its output and a deep stack pushes it out of the
+// last lines, so when the window misses it, the last "panic:" or "fatal
+// error:" line of the latest start goes first.
+func logTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(log unreadable: %v)", err)
+	}
+	defer f.Close()
+	const window = 64 << 10
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(log unreadable: %v)", err)
+	}
+	off := max(st.Size()-window, 0)
+	b, err := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
+	if err != nil {
+		return fmt.Sprintf("(log unreadable: %v)", err)
+	}
+	lines := strings.Split(string(bytes.TrimRight(b, "\n")), "\n")
+	if off > 0 {
+		lines = lines[1:] // the window starts within a line
+	}
+	if len(lines) <= n {
+		return strings.Join(lines, "\n")
+	}
+	cut := len(lines) - n
+	tail := lines[cut:]
+	for i := cut - 1; i >= 0 && !strings.HasPrefix(lines[i], "=== start "); i-- {
+		if strings.HasPrefix(lines[i], "panic: ") || strings.HasPrefix(lines[i], "fatal error: ") {
+			tail = append([]string{lines[i], "..."}, tail...)
+			break
+		}
+	}
+	return strings.Join(tail, "\n")
 }
 
 // Running reports whether the process has been started and not reaped.
 func (nd *Node) Running() bool {
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
-	if nd.cmd == nil {
-		return false
-	}
-	select {
-	case <-nd.exited:
-		return false
-	default:
-		return true
-	}
+	return nd.cmd != nil && !isClosed(nd.exited)
 }
 
 // signal sends sig and, when wait is set, waits for the process to exit.
+// SIGKILL and SIGTERM ask the process to end: its exit is no failure.
 func (nd *Node) signal(sig syscall.Signal, wait bool) error {
+	ending := sig == syscall.SIGTERM || sig == syscall.SIGKILL
 	nd.mu.Lock()
 	cmd, exited := nd.cmd, nd.exited
+	if cmd != nil && ending {
+		nd.stopping = true
+	}
 	nd.mu.Unlock()
 	if cmd == nil {
 		return nil
 	}
-	if sig == syscall.SIGTERM || sig == syscall.SIGKILL {
+	if ending {
 		// A paused process must run to handle SIGTERM.
 		cmd.Process.Signal(syscall.SIGCONT)
 	}
@@ -274,7 +445,9 @@ func (nd *Node) signal(sig syscall.Signal, wait bool) error {
 		<-exited
 	}
 	nd.mu.Lock()
-	nd.cmd = nil
+	if nd.cmd == cmd {
+		nd.cmd = nil
+	}
 	nd.mu.Unlock()
 	return nil
 }
@@ -376,7 +549,7 @@ func Build(dir string, tags ...string) (string, error) {
 // keeps node logs in dir. logf (may be nil) receives DumpLogs output. Add
 // nodes with AddNode, then Start each one.
 func NewCluster(kvd, dir string, logf func(format string, args ...any)) *Cluster {
-	return &Cluster{Dir: dir, kvd: kvd, logf: logf}
+	return &Cluster{Dir: dir, kvd: kvd, logf: logf, failed: make(chan struct{})}
 }
 
 // AddNode adds a node that is not started. args is its whole command line

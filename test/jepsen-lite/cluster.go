@@ -24,6 +24,10 @@ import (
 //
 // Every port is fixed before the first start, so a node restarts on the
 // same addresses.
+//
+// A node that cannot be started, that exits without being killed by the
+// harness, or that does not answer within startTimeout of a WaitUp fails
+// the harness: Failed is closed and Err says why; the run ends.
 type Harness struct {
 	pc          *proccluster.Cluster
 	n           int
@@ -34,7 +38,16 @@ type Harness struct {
 	mu      sync.Mutex
 	offsets []time.Duration // --test-clock-offset per node
 	base    [][]string      // args without the clock offset
+
+	failMu    sync.Mutex
+	err       error         // the first failure
+	failed    chan struct{} // closed when err is set
+	closed    chan struct{} // closed by Close: stops watch
+	closeOnce sync.Once
 }
+
+// startTimeout bounds how long WaitUp waits for a node to answer.
+const startTimeout = 20 * time.Second
 
 // HarnessConfig shapes a Harness.
 type HarnessConfig struct {
@@ -60,7 +73,8 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 		return nil, err
 	}
 	addr := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
-	h := &Harness{n: n, logf: cfg.Logf, offsets: make([]time.Duration, n)}
+	h := &Harness{n: n, logf: cfg.Logf, offsets: make([]time.Duration, n),
+		failed: make(chan struct{}), closed: make(chan struct{})}
 	h.pc = proccluster.NewCluster(cfg.Kvd, cfg.Dir, cfg.Logf)
 	realClient := make([]string, n)
 	realPeer := make([]string, n)
@@ -120,7 +134,64 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 		nd := h.pc.AddNode(nodeName(i), realClient[i], realPeer[i], dataDir, append([]string(nil), args...))
 		nd.Env = cfg.Env
 	}
+	go h.watch()
 	return h, nil
+}
+
+// watch fails the harness when a node's process exits by itself, until
+// Close.
+func (h *Harness) watch() {
+	select {
+	case <-h.pc.Failed():
+		h.fail(h.pc.Err())
+	case <-h.closed:
+	}
+}
+
+// fail records the first failure and closes Failed.
+func (h *Harness) fail(err error) {
+	h.failMu.Lock()
+	defer h.failMu.Unlock()
+	if h.err == nil {
+		h.err = err
+		close(h.failed)
+	}
+}
+
+// Failed is closed when the harness fails: a node could not be started,
+// exited without being killed, or did not answer in WaitUp.
+func (h *Harness) Failed() <-chan struct{} { return h.failed }
+
+// Err is the first failure (see Failed), nil while there is none. A node's
+// failure is a *proccluster.NodeError: name, exit status, end of its log.
+func (h *Harness) Err() error {
+	h.failMu.Lock()
+	defer h.failMu.Unlock()
+	return h.err
+}
+
+// WaitUp waits until every node's process answers a Status request, at
+// most startTimeout in all. A node that is not running, exits by itself or
+// does not answer in time fails the harness; WaitUp returns the harness's
+// first failure, this one or an earlier one, and nil when every node
+// answered.
+func (h *Harness) WaitUp() error {
+	if err := h.Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for i := 0; i < h.n; i++ {
+		err := h.Node(i).WaitReady(ctx)
+		if errors.Is(err, proccluster.ErrStopped) {
+			err = fmt.Errorf("%s: %w", nodeName(i), err)
+		}
+		if err != nil {
+			h.fail(err)
+			break
+		}
+	}
+	return h.Err()
 }
 
 func nodeName(i int) string { return fmt.Sprintf("n%d", i+1) }
@@ -152,7 +223,9 @@ func (h *Harness) StartAll() error {
 	return nil
 }
 
-// Start starts node i with its current clock offset.
+// Start starts node i with its current clock offset; it does not wait for
+// the node to answer (WaitUp does). A node that cannot be started fails the
+// harness.
 func (h *Harness) Start(i int) error {
 	h.mu.Lock()
 	args := append([]string(nil), h.base[i]...)
@@ -162,7 +235,12 @@ func (h *Harness) Start(i int) error {
 	h.mu.Unlock()
 	nd := h.Node(i)
 	nd.Args = args
-	return nd.Start()
+	if err := nd.Start(); err != nil {
+		err = fmt.Errorf("start %s: %w", nodeName(i), err)
+		h.fail(err)
+		return err
+	}
+	return nil
 }
 
 // SetClockOffset sets node i's clock offset for its next start.
@@ -296,6 +374,7 @@ func (h *Harness) KillAll() {
 
 // Close kills the nodes and closes the proxies.
 func (h *Harness) Close() {
+	h.closeOnce.Do(func() { close(h.closed) })
 	if h.pc != nil {
 		h.KillAll()
 	}

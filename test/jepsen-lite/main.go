@@ -204,6 +204,9 @@ func Run(cfg Config) (*Summary, error) {
 	if err := h.StartAll(); err != nil {
 		return nil, err
 	}
+	if err := h.WaitUp(); err != nil {
+		return nil, err
+	}
 	hist := NewHistory()
 	wenv := NewEnv(hist, h.Endpoints())
 	wenv.SetRate(cfg.Rate)
@@ -215,6 +218,9 @@ func Run(cfg Config) (*Summary, error) {
 	nm := &Nemesis{H: h, Hist: hist, Rng: rand.New(rand.NewPCG(cfg.Seed, 1<<40)), Probe: probe, Logf: lg,
 		Kinds: cfg.Kinds, HoldMin: 700 * time.Millisecond, HoldMax: 2000 * time.Millisecond}
 	if !nm.waitRecovered(context.Background(), 30*time.Second) {
+		if err := h.Err(); err != nil {
+			return nil, err
+		}
 		h.DumpLogs()
 		return nil, errors.New("cluster did not accept a write within 30s of starting")
 	}
@@ -253,6 +259,9 @@ func Run(cfg Config) (*Summary, error) {
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
+		case <-h.Failed():
+			lg("a node failed; stopping the run")
+			cancel()
 		case <-progress.C:
 			lg("%d ops, %d faults", hist.Len(), nm.Count())
 		}
@@ -261,6 +270,9 @@ func Run(cfg Config) (*Summary, error) {
 	<-nmDone
 	if !waitTimeout(&wg, 20*time.Second) {
 		lg("workers did not stop within 20s; their pending ops count as unknown")
+	}
+	if err := h.Err(); err != nil {
+		return nil, fmt.Errorf("run stopped after %d ops and %d faults (logs in %s): %w", hist.Len(), len(nm.Faults), clusterDir, err)
 	}
 	lg("workloads stopped: %d ops, %d faults; healing, then kill-all and restart", hist.Len(), len(nm.Faults))
 
@@ -279,7 +291,10 @@ func Run(cfg Config) (*Summary, error) {
 	if !nm.waitRecovered(context.Background(), 30*time.Second) {
 		lg("cluster did not recover within 30s after the final restart")
 	}
-	finalReads(wenv, probe)
+	if err := h.WaitUp(); err != nil {
+		return nil, fmt.Errorf("final restart (logs in %s): %w", clusterDir, err)
+	}
+	finalReads(wenv, probe, time.Minute)
 	states, tries := converge(h, 30*time.Second)
 
 	// Check.
@@ -378,8 +393,11 @@ func ensureMembers(c *client.Client, h *Harness, lg func(string, ...any)) {
 }
 
 // finalReads reads every register key and counter linearizably after the
-// final restart, recording them as workload "final".
-func finalReads(e *Env, c *client.Client) {
+// final restart, recording them as workload "final". It stops trying after
+// limit: a key it did not read fails the durability checker.
+func finalReads(e *Env, c *client.Client, limit time.Duration) {
+	all, cancelAll := context.WithTimeout(context.Background(), limit)
+	defer cancelAll()
 	e.mu.Lock()
 	var reg, ctr []string
 	for k := range e.regKeys {
@@ -392,8 +410,8 @@ func finalReads(e *Env, c *client.Client) {
 	sort.Strings(reg)
 	sort.Strings(ctr)
 	read := func(key, typ string) {
-		for try := 0; try < 5; try++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		for try := 0; try < 5 && all.Err() == nil; try++ {
+			ctx, cancel := context.WithTimeout(all, 3*time.Second)
 			op := e.H.Invoke(&Op{Client: -1, Workload: "final", Type: typ, Key: key})
 			resp, err := c.Get(ctx, []byte(key))
 			cancel()

@@ -277,15 +277,19 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 	healed := time.Now()
 	f.Recovered = nm.waitRecovered(context.Background(), 20*time.Second)
 	f.RecoveryMs = time.Since(healed).Milliseconds()
+	// Every node must be back, or the run ends (Run watches h.Failed).
+	if err := h.WaitUp(); err != nil {
+		f.Err = shortErr(err)
+	}
 	return f
 }
 
-// waitRecovered waits until every node runs and a probe write is
-// acknowledged.
+// waitRecovered waits until a probe write is acknowledged; it gives up
+// when ctx or limit ends or the harness has failed.
 func (nm *Nemesis) waitRecovered(ctx context.Context, limit time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	for i := 0; ctx.Err() == nil; i++ {
+	for i := 0; ctx.Err() == nil && nm.H.Err() == nil; i++ {
 		pctx, pcancel := context.WithTimeout(ctx, time.Second)
 		_, err := nm.Probe.Put(pctx, []byte("probe"), []byte(fmt.Sprint(i)))
 		pcancel()

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/kvdproject/kvd/internal/proccluster"
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// fakeEnv makes the test binary act as kvd (see TestMain), so these tests
+// build nothing: "panic" panics at once, the way a kvd that cannot open its
+// data does; "serve" answers Status on its --client-addr.
+const fakeEnv = "JEPSEN_LITE_FAKE_KVD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeEnv); mode != "" {
+		fakeKVD(mode, os.Args[1:])
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func fakeKVD(mode string, args []string) {
+	// A minute bounds a process the test failed to kill.
+	go func() {
+		time.Sleep(time.Minute)
+		os.Exit(3)
+	}()
+	switch mode {
+	case "panic":
+		fmt.Fprintln(os.Stderr, "fake kvd: opening raft log")
+		panic("fake kvd: sealed segment without its index")
+	case "serve":
+		l, err := net.Listen("tcp", args[slices.Index(args, "--client-addr")+1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		s := grpc.NewServer()
+		kvpb.RegisterClusterServer(s, fakeClusterServer{})
+		s.Serve(l)
+	}
+}
+
+type fakeClusterServer struct {
+	kvpb.UnimplementedClusterServer
+}
+
+func (fakeClusterServer) Status(context.Context, *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
+	return &kvpb.StatusResponse{Role: "follower"}, nil
+}
+
+func TestRunStopsOnANodeThatWillNotStart(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(fakeEnv, "panic") // inherited by the nodes
+	begin := time.Now()
+	s, err := Run(Config{Nodes: 3, Duration: time.Minute, Seed: 1, Out: t.TempDir(), Kvd: exe})
+	if d := time.Since(begin); d > 10*time.Second {
+		t.Errorf("Run took %v, want it to stop at once", d)
+	}
+	if !errors.Is(err, proccluster.ErrExited) {
+		t.Fatalf("Run = %v, %v; want an error wrapping %v", s, err, proccluster.ErrExited)
+	}
+	var ne *proccluster.NodeError
+	if !errors.As(err, &ne) || !slices.Contains([]string{"n1", "n2", "n3"}, ne.Node) {
+		t.Errorf("Run error %q does not name the node", err)
+	}
+	for _, want := range []string{"exit status 2", "panic: fake kvd: sealed segment without its index", "fake kvd: opening raft log"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Run error %q does not contain %q", err, want)
+		}
+	}
+}
+
+func TestHarnessFailsWhenARestartedNodeExits(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHarness(HarnessConfig{Kvd: exe, Dir: t.TempDir(), Nodes: 3, Env: []string{fakeEnv + "=serve"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.StartAll(); err != nil {
+		t.Fatalf("StartAll: %v", err)
+	}
+	if err := h.WaitUp(); err != nil {
+		t.Fatalf("WaitUp: %v", err)
+	}
+
+	// A deliberate kill and restart is no failure.
+	h.Node(1).Kill()
+	if err := h.Start(1); err != nil {
+		t.Fatalf("Start(1): %v", err)
+	}
+	if err := h.WaitUp(); err != nil {
+		t.Fatalf("WaitUp after a restart: %v", err)
+	}
+
+	// A restart that panics is, at once.
+	h.Node(1).Kill()
+	h.Node(1).Env = []string{fakeEnv + "=panic"}
+	if err := h.Start(1); err != nil {
+		t.Fatalf("Start(1): %v", err)
+	}
+	select {
+	case <-h.Failed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Failed() not closed 5s after n2 panicked")
+	}
+	err = h.WaitUp()
+	var ne *proccluster.NodeError
+	if !errors.As(err, &ne) || ne.Node != "n2" || ne.Status != "exit status 2" || !strings.Contains(ne.LogTail, "sealed segment without its index") {
+		t.Errorf("WaitUp = %v, want n2's exit with its log tail", err)
+	}
+	if !errors.Is(h.Err(), proccluster.ErrExited) {
+		t.Errorf("Err() = %v, want %v", h.Err(), proccluster.ErrExited)
+	}
+}
