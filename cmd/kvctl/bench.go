@@ -241,6 +241,12 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 	if len(eps) == 0 {
 		return &usageError{"--endpoints: no endpoint given"}
 	}
+	// An unwritable --cpuprofile fails before any work is done.
+	prof, err := createCPUProfile(f.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer prof.close()
 	b := &bench{f: f, timeout: a.timeout, value: make([]byte, f.valSize)}
 	for i := range b.value {
 		b.value[i] = 'a' + byte(i%26)
@@ -270,12 +276,11 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 	if err := wl.setup(ctx, b); err != nil {
 		return fmt.Errorf("bench %s: setup: %w", wl.name(), err)
 	}
-	stopProfile, err := startCPUProfile(f.cpuProfile)
-	if err != nil {
+	if err := prof.start(); err != nil {
 		return err
 	}
 	rep := b.run(ctx, wl, a.stderr)
-	stopProfile()
+	prof.stop()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	wl.teardown(tctx, b)
 	cancel()
@@ -821,22 +826,38 @@ func (m *memoizeWorkload) extra(_ *bench, elapsed time.Duration) map[string]floa
 	return map[string]float64{"misses/s": float64(m.misses.Load()) / elapsed.Seconds()}
 }
 
-// startCPUProfile profiles this process into path until the returned stop
-// is called; with an empty path it does nothing.
-func startCPUProfile(path string) (stop func(), err error) {
+// cpuProfile is the --cpuprofile file; its methods do nothing without one.
+type cpuProfile struct{ out *os.File }
+
+func createCPUProfile(path string) (*cpuProfile, error) {
 	if path == "" {
-		return func() {}, nil
+		return &cpuProfile{}, nil
 	}
 	out, err := os.Create(path)
 	if err != nil {
 		return nil, fmt.Errorf("--cpuprofile: %w", err)
 	}
-	if err := pprof.StartCPUProfile(out); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	return &cpuProfile{out: out}, nil
+}
+
+func (p *cpuProfile) start() error {
+	if p.out == nil {
+		return nil
 	}
-	return func() {
+	if err := pprof.StartCPUProfile(p.out); err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return nil
+}
+
+func (p *cpuProfile) stop() {
+	if p.out != nil {
 		pprof.StopCPUProfile()
-		out.Close()
-	}, nil
+	}
+}
+
+func (p *cpuProfile) close() {
+	if p.out != nil {
+		p.out.Close()
+	}
 }
