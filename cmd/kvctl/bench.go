@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -279,8 +280,19 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 	if err := prof.start(); err != nil {
 		return err
 	}
+	srv0, srvOK := b.serversCPU(ctx, eps)
+	own0 := ownCPUMicros()
 	rep := b.run(ctx, wl, a.stderr)
+	own1 := ownCPUMicros()
+	srv1, srvOK1 := b.serversCPU(ctx, eps)
 	prof.stop()
+	if rep.Requests > 0 {
+		rep.CPU = &cpuPerRequest{Kvctl: float64(own1-own0) / float64(rep.Requests)}
+		if srvOK && srvOK1 && srv1 >= srv0 {
+			rep.CPU.Servers = float64(srv1-srv0) / float64(rep.Requests)
+			rep.CPU.Members = len(eps)
+		}
+	}
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	wl.teardown(tctx, b)
 	cancel()
@@ -520,6 +532,7 @@ type benchReport struct {
 	RequestsPerSec float64            `json:"requests_per_sec"`
 	Latency        latencyStats       `json:"latency"`
 	Extra          map[string]float64 `json:"extra,omitempty"`
+	CPU            *cpuPerRequest     `json:"cpu_us_per_request,omitempty"`
 	// Clean is false when any request failed or the run was interrupted:
 	// such figures must not be quoted as the cluster's performance.
 	Clean bool `json:"clean"`
@@ -575,6 +588,13 @@ func (r *benchReport) print(w io.Writer) {
 		sort.Strings(keys)
 		for _, k := range keys {
 			fmt.Fprintf(w, "%-11s %.3f\n", k+":", r.Extra[k])
+		}
+	}
+	if c := r.CPU; c != nil {
+		if c.Members > 0 {
+			fmt.Fprintf(w, "cpu us/req: servers %.1f (sum of %d members), kvctl %.1f\n", c.Servers, c.Members, c.Kvctl)
+		} else {
+			fmt.Fprintf(w, "cpu us/req: kvctl %.1f (servers: a member did not report)\n", c.Kvctl)
 		}
 	}
 	fmt.Fprintf(w, "errors:     %d\n", r.Errors)
@@ -860,4 +880,41 @@ func (p *cpuProfile) close() {
 	if p.out != nil {
 		p.out.Close()
 	}
+}
+
+// cpuPerRequest is CPU time per successful request, in microseconds: the
+// servers' (the sum over every endpoint's kvd process, as each reports it in
+// Cluster.Status; Members 0 when one did not answer) and kvctl's own. CPU per
+// request moves far less between runs than requests/s on a shared machine.
+// With several members in one process (tests) the servers' figure counts
+// that process once per member.
+type cpuPerRequest struct {
+	Servers float64 `json:"servers"`
+	Members int     `json:"members"`
+	Kvctl   float64 `json:"kvctl"`
+}
+
+// serversCPU sums the CPU time the endpoints' kvd processes report; false
+// when any of them did not answer.
+func (b *bench) serversCPU(ctx context.Context, eps []string) (uint64, bool) {
+	var sum uint64
+	for _, ep := range eps {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := b.clients[0].Status(sctx, ep)
+		cancel()
+		if err != nil || st.GetCpuMicros() == 0 {
+			return 0, false
+		}
+		sum += st.GetCpuMicros()
+	}
+	return sum, true
+}
+
+// ownCPUMicros is the CPU time (user + system) this process has used.
+func ownCPUMicros() uint64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return uint64(ru.Utime.Nano()+ru.Stime.Nano()) / 1000
 }

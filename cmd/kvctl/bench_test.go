@@ -83,6 +83,11 @@ func TestBenchWorkloads(t *testing.T) {
 			if rep.RequestsPerSec <= 0 || rep.Latency.P50 <= 0 || rep.Latency.Max < rep.Latency.P99 {
 				t.Errorf("kvctl %v: implausible figures %+v", tt.args, rep)
 			}
+			// The in-process members share this test's process, so only
+			// that both figures were taken is checked here.
+			if c := rep.CPU; c == nil || c.Members != len(tc.Endpoints) || c.Servers <= 0 || c.Kvctl <= 0 {
+				t.Errorf("kvctl %v: cpu per request %+v, want servers and kvctl > 0 over %d members", tt.args, c, len(tc.Endpoints))
+			}
 		})
 	}
 	t.Run("duration", func(t *testing.T) {

@@ -154,6 +154,12 @@ func testRestartKeepsData(t *testing.T, bin, store string) {
 		})
 	}
 
+	// The process reports its own resource use (kvctl bench reads it).
+	st, err := kvpb.NewClusterClient(conn).Status(t.Context(), &kvpb.StatusRequest{})
+	if err != nil || st.GetCpuMicros() == 0 || st.GetRssBytes() < 1<<20 {
+		t.Errorf("Status: cpu %d us, rss %d bytes, %v; want both reported", st.GetCpuMicros(), st.GetRssBytes(), err)
+	}
+
 	// A second kvd on the same data dir while the first runs.
 	second := exec.Command(bin, "--name", "n1", "--data-dir", dataDir, "--client-addr", freePort(t), "--peer-addr", freePort(t))
 	out, err := second.CombinedOutput()

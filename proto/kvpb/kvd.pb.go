@@ -3932,8 +3932,13 @@ type StatusResponse struct {
 	LastSnapshotIndex uint64                 `protobuf:"varint,13,opt,name=last_snapshot_index,json=lastSnapshotIndex,proto3" json:"last_snapshot_index,omitempty"`
 	// Hash of the replicated state at applied_index (equal on every node at
 	// the same index).
-	StateHash     []byte `protobuf:"bytes,14,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
-	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	StateHash []byte `protobuf:"bytes,14,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	Version   string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	// This kvd process's own resource use, for benchmarks and monitoring: CPU
+	// time (user + system) since the process started, and its resident memory
+	// now. 0 where the platform does not tell.
+	CpuMicros     uint64 `protobuf:"varint,16,opt,name=cpu_micros,json=cpuMicros,proto3" json:"cpu_micros,omitempty"`
+	RssBytes      uint64 `protobuf:"varint,17,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4071,6 +4076,20 @@ func (x *StatusResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetCpuMicros() uint64 {
+	if x != nil {
+		return x.CpuMicros
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
 }
 
 type MembersRequest struct {
@@ -6173,7 +6192,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"clientAddr\x12\x14\n" +
 	"\x05voter\x18\x04 \x01(\bR\x05voter\x12\x16\n" +
 	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x0f\n" +
-	"\rStatusRequest\"\xee\x03\n" +
+	"\rStatusRequest\"\xaa\x04\n" +
 	"\x0eStatusResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -6194,7 +6213,10 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x13last_snapshot_index\x18\r \x01(\x04R\x11lastSnapshotIndex\x12\x1d\n" +
 	"\n" +
 	"state_hash\x18\x0e \x01(\fR\tstateHash\x12\x18\n" +
-	"\aversion\x18\x0f \x01(\tR\aversion\"\x10\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"cpu_micros\x18\x10 \x01(\x04R\tcpuMicros\x12\x1b\n" +
+	"\trss_bytes\x18\x11 \x01(\x04R\brssBytes\"\x10\n" +
 	"\x0eMembersRequest\"k\n" +
 	"\x0fMembersResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12(\n" +
