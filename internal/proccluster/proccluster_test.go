@@ -4,66 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-
-	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// fakeEnv makes the test binary act as kvd (see TestMain), so these tests
-// build nothing: "panic" panics at once, the way a kvd that cannot open its
-// data does; "silent" runs without ever listening; "serve" answers Status
-// on its --client-addr.
+// fakeEnv makes the test binary act as kvd (see TestMain and
+// RunFakeKVDIfAsked, which lists the modes), so these tests build nothing.
 const fakeEnv = "PROCCLUSTER_FAKE_KVD"
 
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(fakeEnv); mode != "" {
-		fakeKVD(mode, os.Args[1:])
-		os.Exit(0)
-	}
+	RunFakeKVDIfAsked(fakeEnv)
 	os.Exit(m.Run())
-}
-
-func fakeKVD(mode string, args []string) {
-	for i := 1; i <= 30; i++ {
-		fmt.Fprintf(os.Stderr, "fake kvd: line %d\n", i)
-	}
-	// Whatever the mode, a minute bounds a process the test failed to kill.
-	go func() {
-		time.Sleep(time.Minute)
-		os.Exit(3)
-	}()
-	switch mode {
-	case "panic":
-		fmt.Fprintln(os.Stderr, "fake kvd: opening raft log")
-		panic("fake kvd: sealed segment without its index")
-	case "silent":
-		select {}
-	case "serve":
-		l, err := net.Listen("tcp", args[slices.Index(args, "--client-addr")+1])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		s := grpc.NewServer()
-		kvpb.RegisterClusterServer(s, fakeClusterServer{})
-		s.Serve(l)
-	}
-}
-
-type fakeClusterServer struct {
-	kvpb.UnimplementedClusterServer
-}
-
-func (fakeClusterServer) Status(context.Context, *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
-	return &kvpb.StatusResponse{Role: "follower"}, nil
 }
 
 // fakeNode returns a cluster of one node, n1, that runs the test binary as

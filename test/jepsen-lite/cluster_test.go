@@ -1,63 +1,24 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/kvdproject/kvd/internal/proccluster"
-	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// fakeEnv makes the test binary act as kvd (see TestMain), so these tests
-// build nothing: "panic" panics at once, the way a kvd that cannot open its
-// data does; "serve" answers Status on its --client-addr.
+// fakeEnv makes the test binary act as kvd (see TestMain and
+// proccluster.RunFakeKVDIfAsked, which lists the modes), so these tests
+// build nothing.
 const fakeEnv = "JEPSEN_LITE_FAKE_KVD"
 
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(fakeEnv); mode != "" {
-		fakeKVD(mode, os.Args[1:])
-		os.Exit(0)
-	}
+	proccluster.RunFakeKVDIfAsked(fakeEnv)
 	os.Exit(m.Run())
-}
-
-func fakeKVD(mode string, args []string) {
-	// A minute bounds a process the test failed to kill.
-	go func() {
-		time.Sleep(time.Minute)
-		os.Exit(3)
-	}()
-	switch mode {
-	case "panic":
-		fmt.Fprintln(os.Stderr, "fake kvd: opening raft log")
-		panic("fake kvd: sealed segment without its index")
-	case "serve":
-		l, err := net.Listen("tcp", args[slices.Index(args, "--client-addr")+1])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		s := grpc.NewServer()
-		kvpb.RegisterClusterServer(s, fakeClusterServer{})
-		s.Serve(l)
-	}
-}
-
-type fakeClusterServer struct {
-	kvpb.UnimplementedClusterServer
-}
-
-func (fakeClusterServer) Status(context.Context, *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
-	return &kvpb.StatusResponse{Role: "follower"}, nil
 }
 
 func TestRunStopsOnANodeThatWillNotStart(t *testing.T) {
