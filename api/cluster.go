@@ -30,14 +30,15 @@ func (n *Node) localHeader() *kvpb.ResponseHeader {
 }
 
 // Status reports this node only, from its local state.
-func (s *clusterService) Status(ctx context.Context, _ *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
-	return s.n.Status(), nil
+func (s *clusterService) Status(ctx context.Context, req *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
+	st := s.n.status(!req.GetSkipStateHash())
+	return st, nil
 }
 
 // Status reports this node's view: role, indexes, log time, leader, hash.
-func (n *Node) Status() *kvpb.StatusResponse {
-	// Resource use first: the state hash below may take a while to compute
-	// and should not count in a benchmark's reading of the CPU used before.
+func (n *Node) Status() *kvpb.StatusResponse { return n.status(true) }
+
+func (n *Node) status(withHash bool) *kvpb.StatusResponse {
 	cpu, rss := processCPUMicros(), processRSSBytes()
 	stats := n.raft.Stats()
 	u := func(k string) uint64 {
@@ -45,6 +46,10 @@ func (n *Node) Status() *kvpb.StatusResponse {
 		return v
 	}
 	leaderName, leaderAddr := n.leader()
+	var hash []byte
+	if withHash {
+		hash = n.stateHash()
+	}
 	return &kvpb.StatusResponse{
 		Header:            n.localHeader(),
 		Name:              n.cfg.Name,
@@ -59,7 +64,7 @@ func (n *Node) Status() *kvpb.StatusResponse {
 		LeaderName:        leaderName,
 		LeaderAddr:        leaderAddr,
 		LastSnapshotIndex: u("last_snapshot_index"),
-		StateHash:         n.stateHash(),
+		StateHash:         hash,
 		Version:           Version,
 		CpuMicros:         cpu,
 		RssBytes:          rss,

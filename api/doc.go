@@ -1,5 +1,5 @@
-// Package api owns a kvd node: it wires hashicorp/raft, raft-boltdb, the
-// transport, snapshots and the fsm into one runnable Node, and serves the
+// Package api owns a kvd node: it wires hashicorp/raft, its log store
+// (raft-wal, or raft-boltdb for data dirs that hold one), the transport, snapshots and the fsm into one runnable Node, and serves the
 // gRPC services of proto/kvd/v1 (KV, Session, Lock, Cache, Cluster,
 // Internal, plus grpc health and reflection).
 //

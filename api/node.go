@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -125,8 +126,9 @@ type Config struct {
 	// told about; default ClientAddr.
 	AdvertiseClientAddr string
 
-	// LogStore is LogStoreWAL or LogStoreBolt; "" keeps whichever the data
-	// dir already holds and uses the WAL for a new one.
+	// LogStore is LogStoreWAL or LogStoreBolt for a new data dir; "" keeps
+	// whichever the data dir already holds and uses the WAL for a new one. A
+	// value that contradicts what the data dir holds is an error at Start.
 	LogStore string
 
 	// InitialCluster bootstraps an empty data dir. Ignored when the data dir
@@ -572,7 +574,8 @@ func ensureDataDir(dir string) error {
 	name := f.Name()
 	f.Close()
 	os.Remove(name)
-	return nil
+	// The data dir's own entry, if MkdirAll just made it.
+	return syncDir(filepath.Dir(filepath.Clean(dir)))
 }
 
 // dialOverrides is the raft.ServerAddressProvider for TestPeerDialAddrs:

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -17,8 +18,9 @@ import (
 
 // The Raft log stores a node can keep its log and vote in.
 //
-// LogStoreWAL (hashicorp/raft-wal, what Consul now runs) appends each batch
-// of entries to a preallocated segment file with one fsync. LogStoreBolt
+// LogStoreWAL (hashicorp/raft-wal, the log store behind Consul's WAL
+// backend) appends each batch of entries to a preallocated segment file
+// with one fsync. LogStoreBolt
 // (raft-boltdb/v2) commits each batch as a bbolt transaction: two fsyncs,
 // data pages and then the meta page. hashicorp/raft has the leader store an
 // entry before it sends it to followers, so a write waits for the leader's
@@ -32,9 +34,10 @@ const (
 // Files and directories a log store leaves in the data dir; their presence
 // tells which store an existing data dir uses.
 const (
-	walDirName   = "wal"
-	boltFileName = "raft.db"
-	lockFileName = "kvd.lock"
+	walDirName      = "wal"
+	walMetaFileName = "wal-meta.db" // raft-wal's metadb.FileName
+	boltFileName    = "raft.db"
+	lockFileName    = "kvd.lock"
 )
 
 // stores is an opened Raft log and stable store.
@@ -46,14 +49,33 @@ type stores struct {
 }
 
 // detectLogStore names the store an existing data dir holds, or "" for a
-// data dir with neither.
+// data dir with neither. A WAL counts once raft-wal has written its meta
+// file (an empty wal/ is what a failed first start leaves). Only "does not
+// exist" means absent: any other error is returned, never taken as a sign
+// to start a new, empty log.
 func detectLogStore(dir string) (string, error) {
-	_, werr := os.Stat(filepath.Join(dir, walDirName))
-	_, berr := os.Stat(filepath.Join(dir, boltFileName))
-	hasWAL, hasBolt := werr == nil, berr == nil
+	exists := func(name string) (bool, error) {
+		_, err := os.Stat(filepath.Join(dir, name))
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, fs.ErrNotExist):
+			return false, nil
+		}
+		return false, fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	hasWAL, err := exists(filepath.Join(walDirName, walMetaFileName))
+	if err != nil {
+		return "", err
+	}
+	hasBolt, err := exists(boltFileName)
+	if err != nil {
+		return "", err
+	}
 	switch {
 	case hasWAL && hasBolt:
-		return "", fmt.Errorf("data dir %s holds both a WAL (%s/) and a bolt log (%s): remove the one not in use",
+		return "", fmt.Errorf("data dir %s holds both a WAL (%s/) and a bolt log (%s): kvd will not guess which "+
+			"is current; move the stale one out of the data dir (the one whose files changed last is the one a node last ran on)",
 			dir, walDirName, boltFileName)
 	case hasWAL:
 		return LogStoreWAL, nil
@@ -77,7 +99,7 @@ func chooseLogStore(dir, want string) (string, error) {
 	switch {
 	case have != "" && want != "" && have != want:
 		return "", fmt.Errorf("log store %q asked for, but data dir %s already holds a %q log: "+
-			"start with --log-store %s (or leave it unset)", want, dir, have, have)
+			"ask for %q or leave the log store unset", want, dir, have, have)
 	case have != "":
 		return have, nil
 	case want != "":
@@ -99,6 +121,12 @@ func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open raft log %s: %w", wdir, err)
 		}
+		// raft-wal syncs what it writes inside wal/; the entry for wal/
+		// itself is in the data dir.
+		if err := syncDir(dir); err != nil {
+			w.Close()
+			return nil, err
+		}
 		return &stores{kind: kind, logs: w, stable: w, close: w.Close}, nil
 	case LogStoreBolt:
 		path := filepath.Join(dir, boltFileName)
@@ -115,6 +143,11 @@ func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
 				return nil, fmt.Errorf("open raft log %s: locked by another process", path)
 			}
 			return nil, fmt.Errorf("open raft log %s: %w", path, err)
+		}
+		// bbolt syncs the file, not the directory entry that names it.
+		if err := syncDir(dir); err != nil {
+			bs.Close()
+			return nil, err
 		}
 		return &stores{kind: kind, logs: bs, stable: bs, close: bs.Close}, nil
 	}
@@ -138,4 +171,19 @@ func lockDataDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("data dir %s: lock %s: %w", dir, lockFileName, err)
 	}
 	return f, nil
+}
+
+// syncDir makes the entries of dir (files and directories created in it)
+// durable: without it a power loss soon after a first start could lose the
+// log's file or directory, and with it the node's term and vote.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("data dir %s: sync: %w", dir, err)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ func TestChooseLogStore(t *testing.T) {
 		dir := t.TempDir()
 		if wal {
 			os.Mkdir(filepath.Join(dir, walDirName), 0o700)
+			os.WriteFile(filepath.Join(dir, walDirName, walMetaFileName), nil, 0o600)
 		}
 		if bolt {
 			os.WriteFile(filepath.Join(dir, boltFileName), nil, 0o600)
@@ -21,6 +22,7 @@ func TestChooseLogStore(t *testing.T) {
 	tests := []struct {
 		name      string
 		wal, bolt bool
+		emptyWAL  bool // wal/ without raft-wal's meta file: a failed first start
 		want      string
 		got       string // "" when an error is expected
 		errHas    string
@@ -31,14 +33,19 @@ func TestChooseLogStore(t *testing.T) {
 		{name: "wal dir, unset", wal: true, got: LogStoreWAL},
 		{name: "bolt dir, unset", bolt: true, got: LogStoreBolt},
 		{name: "bolt dir, bolt asked", bolt: true, want: LogStoreBolt, got: LogStoreBolt},
-		{name: "bolt dir, wal asked", bolt: true, want: LogStoreWAL, errHas: `already holds a "bolt" log: start with --log-store bolt`},
-		{name: "wal dir, bolt asked", wal: true, want: LogStoreBolt, errHas: `already holds a "wal" log: start with --log-store wal`},
+		{name: "bolt dir, wal asked", bolt: true, want: LogStoreWAL, errHas: `already holds a "bolt" log: ask for "bolt" or leave the log store unset`},
+		{name: "wal dir, bolt asked", wal: true, want: LogStoreBolt, errHas: `already holds a "wal" log: ask for "wal" or leave the log store unset`},
 		{name: "both", wal: true, bolt: true, errHas: "holds both a WAL"},
+		{name: "empty wal dir, bolt asked", emptyWAL: true, want: LogStoreBolt, got: LogStoreBolt},
 		{name: "unknown", want: "rocks", errHas: `log store "rocks": want "wal" or "bolt"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := chooseLogStore(mk(t, tt.wal, tt.bolt), tt.want)
+			dir := mk(t, tt.wal, tt.bolt)
+			if tt.emptyWAL {
+				os.Mkdir(filepath.Join(dir, walDirName), 0o700)
+			}
+			got, err := chooseLogStore(dir, tt.want)
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
 					t.Fatalf("chooseLogStore = %q, %v; want error containing %q", got, err, tt.errHas)
@@ -67,4 +74,14 @@ func TestLockDataDir(t *testing.T) {
 		t.Fatalf("lock after the first was released: %v", err)
 	}
 	again.Close()
+}
+
+func TestDetectLogStoreReportsUnreadableDataDir(t *testing.T) {
+	// A data dir path through a regular file: Stat fails with ENOTDIR, which
+	// must be an error, not "no log here, start a new one".
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	if got, err := detectLogStore(filepath.Join(file, "data")); err == nil {
+		t.Fatalf("detectLogStore = %q, nil; want an error", got)
+	}
 }

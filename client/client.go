@@ -301,6 +301,7 @@ type opOptions struct {
 	limit           int
 	startAfter      []byte
 	keysOnly        bool
+	skipStateHash   bool
 }
 
 func applyOpts(opts []OpOption) opOptions {
@@ -327,6 +328,10 @@ func WithFence(lock []byte, token uint64) OpOption {
 func WithStale() OpOption {
 	return func(o *opOptions) { o.consistency = kvpb.Consistency_CONSISTENCY_STALE }
 }
+
+// WithoutStateHash makes Status leave state_hash empty, sparing the member a
+// hash of its whole state (for callers that want its other fields often).
+func WithoutStateHash() OpOption { return func(o *opOptions) { o.skipStateHash = true } }
 
 // WithLimit bounds a List; WithStartAfter continues one; WithKeysOnly omits values.
 func WithLimit(n int) OpOption         { return func(o *opOptions) { o.limit = n } }
@@ -562,9 +567,10 @@ func (c *Client) CacheStats(ctx context.Context) (*kvpb.CacheStatsResponse, erro
 // on the same member, until ctx ends: give ctx a short deadline to find out
 // whether a member is reachable. endpoint "" asks whichever member the
 // client picks.
-func (c *Client) Status(ctx context.Context, endpoint string) (*kvpb.StatusResponse, error) {
+func (c *Client) Status(ctx context.Context, endpoint string, opts ...OpOption) (*kvpb.StatusResponse, error) {
+	req := &kvpb.StatusRequest{SkipStateHash: applyOpts(opts).skipStateHash}
 	resp, err := read(ctx, c, 0, endpoint, func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.StatusResponse, error) {
-		return kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{}, opts...)
+		return kvpb.NewClusterClient(cc).Status(ctx, req, opts...)
 	})
 	if err == nil {
 		c.setLeader(resp.GetLeaderAddr())

@@ -416,6 +416,14 @@ func TestClusterCalls(t *testing.T) {
 		if st.GetName() != tc.Name(i) {
 			t.Errorf("Status(%s).Name = %q, want %q", ep, st.GetName(), tc.Name(i))
 		}
+		if len(st.GetStateHash()) == 0 || st.GetCpuMicros() == 0 {
+			t.Errorf("Status(%s): state hash %x, cpu %d us; want both", ep, st.GetStateHash(), st.GetCpuMicros())
+		}
+		lean, err := c.Status(ctx, ep, client.WithoutStateHash())
+		if err != nil || len(lean.GetStateHash()) != 0 || lean.GetCpuMicros() == 0 || lean.GetName() != tc.Name(i) {
+			t.Errorf("Status(%s, WithoutStateHash) = hash %x, cpu %d, name %q, %v; want no hash, the rest filled",
+				ep, lean.GetStateHash(), lean.GetCpuMicros(), lean.GetName(), err)
+		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()

@@ -284,7 +284,7 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 	own0 := ownCPUMicros()
 	rep := b.run(ctx, wl, a.stderr)
 	own1 := ownCPUMicros()
-	srv1, srvOK1 := b.serversCPU(ctx, eps)
+	srv1, srvOK1 := b.serversCPU(context.WithoutCancel(ctx), eps) // also after Ctrl-C
 	prof.stop()
 	if rep.Requests > 0 {
 		rep.CPU = &cpuPerRequest{Kvctl: float64(own1-own0) / float64(rep.Requests)}
@@ -900,7 +900,7 @@ func (b *bench) serversCPU(ctx context.Context, eps []string) (uint64, bool) {
 	var sum uint64
 	for _, ep := range eps {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := b.clients[0].Status(sctx, ep)
+		st, err := b.clients[0].Status(sctx, ep, client.WithoutStateHash())
 		cancel()
 		if err != nil || st.GetCpuMicros() == 0 {
 			return 0, false

@@ -107,7 +107,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.SortFlags = false
 	fs.StringVar(&f.name, "name", "", "node name, unique in the cluster (also its Raft ID)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log and snapshots (created if missing)")
-	fs.StringVar(&f.logStore, "log-store", "", "Raft log store for a new data dir: wal (one fsync per append) or bolt (raft-boltdb); an existing data dir keeps its own")
+	fs.StringVar(&f.logStore, "log-store", "", "Raft log store for a new data dir: wal (one fsync per append) or bolt (raft-boltdb); unset, an existing data dir keeps the store it holds, and naming the other one is refused")
 	fs.StringVar(&f.clientAddr, "client-addr", "127.0.0.1:2379", "gRPC listen address for clients")
 	fs.StringVar(&f.advertiseClient, "advertise-client-addr", "", "client address told to other nodes and clients (default --client-addr)")
 	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "Raft listen and advertised address")

@@ -3880,7 +3880,10 @@ func (x *Member) GetLeader() bool {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Leave state_hash empty: computing it hashes the whole state, which a
+	// caller reading only cpu_micros (kvctl bench) should not pay for.
+	SkipStateHash bool `protobuf:"varint,1,opt,name=skip_state_hash,json=skipStateHash,proto3" json:"skip_state_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3913,6 +3916,13 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *StatusRequest) GetSkipStateHash() bool {
+	if x != nil {
+		return x.SkipStateHash
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -6191,8 +6201,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vclient_addr\x18\x03 \x01(\tR\n" +
 	"clientAddr\x12\x14\n" +
 	"\x05voter\x18\x04 \x01(\bR\x05voter\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x0f\n" +
-	"\rStatusRequest\"\xaa\x04\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"7\n" +
+	"\rStatusRequest\x12&\n" +
+	"\x0fskip_state_hash\x18\x01 \x01(\bR\rskipStateHash\"\xaa\x04\n" +
 	"\x0eStatusResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
