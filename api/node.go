@@ -526,6 +526,10 @@ func (n *Node) Start() (err error) {
 		// collector shrinks their stacks. 16 -> 1024 workers: servers' CPU
 		// per keepalive -6% and -8% in two interleaved pairs of runs.
 		grpc.NumStreamWorkers(1024),
+		// Fixed flow-control windows turn off gRPC's bandwidth-delay
+		// probing (see flowWindow).
+		grpc.InitialWindowSize(flowWindow),
+		grpc.InitialConnWindowSize(flowConnWindow),
 	)
 	kvpb.RegisterKVServer(n.grpc, &kvService{n: n})
 	kvpb.RegisterSessionServer(n.grpc, &sessionService{n: n})

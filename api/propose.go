@@ -246,7 +246,11 @@ func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(flowWindow),
+		grpc.WithInitialConnWindowSize(flowConnWindow),
+	}
 	if p.dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(p.dialer))
 	}
@@ -267,3 +271,16 @@ func (p *peerPool) close() {
 		c.Close()
 	}
 }
+
+// gRPC flow-control windows of this node's connections, as receiver (the
+// server and the peer pool). Giving gRPC fixed windows turns off its
+// bandwidth-delay probing, which answers received data with a PING: on a
+// request/response exchange that is an extra round of packets and wake-ups
+// per call. On loopback, 1-client puts went from 566 to 679 req/s and
+// linearizable gets from 1,626 to 1,999 (medians of 5 interleaved runs), and
+// kvctl's CPU per put fell by ~40%. 1 MiB per stream is below the request
+// limit's default (1.5 MiB), so the largest request takes one window update.
+const (
+	flowWindow     = 1 << 20
+	flowConnWindow = 4 << 20
+)
