@@ -155,16 +155,7 @@ func (s *cacheService) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb
 			return nil, n.toStatus(err)
 		}
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Store{Store: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetStore()
-	if resp == nil {
-		resp = &kvpb.StoreResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Store{Store: req}}, (*kvpb.CommandResult).GetStore)
 }
 
 func (s *cacheService) Set(ctx context.Context, req *kvpb.CacheSetRequest) (*kvpb.CacheSetResponse, error) {
@@ -178,16 +169,7 @@ func (s *cacheService) Set(ctx context.Context, req *kvpb.CacheSetRequest) (*kvp
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CacheSet{CacheSet: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetCacheSet()
-	if resp == nil {
-		resp = &kvpb.CacheSetResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CacheSet{CacheSet: req}}, (*kvpb.CommandResult).GetCacheSet)
 }
 
 func (s *cacheService) Invalidate(ctx context.Context, req *kvpb.InvalidateRequest) (*kvpb.InvalidateResponse, error) {
@@ -199,16 +181,7 @@ func (s *cacheService) Invalidate(ctx context.Context, req *kvpb.InvalidateReque
 	if err := firstErr(n.checkHeader(req.GetHeader()), check("key", req.GetKey())); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Invalidate{Invalidate: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetInvalidate()
-	if resp == nil {
-		resp = &kvpb.InvalidateResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Invalidate{Invalidate: req}}, (*kvpb.CommandResult).GetInvalidate)
 }
 
 func (s *cacheService) Stats(ctx context.Context, _ *kvpb.CacheStatsRequest) (*kvpb.CacheStatsResponse, error) {

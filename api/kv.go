@@ -3,6 +3,9 @@ package api
 import (
 	"context"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -17,6 +20,25 @@ func (n *Node) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResul
 		return nil, nil, err
 	}
 	return res, n.writeHeader(index, 0), nil
+}
+
+// writeAs proposes cmd and answers with the fsm's typed result, picked out
+// of the CommandResult by get (an empty message if the fsm set none), with
+// the write's response header. Errors are gRPC statuses.
+func writeAs[R proto.Message](ctx context.Context, n *Node, cmd *kvpb.Command, get func(*kvpb.CommandResult) R) (R, error) {
+	var zero R
+	res, hdr, err := n.write(ctx, cmd)
+	if err != nil {
+		return zero, n.toStatus(err)
+	}
+	resp := get(res)
+	m := resp.ProtoReflect()
+	if !m.IsValid() { // a nil *XResponse
+		m = m.Type().New()
+		resp = m.Interface().(R)
+	}
+	m.Set(m.Descriptor().Fields().ByName("header"), protoreflect.ValueOfMessage(hdr.ProtoReflect()))
+	return resp, nil
 }
 
 type kvService struct {
@@ -35,16 +57,7 @@ func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRes
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Put{Put: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetPut()
-	if resp == nil {
-		resp = &kvpb.PutResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Put{Put: req}}, (*kvpb.CommandResult).GetPut)
 }
 
 func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetResponse, error) {
@@ -72,16 +85,7 @@ func (s *kvService) Delete(ctx context.Context, req *kvpb.DeleteRequest) (*kvpb.
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Delete{Delete: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetDelete()
-	if resp == nil {
-		resp = &kvpb.DeleteResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Delete{Delete: req}}, (*kvpb.CommandResult).GetDelete)
 }
 
 func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.ListResponse, error) {
@@ -110,16 +114,7 @@ func (s *kvService) Add(ctx context.Context, req *kvpb.AddRequest) (*kvpb.AddRes
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetAdd()
-	if resp == nil {
-		resp = &kvpb.AddResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}}, (*kvpb.CommandResult).GetAdd)
 }
 
 func firstErr(errs ...error) error {
@@ -144,16 +139,7 @@ func (s *sessionService) Create(ctx context.Context, req *kvpb.CreateSessionRequ
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CreateSession{CreateSession: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetCreateSession()
-	if resp == nil {
-		resp = &kvpb.CreateSessionResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CreateSession{CreateSession: req}}, (*kvpb.CommandResult).GetCreateSession)
 }
 
 func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveRequest) (*kvpb.KeepAliveResponse, error) {
@@ -182,16 +168,7 @@ func (s *sessionService) Close(ctx context.Context, req *kvpb.CloseSessionReques
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CloseSession{CloseSession: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetCloseSession()
-	if resp == nil {
-		resp = &kvpb.CloseSessionResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CloseSession{CloseSession: req}}, (*kvpb.CommandResult).GetCloseSession)
 }
 
 func (s *sessionService) Get(ctx context.Context, req *kvpb.GetSessionRequest) (*kvpb.GetSessionResponse, error) {

@@ -129,16 +129,7 @@ func (s *lockService) Release(ctx context.Context, req *kvpb.ReleaseRequest) (*k
 	if req.GetToken() == 0 {
 		return nil, n.toStatus(invalid("token", 0, "token: required"))
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Release{Release: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetRelease()
-	if resp == nil {
-		resp = &kvpb.ReleaseResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Release{Release: req}}, (*kvpb.CommandResult).GetRelease)
 }
 
 func (s *lockService) CancelWait(ctx context.Context, req *kvpb.CancelWaitRequest) (*kvpb.CancelWaitResponse, error) {
@@ -150,16 +141,7 @@ func (s *lockService) CancelWait(ctx context.Context, req *kvpb.CancelWaitReques
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetCancelWait()
-	if resp == nil {
-		resp = &kvpb.CancelWaitResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: req}}, (*kvpb.CommandResult).GetCancelWait)
 }
 
 func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.RenewResponse, error) {
@@ -170,16 +152,7 @@ func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.
 	if req.GetToken() == 0 {
 		return nil, n.toStatus(invalid("token", 0, "token: required"))
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Renew{Renew: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetRenew()
-	if resp == nil {
-		resp = &kvpb.RenewResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Renew{Renew: req}}, (*kvpb.CommandResult).GetRenew)
 }
 
 func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.GetLockResponse, error) {
@@ -220,16 +193,7 @@ func (s *lockService) Break(ctx context.Context, req *kvpb.BreakRequest) (*kvpb.
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, hdr, err := n.write(ctx, &kvpb.Command{Op: &kvpb.Command_Break{Break: req}})
-	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	resp := res.GetBreak()
-	if resp == nil {
-		resp = &kvpb.BreakResponse{}
-	}
-	resp.Header = hdr
-	return resp, nil
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Break{Break: req}}, (*kvpb.CommandResult).GetBreak)
 }
 
 func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceRequest) (*kvpb.CheckFenceResponse, error) {
