@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 
+	"github.com/kvdproject/kvd/internal/procstat"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -39,7 +40,7 @@ func (s *clusterService) Status(ctx context.Context, req *kvpb.StatusRequest) (*
 func (n *Node) Status() *kvpb.StatusResponse { return n.status(true) }
 
 func (n *Node) status(withHash bool) *kvpb.StatusResponse {
-	cpu, rss := processCPUMicros(), processRSSBytes()
+	cpu, rss := procstat.CPUMicros(), procstat.RSSBytes()
 	stats := n.raft.Stats()
 	u := func(k string) uint64 {
 		v, _ := strconv.ParseUint(stats[k], 10, 64)

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/kvdproject/kvd/cache"
 	"github.com/kvdproject/kvd/client"
+	"github.com/kvdproject/kvd/internal/procstat"
 	"github.com/kvdproject/kvd/lock"
 )
 
@@ -281,9 +281,9 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 		return err
 	}
 	srv0, srvOK := b.serversCPU(ctx, eps)
-	own0 := ownCPUMicros()
+	own0 := procstat.CPUMicros()
 	rep := b.run(ctx, wl, a.stderr)
-	own1 := ownCPUMicros()
+	own1 := procstat.CPUMicros()
 	srv1, srvOK1 := b.serversCPU(context.WithoutCancel(ctx), eps) // also after Ctrl-C
 	prof.stop()
 	if rep.Requests > 0 {
@@ -908,13 +908,4 @@ func (b *bench) serversCPU(ctx context.Context, eps []string) (uint64, bool) {
 		sum += st.GetCpuMicros()
 	}
 	return sum, true
-}
-
-// ownCPUMicros is the CPU time (user + system) this process has used.
-func ownCPUMicros() uint64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return uint64(ru.Utime.Nano()+ru.Stime.Nano()) / 1000
 }

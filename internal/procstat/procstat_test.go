@@ -1,4 +1,4 @@
-package api
+package procstat
 
 import (
 	"testing"
@@ -6,13 +6,13 @@ import (
 )
 
 func TestProcessUsage(t *testing.T) {
-	before := processCPUMicros()
+	before := CPUMicros()
 	for end := time.Now().Add(20 * time.Millisecond); time.Now().Before(end); {
 	}
-	if after := processCPUMicros(); after <= before {
+	if after := CPUMicros(); after <= before {
 		t.Errorf("CPU micros %d after spinning 20ms, %d before: want growth", after, before)
 	}
-	if rss := processRSSBytes(); rss < 1<<20 {
+	if rss := RSSBytes(); rss < 1<<20 {
 		t.Errorf("RSS %d bytes, want at least 1 MiB for a Go test process", rss)
 	}
 }

@@ -1,4 +1,6 @@
-package api
+// Package procstat reads this process's own resource use: what a kvd
+// reports in Cluster.Status and what kvctl bench counts for itself.
+package procstat
 
 import (
 	"bytes"
@@ -7,8 +9,8 @@ import (
 	"syscall"
 )
 
-// processCPUMicros is the CPU time (user + system) this process has used.
-func processCPUMicros() uint64 {
+// CPUMicros is the CPU time (user + system) this process has used.
+func CPUMicros() uint64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
@@ -16,9 +18,9 @@ func processCPUMicros() uint64 {
 	return uint64(ru.Utime.Nano()+ru.Stime.Nano()) / 1000
 }
 
-// processRSSBytes is this process's resident set size now, from
+// RSSBytes is this process's resident set size now, from
 // /proc/self/statm (0 where there is no such file).
-func processRSSBytes() uint64 {
+func RSSBytes() uint64 {
 	b, err := os.ReadFile("/proc/self/statm")
 	if err != nil {
 		return 0
