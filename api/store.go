@@ -42,7 +42,6 @@ const (
 
 // stores is an opened Raft log and stable store.
 type stores struct {
-	kind   string
 	logs   raft.LogStore
 	stable raft.StableStore
 	close  func() error
@@ -127,7 +126,7 @@ func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
 			w.Close()
 			return nil, err
 		}
-		return &stores{kind: kind, logs: w, stable: w, close: w.Close}, nil
+		return &stores{logs: w, stable: w, close: w.Close}, nil
 	case LogStoreBolt:
 		path := filepath.Join(dir, boltFileName)
 		bs, err := raftboltdb.New(raftboltdb.Options{
@@ -149,7 +148,7 @@ func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
 			bs.Close()
 			return nil, err
 		}
-		return &stores{kind: kind, logs: bs, stable: bs, close: bs.Close}, nil
+		return &stores{logs: bs, stable: bs, close: bs.Close}, nil
 	}
 	return nil, fmt.Errorf("log store %q: want %q or %q", kind, LogStoreWAL, LogStoreBolt)
 }
