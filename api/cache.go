@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -16,7 +17,7 @@ type cacheCounters struct {
 
 type cacheService struct {
 	kvpb.UnimplementedCacheServer
-	n *Node
+	n *Server
 }
 
 func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvpb.CacheGetResponse, error) {
@@ -24,16 +25,16 @@ func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvp
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	state, entry := n.fsm.CacheEntry(req.GetKey(), now)
+	state, entry := n.b.FSM().CacheEntry(req.GetKey(), now)
 	n.count(state)
 	return &kvpb.CacheGetResponse{Header: hdr, State: state, Entry: entry}, nil
 }
 
-func (n *Node) count(state kvpb.CacheState) {
+func (n *Server) count(state kvpb.CacheState) {
 	switch state {
 	case kvpb.CacheState_CACHE_STATE_FRESH:
 		n.stats.hits.Add(1)
@@ -64,11 +65,11 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	if req.GetLeaseMs() == 0 {
 		return nil, n.toStatus(invalid("lease_ms", 0, "lease_ms: required (how long a granted fill lease lasts)"))
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	if state, entry := n.fsm.CacheEntry(req.GetKey(), now); state == kvpb.CacheState_CACHE_STATE_FRESH {
+	if state, entry := n.b.FSM().CacheEntry(req.GetKey(), now); state == kvpb.CacheState_CACHE_STATE_FRESH {
 		n.stats.hits.Add(1)
 		return &kvpb.FillResponse{Header: hdr, State: state, Entry: entry}, nil
 	}
@@ -78,18 +79,18 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 		defer t.Stop()
 		deadline = t.C
 	}
-	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
+	res, index, err := n.b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	if err := resultError(res); err != nil {
+	if err := node.ResultError(res); err != nil {
 		return nil, n.toStatus(err)
 	}
 	resp := res.GetFill()
 	if resp == nil {
 		resp = &kvpb.FillResponse{}
 	}
-	resp.Header = n.writeHeader(index, 0)
+	resp.Header = n.b.WriteHeader(index, 0)
 	if resp.GetState() != kvpb.CacheState_CACHE_STATE_FILLING || req.GetWaitMs() <= 0 {
 		n.count(resp.GetState())
 		return resp, nil
@@ -98,16 +99,16 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	// Another session is filling: wait for its result or for the lease.
 	n.stats.waits.Add(1)
 	session, key := req.GetHeader().GetSession(), req.GetKey()
-	if err := n.waitApplied(ctx, index); err != nil {
+	if err := n.b.WaitApplied(ctx, index); err != nil {
 		return nil, n.toStatus(err)
 	}
 	for {
-		ch, stop := n.fsm.Watch(fsm.WatchCache, key)
-		now := n.fsm.LogTime()
-		state, entry := n.fsm.CacheEntry(key, now)
+		ch, stop := n.b.FSM().Watch(fsm.WatchCache, key)
+		now := n.b.FSM().LogTime()
+		state, entry := n.b.FSM().CacheEntry(key, now)
 		// The adapter's index advances after a whole batch: the entry read
 		// may be newer, so the header says at least its store or lease index.
-		hdr := n.writeHeader(max(n.adapter.appliedIndex(), entry.GetFilledIndex(), entry.GetLease().GetToken()), now)
+		hdr := n.b.WriteHeader(max(n.b.AppliedIndex(), entry.GetFilledIndex(), entry.GetLease().GetToken()), now)
 		switch {
 		case state == kvpb.CacheState_CACHE_STATE_FRESH:
 			stop()
@@ -186,12 +187,12 @@ func (s *cacheService) Invalidate(ctx context.Context, req *kvpb.InvalidateReque
 
 func (s *cacheService) Stats(ctx context.Context, _ *kvpb.CacheStatsRequest) (*kvpb.CacheStatsResponse, error) {
 	n := s.n
-	now, hdr, err := n.readState(ctx, kvpb.Consistency_CONSISTENCY_STALE)
+	now, hdr, err := n.b.Read(ctx, kvpb.Consistency_CONSISTENCY_STALE)
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	_ = now
-	st := n.fsm.CacheStats()
+	st := n.b.FSM().CacheStats()
 	if st == nil {
 		st = &kvpb.CacheStatsResponse{}
 	}

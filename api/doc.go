@@ -1,16 +1,12 @@
-// Package api owns a kvd node: it wires hashicorp/raft, its log store
-// (raft-wal, or raft-boltdb for data dirs that hold one), the transport, snapshots and the fsm into one runnable Node, and serves the
-// gRPC services of proto/kvd/v1 (KV, Session, Lock, Cache, Cluster,
-// Internal, plus grpc health and reflection).
+// Package api serves kvd's client-facing gRPC services (KV, Session, Lock,
+// Cache, Cluster, plus gRPC health and reflection) in front of a Backend,
+// which *node.Node implements. It holds request validation and the one
+// error table; it never talks to Raft itself and never serves the Internal
+// service (that is on the peer port, in package node).
 //
 // Invariants:
 //   - Every request is validated before anything is proposed; a violation is
 //     InvalidArgument with an ErrorInfo naming the field and the limit.
-//   - Only the leader stamps commands, with its monotonic clock anchored on
-//     the log time when it took office (DESIGN.md "Time is part of the log");
-//     it accepts proposals only after its barrier and RecoverOp have applied.
-//   - Linearizable reads use ReadIndex with batched VerifyLeader rounds, never
-//     the leader lease.
 //   - Every non-OK status carries a kvpb.ErrorInfo; grpcCodes is the one
 //     table from kvd error codes to gRPC codes.
 //   - CancelWait proposed by the server after a waiting Acquire ended carries
@@ -22,7 +18,4 @@
 //   - A request that ended (deadline, cancel) before its command was
 //     proposed carries ErrorInfo NOT_LEADER (nothing applied); one that ended
 //     while its command was in flight carries INDETERMINATE.
-//
-// The Config, Limits, Peer and Node signatures are stable: cmd/kvd, tests
-// and the fault harness depend on them.
 package api

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -48,94 +49,43 @@ func GRPCCode(c kvpb.ErrorCode) codes.Code {
 	return codes.Unknown
 }
 
-// kvError is an error with a kvd error code, turned into a gRPC status
-// (with an ErrorInfo) at the edge of a handler.
-type kvError struct {
-	code         kvpb.ErrorCode
-	grpc         codes.Code // overrides the table when not OK
-	msg          string
-	currentToken uint64
-	field        string
-	limit        int64
-}
-
-func (e *kvError) Error() string { return e.msg }
-
-// resultError turns a non-OK CommandResult into an error.
-func resultError(r *kvpb.CommandResult) error {
-	if r.GetCode() == kvpb.ErrorCode_ERROR_CODE_OK {
-		return nil
-	}
-	msg := r.GetMessage()
-	if msg == "" {
-		msg = r.GetCode().String()
-	}
-	return &kvError{code: r.GetCode(), msg: msg, currentToken: r.GetCurrentToken()}
-}
-
 // invalid is a validation error naming a field and its limit.
 func invalid(field string, limit int64, format string, args ...any) error {
-	return &kvError{code: kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, field: field, limit: limit,
-		msg: fmt.Sprintf(format, args...)}
-}
-
-func isNotLeader(err error) bool {
-	var ke *kvError
-	if errors.As(err, &ke) {
-		return ke.code == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER
-	}
-	if st, ok := status.FromError(err); ok {
-		if info := errorInfo(st); info != nil {
-			return info.GetCode() == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER
-		}
-	}
-	return false
-}
-
-// errorInfo returns the ErrorInfo detail of st, or nil.
-func errorInfo(st *status.Status) *kvpb.ErrorInfo {
-	for _, d := range st.Details() {
-		if info, ok := d.(*kvpb.ErrorInfo); ok {
-			return info
-		}
-	}
-	return nil
+	return node.Invalid(field, limit, fmt.Sprintf(format, args...))
 }
 
 // toStatus turns any error a handler meets into a gRPC status error with an
 // ErrorInfo detail (leader hint included when known).
-func (n *Node) toStatus(err error) error {
+func (s *Server) toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ke *kvError
+	var ke *node.Error
 	switch {
 	case errors.As(err, &ke):
 	case errors.Is(err, context.DeadlineExceeded):
-		ke = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, grpc: codes.DeadlineExceeded, msg: err.Error()}
+		ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.DeadlineExceeded, Msg: err.Error()}
 	case errors.Is(err, context.Canceled):
-		ke = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, grpc: codes.Canceled, msg: err.Error()}
-	case errors.Is(err, ErrStopped):
-		ke = &kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: "node is shutting down"}
+		ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.Canceled, Msg: err.Error()}
+	case errors.Is(err, node.ErrStopped), errors.Is(err, errStopping):
+		ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: "node is shutting down"}
 	default:
-		if st, ok := status.FromError(err); ok && errorInfo(st) != nil {
-			return err // already ours (a forwarded answer)
+		if st, ok := status.FromError(err); ok && node.ErrorInfo(st) != nil {
+			return err // already ours
 		}
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-			ke = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, grpc: st.Code(), msg: st.Message()}
+			ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: st.Code(), Msg: st.Message()}
 		} else {
-			ke = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, grpc: codes.Internal, msg: err.Error()}
+			ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.Internal, Msg: err.Error()}
 		}
 	}
-	code := ke.grpc
+	code := ke.GRPC
 	if code == codes.OK {
-		code = GRPCCode(ke.code)
+		code = GRPCCode(ke.Code)
 	}
-	info := &kvpb.ErrorInfo{Code: ke.code, CurrentToken: ke.currentToken, Field: ke.field, Limit: ke.limit}
-	if n.raft != nil {
-		info.LeaderName, info.LeaderAddr = n.leader()
-	}
-	st := status.New(code, ke.msg)
+	info := &kvpb.ErrorInfo{Code: ke.Code, CurrentToken: ke.CurrentToken, Field: ke.Field, Limit: ke.Limit}
+	info.LeaderName, info.LeaderAddr = s.b.Leader()
+	st := status.New(code, ke.Msg)
 	if withInfo, err := st.WithDetails(info); err == nil {
 		st = withInfo
 	}

@@ -6,26 +6,27 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 // write proposes cmd and returns its OK result with a response header, or
 // an error (a non-OK result becomes a *kvError).
-func (n *Node) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, *kvpb.ResponseHeader, error) {
-	res, index, err := n.propose(ctx, cmd)
+func (n *Server) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, *kvpb.ResponseHeader, error) {
+	res, index, err := n.b.Propose(ctx, cmd)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := resultError(res); err != nil {
+	if err := node.ResultError(res); err != nil {
 		return nil, nil, err
 	}
-	return res, n.writeHeader(index, 0), nil
+	return res, n.b.WriteHeader(index, 0), nil
 }
 
 // writeAs proposes cmd and answers with the fsm's typed result, picked out
 // of the CommandResult by get (an empty message if the fsm set none), with
 // the write's response header. Errors are gRPC statuses.
-func writeAs[R proto.Message](ctx context.Context, n *Node, cmd *kvpb.Command, get func(*kvpb.CommandResult) R) (R, error) {
+func writeAs[R proto.Message](ctx context.Context, n *Server, cmd *kvpb.Command, get func(*kvpb.CommandResult) R) (R, error) {
 	var zero R
 	res, hdr, err := n.write(ctx, cmd)
 	if err != nil {
@@ -43,7 +44,7 @@ func writeAs[R proto.Message](ctx context.Context, n *Node, cmd *kvpb.Command, g
 
 type kvService struct {
 	kvpb.UnimplementedKVServer
-	n *Node
+	n *Server
 }
 
 func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutResponse, error) {
@@ -65,13 +66,13 @@ func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetRes
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	kv := n.fsm.Get(req.GetKey(), now)
+	kv := n.b.FSM().Get(req.GetKey(), now)
 	if kv == nil {
-		return nil, n.toStatus(&kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, msg: "key not found"})
+		return nil, n.toStatus(&node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, Msg: "key not found"})
 	}
 	return &kvpb.GetResponse{Header: hdr, Kv: kv}, nil
 }
@@ -97,11 +98,11 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	kvs, more := n.fsm.List(req.GetPrefix(), req.GetStartAfter(), limit, req.GetKeysOnly(), now)
+	kvs, more := n.b.FSM().List(req.GetPrefix(), req.GetStartAfter(), limit, req.GetKeysOnly(), now)
 	return &kvpb.ListResponse{Header: hdr, Kvs: kvs, More: more}, nil
 }
 
@@ -128,7 +129,7 @@ func firstErr(errs ...error) error {
 
 type sessionService struct {
 	kvpb.UnimplementedSessionServer
-	n *Node
+	n *Server
 }
 
 func (s *sessionService) Create(ctx context.Context, req *kvpb.CreateSessionRequest) (*kvpb.CreateSessionResponse, error) {
@@ -147,14 +148,14 @@ func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveReque
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
 	}
-	res, index, err := n.keepAlives.renew(ctx, req.GetId())
+	res, index, err := n.b.RenewSession(ctx, req.GetId())
 	if err == nil {
-		err = resultError(res)
+		err = node.ResultError(res)
 	}
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	hdr := n.writeHeader(index, 0)
+	hdr := n.b.WriteHeader(index, 0)
 	resp := res.GetKeepAlive()
 	if resp == nil {
 		resp = &kvpb.KeepAliveResponse{}
@@ -176,13 +177,13 @@ func (s *sessionService) Get(ctx context.Context, req *kvpb.GetSessionRequest) (
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	info := n.fsm.Session(req.GetId(), now)
+	info := n.b.FSM().Session(req.GetId(), now)
 	if info == nil {
-		return nil, n.toStatus(&kvError{code: kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, msg: "session not found or expired"})
+		return nil, n.toStatus(&node.Error{Code: kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, Msg: "session not found or expired"})
 	}
 	return &kvpb.GetSessionResponse{Header: hdr, Session: info}, nil
 }

@@ -6,12 +6,13 @@ import (
 	"time"
 
 	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 type lockService struct {
 	kvpb.UnimplementedLockServer
-	n *Node
+	n *Server
 }
 
 // Acquire proposes the acquire. If the caller is queued and wait_ms > 0, it
@@ -36,33 +37,33 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
+	res, index, err := n.b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	if err := resultError(res); err != nil {
+	if err := node.ResultError(res); err != nil {
 		return nil, n.toStatus(err)
 	}
 	resp := res.GetAcquire()
 	if resp == nil {
 		resp = &kvpb.AcquireResponse{}
 	}
-	resp.Header = n.writeHeader(index, 0)
+	resp.Header = n.b.WriteHeader(index, 0)
 	if resp.GetAcquired() || req.GetWaitMs() <= 0 || resp.GetPosition() == 0 {
 		return resp, nil
 	}
 
 	// Queued: wait for the grant on the local state machine.
 	session, name := req.GetHeader().GetSession(), req.GetName()
-	timer := time.NewTimer(msDuration(req.GetWaitMs()) + 4*n.cfg.ElectionTimeout)
+	timer := time.NewTimer(msDuration(req.GetWaitMs()) + 4*n.b.ElectionTimeout())
 	defer timer.Stop()
-	if err := n.waitApplied(ctx, index); err != nil {
+	if err := n.b.WaitApplied(ctx, index); err != nil {
 		return nil, n.toStatus(n.cancelWait(ctx, session, name, err))
 	}
 	for {
-		ch, stop := n.fsm.Watch(fsm.WatchLock, name)
-		now := n.fsm.LogTime()
-		lock := n.fsm.Lock(name, now)
+		ch, stop := n.b.FSM().Watch(fsm.WatchLock, name)
+		now := n.b.FSM().LogTime()
+		lock := n.b.FSM().Lock(name, now)
 		held := lock != nil && lock.GetSession() == session && lock.GetToken() != 0
 		queued := false
 		for i, w := range lock.GetWaiters() {
@@ -76,7 +77,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 			stop()
 			// The adapter's index advances after a whole batch: a grant read
 			// from the fsm may be newer, so the header says at least its token.
-			hdr := n.writeHeader(max(n.adapter.appliedIndex(), lock.GetToken()), now)
+			hdr := n.b.WriteHeader(max(n.b.AppliedIndex(), lock.GetToken()), now)
 			if held {
 				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: lock.GetToken(), Lock: lock}, nil
 			}
@@ -102,15 +103,15 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 // a fill) ended on this node without an answer. The command did apply, so
 // the outcome is unknown rather than "not applied"; a retry with the same
 // sequence number gets the first result and waits again.
-var errWaitEnded = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
-	msg: "the wait ended on this node before an answer (the request is in the log); retry with the same sequence number"}
+var errWaitEnded = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+	Msg: "the wait ended on this node before an answer (the request is in the log); retry with the same sequence number"}
 
 // cancelWait proposes CancelWait best-effort with a fresh short context
 // after a waiting Acquire ended; it returns cause for the caller to report.
-func (n *Node) cancelWait(ctx context.Context, session uint64, name []byte, cause error) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second+4*n.cfg.ElectionTimeout)
+func (n *Server) cancelWait(ctx context.Context, session uint64, name []byte, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second+4*n.b.ElectionTimeout())
 	defer cancel()
-	_, _, err := n.propose(cctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{
+	_, _, err := n.b.Propose(cctx, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{
 		Header:        &kvpb.RequestHeader{Session: session, Seq: 0},
 		Name:          bytes.Clone(name),
 		LeaveLineOnly: true,
@@ -160,11 +161,11 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	if err := n.checkName("name", req.GetName()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	lock := n.fsm.Lock(req.GetName(), now)
+	lock := n.b.FSM().Lock(req.GetName(), now)
 	if lock == nil {
 		// A lock nobody holds or waits for: free, not an error.
 		lock = &kvpb.LockInfo{Name: req.GetName()}
@@ -177,11 +178,11 @@ func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kv
 	if err := n.checkNameLen("prefix", len(req.GetPrefix())); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	return &kvpb.ListLocksResponse{Header: hdr, Locks: n.fsm.Locks(req.GetPrefix(), now)}, nil
+	return &kvpb.ListLocksResponse{Header: hdr, Locks: n.b.FSM().Locks(req.GetPrefix(), now)}, nil
 }
 
 func (s *lockService) Break(ctx context.Context, req *kvpb.BreakRequest) (*kvpb.BreakResponse, error) {
@@ -201,10 +202,10 @@ func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceReques
 	if err := n.checkName("lock", req.GetLock()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.readState(ctx, req.GetConsistency())
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	valid, current := n.fsm.CheckFence(req.GetLock(), req.GetToken(), now)
+	valid, current := n.b.FSM().CheckFence(req.GetLock(), req.GetToken(), now)
 	return &kvpb.CheckFenceResponse{Header: hdr, Valid: valid, CurrentToken: current}, nil
 }

@@ -16,9 +16,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/kvdproject/kvd/api"
 	"github.com/kvdproject/kvd/internal/testcluster"
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -269,7 +271,7 @@ func TestValidation(t *testing.T) {
 	})
 	before := c.Node(l).Raft().LastIndex()
 
-	lim := api.DefaultLimits()
+	lim := node.DefaultLimits()
 	big := func(n int) []byte { return bytes.Repeat([]byte("x"), n) }
 	kvc, sc, lc, cc := kvpb.NewKVClient(conn), kvpb.NewSessionClient(conn), kvpb.NewLockClient(conn), kvpb.NewCacheClient(conn)
 	tests := []struct {
@@ -358,7 +360,7 @@ func TestValidation(t *testing.T) {
 
 func TestLeaderWithClockAheadDoesNotExpireEarly(t *testing.T) {
 	const skewed = 2
-	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *api.Config) {
+	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *node.Config) {
 		if i == skewed {
 			cfg.TestClockOffset = 10 * time.Minute
 		}
@@ -389,26 +391,37 @@ func TestLeaderWithClockAheadDoesNotExpireEarly(t *testing.T) {
 
 func TestGarbageOnClientPort(t *testing.T) {
 	_, trans := raft.NewInmemTransport("")
-	node, err := api.NewNode(api.Config{
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nd, err := node.New(node.Config{
 		Name:             "solo",
-		ClientAddr:       "127.0.0.1:0",
+		ClientAddr:       addr,
 		PeerAddr:         string(trans.LocalAddr()),
 		Transport:        trans,
+		PeerListener:     bufconn.Listen(1 << 16),
 		InMemoryStore:    true,
-		InitialCluster:   []api.Peer{{Name: "solo", PeerAddr: string(trans.LocalAddr())}},
+		InitialCluster:   []node.Peer{{Name: "solo", PeerAddr: string(trans.LocalAddr())}},
 		HeartbeatTimeout: 50 * time.Millisecond,
 		ElectionTimeout:  50 * time.Millisecond,
 		LeaderLease:      50 * time.Millisecond,
-		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:           logger,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := node.Start(); err != nil {
+	if err := nd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { node.Shutdown(context.Background()) })
-	addr := node.ClientAddr()
+	srv := api.New(nd, api.Config{Logger: logger})
+	go srv.Serve(lis)
+	t.Cleanup(func() {
+		srv.Stop(context.Background())
+		nd.Shutdown(context.Background())
+	})
 
 	for _, junk := range [][]byte{
 		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -494,7 +507,7 @@ func TestPartitionedLeaderRefusesLinearizableRead(t *testing.T) {
 }
 
 func TestNewMemberCatchesUpFromSnapshot(t *testing.T) {
-	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *api.Config) {
+	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *node.Config) {
 		cfg.SnapshotThreshold = 8
 		cfg.TrailingLogs = 4
 		cfg.SnapshotInterval = 50 * time.Millisecond
@@ -520,7 +533,7 @@ func TestNewMemberCatchesUpFromSnapshot(t *testing.T) {
 	})
 	// Same state at the same index on every member.
 	eventually(t, 10*time.Second, "equal state hashes", func() bool {
-		a, b := c.Node(l).Status(), c.Node(n4).Status()
+		a, b := c.Node(l).Status(true), c.Node(n4).Status(true)
 		return a.GetAppliedIndex() == b.GetAppliedIndex() && bytes.Equal(a.GetStateHash(), b.GetStateHash())
 	})
 }

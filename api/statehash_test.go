@@ -32,18 +32,18 @@ func TestStatusStateHash(t *testing.T) {
 	eventually(t, 10*time.Second, "a cached hash equal to the state's", func() bool {
 		idx := n.FSM().AppliedIndex()
 		want := n.FSM().StateHash()
-		got := n.Status().GetStateHash()
+		got := n.Status(true).GetStateHash()
 		return n.FSM().AppliedIndex() == idx && bytes.Equal(got, want)
 	})
-	before := n.Status().GetStateHash()
+	before := n.Status(true).GetStateHash()
 	put("b")
-	if after := n.Status().GetStateHash(); bytes.Equal(before, after) {
+	if after := n.Status(true).GetStateHash(); bytes.Equal(before, after) {
 		t.Errorf("Status().StateHash = %x after a put, want it changed", after)
 	}
 	var wg sync.WaitGroup
 	hashes := make([][]byte, 16)
 	for i := range hashes {
-		wg.Go(func() { hashes[i] = n.Status().GetStateHash() })
+		wg.Go(func() { hashes[i] = n.Status(true).GetStateHash() })
 	}
 	wg.Wait()
 	for i, h := range hashes {

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -29,27 +27,25 @@ func New() *FSM {
 	return &FSM{s: newState(), watches: map[watchKey]map[uint64]chan struct{}{}}
 }
 
-// Apply applies one committed log entry. For raft.LogCommand entries the data
-// is a marshalled kvpb.Command and the result is a *kvpb.CommandResult (errors
-// are results with a code, never panics); other entry types return nil but
-// still advance the applied index.
-func (f *FSM) Apply(l *raft.Log) interface{} {
+// Apply applies the committed log entry at index. cmd is the entry's
+// marshalled kvpb.Command, and the result is a *kvpb.CommandResult (errors are
+// results with a code, never panics). An entry that carries no command (nil
+// cmd: a configuration change, a no-op) returns nil but still advances the
+// applied index. The node's raft adapter decides which entries carry commands.
+func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
 	f.mu.Lock()
 	s := f.s
-	s.index = l.Index
+	s.index = index
 	clear(s.granted)
 	var res *kvpb.CommandResult
-	if l.Type == raft.LogCommand {
-		res = s.applyCommand(l.Data)
+	if cmd != nil {
+		res = s.applyCommand(cmd)
 	}
 	touched := s.touched
 	s.touched = nil
 	f.mu.Unlock()
 
 	f.fire(touched)
-	if res == nil {
-		return nil
-	}
 	return res
 }
 
@@ -234,13 +230,19 @@ func (f *FSM) StateHash() []byte {
 	return h.Sum(nil)
 }
 
+// Snapshot is a point-in-time copy of the whole state.
+type Snapshot struct{ snap *snapshot }
+
+// Encode writes the snapshot in the versioned format Restore reads. It may
+// run concurrently with later Applies.
+func (s Snapshot) Encode(w io.Writer) error { return s.snap.encode(w) }
+
 // Snapshot captures a point-in-time copy of the state cheaply (btree clones
-// are copy-on-write); Persist encodes it and may run concurrently with later
-// Applies.
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+// are copy-on-write).
+func (f *FSM) Snapshot() Snapshot {
 	f.mu.Lock() // Clone marks the source trees copy-on-write: exclusive
 	defer f.mu.Unlock()
-	return f.s.capture(), nil
+	return Snapshot{f.s.capture()}
 }
 
 // Restore replaces the whole state with a snapshot's. It rejects a snapshot

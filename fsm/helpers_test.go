@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -43,10 +42,9 @@ func (h *harness) apply(cmd *kvpb.Command) *kvpb.CommandResult {
 		h.t.Fatal(err)
 	}
 	h.index++
-	r := h.f.Apply(&raft.Log{Index: h.index, Type: raft.LogCommand, Data: data})
-	res, ok := r.(*kvpb.CommandResult)
-	if !ok {
-		h.t.Fatalf("Apply returned %T, want *kvpb.CommandResult", r)
+	res := h.f.Apply(h.index, data)
+	if res == nil {
+		h.t.Fatalf("Apply of a command returned no result")
 	}
 	return res
 }
@@ -167,26 +165,9 @@ func removeMember(name string) *kvpb.Command {
 // snapshotBytes persists a snapshot of f into memory.
 func snapshotBytes(t testing.TB, f *FSM) []byte {
 	t.Helper()
-	snap, err := f.Snapshot()
-	if err != nil {
+	var buf bytes.Buffer
+	if err := f.Snapshot().Encode(&buf); err != nil {
 		t.Fatal(err)
 	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	return sink.Bytes()
+	return buf.Bytes()
 }
-
-type memSink struct{ bytes.Buffer }
-
-func (m *memSink) ID() string    { return "mem" }
-func (m *memSink) Cancel() error { return nil }
-func (m *memSink) Close() error  { return nil }
-
-func raftLog(index uint64, data []byte) *raft.Log {
-	return &raft.Log{Index: index, Type: raft.LogCommand, Data: data}
-}
-
-func noopLog(index uint64) *raft.Log { return &raft.Log{Index: index, Type: raft.LogNoop} }

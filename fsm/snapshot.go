@@ -9,7 +9,6 @@ import (
 	"slices"
 
 	"github.com/google/btree"
-	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -90,23 +89,6 @@ func (s *state) capture() *snapshot {
 	}
 	return snap
 }
-
-// Persist writes the snapshot to the sink (raft calls it off the fsm goroutine).
-func (snap *snapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriterSize(sink, 1<<16)
-	err := snap.encode(w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err != nil {
-		sink.Cancel()
-		return fmt.Errorf("fsm: persist snapshot: %w", err)
-	}
-	return sink.Close()
-}
-
-// Release is a no-op: the snapshot holds no resources.
-func (snap *snapshot) Release() {}
 
 type recordWriter struct {
 	w   io.Writer

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -108,7 +107,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 
 func applyAll(f *FSM, log [][]byte, from uint64) {
 	for i, data := range log {
-		f.Apply(&raft.Log{Index: from + uint64(i), Type: raft.LogCommand, Data: data})
+		f.Apply(from+uint64(i), data)
 	}
 }
 
@@ -161,23 +160,20 @@ func TestSnapshotRestoreMidLog(t *testing.T) {
 }
 
 // TestSnapshotIsPointInTime checks that Applies after Snapshot do not change
-// what Persist writes.
+// what Encode writes.
 func TestSnapshotIsPointInTime(t *testing.T) {
 	log := randomLog(t, 5, 2000)
 	a, b := New(), New()
 	applyAll(a, log[:1000], 1)
 	applyAll(b, log[:1000], 1)
-	snap, err := a.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := a.Snapshot()
 	applyAll(a, log[1000:], 1001)
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
+	var buf bytes.Buffer
+	if err := snap.Encode(&buf); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(sink.Bytes(), snapshotBytes(t, b)) {
-		t.Fatalf("Persist after later Applies wrote a different state")
+	if !bytes.Equal(buf.Bytes(), snapshotBytes(t, b)) {
+		t.Fatalf("Encode after later Applies wrote a different state")
 	}
 }
 
@@ -268,24 +264,21 @@ func BenchmarkApplyPut(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		f.Apply(&raft.Log{Index: uint64(i), Type: raft.LogCommand, Data: datas[i%len(datas)]})
+		f.Apply(uint64(i), datas[i%len(datas)])
 	}
 }
 
-// TestConcurrentReadsAndPersist runs Persist and the read methods while
+// TestConcurrentReadsAndEncode runs Encode and the read methods while
 // entries are applied (meaningful under -race).
-func TestConcurrentReadsAndPersist(t *testing.T) {
+func TestConcurrentReadsAndEncode(t *testing.T) {
 	log := randomLog(t, 11, 2000)
 	f := New()
 	applyAll(f, log[:500], 1)
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := f.Snapshot()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := snap.Persist(&memSink{}); err != nil {
+		if err := snap.Encode(io.Discard); err != nil {
 			t.Error(err)
 		}
 		for range 200 {

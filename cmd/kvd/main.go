@@ -1,6 +1,7 @@
 // Command kvd runs one kvd server node (or, with `kvd dev`, a local
-// three-node cluster). It only parses flags, handles signals and exits; the
-// node itself is api.Node.
+// three-node cluster). It only parses flags, loads certificates, handles
+// signals and exits; the member itself is a node.Node with an api.Server in
+// front of it.
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -19,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvdproject/kvd/api"
+	"github.com/kvdproject/kvd/node"
 )
 
 // usageError marks bad command-line usage (exit status 2).
@@ -57,7 +60,7 @@ type serverFlags struct {
 	snapshotThreshold, trailingLogs                      uint64
 	snapshotInterval                                     time.Duration
 	heartbeat, election, leaderLease, recoverGrace, tick time.Duration
-	limits                                               api.Limits
+	limits                                               node.Limits
 	logLevel                                             string
 	pprofAddr                                            string
 	logStore                                             string
@@ -99,7 +102,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 				}
 				defer stopPprof()
 			}
-			return serve(cmd.Context(), cfg)
+			return serve(cmd.Context(), cfg, f.clientAddr, f.advertiseClient)
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -110,7 +113,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.StringVar(&f.logStore, "log-store", "", "Raft log store for a new data dir: wal (one fsync per append) or bolt (raft-boltdb); unset, an existing data dir keeps the store it holds, and naming the other one is refused")
 	fs.StringVar(&f.clientAddr, "client-addr", "127.0.0.1:2379", "gRPC listen address for clients")
 	fs.StringVar(&f.advertiseClient, "advertise-client-addr", "", "client address told to other nodes and clients (default --client-addr)")
-	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "Raft listen and advertised address")
+	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "peer port (Raft and the internal service between members): listen and advertised address")
 	fs.StringVar(&f.initialCluster, "initial-cluster", "", "bootstrap members of an empty data dir: name=peer-addr,... (ignored with existing data or --join)")
 	fs.BoolVar(&f.join, "join", false, "start empty and wait to be added (kvctl cluster add)")
 	fs.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
@@ -122,7 +125,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.DurationVar(&f.recoverGrace, "recover-grace", 0, "grace for deadlines that fell due without a leader (default 2 x election timeout)")
 	fs.DurationVar(&f.tick, "tick-interval", 100*time.Millisecond, "how often the leader checks for due deadlines")
 
-	d := api.DefaultLimits()
+	d := node.DefaultLimits()
 	l := &f.limits
 	fs.IntVar(&l.MaxKeyBytes, "max-key-bytes", d.MaxKeyBytes, "largest key")
 	fs.IntVar(&l.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest value")
@@ -146,25 +149,26 @@ Run a local three-node cluster for development with "kvd dev".`,
 	return root
 }
 
-func (f *serverFlags) config() (api.Config, error) {
-	cfg := api.Config{
-		Name:                f.name,
-		DataDir:             f.dataDir,
-		LogStore:            f.logStore,
-		ClientAddr:          f.clientAddr,
-		AdvertiseClientAddr: f.advertiseClient,
-		PeerAddr:            f.peerAddr,
-		Join:                f.join,
-		SnapshotThreshold:   f.snapshotThreshold,
-		SnapshotInterval:    f.snapshotInterval,
-		TrailingLogs:        f.trailingLogs,
-		HeartbeatTimeout:    f.heartbeat,
-		ElectionTimeout:     f.election,
-		LeaderLease:         f.leaderLease,
-		RecoverGrace:        f.recoverGrace,
-		TickInterval:        f.tick,
-		Limits:              f.limits,
-		TestClockOffset:     f.testClockOffset,
+// config is the node's configuration from the flags. Its ClientAddr is the
+// one the client port will advertise, set by serve once it listens.
+func (f *serverFlags) config() (node.Config, error) {
+	cfg := node.Config{
+		Name:              f.name,
+		DataDir:           f.dataDir,
+		LogStore:          f.logStore,
+		ClientAddr:        f.clientAddr,
+		PeerAddr:          f.peerAddr,
+		Join:              f.join,
+		SnapshotThreshold: f.snapshotThreshold,
+		SnapshotInterval:  f.snapshotInterval,
+		TrailingLogs:      f.trailingLogs,
+		HeartbeatTimeout:  f.heartbeat,
+		ElectionTimeout:   f.election,
+		LeaderLease:       f.leaderLease,
+		RecoverGrace:      f.recoverGrace,
+		TickInterval:      f.tick,
+		Limits:            f.limits,
+		TestClockOffset:   f.testClockOffset,
 	}
 	if f.name == "" {
 		return cfg, errors.New("--name is required")
@@ -172,19 +176,19 @@ func (f *serverFlags) config() (api.Config, error) {
 	if f.dataDir == "" {
 		return cfg, errors.New("--data-dir is required")
 	}
-	if f.logStore != "" && f.logStore != api.LogStoreWAL && f.logStore != api.LogStoreBolt {
-		return cfg, fmt.Errorf("--log-store %q: want %s or %s", f.logStore, api.LogStoreWAL, api.LogStoreBolt)
+	if f.logStore != "" && f.logStore != node.LogStoreWAL && f.logStore != node.LogStoreBolt {
+		return cfg, fmt.Errorf("--log-store %q: want %s or %s", f.logStore, node.LogStoreWAL, node.LogStoreBolt)
 	}
 	peers, err := parsePairs("--initial-cluster", f.initialCluster)
 	if err != nil {
 		return cfg, err
 	}
 	for _, p := range peers {
-		cfg.InitialCluster = append(cfg.InitialCluster, api.Peer{Name: p[0], PeerAddr: p[1]})
+		cfg.InitialCluster = append(cfg.InitialCluster, node.Peer{Name: p[0], PeerAddr: p[1]})
 	}
 	if len(peers) == 0 && !f.join {
 		// A single node cluster of itself.
-		cfg.InitialCluster = []api.Peer{{Name: f.name, PeerAddr: f.peerAddr}}
+		cfg.InitialCluster = []node.Peer{{Name: f.name, PeerAddr: f.peerAddr}}
 	}
 	dial, err := parsePairs("--test-peer-dial", f.testPeerDial)
 	if err != nil {
@@ -226,26 +230,46 @@ func newLogger(w io.Writer, level, name string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 }
 
-// serve runs a node until SIGINT/SIGTERM, then shuts it down gracefully.
-func serve(ctx context.Context, cfg api.Config) error {
+// serve runs a member until SIGINT/SIGTERM, then shuts it down
+// gracefully: the client port first, then the node.
+func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	node, err := api.NewNode(cfg)
+	lis, err := net.Listen("tcp", clientAddr)
+	if err != nil {
+		return fmt.Errorf("listen on client address %s: %w", clientAddr, err)
+	}
+	defer lis.Close()
+	cfg.ClientAddr = advertise
+	if cfg.ClientAddr == "" {
+		cfg.ClientAddr = lis.Addr().String()
+	}
+	nd, err := node.New(cfg)
 	if err != nil {
 		return usageError{err}
 	}
-	if err := node.Start(); err != nil {
+	if err := nd.Start(); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	srv := api.New(nd, api.Config{Logger: cfg.Logger})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		cfg.Logger.Info("signal received; shutting down")
+	case serveErr = <-served:
+		cfg.Logger.Error("client port stopped", "err", serveErr)
+	}
 	stop()
-	cfg.Logger.Info("signal received; shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return node.Shutdown(sctx)
+	srv.Stop(sctx)
+	return errors.Join(serveErr, nd.Shutdown(sctx))
 }
 
 func newVersionCmd() *cobra.Command {
@@ -254,7 +278,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "print the kvd version",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v := api.Version
+			v := node.Version
 			if bi, ok := debug.ReadBuildInfo(); ok {
 				fmt.Fprintf(cmd.OutOrStdout(), "kvd %s (%s)\n", v, bi.GoVersion)
 				return nil

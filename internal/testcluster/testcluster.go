@@ -1,6 +1,7 @@
 // Package testcluster starts in-process kvd clusters for tests: nodes on
 // raft.NewInmemTransport (connected all-to-all), in-memory raft stores, and
-// gRPC over bufconn listeners, with short timeouts.
+// gRPC (the client port's api server and the peer port's Internal service)
+// over bufconn listeners, with short timeouts.
 //
 //	c := testcluster.Start(t, 3)
 //	cl, err := client.New(client.Config{Endpoints: c.Endpoints, Dialer: c.Dialer})
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/kvdproject/kvd/api"
+	"github.com/kvdproject/kvd/node"
 )
 
 // Cluster is a running in-process cluster.
@@ -38,7 +40,7 @@ type Cluster struct {
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	t       testing.TB
-	mutate  func(i int, cfg *api.Config)
+	mutate  func(i int, cfg *node.Config)
 	mu      sync.Mutex
 	members []*member
 	lis     map[string]*bufconn.Listener
@@ -49,7 +51,8 @@ type member struct {
 	peer    raft.ServerAddress
 	client  string
 	trans   *raft.InmemTransport
-	node    *api.Node
+	node    *node.Node
+	srv     *api.Server
 	conn    *grpc.ClientConn
 	stopped bool
 }
@@ -63,14 +66,14 @@ func Start(t testing.TB, n int) *Cluster {
 
 // StartWithConfig is Start with a hook that may change each node's Config
 // (i is the node's index) before it starts.
-func StartWithConfig(t testing.TB, n int, mutate func(i int, cfg *api.Config)) *Cluster {
+func StartWithConfig(t testing.TB, n int, mutate func(i int, cfg *node.Config)) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, mutate: mutate, lis: map[string]*bufconn.Listener{}}
 	c.Dialer = c.dial
-	var initial []api.Peer
+	var initial []node.Peer
 	for i := 0; i < n; i++ {
 		m := c.newMember(i)
-		initial = append(initial, api.Peer{Name: m.name, PeerAddr: string(m.peer)})
+		initial = append(initial, node.Peer{Name: m.name, PeerAddr: string(m.peer)})
 	}
 	t.Cleanup(c.shutdownAll)
 	for i := 0; i < n; i++ {
@@ -81,8 +84,8 @@ func StartWithConfig(t testing.TB, n int, mutate func(i int, cfg *api.Config)) *
 
 // DefaultConfig is the configuration testcluster gives node i (before the
 // StartWithConfig hook): short timeouts, in-memory stores.
-func DefaultConfig(name string) api.Config {
-	return api.Config{
+func DefaultConfig(name string) node.Config {
+	return node.Config{
 		Name:             name,
 		InMemoryStore:    true,
 		HeartbeatTimeout: 50 * time.Millisecond,
@@ -120,32 +123,36 @@ func (c *Cluster) newMember(i int) *member {
 	return m
 }
 
-func (c *Cluster) startMember(i int, initial []api.Peer, join bool) {
+func (c *Cluster) startMember(i int, initial []node.Peer, join bool) {
 	c.t.Helper()
 	c.mu.Lock()
 	m := c.members[i]
 	lis := bufconn.Listen(1 << 20)
+	peerLis := bufconn.Listen(1 << 20)
 	c.lis[m.client] = lis
+	c.lis[string(m.peer)] = peerLis
 	c.mu.Unlock()
 
 	cfg := DefaultConfig(m.name)
 	cfg.ClientAddr = m.client
 	cfg.PeerAddr = string(m.peer)
 	cfg.Transport = m.trans
-	cfg.ClientListener = lis
+	cfg.PeerListener = peerLis
 	cfg.Dialer = c.dial
 	cfg.InitialCluster = initial
 	cfg.Join = join
 	if c.mutate != nil {
 		c.mutate(i, &cfg)
 	}
-	node, err := api.NewNode(cfg)
+	nd, err := node.New(cfg)
 	if err != nil {
 		c.t.Fatalf("testcluster: node %s: %v", m.name, err)
 	}
-	if err := node.Start(); err != nil {
+	if err := nd.Start(); err != nil {
 		c.t.Fatalf("testcluster: start node %s: %v", m.name, err)
 	}
+	srv := api.New(nd, api.Config{Logger: cfg.Logger})
+	go srv.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///"+m.client,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(c.dial))
@@ -153,7 +160,7 @@ func (c *Cluster) startMember(i int, initial []api.Peer, join bool) {
 		c.t.Fatalf("testcluster: connect to %s: %v", m.name, err)
 	}
 	c.mu.Lock()
-	m.node, m.conn = node, conn
+	m.node, m.srv, m.conn = nd, srv, conn
 	c.mu.Unlock()
 }
 
@@ -175,7 +182,7 @@ func (c *Cluster) N() int {
 }
 
 // Node returns node i.
-func (c *Cluster) Node(i int) *api.Node {
+func (c *Cluster) Node(i int) *node.Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.members[i].node
@@ -303,23 +310,27 @@ func (c *Cluster) stop(i int, grace time.Duration) {
 		return
 	}
 	m.stopped = true
-	lis := c.lis[m.client]
+	lis, peerLis := c.lis[m.client], c.lis[string(m.peer)]
 	delete(c.lis, m.client)
+	delete(c.lis, string(m.peer))
 	c.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	m.srv.Stop(ctx)
 	if err := m.node.Shutdown(ctx); err != nil {
 		c.t.Logf("testcluster: shutdown %s: %v", m.name, err)
 	}
 	m.conn.Close()
-	if lis != nil {
-		lis.Close()
+	for _, l := range []*bufconn.Listener{lis, peerLis} {
+		if l != nil {
+			l.Close()
+		}
 	}
 }
 
 // Disconnect cuts node i's Raft links in both directions (a partition);
-// its gRPC endpoint stays reachable.
+// its client endpoint and its Internal service stay reachable.
 func (c *Cluster) Disconnect(i int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

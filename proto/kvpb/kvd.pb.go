@@ -6403,10 +6403,13 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tAddMember\x12\x18.kvd.v1.AddMemberRequest\x1a\x19.kvd.v1.AddMemberResponse\x12I\n" +
 	"\fRemoveMember\x12\x1b.kvd.v1.RemoveMemberRequest\x1a\x1c.kvd.v1.RemoveMemberResponse\x12O\n" +
 	"\x0eTransferLeader\x12\x1d.kvd.v1.TransferLeaderRequest\x1a\x1e.kvd.v1.TransferLeaderResponse\x12=\n" +
-	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse2\x88\x01\n" +
+	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse2\xe6\x02\n" +
 	"\bInternal\x12:\n" +
 	"\aPropose\x12\x16.kvd.v1.ProposeRequest\x1a\x17.kvd.v1.ProposeResponse\x12@\n" +
-	"\tReadIndex\x12\x18.kvd.v1.ReadIndexRequest\x1a\x19.kvd.v1.ReadIndexResponseB&Z$github.com/kvdproject/kvd/proto/kvpbb\x06proto3"
+	"\tReadIndex\x12\x18.kvd.v1.ReadIndexRequest\x1a\x19.kvd.v1.ReadIndexResponse\x12@\n" +
+	"\tAddMember\x12\x18.kvd.v1.AddMemberRequest\x1a\x19.kvd.v1.AddMemberResponse\x12I\n" +
+	"\fRemoveMember\x12\x1b.kvd.v1.RemoveMemberRequest\x1a\x1c.kvd.v1.RemoveMemberResponse\x12O\n" +
+	"\x0eTransferLeader\x12\x1d.kvd.v1.TransferLeaderRequest\x1a\x1e.kvd.v1.TransferLeaderResponseB&Z$github.com/kvdproject/kvd/proto/kvpbb\x06proto3"
 
 var (
 	file_kvd_v1_kvd_proto_rawDescOnce sync.Once
@@ -6657,39 +6660,45 @@ var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	70,  // 143: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
 	81,  // 144: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
 	83,  // 145: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	9,   // 146: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	11,  // 147: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	13,  // 148: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	15,  // 149: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	17,  // 150: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	20,  // 151: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	22,  // 152: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	24,  // 153: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	26,  // 154: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	30,  // 155: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	32,  // 156: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	34,  // 157: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	36,  // 158: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	38,  // 159: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	40,  // 160: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	42,  // 161: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	44,  // 162: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	48,  // 163: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	50,  // 164: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	52,  // 165: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	54,  // 166: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	56,  // 167: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	58,  // 168: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	61,  // 169: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	63,  // 170: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	65,  // 171: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	67,  // 172: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	69,  // 173: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	71,  // 174: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	82,  // 175: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	84,  // 176: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	146, // [146:177] is the sub-list for method output_type
-	115, // [115:146] is the sub-list for method input_type
+	64,  // 146: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	66,  // 147: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	68,  // 148: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	9,   // 149: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	11,  // 150: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	13,  // 151: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	15,  // 152: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	17,  // 153: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	20,  // 154: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	22,  // 155: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	24,  // 156: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	26,  // 157: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	30,  // 158: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	32,  // 159: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	34,  // 160: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	36,  // 161: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	38,  // 162: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	40,  // 163: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	42,  // 164: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	44,  // 165: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	48,  // 166: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	50,  // 167: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	52,  // 168: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	54,  // 169: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	56,  // 170: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	58,  // 171: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	61,  // 172: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	63,  // 173: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	65,  // 174: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	67,  // 175: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	69,  // 176: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	71,  // 177: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	82,  // 178: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	84,  // 179: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	65,  // 180: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	67,  // 181: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	69,  // 182: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	149, // [149:183] is the sub-list for method output_type
+	115, // [115:149] is the sub-list for method input_type
 	115, // [115:115] is the sub-list for extension type_name
 	115, // [115:115] is the sub-list for extension extendee
 	0,   // [0:115] is the sub-list for field type_name

@@ -1,11 +1,12 @@
 // Package arch holds a test that keeps the import graph as the design draws
-// it: cmd/kvctl -> lock, cache -> client -> proto; cmd/kvd -> api -> fsm -> proto.
+// it: cmd/kvctl -> lock, cache -> client -> proto; cmd/kvd -> api -> node -> fsm -> proto.
 package arch
 
 import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -15,12 +16,14 @@ const module = "github.com/kvdproject/kvd"
 // forbidden maps a package to the packages (and external prefixes) it must
 // never depend on, directly or not.
 var forbidden = map[string][]string{
-	"proto/kvpb": {module + "/fsm", module + "/api", module + "/client", module + "/lock", module + "/cache"},
-	"fsm":        {module + "/api", module + "/client", module + "/lock", module + "/cache"},
-	"client":     {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"lock":       {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"cache":      {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"api":        {module + "/client", module + "/lock", module + "/cache"},
+	"proto/kvpb": {module + "/fsm", module + "/node", module + "/api", module + "/client", module + "/lock", module + "/cache"},
+	// The fsm knows nothing of Raft: node's adapter translates entries.
+	"fsm":    {module + "/node", module + "/api", module + "/client", module + "/lock", module + "/cache", "github.com/hashicorp/raft"},
+	"node":   {module + "/api", module + "/client", module + "/lock", module + "/cache"},
+	"client": {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"lock":   {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"cache":  {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"api":    {module + "/client", module + "/lock", module + "/cache"},
 }
 
 func TestImportDirection(t *testing.T) {
@@ -42,6 +45,25 @@ func TestImportDirection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAPIReachesRaftOnlyThroughNode: api serves gRPC against node's small
+// interface; it never imports raft itself (node does, so the dependency is
+// there transitively).
+func TestAPIReachesRaftOnlyThroughNode(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{join .Imports "\n"}}`, module+"/api").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list api: %v\n%s", err, out)
+	}
+	imports := strings.Fields(string(out))
+	if !slices.Contains(imports, module+"/node") {
+		t.Fatalf("api imports %v; want it to import node", imports)
+	}
+	for _, imp := range imports {
+		if strings.HasPrefix(imp, "github.com/hashicorp/raft") {
+			t.Errorf("api imports %s; Raft belongs to node", imp)
+		}
 	}
 }
 

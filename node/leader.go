@@ -1,4 +1,4 @@
-package api
+package node
 
 import (
 	"context"
@@ -127,7 +127,7 @@ func (n *Node) leaderLoop(e *epoch) {
 		if err == nil {
 			break
 		}
-		if e.ctx.Err() != nil || isNotLeader(err) {
+		if e.ctx.Err() != nil || IsNotLeader(err) {
 			return
 		}
 		log.Warn("recover after taking office failed; retrying", "err", err)
@@ -186,10 +186,10 @@ func (n *Node) registerSelf(ctx context.Context) {
 		// Only a member of the configuration can usefully register.
 		if n.inConfiguration() {
 			pctx, cancel := context.WithTimeout(ctx, 5*n.cfg.ElectionTimeout)
-			_, _, err := n.propose(pctx, &kvpb.Command{Op: &kvpb.Command_SetMember{SetMember: &kvpb.SetMemberOp{
+			_, _, err := n.Propose(pctx, &kvpb.Command{Op: &kvpb.Command_SetMember{SetMember: &kvpb.SetMemberOp{
 				Name:       n.cfg.Name,
 				PeerAddr:   string(n.trans.LocalAddr()),
-				ClientAddr: n.cfg.AdvertiseClientAddr,
+				ClientAddr: n.cfg.ClientAddr,
 			}}})
 			cancel()
 			if err == nil && n.selfRegistered() {
@@ -210,7 +210,7 @@ func (n *Node) registerSelf(ctx context.Context) {
 func (n *Node) selfRegistered() bool {
 	for _, m := range n.fsm.Members() {
 		if m.Name == n.cfg.Name {
-			return m.ClientAddr == n.cfg.AdvertiseClientAddr && m.PeerAddr == string(n.trans.LocalAddr())
+			return m.ClientAddr == n.cfg.ClientAddr && m.PeerAddr == string(n.trans.LocalAddr())
 		}
 	}
 	return false

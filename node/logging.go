@@ -1,4 +1,4 @@
-package api
+package node
 
 import (
 	"bytes"
@@ -67,8 +67,15 @@ func normalizeArgs(args []interface{}) []any {
 			k = fmt.Sprint(args[i])
 		}
 		v := args[i+1]
-		if err, ok := v.(error); ok {
-			v = err.Error()
+		switch tv := v.(type) {
+		case error:
+			v = tv.Error()
+		case hclog.Format:
+			// hclog.Fmt("%+v", x): a format and its arguments, which hclog
+			// itself formats when it prints.
+			if f, ok := tv[0].(string); len(tv) > 0 && ok {
+				v = fmt.Sprintf(f, tv[1:]...)
+			}
 		}
 		out = append(out, k, v)
 	}

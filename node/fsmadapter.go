@@ -1,13 +1,17 @@
-package api
+package node
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kvdproject/kvd/fsm"
 )
 
 // fsmAdapter is the raft.FSM raft calls: it applies through fsm.FSM, then
@@ -42,10 +46,27 @@ var (
 )
 
 func (a *fsmAdapter) Apply(l *raft.Log) interface{} {
-	r := a.n.fsm.Apply(l)
+	r := a.apply(l)
 	a.logTime.Store(a.n.fsm.LogTime())
 	a.advance(l.Index)
 	return r
+}
+
+// apply hands one entry to the fsm: the command of a LogCommand entry, or
+// only its index for the other kinds. The result is nil or a
+// *kvpb.CommandResult (never a typed nil inside the interface).
+func (a *fsmAdapter) apply(l *raft.Log) interface{} {
+	var cmd []byte
+	if l.Type == raft.LogCommand {
+		cmd = l.Data
+		if cmd == nil {
+			cmd = []byte{} // a command entry with no data: the fsm refuses it
+		}
+	}
+	if r := a.n.fsm.Apply(l.Index, cmd); r != nil {
+		return r
+	}
+	return nil
 }
 
 // ApplyBatch applies the committed entries raft hands over together (up to
@@ -59,7 +80,7 @@ func (a *fsmAdapter) ApplyBatch(logs []*raft.Log) []interface{} {
 	var last uint64
 	for i, l := range logs {
 		if l.Type == raft.LogCommand {
-			out[i] = a.n.fsm.Apply(l)
+			out[i] = a.apply(l)
 		}
 		last = l.Index
 	}
@@ -74,7 +95,30 @@ func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
 	a.advance(index)
 }
 
-func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) { return a.n.fsm.Snapshot() }
+func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
+	return fsmSnapshot{a.n.fsm.Snapshot()}, nil
+}
+
+// fsmSnapshot is raft's view of an fsm.Snapshot.
+type fsmSnapshot struct{ snap fsm.Snapshot }
+
+// Persist encodes the snapshot into raft's sink (raft calls it off the fsm
+// goroutine).
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriterSize(sink, 1<<16)
+	err := s.snap.Encode(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release is a no-op: the snapshot holds no resources.
+func (fsmSnapshot) Release() {}
 
 func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 	if err := a.n.fsm.Restore(rc); err != nil {
@@ -121,13 +165,16 @@ func (a *fsmAdapter) changed() <-chan struct{} {
 // ahead of fsm.LogTime, behind it only while a batch is being applied.
 func (a *fsmAdapter) lastLogTime() int64 { return a.logTime.Load() }
 
+// AppliedIndex is the index of the last entry this node has applied.
+func (n *Node) AppliedIndex() uint64 { return n.adapter.appliedIndex() }
+
 // appliedIndex is the index of the last entry the fsm has applied.
 func (a *fsmAdapter) appliedIndex() uint64 { return a.applied.Load() }
 
-// waitApplied waits until the local state reflects every entry up to index,
+// WaitApplied waits until the local state reflects every entry up to index,
 // or ctx ends. Entries that never reach an FSM (barriers, no-ops) are
 // skipped over by looking them up in the log once raft has dispatched them.
-func (n *Node) waitApplied(ctx context.Context, index uint64) error {
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
 	var recheck *time.Timer
 	for {
 		ch := n.adapter.changed()

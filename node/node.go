@@ -1,7 +1,8 @@
-package api
+package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,11 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/kvdproject/kvd/fsm"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -118,13 +117,14 @@ func (l Limits) Validate() error {
 
 // Config configures a Node. Validate reports the first bad field.
 type Config struct {
-	Name       string
-	DataDir    string
-	ClientAddr string // gRPC listen address
-	PeerAddr   string // Raft listen (and advertised) address
-	// AdvertiseClientAddr is the client address other nodes and clients are
-	// told about; default ClientAddr.
-	AdvertiseClientAddr string
+	Name    string
+	DataDir string
+	// PeerAddr is the peer port's listen and advertised address: Raft and
+	// the Internal service between members.
+	PeerAddr string
+	// ClientAddr is the client address other members and clients are told
+	// about (the api server's, which the node does not serve itself).
+	ClientAddr string
 
 	// LogStore is LogStoreWAL or LogStoreBolt for a new data dir; "" keeps
 	// whichever the data dir already holds and uses the WAL for a new one. A
@@ -164,11 +164,12 @@ type Config struct {
 
 	// --- In-process tests only. ---
 
-	// Transport replaces the TCP Raft transport (raft.NewInmemTransport).
-	Transport raft.Transport
-	// ClientListener replaces listening on ClientAddr (bufconn).
-	ClientListener net.Listener
-	// Dialer replaces net.Dial for node-to-node gRPC (forwarding).
+	// Transport replaces the peer port's Raft transport
+	// (raft.NewInmemTransport); PeerListener then serves the Internal
+	// service in its place (bufconn).
+	Transport    raft.Transport
+	PeerListener net.Listener
+	// Dialer replaces net.Dial for the Internal service between members.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// InMemoryStore uses raft's in-memory log and snapshot stores.
 	InMemoryStore bool
@@ -176,9 +177,6 @@ type Config struct {
 
 // withDefaults returns cfg with every zero field defaulted.
 func (cfg Config) withDefaults() Config {
-	if cfg.AdvertiseClientAddr == "" {
-		cfg.AdvertiseClientAddr = cfg.ClientAddr
-	}
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = 8192
 	}
@@ -221,12 +219,14 @@ func (cfg Config) Validate() error {
 		return errors.New("config: name is required")
 	case cfg.DataDir == "" && !cfg.InMemoryStore:
 		return errors.New("config: data dir is required")
-	case cfg.ClientAddr == "" && cfg.ClientListener == nil:
+	case cfg.ClientAddr == "":
 		return errors.New("config: client address is required")
 	case cfg.PeerAddr == "" && cfg.Transport == nil:
 		return errors.New("config: peer address is required")
 	case cfg.TickInterval < 0, cfg.RecoverGrace < 0, cfg.SnapshotInterval < 0:
 		return errors.New("config: negative duration")
+	case cfg.Transport != nil && cfg.PeerListener == nil:
+		return errors.New("config: an in-memory transport needs a peer listener for the internal service")
 	case cfg.LogStore != "" && cfg.LogStore != LogStoreWAL && cfg.LogStore != LogStoreBolt:
 		return fmt.Errorf("config: log store %q: want %q or %q", cfg.LogStore, LogStoreWAL, LogStoreBolt)
 	}
@@ -289,10 +289,8 @@ func (cfg Config) raftConfig() *raft.Config {
 	return rc
 }
 
-// ErrStopped is returned by calls on a node that was shut down.
-var ErrStopped = errors.New("api: node stopped")
-
-// Node is one kvd server: raft, its stores, the fsm and the gRPC services.
+// Node is one kvd member: raft, its stores, the fsm, and the peer port
+// (Raft and the Internal service). Clients reach it through package api.
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
@@ -309,14 +307,12 @@ type Node struct {
 	dataLock *os.File // flock on the data dir while open
 	notifyCh chan bool
 
-	grpc     *grpc.Server
-	health   *health.Server
-	listener net.Listener
+	mux      *peerMux     // nil with an in-memory transport
+	internal *grpc.Server // the Internal service, on the peer port
 	peers    *peerPool
 
 	reads      readBatcher
 	keepAlives keepAliveBatcher
-	stats      cacheCounters
 	hasher     stateHasher
 
 	mu      sync.Mutex
@@ -330,8 +326,8 @@ type Node struct {
 	wg     sync.WaitGroup
 }
 
-// NewNode validates cfg; it does no I/O.
-func NewNode(cfg Config) (*Node, error) {
+// New validates cfg; it does no I/O.
+func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -356,6 +352,22 @@ func NewNode(cfg Config) (*Node, error) {
 // Name is the node's name (its Raft server ID).
 func (n *Node) Name() string { return n.cfg.Name }
 
+// Limits are the node's request limits (defaults applied).
+func (n *Node) Limits() Limits { return n.cfg.Limits }
+
+// ElectionTimeout is raft's election timeout: the unit of "how long until
+// another leader may be in office".
+func (n *Node) ElectionTimeout() time.Duration { return n.cfg.ElectionTimeout }
+
+// Done is closed when the node begins to shut down.
+func (n *Node) Done() <-chan struct{} { return n.ctx.Done() }
+
+// FSM is the node's state machine: read it, never apply to it.
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Raft exposes the raft instance (tests).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
 // clock is the node's monotonic clock plus TestClockOffset, in ns since the
 // node was created. Only differences of it are meaningful.
 func (n *Node) clock() int64 {
@@ -367,13 +379,14 @@ func (n *Node) wallNow() int64 {
 	return time.Now().Add(n.cfg.TestClockOffset).UnixNano()
 }
 
-// Start opens the stores, starts raft (bootstrapping if needed) and serves gRPC.
-// It returns once serving; it does not wait for a leader.
+// Start opens the stores, listens on the peer port and starts raft
+// (bootstrapping if needed). It returns once raft runs; it does not wait
+// for a leader.
 func (n *Node) Start() (err error) {
 	n.mu.Lock()
 	if n.started {
 		n.mu.Unlock()
-		return errors.New("api: node already started")
+		return errors.New("node: already started")
 	}
 	n.started = true
 	n.mu.Unlock()
@@ -395,59 +408,36 @@ func (n *Node) Start() (err error) {
 	n.notifyCh = make(chan bool, 16)
 	rc.NotifyCh = n.notifyCh
 
-	// Stores.
-	var (
-		logs   raft.LogStore
-		stable raft.StableStore
-		snaps  raft.SnapshotStore
-	)
-	if n.cfg.InMemoryStore {
-		s := raft.NewInmemStore()
-		logs, stable = s, s
-		snaps = raft.NewInmemSnapshotStore()
-	} else {
-		if err := ensureDataDir(n.cfg.DataDir); err != nil {
-			return err
-		}
-		lock, err := lockDataDir(n.cfg.DataDir)
-		if err != nil {
-			return err
-		}
-		closers = append(closers, func() { lock.Close() })
-		kind, err := chooseLogStore(n.cfg.DataDir, n.cfg.LogStore)
-		if err != nil {
-			return err
-		}
-		st, err := openStores(n.cfg.DataDir, kind, hlog)
-		if err != nil {
-			return err
-		}
-		n.stores = st
-		n.dataLock = lock
-		closers = append(closers, func() { st.close() })
-		n.log.Info("raft log store", "kind", kind, "dir", n.cfg.DataDir)
-		stable = st.stable
-		fss, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, hlog.Named("snapshot"))
-		if err != nil {
-			return fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
-		}
-		snaps = fss
-		logs, err = raft.NewLogCache(512, st.logs)
-		if err != nil {
-			return fmt.Errorf("log cache: %w", err)
-		}
+	logs, stable, snaps, closeStores, err := n.openStores(hlog)
+	if err != nil {
+		return err
 	}
+	closers = append(closers, closeStores)
 	n.logStore = logs
 
-	// Transport.
+	dialer := &peerDialer{dial: n.cfg.Dialer, direct: n.cfg.Transport != nil}
+	var serverTLS func() *tls.Config
+	n.peers = newPeerPool(dialer)
+	closers = append(closers, n.peers.close)
+
+	// The peer port: Raft and the Internal service behind one listener.
+	var internalLis net.Listener
 	if n.cfg.Transport != nil {
 		n.trans = n.cfg.Transport
+		internalLis = n.cfg.PeerListener
 	} else {
-		addr, err := net.ResolveTCPAddr("tcp", n.cfg.PeerAddr)
+		advertise, err := net.ResolveTCPAddr("tcp", n.cfg.PeerAddr)
 		if err != nil {
 			return fmt.Errorf("peer address %s: %w", n.cfg.PeerAddr, err)
 		}
+		lis, err := net.Listen("tcp", n.cfg.PeerAddr)
+		if err != nil {
+			return fmt.Errorf("listen on peer address %s: %w", n.cfg.PeerAddr, err)
+		}
+		n.mux = newPeerMux(lis, serverTLS, func(msg string, args ...any) { n.log.Warn(msg, args...) })
+		closers = append(closers, n.mux.close)
 		tc := &raft.NetworkTransportConfig{
+			Stream:  &raftLayer{subListener: n.mux.raft, advertise: advertise, dialer: dialer},
 			Logger:  hlog.Named("transport"),
 			MaxPool: 3,
 			Timeout: 10 * time.Second,
@@ -459,31 +449,15 @@ func (n *Node) Start() (err error) {
 			// AppendEntries: answer with its own address.
 			over := maps.Clone(n.cfg.TestPeerDialAddrs)
 			if _, ok := over[n.cfg.Name]; !ok {
-				over[n.cfg.Name] = addr.String()
+				over[n.cfg.Name] = advertise.String()
 			}
 			tc.ServerAddressProvider = dialOverrides(over)
 		}
-		t, err := raft.NewTCPTransportWithConfig(n.cfg.PeerAddr, addr, tc)
-		if err != nil {
-			return fmt.Errorf("listen on peer address %s: %w", n.cfg.PeerAddr, err)
-		}
+		t := raft.NewNetworkTransportWithConfig(tc)
 		n.trans = t
 		closers = append(closers, func() { t.Close() })
+		internalLis = n.mux.grpc
 	}
-
-	// Client listener.
-	lis := n.cfg.ClientListener
-	if lis == nil {
-		lis, err = net.Listen("tcp", n.cfg.ClientAddr)
-		if err != nil {
-			return fmt.Errorf("listen on client address %s: %w", n.cfg.ClientAddr, err)
-		}
-		if n.cfg.AdvertiseClientAddr == n.cfg.ClientAddr {
-			n.cfg.AdvertiseClientAddr = lis.Addr().String()
-		}
-	}
-	n.listener = lis
-	closers = append(closers, func() { lis.Close() })
 
 	// State machine and raft.
 	n.fsm = fsm.New()
@@ -511,50 +485,72 @@ func (n *Node) Start() (err error) {
 	}
 	n.raft = r
 	n.adapter.afterRestore() // raft may have restored a snapshot in NewRaft
+	if n.mux != nil {
+		// Accept only now: the member check of peer TLS asks raft.
+		n.goFunc(n.mux.serve)
+	}
 
-	// gRPC.
-	n.peers = newPeerPool(n.cfg.Dialer)
-	n.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRequestBytes),
-		// A pool of goroutines with grown stacks serves the streams; a
-		// request finding every worker busy gets a new goroutine, whose
-		// stack then grows by copying (runtime.newstack was ~11% of the
-		// leader's CPU under 1000 concurrent keepalives with 16 workers).
-		// Writes and linearizable reads park their handler until a commit
-		// or read index, so the pool is sized for ~1000 requests in
-		// flight: idle workers cost a parked goroutine each, and the
-		// collector shrinks their stacks. 16 -> 1024 workers: servers' CPU
-		// per keepalive -6% and -8% in two interleaved pairs of runs.
-		grpc.NumStreamWorkers(1024),
-		// Fixed flow-control windows turn off gRPC's bandwidth-delay
-		// probing (see flowWindow).
-		grpc.InitialWindowSize(flowWindow),
-		grpc.InitialConnWindowSize(flowConnWindow),
+	// The Internal service. Peer TLS, when on, was set up by the mux.
+	n.internal = grpc.NewServer(
+		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRequestBytes+(64<<10)),
+		grpc.InitialWindowSize(FlowWindow),
+		grpc.InitialConnWindowSize(FlowConnWindow),
 	)
-	kvpb.RegisterKVServer(n.grpc, &kvService{n: n})
-	kvpb.RegisterSessionServer(n.grpc, &sessionService{n: n})
-	kvpb.RegisterLockServer(n.grpc, &lockService{n: n})
-	kvpb.RegisterCacheServer(n.grpc, &cacheService{n: n})
-	kvpb.RegisterClusterServer(n.grpc, &clusterService{n: n})
-	kvpb.RegisterInternalServer(n.grpc, &internalService{n: n})
-	n.health = health.NewServer()
-	healthpb.RegisterHealthServer(n.grpc, n.health)
-	reflection.Register(n.grpc)
-
+	kvpb.RegisterInternalServer(n.internal, &internalService{n: n})
 	n.goFunc(n.runLeadership)
 	n.goFunc(n.runMemberRegistration)
 	n.goFunc(func() {
-		if err := n.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			n.log.Error("grpc serve", "err", err)
+		if err := n.internal.Serve(internalLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.log.Error("internal service stopped", "err", err)
 		}
 	})
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	n.mu.Lock()
 	n.serving = true
 	n.mu.Unlock()
-	n.log.Info("kvd node started", "client_addr", n.cfg.AdvertiseClientAddr, "peer_addr", string(n.trans.LocalAddr()),
+	n.log.Info("kvd node started", "client_addr", n.cfg.ClientAddr, "peer_addr", string(n.trans.LocalAddr()),
 		"existing_state", existing)
 	return nil
+}
+
+// openStores opens the log, stable and snapshot stores (in memory, or in
+// the data dir under its lock), and returns a func that closes them.
+func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, func(), error) {
+	if n.cfg.InMemoryStore {
+		s := raft.NewInmemStore()
+		return s, s, raft.NewInmemSnapshotStore(), func() {}, nil
+	}
+	if err := ensureDataDir(n.cfg.DataDir); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	lock, err := lockDataDir(n.cfg.DataDir)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	kind, err := chooseLogStore(n.cfg.DataDir, n.cfg.LogStore)
+	if err != nil {
+		lock.Close()
+		return nil, nil, nil, nil, err
+	}
+	st, err := openStores(n.cfg.DataDir, kind, hlog)
+	if err != nil {
+		lock.Close()
+		return nil, nil, nil, nil, err
+	}
+	closeAll := func() { st.close(); lock.Close() }
+	n.log.Info("raft log store", "kind", kind, "dir", n.cfg.DataDir)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, hlog.Named("snapshot"))
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
+	}
+	logs, err := raft.NewLogCache(512, st.logs)
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, nil, fmt.Errorf("log cache: %w", err)
+	}
+	n.stores = st
+	n.dataLock = lock
+	return logs, st.stable, snaps, closeAll, nil
 }
 
 // goFunc runs f in a goroutine owned by the node; Shutdown waits for it.
@@ -594,8 +590,9 @@ func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) 
 	return "", errors.New("no override")
 }
 
-// Shutdown stops serving, then stops raft and closes the stores. In-flight
-// RPCs get until ctx ends to finish; then they are cut off.
+// Shutdown stops the node's loops, the Internal service and raft, and
+// closes the stores. In-flight peer calls get until ctx ends to finish.
+// Stop the api server in front of the node first.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
 	if !n.serving || n.stopped {
@@ -605,22 +602,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.stopped = true
 	n.mu.Unlock()
 
-	n.health.Shutdown()
-	// Stop loops and long waits first so GracefulStop is not held up by
-	// lock or cache waiters.
+	// Stop loops and long waits first so GracefulStop is not held up.
 	n.cancel()
 	done := make(chan struct{})
 	go func() {
-		n.grpc.GracefulStop()
+		n.internal.GracefulStop()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		n.grpc.Stop()
+		n.internal.Stop()
 		<-done
 	}
-	n.wg.Wait()
 
 	var errs []error
 	if err := n.raft.Shutdown().Error(); err != nil {
@@ -631,6 +625,10 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("close transport: %w", err))
 		}
 	}
+	if n.mux != nil {
+		n.mux.close()
+	}
+	n.wg.Wait()
 	if n.stores != nil {
 		if err := n.stores.close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft log: %w", err))
@@ -644,22 +642,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// ClientAddr is the address the gRPC server listens on.
-func (n *Node) ClientAddr() string {
-	if n.listener != nil {
-		return n.listener.Addr().String()
+// PeerAddr is the address the peer port listens on.
+func (n *Node) PeerAddr() string {
+	if n.mux != nil {
+		return n.mux.lis.Addr().String()
 	}
-	return n.cfg.ClientAddr
+	return n.cfg.PeerAddr
 }
-
-// AdvertiseClientAddr is the client address told to other nodes and clients.
-func (n *Node) AdvertiseClientAddr() string { return n.cfg.AdvertiseClientAddr }
-
-// Raft exposes the raft instance (tests, status).
-func (n *Node) Raft() *raft.Raft { return n.raft }
-
-// FSM exposes the state machine (tests).
-func (n *Node) FSM() *fsm.FSM { return n.fsm }
 
 // IsLeader reports whether this node is leader and has finished taking office
 // (barrier and recover applied), so it accepts proposals.
@@ -675,7 +664,3 @@ func (n *Node) IsLeader() bool {
 		return false
 	}
 }
-
-// Leader returns the leader's name and client address as this node knows
-// them ("" when unknown).
-func (n *Node) Leader() (name, clientAddr string) { return n.leader() }

@@ -1,7 +1,8 @@
-package api
+package node
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -112,19 +113,19 @@ func (n *Node) readIndex(ctx context.Context) (index uint64, now int64, term uin
 				return 0, 0, 0, lastErr
 			}
 		}
-		name, addr, err := n.awaitLeader(ctx)
+		ic, here, err := n.leaderConn(ctx)
 		if err != nil {
 			return 0, 0, 0, lastErr
 		}
-		if name == n.cfg.Name {
+		if here {
 			index, now, term, err = n.readIndexHere(ctx)
 		} else {
-			index, now, term, err = n.forwardReadIndex(ctx, addr)
+			index, now, term, err = n.forwardReadIndex(ctx, ic)
 		}
 		if err == nil {
 			return index, now, term, nil
 		}
-		if !isNotLeader(err) {
+		if !IsNotLeader(err) {
 			return 0, 0, 0, err
 		}
 		lastErr = err
@@ -132,30 +133,29 @@ func (n *Node) readIndex(ctx context.Context) (index uint64, now int64, term uin
 	return 0, 0, 0, lastErr
 }
 
-func (n *Node) forwardReadIndex(ctx context.Context, addr string) (uint64, int64, uint64, error) {
-	conn, err := n.peers.get(addr)
-	if err != nil {
-		return 0, 0, 0, errNotLeader
-	}
-	resp, err := kvpb.NewInternalClient(conn).ReadIndex(ctx, &kvpb.ReadIndexRequest{})
+func (n *Node) forwardReadIndex(ctx context.Context, ic kvpb.InternalClient) (uint64, int64, uint64, error) {
+	resp, err := ic.ReadIndex(ctx, &kvpb.ReadIndexRequest{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, 0, 0, ctx.Err()
 		}
-		if isNotLeader(err) {
+		if IsNotLeader(err) {
 			return 0, 0, 0, err
 		}
 		// A read has no effect: a transport failure is simply a failed
 		// read, safe to retry.
-		return 0, 0, 0, &kvError{code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: "leader unreachable: " + err.Error()}
+		return 0, 0, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: "leader unreachable: " + err.Error()}
 	}
 	return resp.GetIndex(), resp.GetNow(), resp.GetTerm(), nil
 }
 
-// readState prepares a read at consistency c: for a linearizable read it
-// runs ReadIndex and waits until the local state has caught up. It returns
-// the time to judge expiry against and the response header.
-func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.ResponseHeader, error) {
+// Read prepares a read at consistency c: for a linearizable read it runs
+// ReadIndex (asking the leader when this node is a follower) and waits until
+// the local state has caught up; a stale read is served from the local state
+// as it is. It returns the time to judge expiry against (log-time scale) and
+// the response header. Errors: *Error NOT_LEADER when no leader confirmed the
+// read, INVALID_ARGUMENT for an unknown consistency, or the context's.
+func (n *Node) Read(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.ResponseHeader, error) {
 	if c == kvpb.Consistency_CONSISTENCY_STALE || bug("stale-read") {
 		now := n.fsm.LogTime()
 		return now, &kvpb.ResponseHeader{
@@ -167,13 +167,13 @@ func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.
 		}, nil
 	}
 	if c != kvpb.Consistency_CONSISTENCY_LINEARIZABLE {
-		return 0, nil, invalid("consistency", 0, "consistency: unknown value %d", c)
+		return 0, nil, Invalid("consistency", 0, fmt.Sprintf("consistency: unknown value %d", c))
 	}
 	index, now, term, err := n.readIndex(ctx)
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := n.waitApplied(ctx, index); err != nil {
+	if err := n.WaitApplied(ctx, index); err != nil {
 		return 0, nil, err
 	}
 	// Entries applied after the read index may carry later stamps: never
@@ -189,8 +189,9 @@ func (n *Node) readState(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.
 	}, nil
 }
 
-// writeHeader is the header of a response to a write applied at index.
-func (n *Node) writeHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
+// WriteHeader is the header of a response to a write applied at index.
+// logTime 0 takes the log time of the last applied batch.
+func (n *Node) WriteHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
 	if logTime == 0 {
 		// The batch holding index has been applied: its log time is here.
 		logTime = n.adapter.lastLogTime()
@@ -199,6 +200,17 @@ func (n *Node) writeHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
 		AppliedIndex: index,
 		LogTime:      logTime,
 		ServedBy:     n.cfg.Name,
+		Term:         n.raft.CurrentTerm(),
+	}
+}
+
+// LocalHeader is the header of an answer from this node's own state.
+func (n *Node) LocalHeader() *kvpb.ResponseHeader {
+	return &kvpb.ResponseHeader{
+		AppliedIndex: n.adapter.appliedIndex(),
+		LogTime:      n.fsm.LogTime(),
+		ServedBy:     n.cfg.Name,
+		Stale:        true,
 		Term:         n.raft.CurrentTerm(),
 	}
 }

@@ -1,6 +1,6 @@
 //go:build kvdbugs
 
-package api
+package node
 
 import "github.com/kvdproject/kvd/fsm"
 
@@ -10,7 +10,7 @@ import "github.com/kvdproject/kvd/fsm"
 
 var testBugs = map[string]bool{}
 
-// SetTestBug switches a planted bug on, in api ("stale-read",
+// SetTestBug switches a planted bug on, in node ("stale-read",
 // "ttl-wall-clock") and fsm ("lock-ignore-expiry", "unfenced-store",
 // "no-dedup"). Call it before starting a node.
 func SetTestBug(name string) {

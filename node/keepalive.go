@@ -1,4 +1,4 @@
-package api
+package node
 
 import (
 	"context"
@@ -41,8 +41,13 @@ const (
 	keepAliveBatchTimeout = 10 * time.Second
 )
 
-// renew renews session id with the next batch and returns its result (OK
-// with a KeepAliveResponse, or SESSION_EXPIRED) and the entry's index.
+// RenewSession renews session id with the next batch of renewals and
+// returns its result (OK with a KeepAliveResponse, or SESSION_EXPIRED) and
+// the entry's index. It waits for the batch's commit or ctx.
+func (n *Node) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error) {
+	return n.keepAlives.renew(ctx, id)
+}
+
 func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error) {
 	ch := make(chan keepAliveDone, 1)
 	b.mu.Lock()
@@ -84,16 +89,16 @@ func (b *keepAliveBatcher) run() {
 			ids[i] = c.id
 		}
 		ctx, cancel := context.WithTimeout(b.n.ctx, keepAliveBatchTimeout)
-		res, index, err := b.n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{
+		res, index, err := b.n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{
 			KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: ids}}})
 		cancel()
 		if err == nil {
-			err = resultError(res)
+			err = ResultError(res)
 		}
 		results := res.GetKeepAliveBatch().GetResults()
 		if err == nil && len(results) != len(batch) {
-			err = &kvError{code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
-				msg: "keepalive batch: the fsm answered a different number of sessions"}
+			err = &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+				Msg: "keepalive batch: the fsm answered a different number of sessions"}
 		}
 		for i, c := range batch {
 			d := keepAliveDone{index: index, err: err}

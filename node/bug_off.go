@@ -1,6 +1,6 @@
 //go:build !kvdbugs
 
-package api
+package node
 
 // bug reports whether a planted bug is on: never, outside a kvdbugs build
 // (see bug_on.go).

@@ -1,0 +1,26 @@
+// Package node owns one kvd member and everything under Raft: its
+// configuration and limits, the Raft log store (raft-wal, or raft-boltdb
+// for data dirs that hold one), snapshots, the fsm adapter, the leader's
+// epoch and time stamping, proposing and forwarding to the leader,
+// ReadIndex reads, waiting for an index to apply, and membership.
+//
+// The peer port carries Raft and the Internal gRPC service (forwarded
+// proposals, read indexes, membership calls) behind one listener; a header
+// byte after the optional TLS handshake selects the protocol. With PeerTLS
+// every peer connection is mutual TLS and both ends check that the other
+// holds a member certificate. Nothing here listens on the client port:
+// package api serves clients against the Node's methods.
+//
+// Invariants:
+//   - Only the leader stamps commands, with its monotonic clock anchored on
+//     the log time when it took office (docs/design.md "Time"); it accepts
+//     proposals only after its barrier and RecoverOp have applied.
+//   - Linearizable reads use ReadIndex with batched VerifyLeader rounds, never
+//     the leader lease.
+//   - Errors the node decides are *Error: NOT_LEADER when nothing was
+//     proposed (safe to retry), INDETERMINATE when a command's outcome is
+//     unknown.
+//
+// The Config, Limits, Peer and Node signatures are stable: cmd/kvd, tests
+// and the fault harness depend on them.
+package node
