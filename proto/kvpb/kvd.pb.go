@@ -275,7 +275,9 @@ func (x *RequestHeader) GetMinPendingSeq() uint64 {
 	return 0
 }
 
-// ResponseHeader says at which state a response was served.
+// ResponseHeader says at which state a response was served. Rule
+// (proto/kvpb/rules_test.go): every response of a client-facing service has
+// `ResponseHeader header = 1`.
 type ResponseHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Raft index of the last entry applied to the state that served this.
@@ -4584,6 +4586,8 @@ func (x *SnapshotResponse) GetIndex() uint64 {
 
 // Command is the data of one Raft log entry. The leader sets stamp and
 // limits; everything else comes from the request.
+// Rule (proto/kvpb/rules_test.go): an op and the CommandResult.result
+// member that answers it share a field number and a name.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Leader's log-time stamp (unix ns). The fsm keeps max(log time, stamp).
