@@ -97,6 +97,15 @@ const (
 	ErrorCode_ERROR_CODE_STALE_SEQUENCE   ErrorCode = 9  // seq below min_pending_seq: result forgotten
 	ErrorCode_ERROR_CODE_NOT_LEADER       ErrorCode = 10 // no leader known, or leadership lost
 	ErrorCode_ERROR_CODE_INDETERMINATE    ErrorCode = 11 // the command may or may not have been applied
+	// Authentication and authorization (service Auth).
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED ErrorCode = 20 // the user's roles do not grant the operation
+	ErrorCode_ERROR_CODE_UNAUTHENTICATED   ErrorCode = 21 // auth is enabled and the request names no user, or a bad token
+	ErrorCode_ERROR_CODE_AUTH_FAILED       ErrorCode = 22 // wrong user name or password (never says which)
+	ErrorCode_ERROR_CODE_TOKEN_EXPIRED     ErrorCode = 23 // the token expired or was revoked: authenticate again
+	ErrorCode_ERROR_CODE_USER_EXISTS       ErrorCode = 24 // user add of a name that exists
+	ErrorCode_ERROR_CODE_ROLE_EXISTS       ErrorCode = 25 // role add of a name that exists (admin is built in)
+	ErrorCode_ERROR_CODE_NO_ADMIN          ErrorCode = 26 // auth would be enabled with no user holding the admin role
+	ErrorCode_ERROR_CODE_AUTH_DISABLED     ErrorCode = 27 // Authenticate while auth is disabled: no token is needed
 )
 
 // Enum value maps for ErrorCode.
@@ -114,20 +123,36 @@ var (
 		9:  "ERROR_CODE_STALE_SEQUENCE",
 		10: "ERROR_CODE_NOT_LEADER",
 		11: "ERROR_CODE_INDETERMINATE",
+		20: "ERROR_CODE_PERMISSION_DENIED",
+		21: "ERROR_CODE_UNAUTHENTICATED",
+		22: "ERROR_CODE_AUTH_FAILED",
+		23: "ERROR_CODE_TOKEN_EXPIRED",
+		24: "ERROR_CODE_USER_EXISTS",
+		25: "ERROR_CODE_ROLE_EXISTS",
+		26: "ERROR_CODE_NO_ADMIN",
+		27: "ERROR_CODE_AUTH_DISABLED",
 	}
 	ErrorCode_value = map[string]int32{
-		"ERROR_CODE_OK":               0,
-		"ERROR_CODE_NOT_FOUND":        1,
-		"ERROR_CODE_VERSION_MISMATCH": 2,
-		"ERROR_CODE_FENCE_FAILED":     3,
-		"ERROR_CODE_STALE_TOKEN":      4,
-		"ERROR_CODE_SESSION_EXPIRED":  5,
-		"ERROR_CODE_INVALID_ARGUMENT": 6,
-		"ERROR_CODE_LIMIT_EXCEEDED":   7,
-		"ERROR_CODE_NOT_INTEGER":      8,
-		"ERROR_CODE_STALE_SEQUENCE":   9,
-		"ERROR_CODE_NOT_LEADER":       10,
-		"ERROR_CODE_INDETERMINATE":    11,
+		"ERROR_CODE_OK":                0,
+		"ERROR_CODE_NOT_FOUND":         1,
+		"ERROR_CODE_VERSION_MISMATCH":  2,
+		"ERROR_CODE_FENCE_FAILED":      3,
+		"ERROR_CODE_STALE_TOKEN":       4,
+		"ERROR_CODE_SESSION_EXPIRED":   5,
+		"ERROR_CODE_INVALID_ARGUMENT":  6,
+		"ERROR_CODE_LIMIT_EXCEEDED":    7,
+		"ERROR_CODE_NOT_INTEGER":       8,
+		"ERROR_CODE_STALE_SEQUENCE":    9,
+		"ERROR_CODE_NOT_LEADER":        10,
+		"ERROR_CODE_INDETERMINATE":     11,
+		"ERROR_CODE_PERMISSION_DENIED": 20,
+		"ERROR_CODE_UNAUTHENTICATED":   21,
+		"ERROR_CODE_AUTH_FAILED":       22,
+		"ERROR_CODE_TOKEN_EXPIRED":     23,
+		"ERROR_CODE_USER_EXISTS":       24,
+		"ERROR_CODE_ROLE_EXISTS":       25,
+		"ERROR_CODE_NO_ADMIN":          26,
+		"ERROR_CODE_AUTH_DISABLED":     27,
 	}
 )
 
@@ -208,6 +233,107 @@ func (x CacheState) Number() protoreflect.EnumNumber {
 // Deprecated: Use CacheState.Descriptor instead.
 func (CacheState) EnumDescriptor() ([]byte, []int) {
 	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{2}
+}
+
+type PermKind int32
+
+const (
+	PermKind_PERM_KIND_UNSPECIFIED PermKind = 0
+	PermKind_PERM_KIND_KEYS        PermKind = 1 // KV keys
+	PermKind_PERM_KIND_LOCKS       PermKind = 2 // lock names
+	PermKind_PERM_KIND_CACHE       PermKind = 3 // cache keys
+)
+
+// Enum value maps for PermKind.
+var (
+	PermKind_name = map[int32]string{
+		0: "PERM_KIND_UNSPECIFIED",
+		1: "PERM_KIND_KEYS",
+		2: "PERM_KIND_LOCKS",
+		3: "PERM_KIND_CACHE",
+	}
+	PermKind_value = map[string]int32{
+		"PERM_KIND_UNSPECIFIED": 0,
+		"PERM_KIND_KEYS":        1,
+		"PERM_KIND_LOCKS":       2,
+		"PERM_KIND_CACHE":       3,
+	}
+)
+
+func (x PermKind) Enum() *PermKind {
+	p := new(PermKind)
+	*p = x
+	return p
+}
+
+func (x PermKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PermKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[3].Descriptor()
+}
+
+func (PermKind) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[3]
+}
+
+func (x PermKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PermKind.Descriptor instead.
+func (PermKind) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{3}
+}
+
+type PermLevel int32
+
+const (
+	PermLevel_PERM_LEVEL_UNSPECIFIED PermLevel = 0
+	PermLevel_PERM_LEVEL_READ        PermLevel = 1
+	PermLevel_PERM_LEVEL_READWRITE   PermLevel = 2 // read and write (includes READ)
+)
+
+// Enum value maps for PermLevel.
+var (
+	PermLevel_name = map[int32]string{
+		0: "PERM_LEVEL_UNSPECIFIED",
+		1: "PERM_LEVEL_READ",
+		2: "PERM_LEVEL_READWRITE",
+	}
+	PermLevel_value = map[string]int32{
+		"PERM_LEVEL_UNSPECIFIED": 0,
+		"PERM_LEVEL_READ":        1,
+		"PERM_LEVEL_READWRITE":   2,
+	}
+)
+
+func (x PermLevel) Enum() *PermLevel {
+	p := new(PermLevel)
+	*p = x
+	return p
+}
+
+func (x PermLevel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PermLevel) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[4].Descriptor()
+}
+
+func (PermLevel) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[4]
+}
+
+func (x PermLevel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PermLevel.Descriptor instead.
+func (PermLevel) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{4}
 }
 
 // RequestHeader makes a mutating request exactly-once. session is a session
@@ -4584,6 +4710,2014 @@ func (x *SnapshotResponse) GetIndex() uint64 {
 	return 0
 }
 
+// Permission grants level on every name of kind that starts with prefix
+// (an empty prefix: every name of that kind).
+type Permission struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          PermKind               `protobuf:"varint,1,opt,name=kind,proto3,enum=kvd.v1.PermKind" json:"kind,omitempty"`
+	Prefix        []byte                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Level         PermLevel              `protobuf:"varint,3,opt,name=level,proto3,enum=kvd.v1.PermLevel" json:"level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Permission) Reset() {
+	*x = Permission{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Permission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Permission) ProtoMessage() {}
+
+func (x *Permission) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Permission.ProtoReflect.Descriptor instead.
+func (*Permission) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Permission) GetKind() PermKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PermKind_PERM_KIND_UNSPECIFIED
+}
+
+func (x *Permission) GetPrefix() []byte {
+	if x != nil {
+		return x.Prefix
+	}
+	return nil
+}
+
+func (x *Permission) GetLevel() PermLevel {
+	if x != nil {
+		return x.Level
+	}
+	return PermLevel_PERM_LEVEL_UNSPECIFIED
+}
+
+type User struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Roles []string               `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"` // sorted
+	// False for a user who can only sign in with a client certificate.
+	HasPassword bool `protobuf:"varint,3,opt,name=has_password,json=hasPassword,proto3" json:"has_password,omitempty"`
+	// Raft index of the entry that created the user or last set its
+	// password. A token names it; one naming another revision is refused.
+	Revision      uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *User) Reset() {
+	*x = User{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *User) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*User) ProtoMessage() {}
+
+func (x *User) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use User.ProtoReflect.Descriptor instead.
+func (*User) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *User) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *User) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *User) GetHasPassword() bool {
+	if x != nil {
+		return x.HasPassword
+	}
+	return false
+}
+
+func (x *User) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type Role struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Permissions []*Permission          `protobuf:"bytes,2,rep,name=permissions,proto3" json:"permissions,omitempty"` // sorted by kind, then prefix
+	// The built-in admin role: grants everything, cannot be changed.
+	Builtin       bool `protobuf:"varint,3,opt,name=builtin,proto3" json:"builtin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Role) Reset() {
+	*x = Role{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Role) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Role) ProtoMessage() {}
+
+func (x *Role) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Role.ProtoReflect.Descriptor instead.
+func (*Role) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *Role) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Role) GetPermissions() []*Permission {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+func (x *Role) GetBuiltin() bool {
+	if x != nil {
+		return x.Builtin
+	}
+	return false
+}
+
+// AuthenticateRequest exchanges a name and password for a token. It needs
+// no token itself.
+type AuthenticateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthenticateRequest) Reset() {
+	*x = AuthenticateRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthenticateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthenticateRequest) ProtoMessage() {}
+
+func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthenticateRequest.ProtoReflect.Descriptor instead.
+func (*AuthenticateRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *AuthenticateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthenticateRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+type AuthenticateResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// Send as gRPC metadata "authorization: Bearer <token>".
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	TtlMs         int64  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthenticateResponse) Reset() {
+	*x = AuthenticateResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthenticateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthenticateResponse) ProtoMessage() {}
+
+func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthenticateResponse.ProtoReflect.Descriptor instead.
+func (*AuthenticateResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *AuthenticateResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AuthenticateResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *AuthenticateResponse) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type AuthEnableRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthEnableRequest) Reset() {
+	*x = AuthEnableRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthEnableRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthEnableRequest) ProtoMessage() {}
+
+func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthEnableRequest.ProtoReflect.Descriptor instead.
+func (*AuthEnableRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *AuthEnableRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type AuthEnableResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthEnableResponse) Reset() {
+	*x = AuthEnableResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthEnableResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthEnableResponse) ProtoMessage() {}
+
+func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthEnableResponse.ProtoReflect.Descriptor instead.
+func (*AuthEnableResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *AuthEnableResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type AuthDisableRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthDisableRequest) Reset() {
+	*x = AuthDisableRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthDisableRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthDisableRequest) ProtoMessage() {}
+
+func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthDisableRequest.ProtoReflect.Descriptor instead.
+func (*AuthDisableRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *AuthDisableRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type AuthDisableResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthDisableResponse) Reset() {
+	*x = AuthDisableResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthDisableResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthDisableResponse) ProtoMessage() {}
+
+func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthDisableResponse.ProtoReflect.Descriptor instead.
+func (*AuthDisableResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *AuthDisableResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type AuthStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthStatusRequest) Reset() {
+	*x = AuthStatusRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthStatusRequest) ProtoMessage() {}
+
+func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthStatusRequest.ProtoReflect.Descriptor instead.
+func (*AuthStatusRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *AuthStatusRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+type AuthStatusResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Header  *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Enabled bool                   `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// Raft index of the last change to users, roles or the enabled flag.
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthStatusResponse) Reset() {
+	*x = AuthStatusResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthStatusResponse) ProtoMessage() {}
+
+func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthStatusResponse.ProtoReflect.Descriptor instead.
+func (*AuthStatusResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *AuthStatusResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AuthStatusResponse) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuthStatusResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// UserAddRequest adds a user. Give exactly one of password (the server
+// hashes it with bcrypt before it reaches the log), password_hash (a bcrypt
+// hash made by the caller) or no_password (certificate-only user).
+type UserAddRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	PasswordHash  []byte                 `protobuf:"bytes,4,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	NoPassword    bool                   `protobuf:"varint,5,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserAddRequest) Reset() {
+	*x = UserAddRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserAddRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserAddRequest) ProtoMessage() {}
+
+func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
+func (*UserAddRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *UserAddRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserAddRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UserAddRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *UserAddRequest) GetPasswordHash() []byte {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return nil
+}
+
+func (x *UserAddRequest) GetNoPassword() bool {
+	if x != nil {
+		return x.NoPassword
+	}
+	return false
+}
+
+type UserAddResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          *User                  `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserAddResponse) Reset() {
+	*x = UserAddResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserAddResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserAddResponse) ProtoMessage() {}
+
+func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
+func (*UserAddResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *UserAddResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserAddResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UserDeleteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDeleteRequest) Reset() {
+	*x = UserDeleteRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDeleteRequest) ProtoMessage() {}
+
+func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
+func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *UserDeleteRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UserDeleteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDeleteResponse) Reset() {
+	*x = UserDeleteResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDeleteResponse) ProtoMessage() {}
+
+func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
+func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *UserDeleteResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type UserGetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserGetRequest) Reset() {
+	*x = UserGetRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserGetRequest) ProtoMessage() {}
+
+func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserGetRequest.ProtoReflect.Descriptor instead.
+func (*UserGetRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *UserGetRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UserGetRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+type UserGetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          *User                  `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserGetResponse) Reset() {
+	*x = UserGetResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserGetResponse) ProtoMessage() {}
+
+func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserGetResponse.ProtoReflect.Descriptor instead.
+func (*UserGetResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *UserGetResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserGetResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UserListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserListRequest) Reset() {
+	*x = UserListRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserListRequest) ProtoMessage() {}
+
+func (x *UserListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
+func (*UserListRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *UserListRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+type UserListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Users         []*User                `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"` // by name
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserListResponse) Reset() {
+	*x = UserListResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserListResponse) ProtoMessage() {}
+
+func (x *UserListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
+func (*UserListResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *UserListResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserListResponse) GetUsers() []*User {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+// UserChangePasswordRequest sets a user's password, as UserAddRequest does.
+// Tokens issued before it are refused.
+type UserChangePasswordRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	PasswordHash  []byte                 `protobuf:"bytes,4,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	NoPassword    bool                   `protobuf:"varint,5,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserChangePasswordRequest) Reset() {
+	*x = UserChangePasswordRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserChangePasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserChangePasswordRequest) ProtoMessage() {}
+
+func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserChangePasswordRequest.ProtoReflect.Descriptor instead.
+func (*UserChangePasswordRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *UserChangePasswordRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserChangePasswordRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UserChangePasswordRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *UserChangePasswordRequest) GetPasswordHash() []byte {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return nil
+}
+
+func (x *UserChangePasswordRequest) GetNoPassword() bool {
+	if x != nil {
+		return x.NoPassword
+	}
+	return false
+}
+
+type UserChangePasswordResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          *User                  `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserChangePasswordResponse) Reset() {
+	*x = UserChangePasswordResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserChangePasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserChangePasswordResponse) ProtoMessage() {}
+
+func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserChangePasswordResponse.ProtoReflect.Descriptor instead.
+func (*UserChangePasswordResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *UserChangePasswordResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserChangePasswordResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UserGrantRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Role          string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserGrantRoleRequest) Reset() {
+	*x = UserGrantRoleRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserGrantRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserGrantRoleRequest) ProtoMessage() {}
+
+func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserGrantRoleRequest.ProtoReflect.Descriptor instead.
+func (*UserGrantRoleRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *UserGrantRoleRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserGrantRoleRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *UserGrantRoleRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type UserGrantRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          *User                  `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserGrantRoleResponse) Reset() {
+	*x = UserGrantRoleResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserGrantRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserGrantRoleResponse) ProtoMessage() {}
+
+func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserGrantRoleResponse.ProtoReflect.Descriptor instead.
+func (*UserGrantRoleResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *UserGrantRoleResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserGrantRoleResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UserRevokeRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Role          string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserRevokeRoleRequest) Reset() {
+	*x = UserRevokeRoleRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserRevokeRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserRevokeRoleRequest) ProtoMessage() {}
+
+func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserRevokeRoleRequest.ProtoReflect.Descriptor instead.
+func (*UserRevokeRoleRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *UserRevokeRoleRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserRevokeRoleRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *UserRevokeRoleRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type UserRevokeRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	User          *User                  `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserRevokeRoleResponse) Reset() {
+	*x = UserRevokeRoleResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserRevokeRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserRevokeRoleResponse) ProtoMessage() {}
+
+func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserRevokeRoleResponse.ProtoReflect.Descriptor instead.
+func (*UserRevokeRoleResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *UserRevokeRoleResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UserRevokeRoleResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type RoleAddRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleAddRequest) Reset() {
+	*x = RoleAddRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleAddRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleAddRequest) ProtoMessage() {}
+
+func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
+func (*RoleAddRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *RoleAddRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleAddRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RoleAddResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Role          *Role                  `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleAddResponse) Reset() {
+	*x = RoleAddResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleAddResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleAddResponse) ProtoMessage() {}
+
+func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleAddResponse.ProtoReflect.Descriptor instead.
+func (*RoleAddResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *RoleAddResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleAddResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+// RoleDeleteRequest deletes a role and takes it from every user.
+type RoleDeleteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleDeleteRequest) Reset() {
+	*x = RoleDeleteRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleDeleteRequest) ProtoMessage() {}
+
+func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
+func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *RoleDeleteRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RoleDeleteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleDeleteResponse) Reset() {
+	*x = RoleDeleteResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleDeleteResponse) ProtoMessage() {}
+
+func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
+func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *RoleDeleteResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type RoleGetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleGetRequest) Reset() {
+	*x = RoleGetRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleGetRequest) ProtoMessage() {}
+
+func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleGetRequest.ProtoReflect.Descriptor instead.
+func (*RoleGetRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *RoleGetRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RoleGetRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+type RoleGetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Role          *Role                  `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleGetResponse) Reset() {
+	*x = RoleGetResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleGetResponse) ProtoMessage() {}
+
+func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleGetResponse.ProtoReflect.Descriptor instead.
+func (*RoleGetResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *RoleGetResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleGetResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type RoleListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consistency   Consistency            `protobuf:"varint,1,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleListRequest) Reset() {
+	*x = RoleListRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleListRequest) ProtoMessage() {}
+
+func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
+func (*RoleListRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *RoleListRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+type RoleListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Roles         []*Role                `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"` // by name, admin included
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleListResponse) Reset() {
+	*x = RoleListResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleListResponse) ProtoMessage() {}
+
+func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
+func (*RoleListResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *RoleListResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleListResponse) GetRoles() []*Role {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+// RoleGrantPermissionRequest adds a permission to a role; one with the same
+// kind and prefix has its level replaced.
+type RoleGrantPermissionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Permission    *Permission            `protobuf:"bytes,3,opt,name=permission,proto3" json:"permission,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleGrantPermissionRequest) Reset() {
+	*x = RoleGrantPermissionRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleGrantPermissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleGrantPermissionRequest) ProtoMessage() {}
+
+func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleGrantPermissionRequest.ProtoReflect.Descriptor instead.
+func (*RoleGrantPermissionRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *RoleGrantPermissionRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleGrantPermissionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RoleGrantPermissionRequest) GetPermission() *Permission {
+	if x != nil {
+		return x.Permission
+	}
+	return nil
+}
+
+type RoleGrantPermissionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Role          *Role                  `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleGrantPermissionResponse) Reset() {
+	*x = RoleGrantPermissionResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleGrantPermissionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleGrantPermissionResponse) ProtoMessage() {}
+
+func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleGrantPermissionResponse.ProtoReflect.Descriptor instead.
+func (*RoleGrantPermissionResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
+}
+
+func (x *RoleGrantPermissionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleGrantPermissionResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+// RoleRevokePermissionRequest removes the role's permission of kind on
+// exactly prefix.
+type RoleRevokePermissionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Kind          PermKind               `protobuf:"varint,3,opt,name=kind,proto3,enum=kvd.v1.PermKind" json:"kind,omitempty"`
+	Prefix        []byte                 `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleRevokePermissionRequest) Reset() {
+	*x = RoleRevokePermissionRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleRevokePermissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleRevokePermissionRequest) ProtoMessage() {}
+
+func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleRevokePermissionRequest.ProtoReflect.Descriptor instead.
+func (*RoleRevokePermissionRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
+}
+
+func (x *RoleRevokePermissionRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleRevokePermissionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RoleRevokePermissionRequest) GetKind() PermKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PermKind_PERM_KIND_UNSPECIFIED
+}
+
+func (x *RoleRevokePermissionRequest) GetPrefix() []byte {
+	if x != nil {
+		return x.Prefix
+	}
+	return nil
+}
+
+type RoleRevokePermissionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Role          *Role                  `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleRevokePermissionResponse) Reset() {
+	*x = RoleRevokePermissionResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleRevokePermissionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleRevokePermissionResponse) ProtoMessage() {}
+
+func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleRevokePermissionResponse.ProtoReflect.Descriptor instead.
+func (*RoleRevokePermissionResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *RoleRevokePermissionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RoleRevokePermissionResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
 // Command is the data of one Raft log entry. The leader sets stamp and
 // limits; everything else comes from the request.
 // Rule (proto/kvpb/rules_test.go): an op and the CommandResult.result
@@ -4615,6 +6749,17 @@ type Command struct {
 	//	*Command_Recover
 	//	*Command_SetMember
 	//	*Command_RemoveMember
+	//	*Command_AuthEnable
+	//	*Command_AuthDisable
+	//	*Command_UserAdd
+	//	*Command_UserDelete
+	//	*Command_UserChangePassword
+	//	*Command_UserGrantRole
+	//	*Command_UserRevokeRole
+	//	*Command_RoleAdd
+	//	*Command_RoleDelete
+	//	*Command_RoleGrantPermission
+	//	*Command_RoleRevokePermission
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4622,7 +6767,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4634,7 +6779,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4647,7 +6792,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *Command) GetStamp() int64 {
@@ -4851,6 +6996,105 @@ func (x *Command) GetRemoveMember() *RemoveMemberOp {
 	return nil
 }
 
+func (x *Command) GetAuthEnable() *AuthEnableOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AuthEnable); ok {
+			return x.AuthEnable
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAuthDisable() *AuthDisableRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AuthDisable); ok {
+			return x.AuthDisable
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUserAdd() *UserAddRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UserAdd); ok {
+			return x.UserAdd
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUserDelete() *UserDeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UserDelete); ok {
+			return x.UserDelete
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUserChangePassword() *UserChangePasswordRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UserChangePassword); ok {
+			return x.UserChangePassword
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUserGrantRole() *UserGrantRoleRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UserGrantRole); ok {
+			return x.UserGrantRole
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUserRevokeRole() *UserRevokeRoleRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UserRevokeRole); ok {
+			return x.UserRevokeRole
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRoleAdd() *RoleAddRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RoleAdd); ok {
+			return x.RoleAdd
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRoleDelete() *RoleDeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RoleDelete); ok {
+			return x.RoleDelete
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRoleGrantPermission() *RoleGrantPermissionRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RoleGrantPermission); ok {
+			return x.RoleGrantPermission
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRoleRevokePermission() *RoleRevokePermissionRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RoleRevokePermission); ok {
+			return x.RoleRevokePermission
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -4935,6 +7179,50 @@ type Command_RemoveMember struct {
 	RemoveMember *RemoveMemberOp `protobuf:"bytes,53,opt,name=remove_member,json=removeMember,proto3,oneof"`
 }
 
+type Command_AuthEnable struct {
+	AuthEnable *AuthEnableOp `protobuf:"bytes,60,opt,name=auth_enable,json=authEnable,proto3,oneof"`
+}
+
+type Command_AuthDisable struct {
+	AuthDisable *AuthDisableRequest `protobuf:"bytes,61,opt,name=auth_disable,json=authDisable,proto3,oneof"`
+}
+
+type Command_UserAdd struct {
+	UserAdd *UserAddRequest `protobuf:"bytes,62,opt,name=user_add,json=userAdd,proto3,oneof"`
+}
+
+type Command_UserDelete struct {
+	UserDelete *UserDeleteRequest `protobuf:"bytes,63,opt,name=user_delete,json=userDelete,proto3,oneof"`
+}
+
+type Command_UserChangePassword struct {
+	UserChangePassword *UserChangePasswordRequest `protobuf:"bytes,64,opt,name=user_change_password,json=userChangePassword,proto3,oneof"`
+}
+
+type Command_UserGrantRole struct {
+	UserGrantRole *UserGrantRoleRequest `protobuf:"bytes,65,opt,name=user_grant_role,json=userGrantRole,proto3,oneof"`
+}
+
+type Command_UserRevokeRole struct {
+	UserRevokeRole *UserRevokeRoleRequest `protobuf:"bytes,66,opt,name=user_revoke_role,json=userRevokeRole,proto3,oneof"`
+}
+
+type Command_RoleAdd struct {
+	RoleAdd *RoleAddRequest `protobuf:"bytes,67,opt,name=role_add,json=roleAdd,proto3,oneof"`
+}
+
+type Command_RoleDelete struct {
+	RoleDelete *RoleDeleteRequest `protobuf:"bytes,68,opt,name=role_delete,json=roleDelete,proto3,oneof"`
+}
+
+type Command_RoleGrantPermission struct {
+	RoleGrantPermission *RoleGrantPermissionRequest `protobuf:"bytes,69,opt,name=role_grant_permission,json=roleGrantPermission,proto3,oneof"`
+}
+
+type Command_RoleRevokePermission struct {
+	RoleRevokePermission *RoleRevokePermissionRequest `protobuf:"bytes,70,opt,name=role_revoke_permission,json=roleRevokePermission,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -4975,6 +7263,28 @@ func (*Command_SetMember) isCommand_Op() {}
 
 func (*Command_RemoveMember) isCommand_Op() {}
 
+func (*Command_AuthEnable) isCommand_Op() {}
+
+func (*Command_AuthDisable) isCommand_Op() {}
+
+func (*Command_UserAdd) isCommand_Op() {}
+
+func (*Command_UserDelete) isCommand_Op() {}
+
+func (*Command_UserChangePassword) isCommand_Op() {}
+
+func (*Command_UserGrantRole) isCommand_Op() {}
+
+func (*Command_UserRevokeRole) isCommand_Op() {}
+
+func (*Command_RoleAdd) isCommand_Op() {}
+
+func (*Command_RoleDelete) isCommand_Op() {}
+
+func (*Command_RoleGrantPermission) isCommand_Op() {}
+
+func (*Command_RoleRevokePermission) isCommand_Op() {}
+
 // StateLimits are limits that decide replicated state. The leader copies its
 // configuration into each command so that every replica applies the same.
 type StateLimits struct {
@@ -4989,7 +7299,7 @@ type StateLimits struct {
 
 func (x *StateLimits) Reset() {
 	*x = StateLimits{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5001,7 +7311,7 @@ func (x *StateLimits) String() string {
 func (*StateLimits) ProtoMessage() {}
 
 func (x *StateLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5014,7 +7324,7 @@ func (x *StateLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateLimits.ProtoReflect.Descriptor instead.
 func (*StateLimits) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *StateLimits) GetMaxWaitersPerLock() uint32 {
@@ -5057,7 +7367,7 @@ type KeepAliveBatchOp struct {
 
 func (x *KeepAliveBatchOp) Reset() {
 	*x = KeepAliveBatchOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5069,7 +7379,7 @@ func (x *KeepAliveBatchOp) String() string {
 func (*KeepAliveBatchOp) ProtoMessage() {}
 
 func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5082,7 +7392,7 @@ func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *KeepAliveBatchOp) GetIds() []uint64 {
@@ -5103,7 +7413,7 @@ type KeepAliveBatchResult struct {
 
 func (x *KeepAliveBatchResult) Reset() {
 	*x = KeepAliveBatchResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5115,7 +7425,7 @@ func (x *KeepAliveBatchResult) String() string {
 func (*KeepAliveBatchResult) ProtoMessage() {}
 
 func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5128,7 +7438,7 @@ func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
@@ -5147,7 +7457,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5159,7 +7469,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5172,7 +7482,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -5187,7 +7497,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5199,7 +7509,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5212,7 +7522,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -5233,7 +7543,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5245,7 +7555,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5258,7 +7568,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -5291,7 +7601,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5303,7 +7613,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5316,7 +7626,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -5324,6 +7634,63 @@ func (x *RemoveMemberOp) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+// AuthEnableOp is what an AuthEnableRequest proposes: the server draws the
+// token-signing key (32 random bytes) and puts it in the command, so every
+// replica holds the same key and can verify a token any node issued. The
+// fsm draws no randomness. Enabling auth that is already enabled keeps the
+// key it has.
+type AuthEnableOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	TokenKey      []byte                 `protobuf:"bytes,2,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthEnableOp) Reset() {
+	*x = AuthEnableOp{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthEnableOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthEnableOp) ProtoMessage() {}
+
+func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthEnableOp.ProtoReflect.Descriptor instead.
+func (*AuthEnableOp) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
+}
+
+func (x *AuthEnableOp) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AuthEnableOp) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
 }
 
 // CommandResult is what applying a Command returns, and what the fsm
@@ -5351,6 +7718,17 @@ type CommandResult struct {
 	//	*CommandResult_Store
 	//	*CommandResult_CacheSet
 	//	*CommandResult_Invalidate
+	//	*CommandResult_AuthEnable
+	//	*CommandResult_AuthDisable
+	//	*CommandResult_UserAdd
+	//	*CommandResult_UserDelete
+	//	*CommandResult_UserChangePassword
+	//	*CommandResult_UserGrantRole
+	//	*CommandResult_UserRevokeRole
+	//	*CommandResult_RoleAdd
+	//	*CommandResult_RoleDelete
+	//	*CommandResult_RoleGrantPermission
+	//	*CommandResult_RoleRevokePermission
 	Result        isCommandResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -5358,7 +7736,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5370,7 +7748,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5383,7 +7761,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -5558,6 +7936,105 @@ func (x *CommandResult) GetInvalidate() *InvalidateResponse {
 	return nil
 }
 
+func (x *CommandResult) GetAuthEnable() *AuthEnableResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_AuthEnable); ok {
+			return x.AuthEnable
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetAuthDisable() *AuthDisableResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_AuthDisable); ok {
+			return x.AuthDisable
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetUserAdd() *UserAddResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_UserAdd); ok {
+			return x.UserAdd
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetUserDelete() *UserDeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_UserDelete); ok {
+			return x.UserDelete
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetUserChangePassword() *UserChangePasswordResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_UserChangePassword); ok {
+			return x.UserChangePassword
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetUserGrantRole() *UserGrantRoleResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_UserGrantRole); ok {
+			return x.UserGrantRole
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetUserRevokeRole() *UserRevokeRoleResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_UserRevokeRole); ok {
+			return x.UserRevokeRole
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetRoleAdd() *RoleAddResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_RoleAdd); ok {
+			return x.RoleAdd
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetRoleDelete() *RoleDeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_RoleDelete); ok {
+			return x.RoleDelete
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetRoleGrantPermission() *RoleGrantPermissionResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_RoleGrantPermission); ok {
+			return x.RoleGrantPermission
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetRoleRevokePermission() *RoleRevokePermissionResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_RoleRevokePermission); ok {
+			return x.RoleRevokePermission
+		}
+	}
+	return nil
+}
+
 type isCommandResult_Result interface {
 	isCommandResult_Result()
 }
@@ -5626,6 +8103,50 @@ type CommandResult_Invalidate struct {
 	Invalidate *InvalidateResponse `protobuf:"bytes,43,opt,name=invalidate,proto3,oneof"`
 }
 
+type CommandResult_AuthEnable struct {
+	AuthEnable *AuthEnableResponse `protobuf:"bytes,60,opt,name=auth_enable,json=authEnable,proto3,oneof"`
+}
+
+type CommandResult_AuthDisable struct {
+	AuthDisable *AuthDisableResponse `protobuf:"bytes,61,opt,name=auth_disable,json=authDisable,proto3,oneof"`
+}
+
+type CommandResult_UserAdd struct {
+	UserAdd *UserAddResponse `protobuf:"bytes,62,opt,name=user_add,json=userAdd,proto3,oneof"`
+}
+
+type CommandResult_UserDelete struct {
+	UserDelete *UserDeleteResponse `protobuf:"bytes,63,opt,name=user_delete,json=userDelete,proto3,oneof"`
+}
+
+type CommandResult_UserChangePassword struct {
+	UserChangePassword *UserChangePasswordResponse `protobuf:"bytes,64,opt,name=user_change_password,json=userChangePassword,proto3,oneof"`
+}
+
+type CommandResult_UserGrantRole struct {
+	UserGrantRole *UserGrantRoleResponse `protobuf:"bytes,65,opt,name=user_grant_role,json=userGrantRole,proto3,oneof"`
+}
+
+type CommandResult_UserRevokeRole struct {
+	UserRevokeRole *UserRevokeRoleResponse `protobuf:"bytes,66,opt,name=user_revoke_role,json=userRevokeRole,proto3,oneof"`
+}
+
+type CommandResult_RoleAdd struct {
+	RoleAdd *RoleAddResponse `protobuf:"bytes,67,opt,name=role_add,json=roleAdd,proto3,oneof"`
+}
+
+type CommandResult_RoleDelete struct {
+	RoleDelete *RoleDeleteResponse `protobuf:"bytes,68,opt,name=role_delete,json=roleDelete,proto3,oneof"`
+}
+
+type CommandResult_RoleGrantPermission struct {
+	RoleGrantPermission *RoleGrantPermissionResponse `protobuf:"bytes,69,opt,name=role_grant_permission,json=roleGrantPermission,proto3,oneof"`
+}
+
+type CommandResult_RoleRevokePermission struct {
+	RoleRevokePermission *RoleRevokePermissionResponse `protobuf:"bytes,70,opt,name=role_revoke_permission,json=roleRevokePermission,proto3,oneof"`
+}
+
 func (*CommandResult_Put) isCommandResult_Result() {}
 
 func (*CommandResult_Delete) isCommandResult_Result() {}
@@ -5658,6 +8179,28 @@ func (*CommandResult_CacheSet) isCommandResult_Result() {}
 
 func (*CommandResult_Invalidate) isCommandResult_Result() {}
 
+func (*CommandResult_AuthEnable) isCommandResult_Result() {}
+
+func (*CommandResult_AuthDisable) isCommandResult_Result() {}
+
+func (*CommandResult_UserAdd) isCommandResult_Result() {}
+
+func (*CommandResult_UserDelete) isCommandResult_Result() {}
+
+func (*CommandResult_UserChangePassword) isCommandResult_Result() {}
+
+func (*CommandResult_UserGrantRole) isCommandResult_Result() {}
+
+func (*CommandResult_UserRevokeRole) isCommandResult_Result() {}
+
+func (*CommandResult_RoleAdd) isCommandResult_Result() {}
+
+func (*CommandResult_RoleDelete) isCommandResult_Result() {}
+
+func (*CommandResult_RoleGrantPermission) isCommandResult_Result() {}
+
+func (*CommandResult_RoleRevokePermission) isCommandResult_Result() {}
+
 type ProposeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Command       *Command               `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"` // stamp and limits are set by the leader
@@ -5667,7 +8210,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5679,7 +8222,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5692,7 +8235,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -5713,7 +8256,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5725,7 +8268,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5738,7 +8281,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -5770,7 +8313,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5782,7 +8325,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5795,7 +8338,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
 }
 
 type ReadIndexResponse struct {
@@ -5811,7 +8354,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5823,7 +8366,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5836,7 +8379,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -5873,7 +8416,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5885,7 +8428,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5898,7 +8441,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -6257,7 +8800,131 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x0fSnapshotRequest\"X\n" +
 	"\x10SnapshotResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xf9\b\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"s\n" +
+	"\n" +
+	"Permission\x12$\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x10.kvd.v1.PermKindR\x04kind\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\fR\x06prefix\x12'\n" +
+	"\x05level\x18\x03 \x01(\x0e2\x11.kvd.v1.PermLevelR\x05level\"o\n" +
+	"\x04User\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12!\n" +
+	"\fhas_password\x18\x03 \x01(\bR\vhasPassword\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\"j\n" +
+	"\x04Role\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\vpermissions\x18\x02 \x03(\v2\x12.kvd.v1.PermissionR\vpermissions\x12\x18\n" +
+	"\abuiltin\x18\x03 \x01(\bR\abuiltin\"E\n" +
+	"\x13AuthenticateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"s\n" +
+	"\x14AuthenticateResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"B\n" +
+	"\x11AuthEnableRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\"D\n" +
+	"\x12AuthEnableResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\"C\n" +
+	"\x12AuthDisableRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\"E\n" +
+	"\x13AuthDisableResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\"J\n" +
+	"\x11AuthStatusRequest\x125\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"z\n" +
+	"\x12AuthStatusResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x18\n" +
+	"\aenabled\x18\x02 \x01(\bR\aenabled\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xb5\x01\n" +
+	"\x0eUserAddRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12#\n" +
+	"\rpassword_hash\x18\x04 \x01(\fR\fpasswordHash\x12\x1f\n" +
+	"\vno_password\x18\x05 \x01(\bR\n" +
+	"noPassword\"c\n" +
+	"\x0fUserAddResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04user\x18\x02 \x01(\v2\f.kvd.v1.UserR\x04user\"V\n" +
+	"\x11UserDeleteRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"D\n" +
+	"\x12UserDeleteResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\"[\n" +
+	"\x0eUserGetRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"c\n" +
+	"\x0fUserGetResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04user\x18\x02 \x01(\v2\f.kvd.v1.UserR\x04user\"H\n" +
+	"\x0fUserListRequest\x125\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"f\n" +
+	"\x10UserListResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\"\n" +
+	"\x05users\x18\x02 \x03(\v2\f.kvd.v1.UserR\x05users\"\xc0\x01\n" +
+	"\x19UserChangePasswordRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12#\n" +
+	"\rpassword_hash\x18\x04 \x01(\fR\fpasswordHash\x12\x1f\n" +
+	"\vno_password\x18\x05 \x01(\bR\n" +
+	"noPassword\"n\n" +
+	"\x1aUserChangePasswordResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04user\x18\x02 \x01(\v2\f.kvd.v1.UserR\x04user\"m\n" +
+	"\x14UserGrantRoleRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"i\n" +
+	"\x15UserGrantRoleResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04user\x18\x02 \x01(\v2\f.kvd.v1.UserR\x04user\"n\n" +
+	"\x15UserRevokeRoleRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"j\n" +
+	"\x16UserRevokeRoleResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04user\x18\x02 \x01(\v2\f.kvd.v1.UserR\x04user\"S\n" +
+	"\x0eRoleAddRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"c\n" +
+	"\x0fRoleAddResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"V\n" +
+	"\x11RoleDeleteRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"D\n" +
+	"\x12RoleDeleteResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\"[\n" +
+	"\x0eRoleGetRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"c\n" +
+	"\x0fRoleGetResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"H\n" +
+	"\x0fRoleListRequest\x125\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"f\n" +
+	"\x10RoleListResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\"\n" +
+	"\x05roles\x18\x02 \x03(\v2\f.kvd.v1.RoleR\x05roles\"\x93\x01\n" +
+	"\x1aRoleGrantPermissionRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x122\n" +
+	"\n" +
+	"permission\x18\x03 \x01(\v2\x12.kvd.v1.PermissionR\n" +
+	"permission\"o\n" +
+	"\x1bRoleGrantPermissionResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\x9e\x01\n" +
+	"\x1bRoleRevokePermissionRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12$\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x10.kvd.v1.PermKindR\x04kind\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\fR\x06prefix\"p\n" +
+	"\x1cRoleRevokePermissionResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\xfa\x0e\n" +
 	"\aCommand\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12+\n" +
 	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12&\n" +
@@ -6286,7 +8953,21 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\arecover\x183 \x01(\v2\x11.kvd.v1.RecoverOpH\x00R\arecover\x124\n" +
 	"\n" +
 	"set_member\x184 \x01(\v2\x13.kvd.v1.SetMemberOpH\x00R\tsetMember\x12=\n" +
-	"\rremove_member\x185 \x01(\v2\x16.kvd.v1.RemoveMemberOpH\x00R\fremoveMemberB\x04\n" +
+	"\rremove_member\x185 \x01(\v2\x16.kvd.v1.RemoveMemberOpH\x00R\fremoveMember\x127\n" +
+	"\vauth_enable\x18< \x01(\v2\x14.kvd.v1.AuthEnableOpH\x00R\n" +
+	"authEnable\x12?\n" +
+	"\fauth_disable\x18= \x01(\v2\x1a.kvd.v1.AuthDisableRequestH\x00R\vauthDisable\x123\n" +
+	"\buser_add\x18> \x01(\v2\x16.kvd.v1.UserAddRequestH\x00R\auserAdd\x12<\n" +
+	"\vuser_delete\x18? \x01(\v2\x19.kvd.v1.UserDeleteRequestH\x00R\n" +
+	"userDelete\x12U\n" +
+	"\x14user_change_password\x18@ \x01(\v2!.kvd.v1.UserChangePasswordRequestH\x00R\x12userChangePassword\x12F\n" +
+	"\x0fuser_grant_role\x18A \x01(\v2\x1c.kvd.v1.UserGrantRoleRequestH\x00R\ruserGrantRole\x12I\n" +
+	"\x10user_revoke_role\x18B \x01(\v2\x1d.kvd.v1.UserRevokeRoleRequestH\x00R\x0euserRevokeRole\x123\n" +
+	"\brole_add\x18C \x01(\v2\x16.kvd.v1.RoleAddRequestH\x00R\aroleAdd\x12<\n" +
+	"\vrole_delete\x18D \x01(\v2\x19.kvd.v1.RoleDeleteRequestH\x00R\n" +
+	"roleDelete\x12X\n" +
+	"\x15role_grant_permission\x18E \x01(\v2\".kvd.v1.RoleGrantPermissionRequestH\x00R\x13roleGrantPermission\x12[\n" +
+	"\x16role_revoke_permission\x18F \x01(\v2#.kvd.v1.RoleRevokePermissionRequestH\x00R\x14roleRevokePermissionB\x04\n" +
 	"\x02op\"\xc5\x01\n" +
 	"\vStateLimits\x12/\n" +
 	"\x14max_waiters_per_lock\x18\x01 \x01(\rR\x11maxWaitersPerLock\x121\n" +
@@ -6306,7 +8987,10 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vclient_addr\x18\x03 \x01(\tR\n" +
 	"clientAddr\"$\n" +
 	"\x0eRemoveMemberOp\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xef\a\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
+	"\fAuthEnableOp\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x1b\n" +
+	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"\x80\x0e\n" +
 	"\rCommandResult\x12%\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x11.kvd.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
@@ -6331,7 +9015,21 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tcache_set\x18* \x01(\v2\x18.kvd.v1.CacheSetResponseH\x00R\bcacheSet\x12<\n" +
 	"\n" +
 	"invalidate\x18+ \x01(\v2\x1a.kvd.v1.InvalidateResponseH\x00R\n" +
-	"invalidateB\b\n" +
+	"invalidate\x12=\n" +
+	"\vauth_enable\x18< \x01(\v2\x1a.kvd.v1.AuthEnableResponseH\x00R\n" +
+	"authEnable\x12@\n" +
+	"\fauth_disable\x18= \x01(\v2\x1b.kvd.v1.AuthDisableResponseH\x00R\vauthDisable\x124\n" +
+	"\buser_add\x18> \x01(\v2\x17.kvd.v1.UserAddResponseH\x00R\auserAdd\x12=\n" +
+	"\vuser_delete\x18? \x01(\v2\x1a.kvd.v1.UserDeleteResponseH\x00R\n" +
+	"userDelete\x12V\n" +
+	"\x14user_change_password\x18@ \x01(\v2\".kvd.v1.UserChangePasswordResponseH\x00R\x12userChangePassword\x12G\n" +
+	"\x0fuser_grant_role\x18A \x01(\v2\x1d.kvd.v1.UserGrantRoleResponseH\x00R\ruserGrantRole\x12J\n" +
+	"\x10user_revoke_role\x18B \x01(\v2\x1e.kvd.v1.UserRevokeRoleResponseH\x00R\x0euserRevokeRole\x124\n" +
+	"\brole_add\x18C \x01(\v2\x17.kvd.v1.RoleAddResponseH\x00R\aroleAdd\x12=\n" +
+	"\vrole_delete\x18D \x01(\v2\x1a.kvd.v1.RoleDeleteResponseH\x00R\n" +
+	"roleDelete\x12Y\n" +
+	"\x15role_grant_permission\x18E \x01(\v2#.kvd.v1.RoleGrantPermissionResponseH\x00R\x13roleGrantPermission\x12\\\n" +
+	"\x16role_revoke_permission\x18F \x01(\v2$.kvd.v1.RoleRevokePermissionResponseH\x00R\x14roleRevokePermissionB\b\n" +
 	"\x06result\";\n" +
 	"\x0eProposeRequest\x12)\n" +
 	"\acommand\x18\x01 \x01(\v2\x0f.kvd.v1.CommandR\acommand\"q\n" +
@@ -6350,7 +9048,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\xe6\x02\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\xd1\x04\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -6364,13 +9062,30 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x19ERROR_CODE_STALE_SEQUENCE\x10\t\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\n" +
 	"\x12\x1c\n" +
-	"\x18ERROR_CODE_INDETERMINATE\x10\v*i\n" +
+	"\x18ERROR_CODE_INDETERMINATE\x10\v\x12 \n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\x14\x12\x1e\n" +
+	"\x1aERROR_CODE_UNAUTHENTICATED\x10\x15\x12\x1a\n" +
+	"\x16ERROR_CODE_AUTH_FAILED\x10\x16\x12\x1c\n" +
+	"\x18ERROR_CODE_TOKEN_EXPIRED\x10\x17\x12\x1a\n" +
+	"\x16ERROR_CODE_USER_EXISTS\x10\x18\x12\x1a\n" +
+	"\x16ERROR_CODE_ROLE_EXISTS\x10\x19\x12\x17\n" +
+	"\x13ERROR_CODE_NO_ADMIN\x10\x1a\x12\x1c\n" +
+	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +
 	"\x11CACHE_STATE_FRESH\x10\x01\x12\x15\n" +
 	"\x11CACHE_STATE_STALE\x10\x02\x12\x17\n" +
-	"\x13CACHE_STATE_FILLING\x10\x032\x80\x02\n" +
+	"\x13CACHE_STATE_FILLING\x10\x03*c\n" +
+	"\bPermKind\x12\x19\n" +
+	"\x15PERM_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0ePERM_KIND_KEYS\x10\x01\x12\x13\n" +
+	"\x0fPERM_KIND_LOCKS\x10\x02\x12\x13\n" +
+	"\x0fPERM_KIND_CACHE\x10\x03*V\n" +
+	"\tPermLevel\x12\x1a\n" +
+	"\x16PERM_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fPERM_LEVEL_READ\x10\x01\x12\x18\n" +
+	"\x14PERM_LEVEL_READWRITE\x10\x022\x80\x02\n" +
 	"\x02KV\x12.\n" +
 	"\x03Put\x12\x12.kvd.v1.PutRequest\x1a\x13.kvd.v1.PutResponse\x12.\n" +
 	"\x03Get\x12\x12.kvd.v1.GetRequest\x1a\x13.kvd.v1.GetResponse\x127\n" +
@@ -6407,7 +9122,29 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tAddMember\x12\x18.kvd.v1.AddMemberRequest\x1a\x19.kvd.v1.AddMemberResponse\x12I\n" +
 	"\fRemoveMember\x12\x1b.kvd.v1.RemoveMemberRequest\x1a\x1c.kvd.v1.RemoveMemberResponse\x12O\n" +
 	"\x0eTransferLeader\x12\x1d.kvd.v1.TransferLeaderRequest\x1a\x1e.kvd.v1.TransferLeaderResponse\x12=\n" +
-	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse2\xe6\x02\n" +
+	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse2\xda\t\n" +
+	"\x04Auth\x12I\n" +
+	"\fAuthenticate\x12\x1b.kvd.v1.AuthenticateRequest\x1a\x1c.kvd.v1.AuthenticateResponse\x12C\n" +
+	"\n" +
+	"AuthEnable\x12\x19.kvd.v1.AuthEnableRequest\x1a\x1a.kvd.v1.AuthEnableResponse\x12F\n" +
+	"\vAuthDisable\x12\x1a.kvd.v1.AuthDisableRequest\x1a\x1b.kvd.v1.AuthDisableResponse\x12C\n" +
+	"\n" +
+	"AuthStatus\x12\x19.kvd.v1.AuthStatusRequest\x1a\x1a.kvd.v1.AuthStatusResponse\x12:\n" +
+	"\aUserAdd\x12\x16.kvd.v1.UserAddRequest\x1a\x17.kvd.v1.UserAddResponse\x12C\n" +
+	"\n" +
+	"UserDelete\x12\x19.kvd.v1.UserDeleteRequest\x1a\x1a.kvd.v1.UserDeleteResponse\x12:\n" +
+	"\aUserGet\x12\x16.kvd.v1.UserGetRequest\x1a\x17.kvd.v1.UserGetResponse\x12=\n" +
+	"\bUserList\x12\x17.kvd.v1.UserListRequest\x1a\x18.kvd.v1.UserListResponse\x12[\n" +
+	"\x12UserChangePassword\x12!.kvd.v1.UserChangePasswordRequest\x1a\".kvd.v1.UserChangePasswordResponse\x12L\n" +
+	"\rUserGrantRole\x12\x1c.kvd.v1.UserGrantRoleRequest\x1a\x1d.kvd.v1.UserGrantRoleResponse\x12O\n" +
+	"\x0eUserRevokeRole\x12\x1d.kvd.v1.UserRevokeRoleRequest\x1a\x1e.kvd.v1.UserRevokeRoleResponse\x12:\n" +
+	"\aRoleAdd\x12\x16.kvd.v1.RoleAddRequest\x1a\x17.kvd.v1.RoleAddResponse\x12C\n" +
+	"\n" +
+	"RoleDelete\x12\x19.kvd.v1.RoleDeleteRequest\x1a\x1a.kvd.v1.RoleDeleteResponse\x12:\n" +
+	"\aRoleGet\x12\x16.kvd.v1.RoleGetRequest\x1a\x17.kvd.v1.RoleGetResponse\x12=\n" +
+	"\bRoleList\x12\x17.kvd.v1.RoleListRequest\x1a\x18.kvd.v1.RoleListResponse\x12^\n" +
+	"\x13RoleGrantPermission\x12\".kvd.v1.RoleGrantPermissionRequest\x1a#.kvd.v1.RoleGrantPermissionResponse\x12a\n" +
+	"\x14RoleRevokePermission\x12#.kvd.v1.RoleRevokePermissionRequest\x1a$.kvd.v1.RoleRevokePermissionResponse2\xe6\x02\n" +
 	"\bInternal\x12:\n" +
 	"\aPropose\x12\x16.kvd.v1.ProposeRequest\x1a\x17.kvd.v1.ProposeResponse\x12@\n" +
 	"\tReadIndex\x12\x18.kvd.v1.ReadIndexRequest\x1a\x19.kvd.v1.ReadIndexResponse\x12@\n" +
@@ -6427,285 +9164,431 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 	return file_kvd_v1_kvd_proto_rawDescData
 }
 
-var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 121)
 var file_kvd_v1_kvd_proto_goTypes = []any{
-	(Consistency)(0),               // 0: kvd.v1.Consistency
-	(ErrorCode)(0),                 // 1: kvd.v1.ErrorCode
-	(CacheState)(0),                // 2: kvd.v1.CacheState
-	(*RequestHeader)(nil),          // 3: kvd.v1.RequestHeader
-	(*ResponseHeader)(nil),         // 4: kvd.v1.ResponseHeader
-	(*Fence)(nil),                  // 5: kvd.v1.Fence
-	(*ErrorInfo)(nil),              // 6: kvd.v1.ErrorInfo
-	(*KeyValue)(nil),               // 7: kvd.v1.KeyValue
-	(*PutRequest)(nil),             // 8: kvd.v1.PutRequest
-	(*PutResponse)(nil),            // 9: kvd.v1.PutResponse
-	(*GetRequest)(nil),             // 10: kvd.v1.GetRequest
-	(*GetResponse)(nil),            // 11: kvd.v1.GetResponse
-	(*DeleteRequest)(nil),          // 12: kvd.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 13: kvd.v1.DeleteResponse
-	(*ListRequest)(nil),            // 14: kvd.v1.ListRequest
-	(*ListResponse)(nil),           // 15: kvd.v1.ListResponse
-	(*AddRequest)(nil),             // 16: kvd.v1.AddRequest
-	(*AddResponse)(nil),            // 17: kvd.v1.AddResponse
-	(*SessionInfo)(nil),            // 18: kvd.v1.SessionInfo
-	(*CreateSessionRequest)(nil),   // 19: kvd.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),  // 20: kvd.v1.CreateSessionResponse
-	(*KeepAliveRequest)(nil),       // 21: kvd.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),      // 22: kvd.v1.KeepAliveResponse
-	(*CloseSessionRequest)(nil),    // 23: kvd.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),   // 24: kvd.v1.CloseSessionResponse
-	(*GetSessionRequest)(nil),      // 25: kvd.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),     // 26: kvd.v1.GetSessionResponse
-	(*LockWaiter)(nil),             // 27: kvd.v1.LockWaiter
-	(*LockInfo)(nil),               // 28: kvd.v1.LockInfo
-	(*AcquireRequest)(nil),         // 29: kvd.v1.AcquireRequest
-	(*AcquireResponse)(nil),        // 30: kvd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),         // 31: kvd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),        // 32: kvd.v1.ReleaseResponse
-	(*CancelWaitRequest)(nil),      // 33: kvd.v1.CancelWaitRequest
-	(*CancelWaitResponse)(nil),     // 34: kvd.v1.CancelWaitResponse
-	(*RenewRequest)(nil),           // 35: kvd.v1.RenewRequest
-	(*RenewResponse)(nil),          // 36: kvd.v1.RenewResponse
-	(*GetLockRequest)(nil),         // 37: kvd.v1.GetLockRequest
-	(*GetLockResponse)(nil),        // 38: kvd.v1.GetLockResponse
-	(*ListLocksRequest)(nil),       // 39: kvd.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),      // 40: kvd.v1.ListLocksResponse
-	(*BreakRequest)(nil),           // 41: kvd.v1.BreakRequest
-	(*BreakResponse)(nil),          // 42: kvd.v1.BreakResponse
-	(*CheckFenceRequest)(nil),      // 43: kvd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),     // 44: kvd.v1.CheckFenceResponse
-	(*FillLease)(nil),              // 45: kvd.v1.FillLease
-	(*CacheEntry)(nil),             // 46: kvd.v1.CacheEntry
-	(*CacheGetRequest)(nil),        // 47: kvd.v1.CacheGetRequest
-	(*CacheGetResponse)(nil),       // 48: kvd.v1.CacheGetResponse
-	(*FillRequest)(nil),            // 49: kvd.v1.FillRequest
-	(*FillResponse)(nil),           // 50: kvd.v1.FillResponse
-	(*StoreRequest)(nil),           // 51: kvd.v1.StoreRequest
-	(*StoreResponse)(nil),          // 52: kvd.v1.StoreResponse
-	(*CacheSetRequest)(nil),        // 53: kvd.v1.CacheSetRequest
-	(*CacheSetResponse)(nil),       // 54: kvd.v1.CacheSetResponse
-	(*InvalidateRequest)(nil),      // 55: kvd.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),     // 56: kvd.v1.InvalidateResponse
-	(*CacheStatsRequest)(nil),      // 57: kvd.v1.CacheStatsRequest
-	(*CacheStatsResponse)(nil),     // 58: kvd.v1.CacheStatsResponse
-	(*Member)(nil),                 // 59: kvd.v1.Member
-	(*StatusRequest)(nil),          // 60: kvd.v1.StatusRequest
-	(*StatusResponse)(nil),         // 61: kvd.v1.StatusResponse
-	(*MembersRequest)(nil),         // 62: kvd.v1.MembersRequest
-	(*MembersResponse)(nil),        // 63: kvd.v1.MembersResponse
-	(*AddMemberRequest)(nil),       // 64: kvd.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),      // 65: kvd.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),    // 66: kvd.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),   // 67: kvd.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),  // 68: kvd.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 69: kvd.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),        // 70: kvd.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),       // 71: kvd.v1.SnapshotResponse
-	(*Command)(nil),                // 72: kvd.v1.Command
-	(*StateLimits)(nil),            // 73: kvd.v1.StateLimits
-	(*KeepAliveBatchOp)(nil),       // 74: kvd.v1.KeepAliveBatchOp
-	(*KeepAliveBatchResult)(nil),   // 75: kvd.v1.KeepAliveBatchResult
-	(*TickOp)(nil),                 // 76: kvd.v1.TickOp
-	(*RecoverOp)(nil),              // 77: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),            // 78: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),         // 79: kvd.v1.RemoveMemberOp
-	(*CommandResult)(nil),          // 80: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),         // 81: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),        // 82: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),       // 83: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),      // 84: kvd.v1.ReadIndexResponse
-	(*SnapshotHeader)(nil),         // 85: kvd.v1.SnapshotHeader
+	(Consistency)(0),                     // 0: kvd.v1.Consistency
+	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
+	(CacheState)(0),                      // 2: kvd.v1.CacheState
+	(PermKind)(0),                        // 3: kvd.v1.PermKind
+	(PermLevel)(0),                       // 4: kvd.v1.PermLevel
+	(*RequestHeader)(nil),                // 5: kvd.v1.RequestHeader
+	(*ResponseHeader)(nil),               // 6: kvd.v1.ResponseHeader
+	(*Fence)(nil),                        // 7: kvd.v1.Fence
+	(*ErrorInfo)(nil),                    // 8: kvd.v1.ErrorInfo
+	(*KeyValue)(nil),                     // 9: kvd.v1.KeyValue
+	(*PutRequest)(nil),                   // 10: kvd.v1.PutRequest
+	(*PutResponse)(nil),                  // 11: kvd.v1.PutResponse
+	(*GetRequest)(nil),                   // 12: kvd.v1.GetRequest
+	(*GetResponse)(nil),                  // 13: kvd.v1.GetResponse
+	(*DeleteRequest)(nil),                // 14: kvd.v1.DeleteRequest
+	(*DeleteResponse)(nil),               // 15: kvd.v1.DeleteResponse
+	(*ListRequest)(nil),                  // 16: kvd.v1.ListRequest
+	(*ListResponse)(nil),                 // 17: kvd.v1.ListResponse
+	(*AddRequest)(nil),                   // 18: kvd.v1.AddRequest
+	(*AddResponse)(nil),                  // 19: kvd.v1.AddResponse
+	(*SessionInfo)(nil),                  // 20: kvd.v1.SessionInfo
+	(*CreateSessionRequest)(nil),         // 21: kvd.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),        // 22: kvd.v1.CreateSessionResponse
+	(*KeepAliveRequest)(nil),             // 23: kvd.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),            // 24: kvd.v1.KeepAliveResponse
+	(*CloseSessionRequest)(nil),          // 25: kvd.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),         // 26: kvd.v1.CloseSessionResponse
+	(*GetSessionRequest)(nil),            // 27: kvd.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),           // 28: kvd.v1.GetSessionResponse
+	(*LockWaiter)(nil),                   // 29: kvd.v1.LockWaiter
+	(*LockInfo)(nil),                     // 30: kvd.v1.LockInfo
+	(*AcquireRequest)(nil),               // 31: kvd.v1.AcquireRequest
+	(*AcquireResponse)(nil),              // 32: kvd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),               // 33: kvd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),              // 34: kvd.v1.ReleaseResponse
+	(*CancelWaitRequest)(nil),            // 35: kvd.v1.CancelWaitRequest
+	(*CancelWaitResponse)(nil),           // 36: kvd.v1.CancelWaitResponse
+	(*RenewRequest)(nil),                 // 37: kvd.v1.RenewRequest
+	(*RenewResponse)(nil),                // 38: kvd.v1.RenewResponse
+	(*GetLockRequest)(nil),               // 39: kvd.v1.GetLockRequest
+	(*GetLockResponse)(nil),              // 40: kvd.v1.GetLockResponse
+	(*ListLocksRequest)(nil),             // 41: kvd.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),            // 42: kvd.v1.ListLocksResponse
+	(*BreakRequest)(nil),                 // 43: kvd.v1.BreakRequest
+	(*BreakResponse)(nil),                // 44: kvd.v1.BreakResponse
+	(*CheckFenceRequest)(nil),            // 45: kvd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),           // 46: kvd.v1.CheckFenceResponse
+	(*FillLease)(nil),                    // 47: kvd.v1.FillLease
+	(*CacheEntry)(nil),                   // 48: kvd.v1.CacheEntry
+	(*CacheGetRequest)(nil),              // 49: kvd.v1.CacheGetRequest
+	(*CacheGetResponse)(nil),             // 50: kvd.v1.CacheGetResponse
+	(*FillRequest)(nil),                  // 51: kvd.v1.FillRequest
+	(*FillResponse)(nil),                 // 52: kvd.v1.FillResponse
+	(*StoreRequest)(nil),                 // 53: kvd.v1.StoreRequest
+	(*StoreResponse)(nil),                // 54: kvd.v1.StoreResponse
+	(*CacheSetRequest)(nil),              // 55: kvd.v1.CacheSetRequest
+	(*CacheSetResponse)(nil),             // 56: kvd.v1.CacheSetResponse
+	(*InvalidateRequest)(nil),            // 57: kvd.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),           // 58: kvd.v1.InvalidateResponse
+	(*CacheStatsRequest)(nil),            // 59: kvd.v1.CacheStatsRequest
+	(*CacheStatsResponse)(nil),           // 60: kvd.v1.CacheStatsResponse
+	(*Member)(nil),                       // 61: kvd.v1.Member
+	(*StatusRequest)(nil),                // 62: kvd.v1.StatusRequest
+	(*StatusResponse)(nil),               // 63: kvd.v1.StatusResponse
+	(*MembersRequest)(nil),               // 64: kvd.v1.MembersRequest
+	(*MembersResponse)(nil),              // 65: kvd.v1.MembersResponse
+	(*AddMemberRequest)(nil),             // 66: kvd.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),            // 67: kvd.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),          // 68: kvd.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),         // 69: kvd.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),        // 70: kvd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),       // 71: kvd.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),              // 72: kvd.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),             // 73: kvd.v1.SnapshotResponse
+	(*Permission)(nil),                   // 74: kvd.v1.Permission
+	(*User)(nil),                         // 75: kvd.v1.User
+	(*Role)(nil),                         // 76: kvd.v1.Role
+	(*AuthenticateRequest)(nil),          // 77: kvd.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),         // 78: kvd.v1.AuthenticateResponse
+	(*AuthEnableRequest)(nil),            // 79: kvd.v1.AuthEnableRequest
+	(*AuthEnableResponse)(nil),           // 80: kvd.v1.AuthEnableResponse
+	(*AuthDisableRequest)(nil),           // 81: kvd.v1.AuthDisableRequest
+	(*AuthDisableResponse)(nil),          // 82: kvd.v1.AuthDisableResponse
+	(*AuthStatusRequest)(nil),            // 83: kvd.v1.AuthStatusRequest
+	(*AuthStatusResponse)(nil),           // 84: kvd.v1.AuthStatusResponse
+	(*UserAddRequest)(nil),               // 85: kvd.v1.UserAddRequest
+	(*UserAddResponse)(nil),              // 86: kvd.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),            // 87: kvd.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),           // 88: kvd.v1.UserDeleteResponse
+	(*UserGetRequest)(nil),               // 89: kvd.v1.UserGetRequest
+	(*UserGetResponse)(nil),              // 90: kvd.v1.UserGetResponse
+	(*UserListRequest)(nil),              // 91: kvd.v1.UserListRequest
+	(*UserListResponse)(nil),             // 92: kvd.v1.UserListResponse
+	(*UserChangePasswordRequest)(nil),    // 93: kvd.v1.UserChangePasswordRequest
+	(*UserChangePasswordResponse)(nil),   // 94: kvd.v1.UserChangePasswordResponse
+	(*UserGrantRoleRequest)(nil),         // 95: kvd.v1.UserGrantRoleRequest
+	(*UserGrantRoleResponse)(nil),        // 96: kvd.v1.UserGrantRoleResponse
+	(*UserRevokeRoleRequest)(nil),        // 97: kvd.v1.UserRevokeRoleRequest
+	(*UserRevokeRoleResponse)(nil),       // 98: kvd.v1.UserRevokeRoleResponse
+	(*RoleAddRequest)(nil),               // 99: kvd.v1.RoleAddRequest
+	(*RoleAddResponse)(nil),              // 100: kvd.v1.RoleAddResponse
+	(*RoleDeleteRequest)(nil),            // 101: kvd.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),           // 102: kvd.v1.RoleDeleteResponse
+	(*RoleGetRequest)(nil),               // 103: kvd.v1.RoleGetRequest
+	(*RoleGetResponse)(nil),              // 104: kvd.v1.RoleGetResponse
+	(*RoleListRequest)(nil),              // 105: kvd.v1.RoleListRequest
+	(*RoleListResponse)(nil),             // 106: kvd.v1.RoleListResponse
+	(*RoleGrantPermissionRequest)(nil),   // 107: kvd.v1.RoleGrantPermissionRequest
+	(*RoleGrantPermissionResponse)(nil),  // 108: kvd.v1.RoleGrantPermissionResponse
+	(*RoleRevokePermissionRequest)(nil),  // 109: kvd.v1.RoleRevokePermissionRequest
+	(*RoleRevokePermissionResponse)(nil), // 110: kvd.v1.RoleRevokePermissionResponse
+	(*Command)(nil),                      // 111: kvd.v1.Command
+	(*StateLimits)(nil),                  // 112: kvd.v1.StateLimits
+	(*KeepAliveBatchOp)(nil),             // 113: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),         // 114: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                       // 115: kvd.v1.TickOp
+	(*RecoverOp)(nil),                    // 116: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),                  // 117: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),               // 118: kvd.v1.RemoveMemberOp
+	(*AuthEnableOp)(nil),                 // 119: kvd.v1.AuthEnableOp
+	(*CommandResult)(nil),                // 120: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),               // 121: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),              // 122: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),             // 123: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),            // 124: kvd.v1.ReadIndexResponse
+	(*SnapshotHeader)(nil),               // 125: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
-	3,   // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
-	5,   // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
-	4,   // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
-	7,   // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
+	5,   // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
+	7,   // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
+	6,   // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
 	0,   // 5: kvd.v1.GetRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
-	7,   // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
-	3,   // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	5,   // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
-	4,   // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
+	5,   // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	7,   // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
+	6,   // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 11: kvd.v1.ListRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 12: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
-	7,   // 13: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
-	3,   // 14: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
-	5,   // 15: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
-	4,   // 16: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
-	7,   // 17: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
-	4,   // 18: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	18,  // 19: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	4,   // 20: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
-	18,  // 21: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
-	4,   // 22: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 12: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 13: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
+	5,   // 14: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
+	7,   // 15: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
+	6,   // 16: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 17: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
+	6,   // 18: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	20,  // 19: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	6,   // 20: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
+	20,  // 21: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
+	6,   // 22: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 23: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 24: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	18,  // 25: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	27,  // 26: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
-	3,   // 27: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 28: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
-	28,  // 29: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
-	3,   // 30: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 31: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
-	3,   // 32: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 33: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 34: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
-	28,  // 35: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
+	6,   // 24: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	20,  // 25: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	29,  // 26: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
+	5,   // 27: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 28: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
+	30,  // 29: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
+	5,   // 30: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 31: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 32: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 33: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 34: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
+	30,  // 35: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
 	0,   // 36: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 37: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
-	28,  // 38: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
+	6,   // 37: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
+	30,  // 38: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
 	0,   // 39: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 40: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
-	28,  // 41: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
-	3,   // 42: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 43: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 40: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
+	30,  // 41: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
+	5,   // 42: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 43: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 44: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 45: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
-	45,  // 46: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
+	6,   // 45: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
+	47,  // 46: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
 	0,   // 47: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 48: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 48: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
 	2,   // 49: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
-	46,  // 50: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
-	3,   // 51: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
+	48,  // 50: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
+	5,   // 51: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
 	0,   // 52: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
-	4,   // 53: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 53: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
 	2,   // 54: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
-	46,  // 55: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
-	3,   // 56: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 57: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
-	46,  // 58: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
-	3,   // 59: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 60: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
-	46,  // 61: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
-	3,   // 62: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
-	4,   // 63: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 64: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 65: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 66: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
-	59,  // 67: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
-	4,   // 68: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	59,  // 69: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
-	4,   // 70: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	59,  // 71: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
-	4,   // 72: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 73: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
-	73,  // 74: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
-	8,   // 75: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
-	12,  // 76: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
-	16,  // 77: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
-	19,  // 78: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
-	21,  // 79: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
-	23,  // 80: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	74,  // 81: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
-	29,  // 82: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	31,  // 83: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	33,  // 84: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	35,  // 85: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	41,  // 86: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	49,  // 87: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	51,  // 88: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	53,  // 89: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	55,  // 90: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	76,  // 91: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	77,  // 92: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	78,  // 93: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	79,  // 94: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	80,  // 95: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
-	1,   // 96: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	9,   // 97: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	13,  // 98: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	17,  // 99: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	20,  // 100: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	22,  // 101: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	24,  // 102: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	75,  // 103: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
-	30,  // 104: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	32,  // 105: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	34,  // 106: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	36,  // 107: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	42,  // 108: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	50,  // 109: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	52,  // 110: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	54,  // 111: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	56,  // 112: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	72,  // 113: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	80,  // 114: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	8,   // 115: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	10,  // 116: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	12,  // 117: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	14,  // 118: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	16,  // 119: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	19,  // 120: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	21,  // 121: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	23,  // 122: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	25,  // 123: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	29,  // 124: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	31,  // 125: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	33,  // 126: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	35,  // 127: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	37,  // 128: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	39,  // 129: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	41,  // 130: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	43,  // 131: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	47,  // 132: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	49,  // 133: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	51,  // 134: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	53,  // 135: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	55,  // 136: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	57,  // 137: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	60,  // 138: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	62,  // 139: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	64,  // 140: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	66,  // 141: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	68,  // 142: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	70,  // 143: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	81,  // 144: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	83,  // 145: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	64,  // 146: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	66,  // 147: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	68,  // 148: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	9,   // 149: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	11,  // 150: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	13,  // 151: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	15,  // 152: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	17,  // 153: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	20,  // 154: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	22,  // 155: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	24,  // 156: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	26,  // 157: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	30,  // 158: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	32,  // 159: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	34,  // 160: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	36,  // 161: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	38,  // 162: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	40,  // 163: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	42,  // 164: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	44,  // 165: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	48,  // 166: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	50,  // 167: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	52,  // 168: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	54,  // 169: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	56,  // 170: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	58,  // 171: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	61,  // 172: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	63,  // 173: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	65,  // 174: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	67,  // 175: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	69,  // 176: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	71,  // 177: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	82,  // 178: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	84,  // 179: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	65,  // 180: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	67,  // 181: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	69,  // 182: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	149, // [149:183] is the sub-list for method output_type
-	115, // [115:149] is the sub-list for method input_type
-	115, // [115:115] is the sub-list for extension type_name
-	115, // [115:115] is the sub-list for extension extendee
-	0,   // [0:115] is the sub-list for field type_name
+	48,  // 55: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
+	5,   // 56: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 57: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 58: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
+	5,   // 59: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 60: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 61: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
+	5,   // 62: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 63: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 64: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 65: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 66: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
+	61,  // 67: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
+	6,   // 68: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	61,  // 69: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
+	6,   // 70: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	61,  // 71: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
+	6,   // 72: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
+	6,   // 73: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
+	3,   // 74: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
+	4,   // 75: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
+	74,  // 76: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
+	6,   // 77: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 78: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 79: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 80: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 81: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 82: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
+	6,   // 83: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 84: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 85: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 86: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
+	5,   // 87: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 88: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 89: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
+	6,   // 90: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 91: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
+	0,   // 92: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
+	6,   // 93: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 94: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
+	5,   // 95: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 96: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 97: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
+	5,   // 98: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 99: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 100: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
+	5,   // 101: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 102: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 103: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
+	5,   // 104: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 105: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	76,  // 106: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
+	5,   // 107: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	6,   // 108: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 109: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
+	6,   // 110: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	76,  // 111: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
+	0,   // 112: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
+	6,   // 113: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
+	76,  // 114: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
+	5,   // 115: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	74,  // 116: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
+	6,   // 117: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	76,  // 118: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
+	5,   // 119: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	3,   // 120: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
+	6,   // 121: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	76,  // 122: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
+	112, // 123: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
+	10,  // 124: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
+	14,  // 125: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
+	18,  // 126: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
+	21,  // 127: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
+	23,  // 128: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
+	25,  // 129: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
+	113, // 130: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	31,  // 131: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	33,  // 132: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	35,  // 133: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	37,  // 134: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	43,  // 135: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	51,  // 136: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	53,  // 137: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	55,  // 138: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	57,  // 139: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	115, // 140: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	116, // 141: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	117, // 142: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	118, // 143: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	119, // 144: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
+	81,  // 145: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
+	85,  // 146: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
+	87,  // 147: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
+	93,  // 148: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
+	95,  // 149: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
+	97,  // 150: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
+	99,  // 151: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
+	101, // 152: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
+	107, // 153: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
+	109, // 154: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
+	120, // 155: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	5,   // 156: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
+	1,   // 157: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	11,  // 158: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	15,  // 159: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	19,  // 160: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	22,  // 161: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	24,  // 162: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	26,  // 163: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	114, // 164: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	32,  // 165: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	34,  // 166: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	36,  // 167: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	38,  // 168: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	44,  // 169: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	52,  // 170: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	54,  // 171: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	56,  // 172: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	58,  // 173: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	80,  // 174: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
+	82,  // 175: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
+	86,  // 176: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
+	88,  // 177: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
+	94,  // 178: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
+	96,  // 179: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
+	98,  // 180: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
+	100, // 181: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
+	102, // 182: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
+	108, // 183: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
+	110, // 184: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
+	111, // 185: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	120, // 186: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	10,  // 187: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	12,  // 188: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	14,  // 189: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	16,  // 190: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	18,  // 191: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	21,  // 192: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	23,  // 193: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	25,  // 194: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	27,  // 195: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	31,  // 196: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	33,  // 197: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	35,  // 198: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	37,  // 199: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	39,  // 200: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	41,  // 201: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	43,  // 202: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	45,  // 203: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	49,  // 204: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	51,  // 205: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	53,  // 206: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	55,  // 207: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	57,  // 208: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	59,  // 209: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	62,  // 210: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	64,  // 211: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	66,  // 212: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	68,  // 213: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	70,  // 214: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	72,  // 215: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	77,  // 216: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	79,  // 217: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	81,  // 218: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	83,  // 219: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	85,  // 220: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	87,  // 221: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	89,  // 222: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	91,  // 223: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	93,  // 224: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	95,  // 225: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	97,  // 226: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	99,  // 227: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	101, // 228: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	103, // 229: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	105, // 230: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	107, // 231: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	109, // 232: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	121, // 233: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	123, // 234: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	66,  // 235: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	68,  // 236: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	70,  // 237: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	11,  // 238: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	13,  // 239: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	15,  // 240: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	17,  // 241: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	19,  // 242: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	22,  // 243: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	24,  // 244: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	26,  // 245: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	28,  // 246: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	32,  // 247: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	34,  // 248: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	36,  // 249: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	38,  // 250: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	40,  // 251: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	42,  // 252: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	44,  // 253: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	46,  // 254: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	50,  // 255: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	52,  // 256: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	54,  // 257: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	56,  // 258: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	58,  // 259: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	60,  // 260: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	63,  // 261: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	65,  // 262: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	67,  // 263: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	69,  // 264: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	71,  // 265: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	73,  // 266: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	78,  // 267: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	80,  // 268: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	82,  // 269: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	84,  // 270: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	86,  // 271: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	88,  // 272: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	90,  // 273: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	92,  // 274: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	94,  // 275: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	96,  // 276: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	98,  // 277: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	100, // 278: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	102, // 279: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	104, // 280: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	106, // 281: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	108, // 282: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	110, // 283: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	122, // 284: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	124, // 285: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	67,  // 286: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	69,  // 287: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	71,  // 288: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	238, // [238:289] is the sub-list for method output_type
+	187, // [187:238] is the sub-list for method input_type
+	187, // [187:187] is the sub-list for extension type_name
+	187, // [187:187] is the sub-list for extension extendee
+	0,   // [0:187] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -6715,7 +9598,7 @@ func file_kvd_v1_kvd_proto_init() {
 	}
 	file_kvd_v1_kvd_proto_msgTypes[5].OneofWrappers = []any{}
 	file_kvd_v1_kvd_proto_msgTypes[9].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[69].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[106].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Add)(nil),
@@ -6736,8 +9619,19 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_Recover)(nil),
 		(*Command_SetMember)(nil),
 		(*Command_RemoveMember)(nil),
+		(*Command_AuthEnable)(nil),
+		(*Command_AuthDisable)(nil),
+		(*Command_UserAdd)(nil),
+		(*Command_UserDelete)(nil),
+		(*Command_UserChangePassword)(nil),
+		(*Command_UserGrantRole)(nil),
+		(*Command_UserRevokeRole)(nil),
+		(*Command_RoleAdd)(nil),
+		(*Command_RoleDelete)(nil),
+		(*Command_RoleGrantPermission)(nil),
+		(*Command_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[77].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[115].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
@@ -6754,16 +9648,27 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_Store)(nil),
 		(*CommandResult_CacheSet)(nil),
 		(*CommandResult_Invalidate)(nil),
+		(*CommandResult_AuthEnable)(nil),
+		(*CommandResult_AuthDisable)(nil),
+		(*CommandResult_UserAdd)(nil),
+		(*CommandResult_UserDelete)(nil),
+		(*CommandResult_UserChangePassword)(nil),
+		(*CommandResult_UserGrantRole)(nil),
+		(*CommandResult_UserRevokeRole)(nil),
+		(*CommandResult_RoleAdd)(nil),
+		(*CommandResult_RoleDelete)(nil),
+		(*CommandResult_RoleGrantPermission)(nil),
+		(*CommandResult_RoleRevokePermission)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   83,
+			NumEnums:      5,
+			NumMessages:   121,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_kvd_v1_kvd_proto_goTypes,
 		DependencyIndexes: file_kvd_v1_kvd_proto_depIdxs,
