@@ -136,6 +136,28 @@ func (s *state) op(cmd *kvpb.Command) (*kvpb.RequestHeader, bool, func() *kvpb.C
 			delete(s.members, o.RemoveMember.GetName())
 			return &kvpb.CommandResult{}
 		}
+	case *kvpb.Command_AuthEnable:
+		return o.AuthEnable.GetHeader(), false, func() *kvpb.CommandResult { return s.authEnable(o.AuthEnable) }
+	case *kvpb.Command_AuthDisable:
+		return o.AuthDisable.GetHeader(), false, func() *kvpb.CommandResult { return s.authDisable(o.AuthDisable) }
+	case *kvpb.Command_UserAdd:
+		return o.UserAdd.GetHeader(), false, func() *kvpb.CommandResult { return s.userAdd(o.UserAdd) }
+	case *kvpb.Command_UserDelete:
+		return o.UserDelete.GetHeader(), false, func() *kvpb.CommandResult { return s.userDelete(o.UserDelete) }
+	case *kvpb.Command_UserChangePassword:
+		return o.UserChangePassword.GetHeader(), false, func() *kvpb.CommandResult { return s.userChangePassword(o.UserChangePassword) }
+	case *kvpb.Command_UserGrantRole:
+		return o.UserGrantRole.GetHeader(), false, func() *kvpb.CommandResult { return s.userGrantRole(o.UserGrantRole) }
+	case *kvpb.Command_UserRevokeRole:
+		return o.UserRevokeRole.GetHeader(), false, func() *kvpb.CommandResult { return s.userRevokeRole(o.UserRevokeRole) }
+	case *kvpb.Command_RoleAdd:
+		return o.RoleAdd.GetHeader(), false, func() *kvpb.CommandResult { return s.roleAdd(o.RoleAdd) }
+	case *kvpb.Command_RoleDelete:
+		return o.RoleDelete.GetHeader(), false, func() *kvpb.CommandResult { return s.roleDelete(o.RoleDelete) }
+	case *kvpb.Command_RoleGrantPermission:
+		return o.RoleGrantPermission.GetHeader(), false, func() *kvpb.CommandResult { return s.roleGrantPermission(o.RoleGrantPermission) }
+	case *kvpb.Command_RoleRevokePermission:
+		return o.RoleRevokePermission.GetHeader(), false, func() *kvpb.CommandResult { return s.roleRevokePermission(o.RoleRevokePermission) }
 	}
 	return nil, false, nil
 }

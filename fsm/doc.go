@@ -11,7 +11,9 @@
 // The state is: keys (with TTLs), client sessions (with the exactly-once
 // results of their recent commands), locks (holder, fencing token, FIFO line
 // of waiters, lock-delay), cache entries (value, freshness, fill lease, line
-// of waiters, size bound) and the members' addresses. Every deadline of every
+// of waiters, size bound), the members' addresses, and the auth state (users
+// with bcrypt hashes made before proposing, roles and their permissions, the
+// enabled flag and the token-signing key the proposer drew). Every deadline of every
 // kind sits in one ordered index, so NextDeadline is O(log n) and expiry walks
 // only what is due.
 //
@@ -23,6 +25,8 @@
 //     a "now" and hide what has expired by then even if no entry removed it yet.
 //   - Two FSMs fed the same log produce byte-identical snapshots, and
 //     StateHash is the sha256 of that encoding.
+//   - Auth reads (Auth, Allowed) never take the state lock: each entry that
+//     changes auth state publishes a new immutable AuthView.
 //
 // The exported API (New, Apply, Snapshot, Restore and the read methods) is a
 // contract other packages code against; it is stable. The snapshot format is

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -16,6 +17,9 @@ import (
 type FSM struct {
 	mu sync.RWMutex // Apply and Restore write; reads share
 	s  *state
+	// auth is the AuthView of s, replaced (under mu) after every entry
+	// that changes auth state; read without a lock.
+	auth atomic.Pointer[AuthView]
 
 	watchMu sync.Mutex
 	watches map[watchKey]map[uint64]chan struct{}
@@ -24,7 +28,9 @@ type FSM struct {
 
 // New returns an empty state machine.
 func New() *FSM {
-	return &FSM{s: newState(), watches: map[watchKey]map[uint64]chan struct{}{}}
+	f := &FSM{s: newState(), watches: map[watchKey]map[uint64]chan struct{}{}}
+	f.publishAuth(f.s)
+	return f
 }
 
 // Apply applies the committed log entry at index. cmd is the entry's
@@ -40,6 +46,9 @@ func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
 	var res *kvpb.CommandResult
 	if cmd != nil {
 		res = s.applyCommand(cmd)
+	}
+	if s.authChanged {
+		f.publishAuth(s)
 	}
 	touched := s.touched
 	s.touched = nil
@@ -256,6 +265,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.s = s
+	f.publishAuth(s)
 	f.mu.Unlock()
 	f.fireAll()
 	return nil

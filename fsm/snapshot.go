@@ -15,7 +15,7 @@ import (
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// Snapshot format, version 1:
+// Snapshot format, version 2:
 //
 //	uvarint length, kvpb.SnapshotHeader
 //	then records: uvarint length, one byte record kind, payload
@@ -24,21 +24,33 @@ import (
 // protowire where the state has fields kvd.proto does not carry (their field
 // numbers are listed at each kind). Records come in a fixed order (limits,
 // counters, members by name, keys, sessions by id each followed by its dedup
-// results by seq, locks, cache entries), marshalled deterministically, so
-// equal states give equal bytes.
-const formatVersion = 1
+// results by seq, locks, cache entries, then the auth record, roles by name
+// and users by name), marshalled deterministically, so equal states give
+// equal bytes.
+//
+// Version 2 added the auth records. A version 1 snapshot (written before
+// auth existed) is still read: its auth state is empty, which is what it was.
+// A build that reads only version 1 rejects version 2 instead of silently
+// dropping users and roles.
+const formatVersion = 2
+
+// oldestFormatVersion is the oldest snapshot format Restore reads.
+const oldestFormatVersion = 1
 
 type recordKind byte
 
 const (
-	recLimits   recordKind = 1 // kvpb.StateLimits
-	recCounters recordKind = 2 // 1 max_bytes, 2 evictions, 3 stores, 4 stale_stores_rejected, 5 leases_granted, 6 leases_expired
-	recMember   recordKind = 3 // kvpb.Member
-	recKey      recordKind = 4 // kvpb.KeyValue
-	recSession  recordKind = 5 // 1 kvpb.SessionInfo (no locks), 2 min_pending_seq
-	recDedup    recordKind = 6 // 1 session, 2 seq, 3 kvpb.CommandResult
-	recLock     recordKind = 7 // 1 kvpb.LockInfo (no expires_at), 2 packed waiter lock_delay_ms
-	recCache    recordKind = 8 // 1 kvpb.CacheEntry, 2 has_value, 3 lease_ms, 4 packed waiter wait_until
+	recLimits   recordKind = 1  // kvpb.StateLimits
+	recCounters recordKind = 2  // 1 max_bytes, 2 evictions, 3 stores, 4 stale_stores_rejected, 5 leases_granted, 6 leases_expired
+	recMember   recordKind = 3  // kvpb.Member
+	recKey      recordKind = 4  // kvpb.KeyValue
+	recSession  recordKind = 5  // 1 kvpb.SessionInfo (no locks), 2 min_pending_seq
+	recDedup    recordKind = 6  // 1 session, 2 seq, 3 kvpb.CommandResult
+	recLock     recordKind = 7  // 1 kvpb.LockInfo (no expires_at), 2 packed waiter lock_delay_ms
+	recCache    recordKind = 8  // 1 kvpb.CacheEntry, 2 has_value, 3 lease_ms, 4 packed waiter wait_until
+	recAuth     recordKind = 9  // 1 enabled, 2 token_key, 3 key_index, 4 revision (version 2)
+	recRole     recordKind = 10 // kvpb.Role (version 2)
+	recUser     recordKind = 11 // 1 kvpb.User, 2 password_hash (version 2)
 )
 
 // maxRecord bounds one record's length when reading a snapshot.
@@ -61,6 +73,7 @@ type snapshot struct {
 	sessions []session // sorted by id; only the replicated fields and dedup
 	locks    *btree.BTreeG[lockItem]
 	cache    *btree.BTreeG[cacheItem]
+	auth     authState
 }
 
 // capture copies the state. The caller holds the write lock.
@@ -74,6 +87,7 @@ func (s *state) capture() *snapshot {
 		kv:       s.kv.Clone(),
 		locks:    s.locks.Clone(),
 		cache:    s.cache.Clone(),
+		auth:     s.auth.clone(),
 	}
 	ids := make([]uint64, 0, len(s.sessions))
 	for id := range s.sessions {
@@ -130,6 +144,14 @@ func appendUint(b []byte, num protowire.Number, v uint64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.VarintType)
 	return protowire.AppendVarint(b, v)
+}
+
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
 }
 
 func appendPacked(b []byte, num protowire.Number, vs []uint64) []byte {
@@ -225,7 +247,32 @@ func (snap *snapshot) encode(w io.Writer) error {
 		rw.record(recCache, b)
 		return rw.err == nil
 	})
+	snap.encodeAuth(rw)
 	return rw.err
+}
+
+// encodeAuth writes the auth record, then roles and users by name.
+func (snap *snapshot) encodeAuth(rw *recordWriter) {
+	a := &snap.auth
+	var b []byte
+	if a.enabled {
+		b = appendUint(b, 1, 1)
+	}
+	b = appendBytes(b, 2, a.tokenKey)
+	b = appendUint(b, 3, a.keyIndex)
+	b = appendUint(b, 4, a.revision)
+	rw.record(recAuth, b)
+	a.roles.Ascend(func(r roleItem) bool {
+		rw.msg(recRole, r.proto())
+		return rw.err == nil
+	})
+	a.users.Ascend(func(u userItem) bool {
+		var b []byte
+		b = appendMsg(b, 1, u.proto())
+		b = appendBytes(b, 2, u.hash)
+		rw.record(recUser, b)
+		return rw.err == nil
+	})
 }
 
 // fields parses a hand-written record into its fields: varints and bytes by
@@ -305,8 +352,9 @@ func decodeSnapshot(rd io.Reader) (*state, error) {
 	if err := proto.Unmarshal(hb, &hdr); err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrSnapshotFormat, err)
 	}
-	if hdr.FormatVersion != formatVersion {
-		return nil, fmt.Errorf("%w: format version %d, this build reads version %d", ErrSnapshotFormat, hdr.FormatVersion, formatVersion)
+	if hdr.FormatVersion < oldestFormatVersion || hdr.FormatVersion > formatVersion {
+		return nil, fmt.Errorf("%w: format version %d, this build reads versions %d to %d",
+			ErrSnapshotFormat, hdr.FormatVersion, oldestFormatVersion, formatVersion)
 	}
 	s := newState()
 	s.index, s.logTime = hdr.AppliedIndex, hdr.LogTime
@@ -431,6 +479,32 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 			c.waiters = append(c.waiters, w)
 		}
 		s.cache.ReplaceOrInsert(c)
+	case recAuth:
+		f, err := parseFields(b)
+		s.auth.enabled = f.varints[1] != 0
+		s.auth.tokenKey = f.bytes[2]
+		s.auth.keyIndex, s.auth.revision = f.varints[3], f.varints[4]
+		return err
+	case recRole:
+		var r kvpb.Role
+		if err := proto.Unmarshal(b, &r); err != nil {
+			return err
+		}
+		ri := roleItem{name: r.Name}
+		for _, p := range r.Permissions {
+			ri.perms = append(ri.perms, permission{kind: p.Kind, prefix: string(p.Prefix), level: p.Level})
+		}
+		s.auth.roles.ReplaceOrInsert(ri)
+	case recUser:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		var u kvpb.User
+		if err := proto.Unmarshal(f.bytes[1], &u); err != nil {
+			return err
+		}
+		s.auth.users.ReplaceOrInsert(userItem{name: u.Name, hash: f.bytes[2], roles: u.Roles, revision: u.Revision})
 	default:
 		return fmt.Errorf("unknown record kind %d", kind)
 	}

@@ -40,7 +40,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 	for range n {
 		h.now += int64(rng.IntN(60)) * ms
 		var cmd *kvpb.Command
-		switch rng.IntN(20) {
+		switch rng.IntN(24) {
 		case 0, 1:
 			cmd = put(pick(), "v", int64(rng.IntN(3))*300)
 		case 2:
@@ -87,6 +87,8 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 			} else {
 				cmd = setMember(pick(), "p", "c")
 			}
+		case 20, 21, 22, 23:
+			cmd = randomAuthOp(rng)
 		}
 		res := h.apply(cmd)
 		cmd.Stamp, cmd.Limits = h.now, h.limits
@@ -103,6 +105,56 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 		}
 	}
 	return log
+}
+
+// randomAuthOp is a random user, role or auth command over a few names,
+// so that most succeed and some are refused.
+func randomAuthOp(rng *rand.Rand) *kvpb.Command {
+	users := []string{"root", "u1", "u2"}
+	roles := []string{"r1", "r2", AdminRole}
+	kinds := []kvpb.PermKind{keys, locks, cacheK}
+	prefixes := []string{"", "a", "d/"}
+	user := users[rng.IntN(len(users))]
+	role := roles[rng.IntN(len(roles))]
+	var hash []byte
+	if rng.IntN(3) > 0 {
+		hash = fakeHash(rng.IntN(100))
+	}
+	var cmd *kvpb.Command
+	switch rng.IntN(11) {
+	case 0, 1:
+		cmd = userAdd(user, hash)
+	case 2:
+		cmd = userDelete(user)
+	case 3:
+		cmd = userPasswd(user, hash)
+	case 4, 5:
+		cmd = grantRole(user, role)
+	case 6:
+		cmd = revokeRole(user, role)
+	case 7:
+		if rng.IntN(3) == 0 {
+			cmd = roleDelete(role)
+		} else {
+			cmd = roleAdd(role)
+		}
+	case 8:
+		levels := []kvpb.PermLevel{read, rw}
+		cmd = grantPerm(role, kinds[rng.IntN(3)], prefixes[rng.IntN(3)], levels[rng.IntN(2)])
+	case 9:
+		cmd = revokePerm(role, kinds[rng.IntN(3)], prefixes[rng.IntN(3)])
+	case 10:
+		if rng.IntN(2) == 0 {
+			key := make([]byte, TokenKeySize)
+			for i := range key {
+				key[i] = byte(rng.IntN(256))
+			}
+			cmd = authEnable(key)
+		} else {
+			cmd = authDisable()
+		}
+	}
+	return cmd
 }
 
 func applyAll(f *FSM, log [][]byte, from uint64) {
@@ -123,6 +175,9 @@ func TestTwoFSMsSameLogSameSnapshot(t *testing.T) {
 		}
 		if !bytes.Equal(a.StateHash(), b.StateHash()) {
 			t.Fatalf("seed %d: state hashes differ", seed)
+		}
+		if a.Auth().Revision() == 0 || len(a.Users()) == 0 {
+			t.Errorf("seed %d: the log left no auth state (revision %d, %d users); it should exercise auth too", seed, a.Auth().Revision(), len(a.Users()))
 		}
 	}
 }

@@ -184,6 +184,7 @@ type state struct {
 	cache    *btree.BTreeG[cacheItem]
 	members  map[string]member
 	counters cacheCounters
+	auth     authState
 
 	// limits are the StateLimits of the last command that carried them.
 	// A zero limit means "no limit".
@@ -195,8 +196,9 @@ type state struct {
 	cacheBytes uint64
 
 	// Per-apply scratch.
-	granted map[string]bool // locks granted by the current entry
-	touched []watchKey      // watches to fire after the entry
+	granted     map[string]bool // locks granted by the current entry
+	touched     []watchKey      // watches to fire after the entry
+	authChanged bool            // the entry changed auth state: publish a new AuthView
 }
 
 func newState() *state {
@@ -206,6 +208,7 @@ func newState() *state {
 		locks:     btree.NewG(btreeDegree, func(a, b lockItem) bool { return a.name < b.name }),
 		cache:     btree.NewG(btreeDegree, func(a, b cacheItem) bool { return a.key < b.key }),
 		members:   map[string]member{},
+		auth:      newAuthState(),
 		deadlines: btree.NewG(btreeDegree, deadlineLess),
 		byFill: btree.NewG(btreeDegree, func(a, b fillRef) bool {
 			return cmp.Or(cmp.Compare(a.idx, b.idx), strings.Compare(a.key, b.key)) < 0
