@@ -126,6 +126,10 @@ type Config struct {
 	// about (the api server's, which the node does not serve itself).
 	ClientAddr string
 
+	// PeerTLS, when set, makes every connection on the peer port mutual
+	// TLS between members; nil is plaintext.
+	PeerTLS *PeerTLS
+
 	// LogStore is LogStoreWAL or LogStoreBolt for a new data dir; "" keeps
 	// whichever the data dir already holds and uses the WAL for a new one. A
 	// value that contradicts what the data dir holds is an error at Start.
@@ -227,6 +231,8 @@ func (cfg Config) Validate() error {
 		return errors.New("config: negative duration")
 	case cfg.Transport != nil && cfg.PeerListener == nil:
 		return errors.New("config: an in-memory transport needs a peer listener for the internal service")
+	case cfg.PeerTLS != nil && (cfg.PeerTLS.Certificate == nil || cfg.PeerTLS.CAs == nil):
+		return errors.New("config: peer TLS needs a certificate and CAs")
 	case cfg.LogStore != "" && cfg.LogStore != LogStoreWAL && cfg.LogStore != LogStoreBolt:
 		return fmt.Errorf("config: log store %q: want %q or %q", cfg.LogStore, LogStoreWAL, LogStoreBolt)
 	}
@@ -417,6 +423,10 @@ func (n *Node) Start() (err error) {
 
 	dialer := &peerDialer{dial: n.cfg.Dialer, direct: n.cfg.Transport != nil}
 	var serverTLS func() *tls.Config
+	if n.cfg.PeerTLS != nil {
+		dialer.tls = n.peerClientTLS
+		serverTLS = n.peerServerTLS
+	}
 	n.peers = newPeerPool(dialer)
 	closers = append(closers, n.peers.close)
 
@@ -508,7 +518,7 @@ func (n *Node) Start() (err error) {
 	n.serving = true
 	n.mu.Unlock()
 	n.log.Info("kvd node started", "client_addr", n.cfg.ClientAddr, "peer_addr", string(n.trans.LocalAddr()),
-		"existing_state", existing)
+		"peer_tls", n.cfg.PeerTLS != nil, "existing_state", existing)
 	return nil
 }
 

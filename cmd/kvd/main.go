@@ -61,6 +61,7 @@ type serverFlags struct {
 	snapshotInterval                                     time.Duration
 	heartbeat, election, leaderLease, recoverGrace, tick time.Duration
 	limits                                               node.Limits
+	tls                                                  tlsFlags
 	logLevel                                             string
 	pprofAddr                                            string
 	logStore                                             string
@@ -90,6 +91,9 @@ Run a local three-node cluster for development with "kvd dev".`,
 			if err != nil {
 				return usageError{err}
 			}
+			if err := f.tls.check(f.clientAddr, f.peerAddr); err != nil {
+				return usageError{err}
+			}
 			logger, err := newLogger(stderr, f.logLevel, f.name)
 			if err != nil {
 				return usageError{err}
@@ -102,7 +106,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 				}
 				defer stopPprof()
 			}
-			return serve(cmd.Context(), cfg, f.clientAddr, f.advertiseClient)
+			return serve(cmd.Context(), cfg, f.clientAddr, f.advertiseClient, &f.tls)
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -124,6 +128,8 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.DurationVar(&f.leaderLease, "leader-lease", 250*time.Millisecond, "Raft leader lease timeout (not used for reads)")
 	fs.DurationVar(&f.recoverGrace, "recover-grace", 0, "grace for deadlines that fell due without a leader (default 2 x election timeout)")
 	fs.DurationVar(&f.tick, "tick-interval", 100*time.Millisecond, "how often the leader checks for due deadlines")
+
+	f.tls.register(fs)
 
 	d := node.DefaultLimits()
 	l := &f.limits
@@ -231,13 +237,18 @@ func newLogger(w io.Writer, level, name string) (*slog.Logger, error) {
 }
 
 // serve runs a member until SIGINT/SIGTERM, then shuts it down
-// gracefully: the client port first, then the node.
-func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string) error {
+// gracefully: the client port first, then the node. SIGHUP reloads the
+// certificate files.
+func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string, tf *tlsFlags) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	certs, err := tf.load()
+	if err != nil {
+		return usageError{err}
+	}
 	lis, err := net.Listen("tcp", clientAddr)
 	if err != nil {
 		return fmt.Errorf("listen on client address %s: %w", clientAddr, err)
@@ -247,6 +258,7 @@ func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string) e
 	if cfg.ClientAddr == "" {
 		cfg.ClientAddr = lis.Addr().String()
 	}
+	cfg.PeerTLS = certs.peerTLS()
 	nd, err := node.New(cfg)
 	if err != nil {
 		return usageError{err}
@@ -254,9 +266,13 @@ func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string) e
 	if err := nd.Start(); err != nil {
 		return err
 	}
-	srv := api.New(nd, api.Config{Logger: cfg.Logger})
+	srv := api.New(nd, api.Config{TLS: certs.clientTLS(), Logger: cfg.Logger})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
+
+	reloadCtx, stopReload := context.WithCancel(ctx)
+	defer stopReload()
+	go certs.watch(reloadCtx, cfg.Logger)
 
 	var serveErr error
 	select {

@@ -12,6 +12,8 @@ package proccluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +28,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -81,6 +85,13 @@ func moduleRoot() (string, error) {
 type Options struct {
 	// ExtraArgs are added to every node's command line.
 	ExtraArgs []string
+	// TLS: certificates from pki.DevCerts under Dir/certs (a CA, node
+	// certificates n1..nN, a client certificate for user "root"), mutual
+	// TLS between members, and TLS on the client port.
+	TLS bool
+	// ClientCertAuth (with TLS): the client port requires a client
+	// certificate.
+	ClientCertAuth bool
 }
 
 var (
@@ -125,9 +136,53 @@ type Cluster struct {
 	kvd   string
 	logf  func(format string, args ...any) // without t (NewCluster)
 
+	// Certs are the certificate files of a TLS cluster (nil without TLS).
+	Certs *pki.DevFiles
+
 	mu     sync.Mutex
 	err    error         // the first node that exited without being asked to
 	failed chan struct{} // closed when err is set
+}
+
+// ClientTLS is a client TLS configuration for a TLS cluster: the CA and the
+// "root" client certificate (nil without TLS).
+func (c *Cluster) ClientTLS() *tls.Config {
+	if c.Certs == nil {
+		return nil
+	}
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(c.Certs.CACert)
+	if err == nil {
+		pool.AppendCertsFromPEM(ca)
+	}
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert, err := tls.LoadX509KeyPair(c.Certs.Client.Cert, c.Certs.Client.Key); err == nil {
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf
+}
+
+// dialCreds are the transport credentials for this cluster's client port.
+func (c *Cluster) dialCreds() credentials.TransportCredentials {
+	if conf := c.ClientTLS(); conf != nil {
+		return credentials.NewTLS(conf)
+	}
+	return insecure.NewCredentials()
+}
+
+// TLSArgs are the kvd flags that serve node name with the certificates in
+// certs: TLS on the client port (requiring client certificates when
+// clientCertAuth) and mutual TLS on the peer port.
+func TLSArgs(certs *pki.DevFiles, name string, clientCertAuth bool) []string {
+	nf := certs.Nodes[name]
+	args := []string{
+		"--cert-file", nf.Cert, "--key-file", nf.Key, "--trusted-ca-file", certs.CACert,
+		"--peer-cert-file", nf.Cert, "--peer-key-file", nf.Key, "--peer-trusted-ca-file", certs.CACert,
+	}
+	if clientCertAuth {
+		args = append(args, "--client-cert-auth")
+	}
+	return args
 }
 
 // Failed is closed when a node's process first exits without being asked
@@ -178,6 +233,17 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	kvd, _ := Binaries(t)
 	c := &Cluster{t: t, Dir: t.TempDir(), kvd: kvd, failed: make(chan struct{})}
 	ports := FreePorts(t, 2*n)
+	if opts.TLS {
+		var names []string
+		for i := 0; i < n; i++ {
+			names = append(names, fmt.Sprintf("n%d", i+1))
+		}
+		certs, err := pki.DevCerts(filepath.Join(c.Dir, "certs"), names, "root")
+		if err != nil {
+			t.Fatalf("certificates: %v", err)
+		}
+		c.Certs = certs
+	}
 	var initial []string
 	for i := 0; i < n; i++ {
 		nd := &Node{
@@ -198,6 +264,9 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 			"--peer-addr", nd.PeerAddr,
 			"--initial-cluster", strings.Join(initial, ","),
 		}, opts.ExtraArgs...)
+		if c.Certs != nil {
+			nd.Args = append(nd.Args, TLSArgs(c.Certs, nd.Name, opts.ClientCertAuth)...)
+		}
 	}
 	t.Cleanup(func() {
 		for _, nd := range c.Nodes {
@@ -464,7 +533,7 @@ func (nd *Node) Resume() error { return nd.signal(syscall.SIGCONT, false) }
 
 // Status asks the node for its own status over gRPC.
 func (nd *Node) Status(ctx context.Context) (*kvpb.StatusResponse, error) {
-	conn, err := grpc.NewClient(nd.ClientAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(nd.ClientAddr, grpc.WithTransportCredentials(nd.c.dialCreds()))
 	if err != nil {
 		return nil, err
 	}
