@@ -118,6 +118,32 @@ func (f *FSM) Session(id uint64, now int64) *kvpb.SessionInfo {
 	return se.proto()
 }
 
+// SessionOwner returns the user who created session id ("" when auth was
+// off), and whether the fsm holds the session at all (expired or not: the
+// owner of an id never changes, so this is safe to ask of any replica that
+// has applied the id's entry).
+func (f *FSM) SessionOwner(id uint64) (owner string, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	se := f.s.sessions[id]
+	if se == nil {
+		return "", false
+	}
+	return se.owner, true
+}
+
+// LockHolder returns the session that holds lock name under token, and
+// whether token is the lock's current token.
+func (f *FSM) LockHolder(name []byte, token uint64) (session uint64, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	l, found := f.s.locks.Get(lockItem{name: string(name)})
+	if !found || l.token != token || token == 0 {
+		return 0, false
+	}
+	return l.session, true
+}
+
 // Lock returns the lock's state, or nil when the fsm holds nothing for it.
 // A holder whose session has expired by now is shown as gone.
 func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo {

@@ -13,6 +13,7 @@ func (se *session) proto() *kvpb.SessionInfo {
 		ExpiresAt: se.expiresAt,
 		Name:      se.name,
 		CreatedAt: se.createdAt,
+		Owner:     se.owner,
 	}
 	for _, name := range sortedKeys(se.locks) {
 		info.Locks = append(info.Locks, []byte(name))
@@ -36,6 +37,7 @@ func (s *state) createSession(req *kvpb.CreateSessionRequest) *kvpb.CommandResul
 	se := newSession(s.index)
 	se.ttlMs = req.TtlMs
 	se.name = req.Name
+	se.owner = req.Owner
 	se.createdAt = s.logTime
 	s.sessions[se.id] = se
 	s.setSessionExpiry(se, s.logTime+req.TtlMs*nsPerMs)

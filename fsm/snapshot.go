@@ -98,7 +98,7 @@ func (s *state) capture() *snapshot {
 		se := s.sessions[id]
 		snap.sessions = append(snap.sessions, session{
 			id: se.id, ttlMs: se.ttlMs, expiresAt: se.expiresAt, createdAt: se.createdAt,
-			name: se.name, minPending: se.minPending, dedup: se.dedup.Clone(),
+			name: se.name, owner: se.owner, minPending: se.minPending, dedup: se.dedup.Clone(),
 		})
 	}
 	return snap
@@ -412,7 +412,7 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 			return err
 		}
 		se := newSession(info.Id)
-		se.ttlMs, se.expiresAt, se.createdAt, se.name = info.TtlMs, info.ExpiresAt, info.CreatedAt, info.Name
+		se.ttlMs, se.expiresAt, se.createdAt, se.name, se.owner = info.TtlMs, info.ExpiresAt, info.CreatedAt, info.Name, info.Owner
 		se.minPending = f.varints[2]
 		s.sessions[se.id] = se
 	case recDedup:

@@ -35,6 +35,7 @@ type session struct {
 	expiresAt int64
 	createdAt int64
 	name      string
+	owner     string // user who created it ("" when auth was off)
 	// minPending is the dedup watermark: results below it are forgotten and a
 	// command below it is rejected with STALE_SEQUENCE. It never goes down.
 	minPending uint64

@@ -1345,13 +1345,16 @@ func (x *AddResponse) GetKv() *KeyValue {
 }
 
 type SessionInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // Raft index of the entry that created it
-	TtlMs         int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
-	ExpiresAt     int64                  `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"` // log time
-	Name          string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`                             // free-form label for people
-	CreatedAt     int64                  `protobuf:"varint,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Locks         [][]byte               `protobuf:"bytes,6,rep,name=locks,proto3" json:"locks,omitempty"` // locks it holds, sorted
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // Raft index of the entry that created it
+	TtlMs     int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	ExpiresAt int64                  `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"` // log time
+	Name      string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`                             // free-form label for people
+	CreatedAt int64                  `protobuf:"varint,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Locks     [][]byte               `protobuf:"bytes,6,rep,name=locks,proto3" json:"locks,omitempty"` // locks it holds, sorted
+	// The user who created it ("" when auth was off). With auth on, only that
+	// user or an admin may renew, close or use it, or release its locks.
+	Owner         string `protobuf:"bytes,7,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1428,10 +1431,20 @@ func (x *SessionInfo) GetLocks() [][]byte {
 	return nil
 }
 
+func (x *SessionInfo) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
 type CreateSessionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TtlMs         int64                  `protobuf:"varint,1,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	TtlMs int64                  `protobuf:"varint,1,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Set by the server to the caller's authenticated user; a value a client
+	// sends is replaced.
+	Owner         string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1476,6 +1489,13 @@ func (x *CreateSessionRequest) GetTtlMs() int64 {
 func (x *CreateSessionRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateSessionRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
 	}
 	return ""
 }
@@ -8548,7 +8568,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vAddResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value\x12 \n" +
-	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\x9c\x01\n" +
+	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xb2\x01\n" +
 	"\vSessionInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
@@ -8557,10 +8577,12 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"created_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x14\n" +
-	"\x05locks\x18\x06 \x03(\fR\x05locks\"A\n" +
+	"\x05locks\x18\x06 \x03(\fR\x05locks\x12\x14\n" +
+	"\x05owner\x18\a \x01(\tR\x05owner\"W\n" +
 	"\x14CreateSessionRequest\x12\x15\n" +
 	"\x06ttl_ms\x18\x01 \x01(\x03R\x05ttlMs\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"v\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"v\n" +
 	"\x15CreateSessionResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12-\n" +
 	"\asession\x18\x02 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\"\"\n" +
