@@ -25,6 +25,11 @@ func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvp
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
+		return nil, n.toStatus(err)
+	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
@@ -60,6 +65,11 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 		n.checkDuration("lease_ms", req.GetLeaseMs()),
 		n.checkDuration("wait_ms", req.GetWaitMs()),
 	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
 	if req.GetLeaseMs() == 0 {
@@ -148,6 +158,11 @@ func (s *cacheService) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	if req.GetToken() == 0 {
 		return nil, n.toStatus(invalid("token", 0, "token: required"))
 	}
@@ -170,6 +185,11 @@ func (s *cacheService) Set(ctx context.Context, req *kvpb.CacheSetRequest) (*kvp
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CacheSet{CacheSet: req}}, (*kvpb.CommandResult).GetCacheSet)
 }
 
@@ -180,6 +200,11 @@ func (s *cacheService) Invalidate(ctx context.Context, req *kvpb.InvalidateReque
 		check = n.checkKeyLen // an empty prefix invalidates everything
 	}
 	if err := firstErr(n.checkHeader(req.GetHeader()), check("key", req.GetKey())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Invalidate{Invalidate: req}}, (*kvpb.CommandResult).GetInvalidate)

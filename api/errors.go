@@ -22,6 +22,10 @@ import (
 //     retrying the same request will not help.
 //   - INVALID_ARGUMENT -> InvalidArgument; LIMIT_EXCEEDED -> ResourceExhausted.
 //   - NOT_LEADER -> Unavailable: nothing was proposed, safe to retry anywhere.
+//   - PERMISSION_DENIED -> PermissionDenied; UNAUTHENTICATED, AUTH_FAILED,
+//     TOKEN_EXPIRED -> Unauthenticated (TOKEN_EXPIRED: sign in again);
+//     USER_EXISTS, ROLE_EXISTS -> AlreadyExists; NO_ADMIN, AUTH_DISABLED ->
+//     FailedPrecondition.
 //   - INDETERMINATE -> Unavailable (or DeadlineExceeded/Canceled when the
 //     caller's context ended while the command was in flight): the command
 //     may or may not have been applied; retry only with the same
@@ -39,6 +43,15 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   codes.FailedPrecondition,
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       codes.Unavailable,
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    codes.Unavailable,
+
+	kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED: codes.PermissionDenied,
+	kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:   codes.Unauthenticated,
+	kvpb.ErrorCode_ERROR_CODE_AUTH_FAILED:       codes.Unauthenticated,
+	kvpb.ErrorCode_ERROR_CODE_TOKEN_EXPIRED:     codes.Unauthenticated,
+	kvpb.ErrorCode_ERROR_CODE_USER_EXISTS:       codes.AlreadyExists,
+	kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS:       codes.AlreadyExists,
+	kvpb.ErrorCode_ERROR_CODE_NO_ADMIN:          codes.FailedPrecondition,
+	kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED:     codes.FailedPrecondition,
 }
 
 // GRPCCode returns the gRPC code kvd uses for an error code.

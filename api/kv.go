@@ -58,12 +58,22 @@ func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRes
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Put{Put: req}}, (*kvpb.CommandResult).GetPut)
 }
 
 func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetResponse, error) {
 	n := s.n
 	if err := n.checkKey("key", req.GetKey()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
@@ -86,6 +96,11 @@ func (s *kvService) Delete(ctx context.Context, req *kvpb.DeleteRequest) (*kvpb.
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Delete{Delete: req}}, (*kvpb.CommandResult).GetDelete)
 }
 
@@ -96,6 +111,11 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 		err = firstErr(n.checkKeyLen("prefix", req.GetPrefix()), n.checkKeyLen("start_after", req.GetStartAfter()))
 	}
 	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
@@ -113,6 +133,11 @@ func (s *kvService) Add(ctx context.Context, req *kvpb.AddRequest) (*kvpb.AddRes
 		n.checkKey("key", req.GetKey()),
 		n.checkFence(req.GetFence()),
 	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}}, (*kvpb.CommandResult).GetAdd)
@@ -140,6 +165,7 @@ func (s *sessionService) Create(ctx context.Context, req *kvpb.CreateSessionRequ
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	req.Owner, _ = userOf(ctx) // a client's own value never counts
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CreateSession{CreateSession: req}}, (*kvpb.CommandResult).GetCreateSession)
 }
 
@@ -147,6 +173,9 @@ func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveReque
 	n := s.n
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
+	}
+	if err := n.ownSession(ctx, req.GetId()); err != nil {
+		return nil, n.toStatus(err)
 	}
 	res, index, err := n.b.RenewSession(ctx, req.GetId())
 	if err == nil {
@@ -168,6 +197,9 @@ func (s *sessionService) Close(ctx context.Context, req *kvpb.CloseSessionReques
 	n := s.n
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
+	}
+	if err := n.ownSession(ctx, req.GetId()); err != nil {
+		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CloseSession{CloseSession: req}}, (*kvpb.CommandResult).GetCloseSession)
 }

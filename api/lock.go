@@ -37,6 +37,11 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	res, index, err := n.b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
@@ -127,6 +132,11 @@ func (s *lockService) Release(ctx context.Context, req *kvpb.ReleaseRequest) (*k
 	if err := firstErr(n.checkHeader(req.GetHeader()), n.checkName("name", req.GetName())); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }, func() error { return n.ownLock(ctx, req.GetName(), req.GetToken()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	if req.GetToken() == 0 {
 		return nil, n.toStatus(invalid("token", 0, "token: required"))
 	}
@@ -142,12 +152,22 @@ func (s *lockService) CancelWait(ctx context.Context, req *kvpb.CancelWaitReques
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: req}}, (*kvpb.CommandResult).GetCancelWait)
 }
 
 func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.RenewResponse, error) {
 	n := s.n
 	if err := n.checkName("name", req.GetName()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownLock(ctx, req.GetName(), req.GetToken()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
 	if req.GetToken() == 0 {
@@ -159,6 +179,11 @@ func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.
 func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.GetLockResponse, error) {
 	n := s.n
 	if err := n.checkName("name", req.GetName()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
@@ -176,6 +201,11 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kvpb.ListLocksResponse, error) {
 	n := s.n
 	if err := n.checkNameLen("prefix", len(req.GetPrefix())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
@@ -200,6 +230,11 @@ func (s *lockService) Break(ctx context.Context, req *kvpb.BreakRequest) (*kvpb.
 func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceRequest) (*kvpb.CheckFenceResponse, error) {
 	n := s.n
 	if err := n.checkName("lock", req.GetLock()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetLock(), kvpb.PermLevel_PERM_LEVEL_READ)
+	}); err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -59,18 +60,31 @@ var _ Backend = (*node.Node)(nil)
 type Config struct {
 	// TLS, when set, serves TLS on the client port. Give it a
 	// GetConfigForClient that reads the current certificate files so that
-	// rotation needs no restart (cmd/kvd does).
-	TLS    *tls.Config
-	Logger *slog.Logger
+	// rotation needs no restart (cmd/kvd does). Verified client
+	// certificates name users (their CN) once auth is enabled.
+	TLS *tls.Config
+	// TokenTTL is how long a token from Authenticate lasts; default 5m.
+	TokenTTL time.Duration
+	// BcryptCost hashes new passwords; default bcrypt.DefaultCost (10).
+	BcryptCost int
+	// MaxBcrypt bounds concurrent password hashes and checks, each of which
+	// takes tens of milliseconds of a core; default 2.
+	MaxBcrypt int
+	Logger    *slog.Logger
 }
 
 // Server serves the client-facing gRPC services (KV, Session, Lock, Cache,
-// Cluster, gRPC health and reflection) in front of a Backend. It never
+// Cluster, Auth, gRPC health and reflection) in front of a Backend. It never
 // serves the Internal service: that lives on the peer port.
 type Server struct {
 	b      Backend
 	limits node.Limits
 	log    *slog.Logger
+
+	tokenTTL   time.Duration
+	bcryptCost int
+	bcryptSem  chan struct{}
+
 	grpc   *grpc.Server
 	health *health.Server
 	stats  cacheCounters
@@ -92,8 +106,18 @@ func New(b Backend, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = 5 * time.Minute
+	}
+	if cfg.BcryptCost == 0 {
+		cfg.BcryptCost = bcrypt.DefaultCost
+	}
+	if cfg.MaxBcrypt <= 0 {
+		cfg.MaxBcrypt = 2
+	}
 	limits := b.Limits()
-	s := &Server{b: b, limits: limits, log: cfg.Logger}
+	s := &Server{b: b, limits: limits, log: cfg.Logger, tokenTTL: cfg.TokenTTL, bcryptCost: cfg.BcryptCost,
+		bcryptSem: make(chan struct{}, cfg.MaxBcrypt)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -118,6 +142,8 @@ func New(b Backend, cfg Config) *Server {
 		// probing (see node.FlowWindow).
 		grpc.InitialWindowSize(node.FlowWindow),
 		grpc.InitialConnWindowSize(node.FlowConnWindow),
+		grpc.ChainUnaryInterceptor(s.unaryAuth),
+		grpc.ChainStreamInterceptor(s.streamAuth),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
@@ -128,6 +154,7 @@ func New(b Backend, cfg Config) *Server {
 	kvpb.RegisterLockServer(s.grpc, &lockService{n: s})
 	kvpb.RegisterCacheServer(s.grpc, &cacheService{n: s})
 	kvpb.RegisterClusterServer(s.grpc, &clusterService{n: s})
+	kvpb.RegisterAuthServer(s.grpc, &authService{n: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
