@@ -48,6 +48,7 @@ var adminMethods = map[string]bool{
 	kvpb.Cluster_RemoveMember_FullMethodName:      true,
 	kvpb.Cluster_TransferLeader_FullMethodName:    true,
 	kvpb.Cluster_Snapshot_FullMethodName:          true,
+	kvpb.Cluster_SnapshotSave_FullMethodName:      true,
 	kvpb.Lock_Break_FullMethodName:                true,
 	kvpb.Auth_AuthEnable_FullMethodName:           true,
 	kvpb.Auth_AuthDisable_FullMethodName:          true,

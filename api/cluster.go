@@ -2,7 +2,13 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
 
+	"google.golang.org/grpc"
+
+	"github.com/kvdproject/kvd/fsm"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -76,4 +82,72 @@ func (s *clusterService) Snapshot(ctx context.Context, _ *kvpb.SnapshotRequest) 
 		return nil, n.toStatus(err)
 	}
 	return &kvpb.SnapshotResponse{Header: n.b.LocalHeader(), Index: index}, nil
+}
+
+// snapshotChunkSize is the size of a SnapshotSave data part.
+const snapshotChunkSize = 256 << 10
+
+// SnapshotSave streams a consistent snapshot: info, data parts, trailer.
+// Only one part is in memory at a time; a client that stops reading holds
+// the encoder at gRPC's flow-control window.
+func (s *clusterService) SnapshotSave(_ *kvpb.SnapshotSaveRequest, stream grpc.ServerStreamingServer[kvpb.SnapshotChunk]) error {
+	n := s.n
+	ctx := stream.Context()
+	snap, err := n.b.ConsistentSnapshot(ctx)
+	if err != nil {
+		return n.toStatus(err)
+	}
+	hdr := n.b.LocalHeader()
+	if err := stream.Send(&kvpb.SnapshotChunk{Part: &kvpb.SnapshotChunk_Info{Info: &kvpb.SnapshotInfo{
+		Header: hdr, Index: snap.Index(), LogTime: snap.LogTime(), FormatVersion: fsm.FormatVersion, ServedBy: hdr.GetServedBy(),
+	}}}); err != nil {
+		return err
+	}
+	h := sha256.New()
+	cw := &chunkWriter{send: func(b []byte) error {
+		return stream.Send(&kvpb.SnapshotChunk{Part: &kvpb.SnapshotChunk_Data{Data: b}})
+	}, buf: make([]byte, 0, snapshotChunkSize)}
+	if err := snap.Encode(io.MultiWriter(h, cw)); err != nil {
+		return n.toStatus(fmt.Errorf("encode snapshot: %w", err))
+	}
+	if err := cw.flush(); err != nil {
+		return err
+	}
+	return stream.Send(&kvpb.SnapshotChunk{Part: &kvpb.SnapshotChunk_Trailer{Trailer: &kvpb.SnapshotTrailer{
+		Sha256: h.Sum(nil), Size: cw.size,
+	}}})
+}
+
+// chunkWriter cuts a byte stream into parts of at most cap(buf) bytes.
+type chunkWriter struct {
+	send func([]byte) error
+	buf  []byte
+	size uint64
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), cap(w.buf)-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	w.size += uint64(len(w.buf))
+	// Send marshals the message before it returns, so the buffer is free
+	// to reuse.
+	err := w.send(w.buf)
+	w.buf = w.buf[:0]
+	return err
 }

@@ -52,6 +52,9 @@ type Backend interface {
 	RemoveMember(ctx context.Context, name string) (uint64, error)
 	TransferLeader(ctx context.Context, name string) (string, error)
 	Snapshot(ctx context.Context) (uint64, error)
+	// ConsistentSnapshot captures the state at or after every acknowledged
+	// write, for a backup.
+	ConsistentSnapshot(ctx context.Context) (fsm.Snapshot, error)
 }
 
 var _ Backend = (*node.Node)(nil)

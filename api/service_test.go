@@ -90,6 +90,9 @@ func (b *fakeBackend) AddMember(context.Context, *kvpb.AddMemberRequest) (uint64
 func (b *fakeBackend) RemoveMember(context.Context, string) (uint64, error)   { return 0, nil }
 func (b *fakeBackend) TransferLeader(context.Context, string) (string, error) { return "", nil }
 func (b *fakeBackend) Snapshot(context.Context) (uint64, error)               { return 0, nil }
+func (b *fakeBackend) ConsistentSnapshot(context.Context) (fsm.Snapshot, error) {
+	return b.f.Snapshot(), nil
+}
 
 // serveFake starts a Server over a fake backend on bufconn and returns a
 // connection to it.

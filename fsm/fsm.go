@@ -269,8 +269,18 @@ func (f *FSM) StateHash() []byte {
 type Snapshot struct{ snap *snapshot }
 
 // Encode writes the snapshot in the versioned format Restore reads. It may
-// run concurrently with later Applies.
+// run concurrently with later Applies. The SHA-256 of what it writes is
+// the state hash (StateHash) of the captured state.
 func (s Snapshot) Encode(w io.Writer) error { return s.snap.encode(w) }
+
+// Index is the applied index of the captured state.
+func (s Snapshot) Index() uint64 { return s.snap.index }
+
+// LogTime is the log time of the captured state.
+func (s Snapshot) LogTime() int64 { return s.snap.logTime }
+
+// FormatVersion is the snapshot format Encode writes.
+const FormatVersion = formatVersion
 
 // Snapshot captures a point-in-time copy of the state cheaply (btree clones
 // are copy-on-write).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/kvdproject/kvd/fsm"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -213,4 +214,15 @@ func (n *Node) LocalHeader() *kvpb.ResponseHeader {
 		Stale:        true,
 		Term:         n.raft.CurrentTerm(),
 	}
+}
+
+// ConsistentSnapshot captures the whole state at an index at or after every
+// write acknowledged before the call (a linearizable read first), for a
+// backup. The capture is cheap (copy-on-write); encoding it may take long
+// and runs beside later applies.
+func (n *Node) ConsistentSnapshot(ctx context.Context) (fsm.Snapshot, error) {
+	if _, _, err := n.Read(ctx, kvpb.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		return fsm.Snapshot{}, err
+	}
+	return n.fsm.Snapshot(), nil
 }

@@ -151,7 +151,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.DurationVar(&f.testClockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this node's clock by this much")
 	fs.StringVar(&f.testPeerDial, "test-peer-dial", "", "TESTING ONLY: dial these addresses for peers instead: name=addr,... (fault-injection proxies)")
 
-	root.AddCommand(newDevCmd(stderr), newVersionCmd(), newCertCmd())
+	root.AddCommand(newDevCmd(stderr), newVersionCmd(), newRestoreCmd(), newCertCmd())
 	return root
 }
 

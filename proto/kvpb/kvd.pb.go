@@ -8423,6 +8423,273 @@ func (x *ReadIndexResponse) GetTerm() uint64 {
 	return 0
 }
 
+type SnapshotSaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotSaveRequest) Reset() {
+	*x = SnapshotSaveRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotSaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotSaveRequest) ProtoMessage() {}
+
+func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+}
+
+// SnapshotChunk is one part of a SnapshotSave stream: first info, then data
+// parts in order, then the trailer.
+type SnapshotChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*SnapshotChunk_Info
+	//	*SnapshotChunk_Data
+	//	*SnapshotChunk_Trailer
+	Part          isSnapshotChunk_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
+}
+
+func (x *SnapshotChunk) GetPart() isSnapshotChunk_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetInfo() *SnapshotInfo {
+	if x != nil {
+		if x, ok := x.Part.(*SnapshotChunk_Info); ok {
+			return x.Info
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*SnapshotChunk_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetTrailer() *SnapshotTrailer {
+	if x != nil {
+		if x, ok := x.Part.(*SnapshotChunk_Trailer); ok {
+			return x.Trailer
+		}
+	}
+	return nil
+}
+
+type isSnapshotChunk_Part interface {
+	isSnapshotChunk_Part()
+}
+
+type SnapshotChunk_Info struct {
+	Info *SnapshotInfo `protobuf:"bytes,1,opt,name=info,proto3,oneof"`
+}
+
+type SnapshotChunk_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type SnapshotChunk_Trailer struct {
+	Trailer *SnapshotTrailer `protobuf:"bytes,3,opt,name=trailer,proto3,oneof"`
+}
+
+func (*SnapshotChunk_Info) isSnapshotChunk_Part() {}
+
+func (*SnapshotChunk_Data) isSnapshotChunk_Part() {}
+
+func (*SnapshotChunk_Trailer) isSnapshotChunk_Part() {}
+
+// SnapshotInfo says what a saved snapshot holds.
+type SnapshotInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`                                      // the fsm's applied index in the snapshot
+	LogTime       int64                  `protobuf:"varint,3,opt,name=log_time,json=logTime,proto3" json:"log_time,omitempty"`                   // its log time
+	FormatVersion uint32                 `protobuf:"varint,4,opt,name=format_version,json=formatVersion,proto3" json:"format_version,omitempty"` // the fsm snapshot format
+	ServedBy      string                 `protobuf:"bytes,5,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotInfo) Reset() {
+	*x = SnapshotInfo{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotInfo) ProtoMessage() {}
+
+func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
+func (*SnapshotInfo) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
+}
+
+func (x *SnapshotInfo) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SnapshotInfo) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetLogTime() int64 {
+	if x != nil {
+		return x.LogTime
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetFormatVersion() uint32 {
+	if x != nil {
+		return x.FormatVersion
+	}
+	return 0
+}
+
+func (x *SnapshotInfo) GetServedBy() string {
+	if x != nil {
+		return x.ServedBy
+	}
+	return ""
+}
+
+// SnapshotTrailer ends a SnapshotSave stream. sha256 is over the data
+// parts; it is also the state hash Cluster.Status reports for that state.
+type SnapshotTrailer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        []byte                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotTrailer) Reset() {
+	*x = SnapshotTrailer{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotTrailer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotTrailer) ProtoMessage() {}
+
+func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
+func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
+}
+
+func (x *SnapshotTrailer) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *SnapshotTrailer) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // Snapshot stream: a SnapshotHeader, then records, each preceded by its
 // length as a uvarint.
 type SnapshotHeader struct {
@@ -8436,7 +8703,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8448,7 +8715,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8461,7 +8728,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -9063,7 +9330,22 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x10\n" +
 	"\x03now\x18\x02 \x01(\x03R\x03now\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"w\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x15\n" +
+	"\x13SnapshotSaveRequest\"\x8e\x01\n" +
+	"\rSnapshotChunk\x12*\n" +
+	"\x04info\x18\x01 \x01(\v2\x14.kvd.v1.SnapshotInfoH\x00R\x04info\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x123\n" +
+	"\atrailer\x18\x03 \x01(\v2\x17.kvd.v1.SnapshotTrailerH\x00R\atrailerB\x06\n" +
+	"\x04part\"\xb3\x01\n" +
+	"\fSnapshotInfo\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x19\n" +
+	"\blog_time\x18\x03 \x01(\x03R\alogTime\x12%\n" +
+	"\x0eformat_version\x18\x04 \x01(\rR\rformatVersion\x12\x1b\n" +
+	"\tserved_by\x18\x05 \x01(\tR\bservedBy\"=\n" +
+	"\x0fSnapshotTrailer\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\fR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"w\n" +
 	"\x0eSnapshotHeader\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x19\n" +
@@ -9137,14 +9419,15 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x03Set\x12\x17.kvd.v1.CacheSetRequest\x1a\x18.kvd.v1.CacheSetResponse\x12C\n" +
 	"\n" +
 	"Invalidate\x12\x19.kvd.v1.InvalidateRequest\x1a\x1a.kvd.v1.InvalidateResponse\x12>\n" +
-	"\x05Stats\x12\x19.kvd.v1.CacheStatsRequest\x1a\x1a.kvd.v1.CacheStatsResponse2\x9b\x03\n" +
+	"\x05Stats\x12\x19.kvd.v1.CacheStatsRequest\x1a\x1a.kvd.v1.CacheStatsResponse2\xe1\x03\n" +
 	"\aCluster\x127\n" +
 	"\x06Status\x12\x15.kvd.v1.StatusRequest\x1a\x16.kvd.v1.StatusResponse\x12:\n" +
 	"\aMembers\x12\x16.kvd.v1.MembersRequest\x1a\x17.kvd.v1.MembersResponse\x12@\n" +
 	"\tAddMember\x12\x18.kvd.v1.AddMemberRequest\x1a\x19.kvd.v1.AddMemberResponse\x12I\n" +
 	"\fRemoveMember\x12\x1b.kvd.v1.RemoveMemberRequest\x1a\x1c.kvd.v1.RemoveMemberResponse\x12O\n" +
 	"\x0eTransferLeader\x12\x1d.kvd.v1.TransferLeaderRequest\x1a\x1e.kvd.v1.TransferLeaderResponse\x12=\n" +
-	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse2\xda\t\n" +
+	"\bSnapshot\x12\x17.kvd.v1.SnapshotRequest\x1a\x18.kvd.v1.SnapshotResponse\x12D\n" +
+	"\fSnapshotSave\x12\x1b.kvd.v1.SnapshotSaveRequest\x1a\x15.kvd.v1.SnapshotChunk0\x012\xda\t\n" +
 	"\x04Auth\x12I\n" +
 	"\fAuthenticate\x12\x1b.kvd.v1.AuthenticateRequest\x1a\x1c.kvd.v1.AuthenticateResponse\x12C\n" +
 	"\n" +
@@ -9187,7 +9470,7 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 }
 
 var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 121)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 125)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),                     // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
@@ -9314,7 +9597,11 @@ var file_kvd_v1_kvd_proto_goTypes = []any{
 	(*ProposeResponse)(nil),              // 122: kvd.v1.ProposeResponse
 	(*ReadIndexRequest)(nil),             // 123: kvd.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),            // 124: kvd.v1.ReadIndexResponse
-	(*SnapshotHeader)(nil),               // 125: kvd.v1.SnapshotHeader
+	(*SnapshotSaveRequest)(nil),          // 125: kvd.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),                // 126: kvd.v1.SnapshotChunk
+	(*SnapshotInfo)(nil),                 // 127: kvd.v1.SnapshotInfo
+	(*SnapshotTrailer)(nil),              // 128: kvd.v1.SnapshotTrailer
+	(*SnapshotHeader)(nil),               // 129: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
@@ -9504,113 +9791,118 @@ var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	110, // 184: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
 	111, // 185: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
 	120, // 186: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	10,  // 187: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	12,  // 188: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	14,  // 189: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	16,  // 190: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	18,  // 191: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	21,  // 192: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	23,  // 193: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	25,  // 194: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	27,  // 195: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	31,  // 196: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	33,  // 197: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	35,  // 198: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	37,  // 199: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	39,  // 200: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	41,  // 201: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	43,  // 202: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	45,  // 203: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	49,  // 204: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	51,  // 205: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	53,  // 206: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	55,  // 207: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	57,  // 208: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	59,  // 209: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	62,  // 210: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	64,  // 211: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	66,  // 212: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	68,  // 213: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	70,  // 214: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	72,  // 215: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	77,  // 216: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
-	79,  // 217: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
-	81,  // 218: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
-	83,  // 219: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
-	85,  // 220: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
-	87,  // 221: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
-	89,  // 222: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
-	91,  // 223: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
-	93,  // 224: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
-	95,  // 225: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
-	97,  // 226: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
-	99,  // 227: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
-	101, // 228: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
-	103, // 229: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
-	105, // 230: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
-	107, // 231: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
-	109, // 232: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
-	121, // 233: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	123, // 234: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	66,  // 235: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	68,  // 236: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	70,  // 237: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	11,  // 238: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	13,  // 239: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	15,  // 240: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	17,  // 241: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	19,  // 242: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	22,  // 243: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	24,  // 244: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	26,  // 245: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	28,  // 246: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	32,  // 247: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	34,  // 248: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	36,  // 249: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	38,  // 250: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	40,  // 251: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	42,  // 252: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	44,  // 253: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	46,  // 254: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	50,  // 255: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	52,  // 256: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	54,  // 257: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	56,  // 258: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	58,  // 259: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	60,  // 260: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	63,  // 261: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	65,  // 262: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	67,  // 263: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	69,  // 264: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	71,  // 265: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	73,  // 266: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	78,  // 267: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
-	80,  // 268: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
-	82,  // 269: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
-	84,  // 270: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
-	86,  // 271: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
-	88,  // 272: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
-	90,  // 273: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
-	92,  // 274: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
-	94,  // 275: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
-	96,  // 276: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
-	98,  // 277: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
-	100, // 278: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
-	102, // 279: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
-	104, // 280: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
-	106, // 281: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
-	108, // 282: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
-	110, // 283: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
-	122, // 284: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	124, // 285: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	67,  // 286: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	69,  // 287: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	71,  // 288: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	238, // [238:289] is the sub-list for method output_type
-	187, // [187:238] is the sub-list for method input_type
-	187, // [187:187] is the sub-list for extension type_name
-	187, // [187:187] is the sub-list for extension extendee
-	0,   // [0:187] is the sub-list for field type_name
+	127, // 187: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
+	128, // 188: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
+	6,   // 189: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 190: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	12,  // 191: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	14,  // 192: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	16,  // 193: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	18,  // 194: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	21,  // 195: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	23,  // 196: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	25,  // 197: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	27,  // 198: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	31,  // 199: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	33,  // 200: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	35,  // 201: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	37,  // 202: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	39,  // 203: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	41,  // 204: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	43,  // 205: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	45,  // 206: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	49,  // 207: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	51,  // 208: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	53,  // 209: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	55,  // 210: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	57,  // 211: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	59,  // 212: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	62,  // 213: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	64,  // 214: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	66,  // 215: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	68,  // 216: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	70,  // 217: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	72,  // 218: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	125, // 219: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
+	77,  // 220: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	79,  // 221: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	81,  // 222: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	83,  // 223: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	85,  // 224: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	87,  // 225: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	89,  // 226: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	91,  // 227: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	93,  // 228: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	95,  // 229: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	97,  // 230: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	99,  // 231: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	101, // 232: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	103, // 233: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	105, // 234: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	107, // 235: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	109, // 236: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	121, // 237: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	123, // 238: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	66,  // 239: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	68,  // 240: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	70,  // 241: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	11,  // 242: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	13,  // 243: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	15,  // 244: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	17,  // 245: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	19,  // 246: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	22,  // 247: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	24,  // 248: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	26,  // 249: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	28,  // 250: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	32,  // 251: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	34,  // 252: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	36,  // 253: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	38,  // 254: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	40,  // 255: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	42,  // 256: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	44,  // 257: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	46,  // 258: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	50,  // 259: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	52,  // 260: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	54,  // 261: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	56,  // 262: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	58,  // 263: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	60,  // 264: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	63,  // 265: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	65,  // 266: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	67,  // 267: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	69,  // 268: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	71,  // 269: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	73,  // 270: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	126, // 271: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
+	78,  // 272: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	80,  // 273: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	82,  // 274: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	84,  // 275: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	86,  // 276: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	88,  // 277: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	90,  // 278: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	92,  // 279: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	94,  // 280: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	96,  // 281: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	98,  // 282: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	100, // 283: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	102, // 284: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	104, // 285: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	106, // 286: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	108, // 287: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	110, // 288: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	122, // 289: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	124, // 290: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	67,  // 291: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	69,  // 292: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	71,  // 293: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	242, // [242:294] is the sub-list for method output_type
+	190, // [190:242] is the sub-list for method input_type
+	190, // [190:190] is the sub-list for extension type_name
+	190, // [190:190] is the sub-list for extension extendee
+	0,   // [0:190] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -9682,13 +9974,18 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_RoleGrantPermission)(nil),
 		(*CommandResult_RoleRevokePermission)(nil),
 	}
+	file_kvd_v1_kvd_proto_msgTypes[121].OneofWrappers = []any{
+		(*SnapshotChunk_Info)(nil),
+		(*SnapshotChunk_Data)(nil),
+		(*SnapshotChunk_Trailer)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   121,
+			NumMessages:   125,
 			NumExtensions: 0,
 			NumServices:   7,
 		},

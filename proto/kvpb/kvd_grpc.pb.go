@@ -1165,6 +1165,7 @@ const (
 	Cluster_RemoveMember_FullMethodName   = "/kvd.v1.Cluster/RemoveMember"
 	Cluster_TransferLeader_FullMethodName = "/kvd.v1.Cluster/TransferLeader"
 	Cluster_Snapshot_FullMethodName       = "/kvd.v1.Cluster/Snapshot"
+	Cluster_SnapshotSave_FullMethodName   = "/kvd.v1.Cluster/SnapshotSave"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -1179,6 +1180,12 @@ type ClusterClient interface {
 	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
 	// Snapshot makes the receiving node take a snapshot now.
 	Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (*SnapshotResponse, error)
+	// SnapshotSave streams a consistent copy of the whole state (admin): the
+	// fsm at one index at or after every write acknowledged before the call,
+	// as an info part, data parts and a trailer with the data's SHA-256.
+	// `kvctl snapshot save` writes it to a file that `kvd restore` seeds a
+	// new cluster from.
+	SnapshotSave(ctx context.Context, in *SnapshotSaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
 }
 
 type clusterClient struct {
@@ -1249,6 +1256,25 @@ func (c *clusterClient) Snapshot(ctx context.Context, in *SnapshotRequest, opts 
 	return out, nil
 }
 
+func (c *clusterClient) SnapshotSave(ctx context.Context, in *SnapshotSaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Cluster_ServiceDesc.Streams[0], Cluster_SnapshotSave_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotSaveRequest, SnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_SnapshotSaveClient = grpc.ServerStreamingClient[SnapshotChunk]
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -1261,6 +1287,12 @@ type ClusterServer interface {
 	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
 	// Snapshot makes the receiving node take a snapshot now.
 	Snapshot(context.Context, *SnapshotRequest) (*SnapshotResponse, error)
+	// SnapshotSave streams a consistent copy of the whole state (admin): the
+	// fsm at one index at or after every write acknowledged before the call,
+	// as an info part, data parts and a trailer with the data's SHA-256.
+	// `kvctl snapshot save` writes it to a file that `kvd restore` seeds a
+	// new cluster from.
+	SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -1288,6 +1320,9 @@ func (UnimplementedClusterServer) TransferLeader(context.Context, *TransferLeade
 }
 func (UnimplementedClusterServer) Snapshot(context.Context, *SnapshotRequest) (*SnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Snapshot not implemented")
+}
+func (UnimplementedClusterServer) SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method SnapshotSave not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -1418,6 +1453,17 @@ func _Cluster_Snapshot_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_SnapshotSave_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SnapshotSaveRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServer).SnapshotSave(m, &grpc.GenericServerStream[SnapshotSaveRequest, SnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Cluster_SnapshotSaveServer = grpc.ServerStreamingServer[SnapshotChunk]
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1450,7 +1496,13 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Cluster_Snapshot_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SnapshotSave",
+			Handler:       _Cluster_SnapshotSave_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "kvd/v1/kvd.proto",
 }
 
