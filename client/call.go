@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -116,6 +118,11 @@ func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoin
 		return resp, nil
 	}
 	r := classify(err, sentFrom(&p))
+	if r.class == classRetry && c.cfg.TLS != nil && status.Code(err) == codes.Unavailable {
+		if herr := c.handshakeFailure(addr); herr != nil {
+			r = attemptResult{class: classFinal, err: &TLSError{Addr: addr, Err: herr}}
+		}
+	}
 	c.noteFailure(addr, r)
 	return zero, &r
 }

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -36,6 +38,20 @@ type Config struct {
 	// When it passes, the request is retried elsewhere, with the same
 	// sequence number for a write. Default 5s.
 	AttemptTimeout time.Duration
+
+	// TLS, when set, makes every connection TLS with this configuration
+	// (TLSFromFiles makes one from PEM files). With no ServerName, each
+	// endpoint's host is verified against the server's certificate. nil:
+	// plaintext.
+	TLS *tls.Config
+	// Username and Password sign the client in: it exchanges them for a
+	// token (Auth.Authenticate) on first use and sends the token with every
+	// request, and when a token expires it signs in again once and retries.
+	// With a client certificate whose CN names the user, leave them empty.
+	// A password crosses the network only over TLS: without Config.TLS,
+	// every endpoint must be a loopback address.
+	Username string
+	Password string
 }
 
 // Defaults of Config.
@@ -62,6 +78,15 @@ func (cfg Config) Validate() error {
 		return fmt.Errorf("client: Config.SessionTTL %v is negative", cfg.SessionTTL)
 	case cfg.AttemptTimeout < 0:
 		return fmt.Errorf("client: Config.AttemptTimeout %v is negative", cfg.AttemptTimeout)
+	case cfg.Password != "" && cfg.Username == "":
+		return errors.New("client: Config.Password is set without Config.Username")
+	}
+	if cfg.Username != "" && cfg.TLS == nil {
+		for _, e := range cfg.Endpoints {
+			if !isLoopback(e) {
+				return fmt.Errorf("client: Config.Username: the password would cross the network in the clear to %q; set Config.TLS", e)
+			}
+		}
 	}
 	return nil
 }
@@ -108,6 +133,9 @@ type Client struct {
 	// The client's own session, for plain writes.
 	own         *Session
 	ownCreating chan struct{} // closed when a running creation ends
+
+	signIn     *signIn
+	handshakes map[string]error // last TLS handshake failure by address; see recordingCreds
 }
 
 // New returns a client; it does no I/O (connections are made on first use).
@@ -121,6 +149,7 @@ func New(cfg Config) (*Client, error) {
 		log:       cfg.Logger,
 		conns:     make(map[string]*grpc.ClientConn),
 		endpoints: append([]string(nil), cfg.Endpoints...),
+		signIn:    &signIn{user: cfg.Username, password: cfg.Password},
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {
@@ -180,8 +209,13 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
+	creds := insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = &recordingCreds{TransportCredentials: credentials.NewTLS(c.cfg.TLS.Clone()), c: c, addr: addr}
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
+		grpc.WithChainUnaryInterceptor(c.signIn.intercept),
 		grpc.WithInitialWindowSize(flowWindow),
 		grpc.WithInitialConnWindowSize(flowConnWindow),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -194,8 +228,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			MinConnectTimeout: c.cfg.DialTimeout,
 		}),
 	}
-	if c.cfg.Dialer != nil {
-		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	if dial := c.dialer(addr); dial != nil {
+		opts = append(opts, grpc.WithContextDialer(dial))
 	}
 	// passthrough: the address goes to the dialer as it is (no DNS
 	// resolver in between), like grpc.Dial did.

@@ -29,5 +29,18 @@
 // Every kvd answer is an *Error carrying the server's ErrorCode and message;
 // errors.Is matches it against the sentinels (ErrNotFound, ...).
 //
+// # TLS and users
+//
+// Config.TLS makes every connection TLS (TLSFromFiles reads the PEM files
+// of a CA and a client certificate). A TLS failure that a retry cannot cure
+// (an untrusted or expired certificate, the wrong server name, a server
+// that does not speak TLS or refuses the client's certificate) is returned
+// at once as a *TLSError. With Config.Username the client signs in
+// (Auth.Authenticate) on first use and sends the token as metadata
+// "authorization: Bearer <token>"; it renews the token before its TTL ends,
+// and when the server refuses a token it signs in again and retries the
+// call once. The Auth service (users, roles, permissions) has a method
+// each: UserAdd, RoleGrantPermission, AuthEnable, ...
+//
 // The API is stable: other packages (lock, cache, kvctl) code against it.
 package client

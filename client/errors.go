@@ -76,6 +76,25 @@ var (
 	// (its seq is below what the session said was still pending).
 	ErrStaleSequence error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE}
 
+	// ErrPermissionDenied: the user's roles do not grant the operation.
+	ErrPermissionDenied error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED}
+	// ErrUnauthenticated: auth is enabled and the request named no user
+	// (no Config.Username, no client certificate), or a token the server
+	// does not accept.
+	ErrUnauthenticated error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED}
+	// ErrAuthFailed: wrong user name or password (the server never says
+	// which).
+	ErrAuthFailed error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_AUTH_FAILED}
+	// ErrTokenExpired: the token expired or was revoked, and signing in
+	// again did not help.
+	ErrTokenExpired error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_TOKEN_EXPIRED}
+	ErrUserExists   error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_USER_EXISTS}
+	ErrRoleExists   error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS}
+	// ErrNoAdmin: the change would leave auth enabled with no admin user.
+	ErrNoAdmin error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_NO_ADMIN}
+	// ErrAuthDisabled: Authenticate while auth is off (no token is needed).
+	ErrAuthDisabled error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED}
+
 	// ErrSessionLost is Session.Err when no keepalive was acknowledged in
 	// time: the client can no longer be sure the server still holds the
 	// session (it may, until its TTL runs out). Such an Err also matches
@@ -131,6 +150,15 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   {ErrStaleSequence, classFinal, "kvd: stale sequence number"},
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       {ErrUnavailable, classRetry, "kvd: no leader"},
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    {ErrIndeterminate, classMaybe, "kvd: outcome unknown"},
+
+	kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED: {ErrPermissionDenied, classFinal, "kvd: permission denied"},
+	kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:   {ErrUnauthenticated, classFinal, "kvd: not signed in"},
+	kvpb.ErrorCode_ERROR_CODE_AUTH_FAILED:       {ErrAuthFailed, classFinal, "kvd: wrong user name or password"},
+	kvpb.ErrorCode_ERROR_CODE_TOKEN_EXPIRED:     {ErrTokenExpired, classFinal, "kvd: token expired"},
+	kvpb.ErrorCode_ERROR_CODE_USER_EXISTS:       {ErrUserExists, classFinal, "kvd: user exists"},
+	kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS:       {ErrRoleExists, classFinal, "kvd: role exists"},
+	kvpb.ErrorCode_ERROR_CODE_NO_ADMIN:          {ErrNoAdmin, classFinal, "kvd: no user would hold the admin role"},
+	kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED:     {ErrAuthDisabled, classFinal, "kvd: authentication is not enabled"},
 }
 
 // attemptResult is a classified failed attempt.

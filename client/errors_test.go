@@ -42,9 +42,19 @@ func TestErrorTable(t *testing.T) {
 		{kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, codes.Unavailable, ErrUnavailable, classRetry},
 		{kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, codes.Unavailable, ErrIndeterminate, classMaybe},
 		{kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, codes.DeadlineExceeded, ErrIndeterminate, classMaybe},
+		{kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, codes.PermissionDenied, ErrPermissionDenied, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, codes.Unauthenticated, ErrUnauthenticated, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_AUTH_FAILED, codes.Unauthenticated, ErrAuthFailed, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_TOKEN_EXPIRED, codes.Unauthenticated, ErrTokenExpired, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_USER_EXISTS, codes.AlreadyExists, ErrUserExists, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS, codes.AlreadyExists, ErrRoleExists, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_NO_ADMIN, codes.FailedPrecondition, ErrNoAdmin, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED, codes.FailedPrecondition, ErrAuthDisabled, classFinal},
 	}
 	all := []error{ErrNotFound, ErrVersionMismatch, ErrFenceFailed, ErrStaleToken, ErrSessionExpired,
-		ErrInvalidArgument, ErrLimitExceeded, ErrNotInteger, ErrStaleSequence, ErrUnavailable, ErrIndeterminate}
+		ErrInvalidArgument, ErrLimitExceeded, ErrNotInteger, ErrStaleSequence, ErrUnavailable, ErrIndeterminate,
+		ErrPermissionDenied, ErrUnauthenticated, ErrAuthFailed, ErrTokenExpired, ErrUserExists, ErrRoleExists,
+		ErrNoAdmin, ErrAuthDisabled}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%v/%v", tt.code, tt.grpc), func(t *testing.T) {
 			err := kvdStatus(tt.grpc, "some text", &kvpb.ErrorInfo{Code: tt.code})
