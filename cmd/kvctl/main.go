@@ -38,6 +38,7 @@ type app struct {
 	endpoints string
 	output    string // "text" or "json"
 	timeout   time.Duration
+	security  securityFlags // TLS and sign-in (auth.go)
 
 	stdin  io.Reader
 	stdout io.Writer
@@ -143,6 +144,7 @@ func newRoot(a *app) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.endpoints, "endpoints", eps, "comma-separated client addresses of cluster members (env KVD_ENDPOINTS)")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of one request, retries included")
+	a.security.register(root)
 	for _, f := range subcommands {
 		root.AddCommand(f(a))
 	}
@@ -163,7 +165,11 @@ func (a *app) Client() (*client.Client, error) {
 	if len(eps) == 0 {
 		return nil, &usageError{"--endpoints: no endpoint given"}
 	}
-	c, err := client.New(client.Config{Endpoints: eps, Dialer: testDialer})
+	cfg := client.Config{Endpoints: eps, Dialer: testDialer}
+	if err := a.configure(&cfg); err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg)
 	if err != nil {
 		return nil, err
 	}
