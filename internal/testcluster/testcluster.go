@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
@@ -151,7 +152,9 @@ func (c *Cluster) startMember(i int, initial []node.Peer, join bool) {
 	if err := nd.Start(); err != nil {
 		c.t.Fatalf("testcluster: start node %s: %v", m.name, err)
 	}
-	srv := api.New(nd, api.Config{Logger: cfg.Logger})
+	// The cheapest bcrypt cost: tests sign in often, and under -race a
+	// default-cost hash takes most of a second.
+	srv := api.New(nd, api.Config{Logger: cfg.Logger, BcryptCost: bcrypt.MinCost})
 	go srv.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///"+m.client,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
