@@ -2,10 +2,12 @@ package client
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -84,6 +86,7 @@ func (f *authFake) start(t *testing.T, lis net.Listener, opts []grpc.ServerOptio
 	kvpb.RegisterAuthServer(srv, f)
 	kvpb.RegisterKVServer(srv, authFakeKV{f: f})
 	kvpb.RegisterSessionServer(srv, authFakeSessions{f: f})
+	kvpb.RegisterClusterServer(srv, authFakeCluster{f: f})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 }
@@ -162,6 +165,26 @@ func (s authFakeSessions) KeepAlive(ctx context.Context, req *kvpb.KeepAliveRequ
 
 func (s authFakeSessions) Close(ctx context.Context, req *kvpb.CloseSessionRequest) (*kvpb.CloseSessionResponse, error) {
 	return &kvpb.CloseSessionResponse{}, nil
+}
+
+type authFakeCluster struct {
+	kvpb.UnimplementedClusterServer
+	f *authFake
+}
+
+// SnapshotSave streams an empty snapshot to a caller with a valid token.
+func (k authFakeCluster) SnapshotSave(req *kvpb.SnapshotSaveRequest, stream grpc.ServerStreamingServer[kvpb.SnapshotChunk]) error {
+	k.f.mu.Lock()
+	err := k.f.check(stream.Context())
+	k.f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&kvpb.SnapshotChunk{Part: &kvpb.SnapshotChunk_Info{Info: &kvpb.SnapshotInfo{Index: 1}}}); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(nil)
+	return stream.Send(&kvpb.SnapshotChunk{Part: &kvpb.SnapshotChunk_Trailer{Trailer: &kvpb.SnapshotTrailer{Sha256: sum[:]}}})
 }
 
 func (f *authFake) UserAdd(ctx context.Context, req *kvpb.UserAddRequest) (*kvpb.UserAddResponse, error) {
@@ -277,6 +300,33 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// TestStreamCarriesToken: a streaming call carries the token; when the
+// server refuses it, that call fails and the next one signs in again.
+func TestStreamCarriesToken(t *testing.T) {
+	f := newAuthFake()
+	c := authClient(t, f.serve(t), Config{Username: "alice", Password: "pw"})
+	save := func() error {
+		_, _, err := c.SnapshotSave(t.Context(), func(*kvpb.SnapshotInfo) (io.Writer, error) { return io.Discard, nil })
+		return err
+	}
+	if err := save(); err != nil {
+		t.Fatalf("SnapshotSave: %v", err)
+	}
+	f.mu.Lock()
+	f.valid["tok-1"] = false
+	f.mu.Unlock()
+	if err := save(); !errors.Is(err, ErrTokenExpired) {
+		t.Fatalf("SnapshotSave with a refused token = %v, want ErrTokenExpired", err)
+	}
+	if err := save(); err != nil {
+		t.Fatalf("SnapshotSave after the refusal: %v", err)
+	}
+	auth, _, tokens := f.counts()
+	if want := []string{"Bearer tok-1", "Bearer tok-1", "Bearer tok-2"}; auth != 2 || !equalStrings(tokens, want) {
+		t.Errorf("%d Authenticate, streams with %q; want 2 and %q", auth, tokens, want)
+	}
 }
 
 func TestWrongPassword(t *testing.T) {

@@ -216,6 +216,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithChainUnaryInterceptor(c.signIn.intercept),
+		grpc.WithChainStreamInterceptor(c.signIn.interceptStream),
 		grpc.WithInitialWindowSize(flowWindow),
 		grpc.WithInitialConnWindowSize(flowConnWindow),
 		grpc.WithConnectParams(grpc.ConnectParams{

@@ -61,6 +61,54 @@ func (s *signIn) intercept(ctx context.Context, method string, req, reply any, c
 	return invoker(withToken(ctx, tok), method, req, reply, cc, opts...)
 }
 
+// interceptStream adds the token to a streaming call. A refusal arrives
+// with the first message, after the call has begun, so the call is not
+// retried here: the refused token is dropped, and the next call signs in
+// again.
+func (s *signIn) interceptStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if s.user == "" {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	tok, gen, err := s.current(ctx, cc, 0)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := streamer(withToken(ctx, tok), desc, cc, method, opts...)
+	if err != nil {
+		if tokenRefused(err) {
+			s.drop(gen)
+		}
+		return nil, err
+	}
+	return &signedStream{ClientStream: cs, s: s, gen: gen}, nil
+}
+
+// signedStream drops its token when the server refuses it.
+type signedStream struct {
+	grpc.ClientStream
+	s   *signIn
+	gen uint64
+}
+
+func (ss *signedStream) RecvMsg(m any) error {
+	err := ss.ClientStream.RecvMsg(m)
+	if err != nil && tokenRefused(err) {
+		ss.s.drop(ss.gen)
+	}
+	return err
+}
+
+// drop forgets the token of sign-in gen (if it is still the current one),
+// so that the next call signs in again.
+func (s *signIn) drop(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == gen {
+		s.renewAt = time.Time{}
+		s.disabled = false
+	}
+}
+
 // tokenRefused reports whether err says the request's token (or the lack
 // of one) was not accepted, so that signing in again may help.
 func tokenRefused(err error) bool {
