@@ -74,11 +74,68 @@ func publicMethod(method string) bool {
 
 type userKey struct{}
 
-// userOf is the authenticated user of a request ("", false while auth is
-// disabled: everything is allowed).
+// authRevKey holds the auth revision a request is checked against: read
+// before any check, and carried in its command so that apply refuses it if
+// users, roles or the enabled flag changed in between.
+type authRevKey struct{}
+
+// userOf is the user the interceptor named ("", false when auth was
+// disabled in this member's state when the request arrived).
 func userOf(ctx context.Context) (string, bool) {
 	u, ok := ctx.Value(userKey{}).(string)
 	return u, ok
+}
+
+// identity is the user to check a request against, judged on this
+// member's auth state now: the interceptor's user; or, when auth was off
+// then but is on now (a linearizable read has since caught this member
+// up), the user the request's credentials name. enforced is false while
+// auth is off.
+func (s *Server) identity(ctx context.Context) (user string, enforced bool, err error) {
+	if u, ok := userOf(ctx); ok {
+		return u, true, nil
+	}
+	v := s.b.FSM().Auth()
+	if !v.Enabled() {
+		return "", false, nil
+	}
+	u, err := s.identify(ctx, v)
+	return u, err == nil, err
+}
+
+// requireAdmin refuses a caller without the admin role (nothing while
+// auth is off). Calls that change no replicated state (membership,
+// transfer, snapshots) run it after a linearizable read, so a member that
+// had not yet applied an auth change has caught up.
+func (s *Server) requireAdmin(ctx context.Context, what string) error {
+	user, enforced, err := s.identity(ctx)
+	if err != nil || !enforced {
+		return err
+	}
+	if !s.b.FSM().Auth().IsAdmin(user) {
+		return denied("%s needs the admin role; user %q does not hold it", what, user)
+	}
+	return nil
+}
+
+// propose runs a client's command through the log, carrying the auth
+// revision its checks used. A command refused at apply because auth changed
+// since (AUTH_REVISION_STALE) was neither applied nor remembered: this
+// member catches up to the change and answers NOT_LEADER, which clients
+// retry, and the retry is checked afresh.
+func (s *Server) propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+	if rev, ok := ctx.Value(authRevKey{}).(uint64); ok {
+		cmd.AuthRevision = &rev
+	}
+	res, index, err := s.b.Propose(ctx, cmd)
+	if err != nil || res.GetCode() != kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE {
+		return res, index, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 4*s.b.ElectionTimeout())
+	s.b.WaitApplied(wctx, res.GetAuthRevision())
+	cancel()
+	return nil, 0, &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER,
+		Msg: "users or roles changed while the request was in flight; it was not applied: retry"}
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -111,6 +168,7 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 		return ctx, nil
 	}
 	v := s.b.FSM().Auth()
+	ctx = context.WithValue(ctx, authRevKey{}, v.Revision())
 	if !v.Enabled() {
 		return ctx, nil
 	}
@@ -218,9 +276,9 @@ func checkToken(v *fsm.AuthView, tok string, now time.Time) (string, error) {
 // allow refuses a request whose user's roles do not grant level on key of
 // kind (nothing to check while auth is disabled).
 func (s *Server) allow(ctx context.Context, kind kvpb.PermKind, key []byte, level kvpb.PermLevel) error {
-	user, ok := userOf(ctx)
-	if !ok {
-		return nil
+	user, enforced, err := s.identity(ctx)
+	if err != nil || !enforced {
+		return err
 	}
 	if s.b.FSM().Auth().Allowed(user, kind, key, level) {
 		return nil
@@ -258,9 +316,12 @@ func (s *Server) allowFence(ctx context.Context, f *kvpb.Fence) error {
 // (an admin may use any). Sessions made while auth was off have no owner:
 // only an admin may use them once it is on.
 func (s *Server) ownSession(ctx context.Context, id uint64) error {
-	user, ok := userOf(ctx)
-	if !ok || id == 0 {
+	if id == 0 {
 		return nil
+	}
+	user, enforced, err := s.identity(ctx)
+	if err != nil || !enforced {
+		return err
 	}
 	v := s.b.FSM().Auth()
 	if v.IsAdmin(user) {
@@ -269,7 +330,7 @@ func (s *Server) ownSession(ctx context.Context, id uint64) error {
 	// The session was created by entry id: once that is applied here, its
 	// owner is known for good.
 	wctx, cancel := context.WithTimeout(ctx, 4*s.b.ElectionTimeout())
-	err := s.b.WaitApplied(wctx, id)
+	err = s.b.WaitApplied(wctx, id)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -291,8 +352,8 @@ func (s *Server) ownSession(ctx context.Context, id uint64) error {
 // ownLock refuses a release or renewal of a lock held under token by a
 // session the user does not own: knowing a token is not enough.
 func (s *Server) ownLock(ctx context.Context, name []byte, token uint64) error {
-	if _, ok := userOf(ctx); !ok {
-		return nil
+	if _, enforced, err := s.identity(ctx); err != nil || !enforced {
+		return err
 	}
 	// The token is the index of the granting entry.
 	wctx, cancel := context.WithTimeout(ctx, 4*s.b.ElectionTimeout())
@@ -443,6 +504,9 @@ func (a *authService) AuthStatus(ctx context.Context, req *kvpb.AuthStatusReques
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	if _, _, err := n.identity(ctx); err != nil {
+		return nil, n.toStatus(err)
+	}
 	v := n.b.FSM().Auth()
 	return &kvpb.AuthStatusResponse{Header: hdr, Enabled: v.Enabled(), Revision: v.Revision()}, nil
 }
@@ -466,7 +530,9 @@ func (a *authService) UserChangePassword(ctx context.Context, req *kvpb.UserChan
 	if err := firstErr(n.checkHeader(req.GetHeader()), checkAuthName("name", req.GetName())); err != nil {
 		return nil, n.toStatus(err)
 	}
-	if user, ok := userOf(ctx); ok && user != req.GetName() && !n.b.FSM().Auth().IsAdmin(user) {
+	if user, enforced, err := n.identity(ctx); err != nil {
+		return nil, n.toStatus(err)
+	} else if enforced && user != req.GetName() && !n.b.FSM().Auth().IsAdmin(user) {
 		return nil, n.toStatus(denied("user %q may change only its own password (or needs the admin role)", user))
 	}
 	hash, err := n.withPasswordHashed(ctx, req.GetPassword(), req.GetPasswordHash(), req.GetNoPassword())
@@ -537,12 +603,14 @@ func (a *authService) RoleRevokePermission(ctx context.Context, req *kvpb.RoleRe
 
 func (a *authService) UserGet(ctx context.Context, req *kvpb.UserGetRequest) (*kvpb.UserGetResponse, error) {
 	n := a.n
-	if user, ok := userOf(ctx); ok && user != req.GetName() && !n.b.FSM().Auth().IsAdmin(user) {
-		return nil, n.toStatus(denied("user %q may look up only itself (or needs the admin role)", user))
-	}
 	_, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
 		return nil, n.toStatus(err)
+	}
+	if user, enforced, err := n.identity(ctx); err != nil {
+		return nil, n.toStatus(err)
+	} else if enforced && user != req.GetName() && !n.b.FSM().Auth().IsAdmin(user) {
+		return nil, n.toStatus(denied("user %q may look up only itself (or needs the admin role)", user))
 	}
 	u := n.b.FSM().Auth().User(req.GetName())
 	if u == nil {
@@ -557,6 +625,9 @@ func (a *authService) UserList(ctx context.Context, req *kvpb.UserListRequest) (
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.requireAdmin(ctx, "UserList"); err != nil {
+		return nil, n.toStatus(err)
+	}
 	return &kvpb.UserListResponse{Header: hdr, Users: n.b.FSM().Auth().Users()}, nil
 }
 
@@ -564,6 +635,9 @@ func (a *authService) RoleGet(ctx context.Context, req *kvpb.RoleGetRequest) (*k
 	n := a.n
 	_, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.requireAdmin(ctx, "RoleGet"); err != nil {
 		return nil, n.toStatus(err)
 	}
 	r := n.b.FSM().Auth().Role(req.GetName())
@@ -577,6 +651,9 @@ func (a *authService) RoleList(ctx context.Context, req *kvpb.RoleListRequest) (
 	n := a.n
 	_, hdr, err := n.b.Read(ctx, req.GetConsistency())
 	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.requireAdmin(ctx, "RoleList"); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return &kvpb.RoleListResponse{Header: hdr, Roles: n.b.FSM().Auth().Roles()}, nil

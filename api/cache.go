@@ -25,13 +25,15 @@ func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvp
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	state, entry := n.b.FSM().CacheEntry(req.GetKey(), now)
@@ -89,7 +91,7 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 		defer t.Stop()
 		deadline = t.C
 	}
-	res, index, err := n.b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
+	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}

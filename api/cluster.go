@@ -36,6 +36,9 @@ func (s *clusterService) AddMember(ctx context.Context, req *kvpb.AddMemberReque
 	if err := firstErr(n.checkName("name", []byte(req.GetName())), n.checkName("peer_addr", []byte(req.GetPeerAddr()))); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.adminAfterRead(ctx, "AddMember"); err != nil {
+		return nil, n.toStatus(err)
+	}
 	index, err := n.b.AddMember(ctx, req)
 	if err != nil {
 		return nil, n.toStatus(err)
@@ -50,6 +53,9 @@ func (s *clusterService) AddMember(ctx context.Context, req *kvpb.AddMemberReque
 func (s *clusterService) RemoveMember(ctx context.Context, req *kvpb.RemoveMemberRequest) (*kvpb.RemoveMemberResponse, error) {
 	n := s.n
 	if err := n.checkName("name", []byte(req.GetName())); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.adminAfterRead(ctx, "RemoveMember"); err != nil {
 		return nil, n.toStatus(err)
 	}
 	index, err := n.b.RemoveMember(ctx, req.GetName())
@@ -68,6 +74,9 @@ func (s *clusterService) TransferLeader(ctx context.Context, req *kvpb.TransferL
 	if err := n.checkNameLen("name", len(req.GetName())); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if err := n.adminAfterRead(ctx, "TransferLeader"); err != nil {
+		return nil, n.toStatus(err)
+	}
 	leader, err := n.b.TransferLeader(ctx, req.GetName())
 	if err != nil {
 		return nil, n.toStatus(err)
@@ -77,11 +86,24 @@ func (s *clusterService) TransferLeader(ctx context.Context, req *kvpb.TransferL
 
 func (s *clusterService) Snapshot(ctx context.Context, _ *kvpb.SnapshotRequest) (*kvpb.SnapshotResponse, error) {
 	n := s.n
+	if err := n.adminAfterRead(ctx, "Snapshot"); err != nil {
+		return nil, n.toStatus(err)
+	}
 	index, err := n.b.Snapshot(ctx)
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	return &kvpb.SnapshotResponse{Header: n.b.LocalHeader(), Index: index}, nil
+}
+
+// adminAfterRead runs requireAdmin after a linearizable read, for the
+// admin calls that change no replicated state (the interceptor's check may
+// have used auth state this member had not yet brought up to date).
+func (n *Server) adminAfterRead(ctx context.Context, what string) error {
+	if _, _, err := n.b.Read(ctx, kvpb.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		return err
+	}
+	return n.requireAdmin(ctx, what)
 }
 
 // snapshotChunkSize is the size of a SnapshotSave data part.
@@ -95,6 +117,11 @@ func (s *clusterService) SnapshotSave(_ *kvpb.SnapshotSaveRequest, stream grpc.S
 	ctx := stream.Context()
 	snap, err := n.b.ConsistentSnapshot(ctx)
 	if err != nil {
+		return n.toStatus(err)
+	}
+	// The capture followed a linearizable read: this member's auth state is
+	// as new as any change made before the call.
+	if err := n.requireAdmin(ctx, "SnapshotSave"); err != nil {
 		return n.toStatus(err)
 	}
 	hdr := n.b.LocalHeader()

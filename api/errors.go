@@ -52,6 +52,8 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 	kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS:       codes.AlreadyExists,
 	kvpb.ErrorCode_ERROR_CODE_NO_ADMIN:          codes.FailedPrecondition,
 	kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED:     codes.FailedPrecondition,
+	// Never sent as such: api.propose turns it into NOT_LEADER.
+	kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE: codes.Unavailable,
 }
 
 // GRPCCode returns the gRPC code kvd uses for an error code.

@@ -13,7 +13,7 @@ import (
 // write proposes cmd and returns its OK result with a response header, or
 // an error (a non-OK result becomes a *kvError).
 func (n *Server) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, *kvpb.ResponseHeader, error) {
-	res, index, err := n.b.Propose(ctx, cmd)
+	res, index, err := n.propose(ctx, cmd)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,13 +71,15 @@ func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetRes
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	kv := n.b.FSM().Get(req.GetKey(), now)
@@ -113,13 +115,15 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	kvs, more := n.b.FSM().List(req.GetPrefix(), req.GetStartAfter(), limit, req.GetKeysOnly(), now)

@@ -42,7 +42,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, index, err := n.b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
+	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -181,13 +181,15 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	if err := n.checkName("name", req.GetName()); err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	lock := n.b.FSM().Lock(req.GetName(), now)
@@ -203,13 +205,15 @@ func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kv
 	if err := n.checkNameLen("prefix", len(req.GetPrefix())); err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	return &kvpb.ListLocksResponse{Header: hdr, Locks: n.b.FSM().Locks(req.GetPrefix(), now)}, nil
@@ -232,13 +236,15 @@ func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceReques
 	if err := n.checkName("lock", req.GetLock()); err != nil {
 		return nil, n.toStatus(err)
 	}
+	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// Checked after the read: a member behind on an auth change has
+	// caught up by now.
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetLock(), kvpb.PermLevel_PERM_LEVEL_READ)
 	}); err != nil {
-		return nil, n.toStatus(err)
-	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
-	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	valid, current := n.b.FSM().CheckFence(req.GetLock(), req.GetToken(), now)

@@ -329,3 +329,42 @@ func TestTokenExpires(t *testing.T) {
 		t.Errorf("checkToken after expiry = %v; want TOKEN_EXPIRED", err)
 	}
 }
+
+// TestStaleAuthRevisionIsRefusedNotRemembered: a command checked against
+// auth state older than the one it applies on is refused at apply and not
+// remembered, so its retry (same session and seq) is checked and applied
+// afresh; the api turns the refusal into NOT_LEADER, which clients retry.
+func TestStaleAuthRevisionIsRefusedNotRemembered(t *testing.T) {
+	b, conn := serveFake(t, Config{})
+	ctx := t.Context()
+	sr, err := kvpb.NewSessionClient(conn).Create(ctx, &kvpb.CreateSessionRequest{TtlMs: 10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := sr.GetSession().GetId()
+	old := b.f.Auth().Revision()
+	if _, err := kvpb.NewAuthClient(conn).RoleAdd(ctx, &kvpb.RoleAddRequest{Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	put := &kvpb.Command{AuthRevision: &old, Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{
+		Header: &kvpb.RequestHeader{Session: sid, Seq: 1}, Key: []byte("k"), Value: []byte("v")}}}
+	res, _, _ := b.Propose(ctx, proto.CloneOf(put))
+	if res.GetCode() != kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE || res.GetAuthRevision() <= old {
+		t.Fatalf("put checked at revision %d after a change = %v; want AUTH_REVISION_STALE with the newer revision", old, res)
+	}
+	if kv := b.f.Get([]byte("k"), b.f.LogTime()); kv != nil {
+		t.Fatalf("the refused put was applied: %v", kv)
+	}
+	cur := b.f.Auth().Revision()
+	put.AuthRevision = &cur
+	if res, _, _ := b.Propose(ctx, put); res.GetCode() != kvpb.ErrorCode_ERROR_CODE_OK {
+		t.Fatalf("the retry (same seq, current revision) = %v; want OK, not the remembered refusal", res)
+	}
+	// Through the server: the interceptor's revision travels with the write.
+	s := New(b, Config{BcryptCost: bcrypt.MinCost})
+	rctx := context.WithValue(ctx, authRevKey{}, old)
+	_, _, err = s.propose(rctx, &kvpb.Command{Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Key: []byte("k2"), Value: []byte("v")}}})
+	if node.CodeOf(err) != kvpb.ErrorCode_ERROR_CODE_NOT_LEADER {
+		t.Fatalf("propose with a stale revision = %v; want NOT_LEADER (retry)", err)
+	}
+}

@@ -159,6 +159,9 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS:       {ErrRoleExists, classFinal, "kvd: role exists"},
 	kvpb.ErrorCode_ERROR_CODE_NO_ADMIN:          {ErrNoAdmin, classFinal, "kvd: no user would hold the admin role"},
 	kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED:     {ErrAuthDisabled, classFinal, "kvd: authentication is not enabled"},
+	// The server answers NOT_LEADER in its place; should one arrive, nothing
+	// was applied, so it is retried like NOT_LEADER.
+	kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE: {ErrUnavailable, classRetry, "kvd: auth changed while the request was in flight"},
 }
 
 // attemptResult is a classified failed attempt.

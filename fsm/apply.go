@@ -46,6 +46,9 @@ func (s *state) applyCommand(data []byte) *kvpb.CommandResult {
 		if needSession {
 			return s.finish(cmd, invalid("header.session: must name a session for this op"))
 		}
+		if r := s.authStale(cmd); r != nil {
+			return r
+		}
 		return s.finish(cmd, run())
 	}
 	se := s.liveSession(hdr.Session)
@@ -64,9 +67,26 @@ func (s *state) applyCommand(data []byte) *kvpb.CommandResult {
 		return s.finish(cmd, fail(kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE,
 			"session %d: seq %d is below the forgotten watermark %d", hdr.Session, hdr.Seq, se.minPending))
 	}
+	if r := s.authStale(cmd); r != nil {
+		return r // not remembered: the retry is checked and applied afresh
+	}
 	res := s.finish(cmd, run())
 	s.remember(se, hdr, res)
 	return proto.CloneOf(res)
+}
+
+// authStale refuses a command whose permissions were checked against an
+// auth revision older than the current one (nil when it may run). A retry
+// already answered from the dedup table is not refused: it was checked and
+// applied before.
+func (s *state) authStale(cmd *kvpb.Command) *kvpb.CommandResult {
+	if cmd.AuthRevision == nil || *cmd.AuthRevision >= s.auth.revision {
+		return nil
+	}
+	r := s.finish(cmd, fail(kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE,
+		"auth changed (revision %d) after this request was checked (revision %d)", s.auth.revision, *cmd.AuthRevision))
+	r.AuthRevision = s.auth.revision
+	return r
 }
 
 // remember stores a result for exactly-once retries and prunes the table.

@@ -106,6 +106,10 @@ const (
 	ErrorCode_ERROR_CODE_ROLE_EXISTS       ErrorCode = 25 // role add of a name that exists (admin is built in)
 	ErrorCode_ERROR_CODE_NO_ADMIN          ErrorCode = 26 // auth would be enabled with no user holding the admin role
 	ErrorCode_ERROR_CODE_AUTH_DISABLED     ErrorCode = 27 // Authenticate while auth is disabled: no token is needed
+	// Internal: a command whose permissions were checked against auth state
+	// older than the one it applied on. It was not applied and not
+	// remembered; the member answers NOT_LEADER so the client retries.
+	ErrorCode_ERROR_CODE_AUTH_REVISION_STALE ErrorCode = 28
 )
 
 // Enum value maps for ErrorCode.
@@ -131,28 +135,30 @@ var (
 		25: "ERROR_CODE_ROLE_EXISTS",
 		26: "ERROR_CODE_NO_ADMIN",
 		27: "ERROR_CODE_AUTH_DISABLED",
+		28: "ERROR_CODE_AUTH_REVISION_STALE",
 	}
 	ErrorCode_value = map[string]int32{
-		"ERROR_CODE_OK":                0,
-		"ERROR_CODE_NOT_FOUND":         1,
-		"ERROR_CODE_VERSION_MISMATCH":  2,
-		"ERROR_CODE_FENCE_FAILED":      3,
-		"ERROR_CODE_STALE_TOKEN":       4,
-		"ERROR_CODE_SESSION_EXPIRED":   5,
-		"ERROR_CODE_INVALID_ARGUMENT":  6,
-		"ERROR_CODE_LIMIT_EXCEEDED":    7,
-		"ERROR_CODE_NOT_INTEGER":       8,
-		"ERROR_CODE_STALE_SEQUENCE":    9,
-		"ERROR_CODE_NOT_LEADER":        10,
-		"ERROR_CODE_INDETERMINATE":     11,
-		"ERROR_CODE_PERMISSION_DENIED": 20,
-		"ERROR_CODE_UNAUTHENTICATED":   21,
-		"ERROR_CODE_AUTH_FAILED":       22,
-		"ERROR_CODE_TOKEN_EXPIRED":     23,
-		"ERROR_CODE_USER_EXISTS":       24,
-		"ERROR_CODE_ROLE_EXISTS":       25,
-		"ERROR_CODE_NO_ADMIN":          26,
-		"ERROR_CODE_AUTH_DISABLED":     27,
+		"ERROR_CODE_OK":                  0,
+		"ERROR_CODE_NOT_FOUND":           1,
+		"ERROR_CODE_VERSION_MISMATCH":    2,
+		"ERROR_CODE_FENCE_FAILED":        3,
+		"ERROR_CODE_STALE_TOKEN":         4,
+		"ERROR_CODE_SESSION_EXPIRED":     5,
+		"ERROR_CODE_INVALID_ARGUMENT":    6,
+		"ERROR_CODE_LIMIT_EXCEEDED":      7,
+		"ERROR_CODE_NOT_INTEGER":         8,
+		"ERROR_CODE_STALE_SEQUENCE":      9,
+		"ERROR_CODE_NOT_LEADER":          10,
+		"ERROR_CODE_INDETERMINATE":       11,
+		"ERROR_CODE_PERMISSION_DENIED":   20,
+		"ERROR_CODE_UNAUTHENTICATED":     21,
+		"ERROR_CODE_AUTH_FAILED":         22,
+		"ERROR_CODE_TOKEN_EXPIRED":       23,
+		"ERROR_CODE_USER_EXISTS":         24,
+		"ERROR_CODE_ROLE_EXISTS":         25,
+		"ERROR_CODE_NO_ADMIN":            26,
+		"ERROR_CODE_AUTH_DISABLED":       27,
+		"ERROR_CODE_AUTH_REVISION_STALE": 28,
 	}
 )
 
@@ -6747,6 +6753,11 @@ type Command struct {
 	// Leader's log-time stamp (unix ns). The fsm keeps max(log time, stamp).
 	Stamp  int64        `protobuf:"varint,1,opt,name=stamp,proto3" json:"stamp,omitempty"`
 	Limits *StateLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The auth revision the receiving member checked this command's
+	// permissions against (unset for the members' own commands). Apply
+	// refuses the command with AUTH_REVISION_STALE when users, roles or the
+	// enabled flag changed since, so a revoked permission is never used.
+	AuthRevision *uint64 `protobuf:"varint,3,opt,name=auth_revision,json=authRevision,proto3,oneof" json:"auth_revision,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_Put
@@ -6827,6 +6838,13 @@ func (x *Command) GetLimits() *StateLimits {
 		return x.Limits
 	}
 	return nil
+}
+
+func (x *Command) GetAuthRevision() uint64 {
+	if x != nil && x.AuthRevision != nil {
+		return *x.AuthRevision
+	}
+	return 0
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -7720,6 +7738,7 @@ type CommandResult struct {
 	Code         ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=kvd.v1.ErrorCode" json:"code,omitempty"`
 	Message      string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	CurrentToken uint64                 `protobuf:"varint,3,opt,name=current_token,json=currentToken,proto3" json:"current_token,omitempty"` // FENCE_FAILED, STALE_TOKEN
+	AuthRevision uint64                 `protobuf:"varint,4,opt,name=auth_revision,json=authRevision,proto3" json:"auth_revision,omitempty"` // AUTH_REVISION_STALE: the revision it met
 	// Types that are valid to be assigned to Result:
 	//
 	//	*CommandResult_Put
@@ -7801,6 +7820,13 @@ func (x *CommandResult) GetMessage() string {
 func (x *CommandResult) GetCurrentToken() uint64 {
 	if x != nil {
 		return x.CurrentToken
+	}
+	return 0
+}
+
+func (x *CommandResult) GetAuthRevision() uint64 {
+	if x != nil {
+		return x.AuthRevision
 	}
 	return 0
 }
@@ -9213,10 +9239,11 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x06prefix\x18\x04 \x01(\fR\x06prefix\"p\n" +
 	"\x1cRoleRevokePermissionResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
-	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\xfa\x0e\n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\xb6\x0f\n" +
 	"\aCommand\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12+\n" +
-	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12&\n" +
+	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12(\n" +
+	"\rauth_revision\x18\x03 \x01(\x04H\x01R\fauthRevision\x88\x01\x01\x12&\n" +
 	"\x03put\x18\n" +
 	" \x01(\v2\x12.kvd.v1.PutRequestH\x00R\x03put\x12/\n" +
 	"\x06delete\x18\v \x01(\v2\x15.kvd.v1.DeleteRequestH\x00R\x06delete\x12&\n" +
@@ -9257,7 +9284,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"roleDelete\x12X\n" +
 	"\x15role_grant_permission\x18E \x01(\v2\".kvd.v1.RoleGrantPermissionRequestH\x00R\x13roleGrantPermission\x12[\n" +
 	"\x16role_revoke_permission\x18F \x01(\v2#.kvd.v1.RoleRevokePermissionRequestH\x00R\x14roleRevokePermissionB\x04\n" +
-	"\x02op\"\xc5\x01\n" +
+	"\x02opB\x10\n" +
+	"\x0e_auth_revision\"\xc5\x01\n" +
 	"\vStateLimits\x12/\n" +
 	"\x14max_waiters_per_lock\x18\x01 \x01(\rR\x11maxWaitersPerLock\x121\n" +
 	"\x15max_locks_per_session\x18\x02 \x01(\rR\x12maxLocksPerSession\x12&\n" +
@@ -9279,11 +9307,12 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\fAuthEnableOp\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x1b\n" +
-	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"\x80\x0e\n" +
+	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"\xa5\x0e\n" +
 	"\rCommandResult\x12%\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x11.kvd.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
-	"\rcurrent_token\x18\x03 \x01(\x04R\fcurrentToken\x12'\n" +
+	"\rcurrent_token\x18\x03 \x01(\x04R\fcurrentToken\x12#\n" +
+	"\rauth_revision\x18\x04 \x01(\x04R\fauthRevision\x12'\n" +
 	"\x03put\x18\n" +
 	" \x01(\v2\x13.kvd.v1.PutResponseH\x00R\x03put\x120\n" +
 	"\x06delete\x18\v \x01(\v2\x16.kvd.v1.DeleteResponseH\x00R\x06delete\x12'\n" +
@@ -9352,7 +9381,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\xd1\x04\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\xf5\x04\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -9374,7 +9403,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x16ERROR_CODE_USER_EXISTS\x10\x18\x12\x1a\n" +
 	"\x16ERROR_CODE_ROLE_EXISTS\x10\x19\x12\x17\n" +
 	"\x13ERROR_CODE_NO_ADMIN\x10\x1a\x12\x1c\n" +
-	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b*i\n" +
+	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b\x12\"\n" +
+	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +
