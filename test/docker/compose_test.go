@@ -452,10 +452,10 @@ func testPartition(t *testing.T, c *cluster) {
 		}
 	}
 	majority := c.newClient(t, []string{rest[0].published, rest[1].published})
-	putAll(t, majority, [][2]string{{"partition/x", "before"}})
+	putAll(t, majority, [][2]string{{"partition/x", "v-before-cut"}})
 	within(t, 30*time.Second, "the leader applied partition/x", func(ctx context.Context) error {
 		v, err := staleValue(ctx, cut, "partition/x")
-		if err == nil && v != "before" {
+		if err == nil && v != "v-before-cut" {
 			err = fmt.Errorf("stale Get(partition/x) on %s = %q", cut.name, v)
 		}
 		return err
@@ -466,7 +466,7 @@ func testPartition(t *testing.T, c *cluster) {
 	t.Logf("cut %s (the leader) off the network", cut.name)
 
 	after := keys("partition/k", 0, 20)
-	putAll(t, majority, [][2]string{{"partition/x", "after"}})
+	putAll(t, majority, [][2]string{{"partition/x", "v-after-cut"}})
 	firstWrite := time.Since(cutAt)
 	putAll(t, majority, after)
 	t.Logf("majority side: first write %v after the cut, then %d more", firstWrite.Round(time.Millisecond), len(after))
@@ -492,7 +492,7 @@ func testPartition(t *testing.T, c *cluster) {
 	// and not a usage error (2: this test's fault).
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() == 2 || exit.ExitCode() == 4 ||
-		strings.Contains(out, "before") || strings.Contains(out, "after") {
+		strings.Contains(out, "v-before-cut") || strings.Contains(out, "v-after-cut") {
 		t.Fatalf("linearizable get on the cut %s: %v, %q; want it refused", cut.name, err, out)
 	}
 	t.Logf("the cut %s refused a linearizable read after %v: %s", cut.name, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
@@ -500,7 +500,7 @@ func testPartition(t *testing.T, c *cluster) {
 	c.docker(t, time.Minute, "network", "connect", "--ip", cut.ip, "--alias", cut.name, c.netName, cut.container)
 	reconnected := time.Now()
 	within(t, 60*time.Second, "the reconnected node catches up", func(ctx context.Context) error {
-		for _, kv := range append([][2]string{{"partition/x", "after"}}, after...) {
+		for _, kv := range append([][2]string{{"partition/x", "v-after-cut"}}, after...) {
 			v, err := staleValue(ctx, cut, kv[0])
 			if err != nil {
 				return err
@@ -515,8 +515,8 @@ func testPartition(t *testing.T, c *cluster) {
 	c.waitHealthy(t, 60*time.Second, cut)
 	within(t, 30*time.Second, "linearizable read on the reconnected node", func(ctx context.Context) error {
 		r, err := cut.kv.Get(ctx, &kvpb.GetRequest{Key: []byte("partition/x")})
-		if err == nil && string(r.GetKv().GetValue()) != "after" {
-			t.Fatalf("linearizable Get(partition/x) on %s = %q, want %q", cut.name, r.GetKv().GetValue(), "after")
+		if err == nil && string(r.GetKv().GetValue()) != "v-after-cut" {
+			t.Fatalf("linearizable Get(partition/x) on %s = %q, want %q", cut.name, r.GetKv().GetValue(), "v-after-cut")
 		}
 		return err
 	})
@@ -622,7 +622,7 @@ func testRollingRestart(t *testing.T, c *cluster) {
 	defer stopWriters()
 
 	time.Sleep(time.Second) // writing before the first restart
-	began := time.Now()
+	began, beganRequests := time.Now(), requests.Load()
 	for _, n := range c.nodes {
 		before, beforeAt := requests.Load(), time.Now()
 		c.docker(t, time.Minute, "restart", "-t", "10", n.container)
@@ -630,14 +630,14 @@ func testRollingRestart(t *testing.T, c *cluster) {
 		t.Logf("restarted %s: healthy again after %v; %d requests finished meanwhile",
 			n.name, time.Since(beforeAt).Round(time.Millisecond), requests.Load()-before)
 	}
-	took := time.Since(began)
+	took, during := time.Since(began), requests.Load()-beganRequests
 	time.Sleep(time.Second) // and after the last
 	stopWriters()
 
 	n, failed := requests.Load(), failures.Load()
 	tried := attempts.get(putMethod) - startAttempts
-	t.Logf("rolling restart of 3 nodes in %v: %d requests (Put, %d writers), %d failed, %d retries absorbed by the client (%d attempts)",
-		took.Round(time.Millisecond), n, writers, failed, int64(tried)-n, tried)
+	t.Logf("rolling restart of 3 nodes in %v: %d requests (Put, %d writers) during it, %d from 1 s before to 1 s after; of those %d failed, and the client absorbed %d retries (%d attempts)",
+		took.Round(time.Millisecond), during, writers, n, failed, int64(tried)-n, tried)
 	if failed != 0 {
 		t.Fatalf("%d of %d requests failed during the rolling restart; first: %v", failed, n, firstErr)
 	}
