@@ -7,7 +7,10 @@
 # Run as a node (see deploy/compose.yaml for a three-node cluster):
 #
 #   docker run -d -v kvd-n1:/var/lib/kvd -p 127.0.0.1:2379:2379 kvd:dev \
-#       --name n1 --data-dir /var/lib/kvd --client-addr 0.0.0.0:2379 ...
+#       --name n1 --data-dir /var/lib/kvd --client-addr 0.0.0.0:2379 \
+#       --advertise-client-addr 127.0.0.1:2379 --insecure ...
+#
+# (--insecure: plaintext beyond loopback; the TLS flags replace it.)
 FROM scratch
 
 COPY kvd kvctl /
