@@ -201,9 +201,13 @@ func startCluster(t *testing.T) *cluster {
 			}
 			break
 		}
-		if try == 4 || !strings.Contains(err.Error(), "overlaps") {
+		// Another project's subnet, or a port taken since freePort.
+		taken := strings.Contains(err.Error(), "overlaps") ||
+			strings.Contains(err.Error(), "already allocated") || strings.Contains(err.Error(), "address already in use")
+		if try == 4 || !taken {
 			t.Fatalf("docker-compose up: %v", err)
 		}
+		ports = []int{freePort(t), freePort(t), freePort(t)}
 		dctx, dcancel := context.WithTimeout(t.Context(), time.Minute)
 		c.compose(dctx, "down", "-v", "--remove-orphans")
 		dcancel()
@@ -384,9 +388,16 @@ func testImageAndAddresses(t *testing.T, c *cluster) {
 			t.Errorf("%s: user and hostname %q, want %q", n.name, got, want)
 		}
 		// ps inside the container's namespace, as the host sees it.
-		top := strings.Fields(c.docker(t, 30*time.Second, "top", n.container, "-o", "uid,pid"))
-		if len(top) != 4 || top[2] != "10001" {
-			t.Errorf("%s: docker top says %q; want one process, uid 10001", n.name, top)
+		// Every process in it (kvd, and a health check if one is
+		// running) as the host's ps sees them.
+		top := strings.Split(c.docker(t, 30*time.Second, "top", n.container, "-o", "uid,pid,args"), "\n")
+		if len(top) < 2 || !strings.Contains(top[1], "/kvd") {
+			t.Errorf("%s: docker top says %q; want kvd", n.name, top)
+		}
+		for _, line := range top[1:] {
+			if uid, _, _ := strings.Cut(strings.TrimSpace(line), " "); uid != "10001" {
+				t.Errorf("%s: process %q runs as uid %s, want 10001", n.name, line, uid)
+			}
 		}
 		port := c.docker(t, 30*time.Second, "port", n.container, "2379/tcp")
 		if port != n.published {
