@@ -67,6 +67,7 @@ type serverFlags struct {
 	logStore                                             string
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
+	devParentFD                                          int
 }
 
 func newRootCmd(stderr io.Writer) *cobra.Command {
@@ -106,7 +107,13 @@ Run a local three-node cluster for development with "kvd dev".`,
 				}
 				defer stopPprof()
 			}
-			return serve(cmd.Context(), cfg, f.clientAddr, f.advertiseClient, &f.tls)
+			ctx := cmd.Context()
+			if f.devParentFD != 0 {
+				var stop context.CancelFunc
+				ctx, stop = watchParent(ctx, f.devParentFD, logger)
+				defer stop()
+			}
+			return serve(ctx, cfg, f.clientAddr, f.advertiseClient, &f.tls)
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -150,8 +157,10 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")
 	fs.DurationVar(&f.testClockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this node's clock by this much")
 	fs.StringVar(&f.testPeerDial, "test-peer-dial", "", "TESTING ONLY: dial these addresses for peers instead: name=addr,... (fault-injection proxies)")
+	fs.IntVar(&f.devParentFD, "dev-parent-fd", 0, "set by kvd dev: shut down when this inherited pipe reports end of file (the parent has gone)")
+	fs.MarkHidden("dev-parent-fd")
 
-	root.AddCommand(newDevCmd(stderr), newVersionCmd(), newRestoreCmd(), newCertCmd())
+	root.AddCommand(newDevCmd(stderr), newHealthCmd(), newVersionCmd(), newRestoreCmd(), newCertCmd())
 	return root
 }
 
@@ -236,14 +245,39 @@ func newLogger(w io.Writer, level, name string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 }
 
-// serve runs a member until SIGINT/SIGTERM, then shuts it down
-// gracefully: the client port first, then the node. SIGHUP reloads the
-// certificate files.
-func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string, tf *tlsFlags) error {
-	if ctx == nil {
-		ctx = context.Background()
+// errParentGone ends a node started by kvd dev whose parent has gone.
+var errParentGone = errors.New("the parent kvd dev has gone")
+
+// watchParent returns a context that ends, with cause errParentGone, when
+// the pipe inherited as fd reads end of file: every write end is closed, so
+// the kvd dev holding it has exited, however it died (see runDev).
+func watchParent(ctx context.Context, fd int, log *slog.Logger) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	pipe := os.NewFile(uintptr(fd), "kvd-dev-parent")
+	go func() {
+		// Nothing is written to it: Read returns at end of file, or at
+		// once with an error if fd is not an open pipe.
+		buf := make([]byte, 64)
+		var err error
+		for err == nil {
+			_, err = pipe.Read(buf)
+		}
+		if !errors.Is(err, io.EOF) {
+			log.Error("cannot watch the parent kvd dev; shutting down", "fd", fd, "err", err)
+		}
+		cancel(errParentGone)
+	}()
+	return ctx, func() { cancel(context.Canceled) }
+}
+
+// serve runs a member until SIGINT/SIGTERM (or until ctx ends), then shuts
+// it down gracefully: the client port first, then the node. SIGHUP reloads
+// the certificate files.
+func serve(parent context.Context, cfg node.Config, clientAddr, advertise string, tf *tlsFlags) error {
+	if parent == nil {
+		parent = context.Background()
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	certs, err := tf.load()
 	if err != nil {
@@ -277,7 +311,11 @@ func serve(ctx context.Context, cfg node.Config, clientAddr, advertise string, t
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		cfg.Logger.Info("signal received; shutting down")
+		if errors.Is(context.Cause(parent), errParentGone) {
+			cfg.Logger.Warn("the parent kvd dev has gone; shutting down")
+		} else {
+			cfg.Logger.Info("signal received; shutting down")
+		}
 	case serveErr = <-served:
 		cfg.Logger.Error("client port stopped", "err", serveErr)
 	}

@@ -97,10 +97,7 @@ func TestProcessRestartKeepsData(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the kvd binary")
 	}
-	bin := filepath.Join(t.TempDir(), "kvd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := kvdBinary(t)
 	for _, store := range []string{"wal", "bolt"} {
 		t.Run(store, func(t *testing.T) { testRestartKeepsData(t, bin, store) })
 	}
