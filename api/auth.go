@@ -65,9 +65,13 @@ var adminMethods = map[string]bool{
 	kvpb.Auth_RoleRevokePermission_FullMethodName: true,
 }
 
-// publicMethod needs no identity even with auth on.
+// publicMethod needs no identity even with auth on: signing in, health,
+// reflection, and a member's own status (role, term, indexes, leader),
+// which health checks and clients looking for the leader ask before they
+// can sign in. (What Status tells is no help to a forger: the peer port
+// wants a member certificate.)
 func publicMethod(method string) bool {
-	return method == kvpb.Auth_Authenticate_FullMethodName ||
+	return method == kvpb.Auth_Authenticate_FullMethodName || method == kvpb.Cluster_Status_FullMethodName ||
 		strings.HasPrefix(method, "/grpc.health.v1.Health/") ||
 		strings.HasPrefix(method, "/grpc.reflection.")
 }

@@ -17,7 +17,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -46,6 +49,9 @@ type devConfig struct {
 	exe                         string // the kvd binary each node runs
 	dataDir, logLevel, logStore string
 	basePort                    int
+	// tls: certificates under dataDir/certs (made once, kept while valid),
+	// TLS on the client ports and mutual TLS between the nodes.
+	tls bool
 
 	// A node that exits on its own (a crash, a SIGKILL) is started again
 	// after restartMin, doubling up to restartMax. One that does so more
@@ -104,6 +110,7 @@ dev however it ends: Ctrl-C, SIGTERM, a closed terminal, or SIGKILL.
 	fs.StringVar(&cfg.logLevel, "log-level", cfg.logLevel, "log level of the nodes")
 	fs.StringVar(&cfg.logStore, "log-store", "", "Raft log store for new data dirs: wal or bolt (see kvd --help)")
 	fs.IntVar(&cfg.basePort, "base-port", cfg.basePort, "client port of n1; n2 and n3 use 100 and 200 above it, each peer port is its client port + 1")
+	fs.BoolVar(&cfg.tls, "tls", false, "make a CA, node and client certificates under --data-dir/certs and serve TLS on every link; prints the KVD_CACERT, KVD_CERT and KVD_KEY lines for kvctl")
 	return cmd
 }
 
@@ -164,9 +171,23 @@ func runDev(ctx context.Context, cfg devConfig, stdout, stderr io.Writer) error 
 	defer parentW.Close()
 
 	nodes := devNodes(cfg.basePort)
-	var initial []string
+	var initial, names []string
 	for _, n := range nodes {
 		initial = append(initial, n.name+"="+n.peer)
+		names = append(names, n.name)
+	}
+	creds := insecure.NewCredentials()
+	var certs *pki.DevFiles
+	if cfg.tls {
+		certs, err = pki.DevCerts(filepath.Join(cfg.dataDir, "certs"), names, "root")
+		if err != nil {
+			return fmt.Errorf("certificates: %w", err)
+		}
+		conf, err := healthTLS(certs.CACert, certs.Client.Cert, certs.Client.Key)
+		if err != nil {
+			return err
+		}
+		creds = credentials.NewTLS(conf)
 	}
 
 	sigs := make(chan os.Signal, 2)
@@ -210,6 +231,12 @@ func runDev(ctx context.Context, cfg devConfig, stdout, stderr io.Writer) error 
 		if cfg.logStore != "" {
 			c.Args = append(c.Args, "--log-store", cfg.logStore)
 		}
+		if certs != nil {
+			nf := certs.Nodes[n.name]
+			c.Args = append(c.Args,
+				"--cert-file", nf.Cert, "--key-file", nf.Key, "--trusted-ca-file", certs.CACert,
+				"--peer-cert-file", nf.Cert, "--peer-key-file", nf.Key, "--peer-trusted-ca-file", certs.CACert)
+		}
 		c.ExtraFiles = []*os.File{parentR} // fd 3
 		// Its own process group: a Ctrl-C on the terminal reaches dev
 		// only, which stops the nodes in order.
@@ -246,7 +273,7 @@ func runDev(ctx context.Context, cfg devConfig, stdout, stderr io.Writer) error 
 		}()
 		go func() {
 			defer wg.Done()
-			st, ok := awaitReady(rctx, n.client)
+			st, ok := awaitReady(rctx, n.client, creds)
 			if !ok {
 				return
 			}
@@ -370,6 +397,12 @@ func runDev(ctx context.Context, cfg devConfig, stdout, stderr io.Writer) error 
 				for _, q := range procs {
 					say("%s ready: %s", q.node.name, readyLine(q))
 				}
+				if certs != nil {
+					say("TLS on every link; for kvctl:")
+					for _, l := range kvctlExports(certs) {
+						say("  %s", l)
+					}
+				}
 			}
 		case <-slow:
 			if clusterReady || stopping {
@@ -420,14 +453,14 @@ func readyLine(p *devProc) string {
 // awaitReady polls the node at addr until it serves and knows a leader, and
 // returns its status; false if ctx ends first (the process exited) or after
 // ten minutes.
-func awaitReady(ctx context.Context, addr string) (*kvpb.StatusResponse, bool) {
+func awaitReady(ctx context.Context, addr string, creds credentials.TransportCredentials) (*kvpb.StatusResponse, bool) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
 		cctx, ccancel := context.WithTimeout(ctx, time.Second)
-		st, err := checkHealth(cctx, addr)
+		st, err := checkHealth(cctx, addr, creds)
 		ccancel()
 		if err == nil {
 			return st, true
@@ -437,5 +470,20 @@ func awaitReady(ctx context.Context, addr string) (*kvpb.StatusResponse, bool) {
 		case <-ctx.Done():
 			return nil, false
 		}
+	}
+}
+
+// kvctlExports are the shell lines that point kvctl at dev's certificates.
+func kvctlExports(certs *pki.DevFiles) []string {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	return []string{
+		"export KVD_CACERT=" + abs(certs.CACert),
+		"export KVD_CERT=" + abs(certs.Client.Cert),
+		"export KVD_KEY=" + abs(certs.Client.Key),
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -91,7 +92,7 @@ type devProcess struct {
 	seen  []string    // stderr lines read so far
 }
 
-func startDev(t *testing.T, bin, dataDir string, base int) *devProcess {
+func startDev(t *testing.T, bin, dataDir string, base int, extra ...string) *devProcess {
 	t.Helper()
 	logs := filepath.Join(t.TempDir(), "nodes.log")
 	lf, err := os.Create(logs)
@@ -99,7 +100,7 @@ func startDev(t *testing.T, bin, dataDir string, base int) *devProcess {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lf.Close() })
-	cmd := exec.Command(bin, "dev", "--data-dir", dataDir, "--base-port", strconv.Itoa(base))
+	cmd := exec.Command(bin, append([]string{"dev", "--data-dir", dataDir, "--base-port", strconv.Itoa(base)}, extra...)...)
 	cmd.Stdout = lf
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -390,5 +391,59 @@ func TestDevBasePortRange(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr.String(), "--base-port "+p+": want 1 to 65334") {
 			t.Errorf("kvd dev --base-port %s: exit %d, stderr %q; want 2 and the range", p, code, stderr.String())
 		}
+	}
+}
+
+// TestDevTLS: kvd dev --tls makes its certificates, serves TLS on the
+// client ports and prints the lines that point kvctl at them; a client with
+// those files writes, one without TLS is refused, and a second start keeps
+// the certificates it made.
+func TestDevTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real kvd processes; skipped with -short")
+	}
+	bin := kvdBinary(t)
+	dataDir := t.TempDir()
+	base := freeBasePort(t)
+	d := startDev(t, bin, dataDir, base, "--tls")
+	d.waitReady(t)
+	env := map[string]string{}
+	for _, name := range []string{"KVD_CACERT", "KVD_CERT", "KVD_KEY"} {
+		m := d.waitLine(t, regexp.MustCompile(`export `+name+`=(\S+)`), 10*time.Second)
+		env[name] = m[1]
+	}
+	conf, err := healthTLS(env["KVD_CACERT"], env["KVD_CERT"], env["KVD_KEY"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(base)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	within(t, "a put over TLS", func(ctx context.Context) error {
+		_, err := kvpb.NewKVClient(conn).Put(ctx, &kvpb.PutRequest{Key: []byte("tls"), Value: []byte("yes")})
+		return err
+	})
+	plain := kvClient(t, addr)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	if _, err := plain.Get(ctx, &kvpb.GetRequest{Key: []byte("tls")}); err == nil {
+		t.Fatal("a plaintext client read from a kvd dev --tls node")
+	}
+	before, err := os.ReadFile(env["KVD_CACERT"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Wait()
+	d2 := startDev(t, bin, dataDir, base, "--tls")
+	d2.waitReady(t)
+	after, err := os.ReadFile(env["KVD_CACERT"])
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the second kvd dev --tls replaced the CA (err %v)", err)
 	}
 }
