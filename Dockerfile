@@ -8,9 +8,9 @@
 #
 #   docker run -d -v kvd-n1:/var/lib/kvd -p 127.0.0.1:2379:2379 kvd:dev \
 #       --name n1 --data-dir /var/lib/kvd --client-addr 0.0.0.0:2379 \
-#       --advertise-client-addr 127.0.0.1:2379 --insecure ...
+#       --advertise-client-addr 127.0.0.1:2379 --cert-file ... (TLS flags)
 #
-# (--insecure: plaintext beyond loopback; the TLS flags replace it.)
+# (kvd refuses plaintext beyond loopback unless --insecure.)
 FROM scratch
 
 COPY kvd kvctl /
@@ -19,6 +19,8 @@ COPY kvd kvctl /
 # takes its owner and mode from this directory.
 COPY --chown=10001:10001 data/ /var/lib/kvd/
 VOLUME ["/var/lib/kvd"]
+# Certificates (deploy/compose.yaml makes them here with kvd cert cluster).
+COPY --chown=10001:10001 data/ /certs/
 
 # No user database in scratch: a numeric uid and gid, not root.
 USER 10001:10001

@@ -72,7 +72,50 @@ Keep ca.key off the nodes if you can (--ca-key points at it). Key files are
 written 0600. Existing files are never replaced without --overwrite.`,
 		Args: noArgs,
 	}
-	cmd.AddCommand(newCertCACmd(), newCertNodeCmd(), newCertClientCmd())
+	cmd.AddCommand(newCertCACmd(), newCertNodeCmd(), newCertClientCmd(), newCertClusterCmd())
+	return cmd
+}
+
+// newCertClusterCmd makes everything a small cluster needs in one go, and
+// keeps what is already there and still valid: an init step of a compose
+// file can run it on every start.
+func newCertClusterCmd() *cobra.Command {
+	var dir, nodes, user string
+	cmd := &cobra.Command{
+		Use:   "cluster --nodes n1,n2,n3 [--user root] --dir DIR",
+		Short: "make (or keep) a CA, a node certificate per member and one client certificate",
+		Long: `cluster makes DIR/ca.crt and ca.key, DIR/node.NAME.crt and .key for every
+member of --nodes, and DIR/client.USER.crt and .key, keeping any that exist,
+verify against the CA and stay valid for another day. Node certificates name
+their member, localhost, 127.0.0.1 and ::1; a member reached by another name
+needs kvd cert node --hosts instead.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var names []string
+			for _, n := range strings.Split(nodes, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					names = append(names, n)
+				}
+			}
+			if dir == "" || len(names) == 0 || user == "" {
+				return usageError{errors.New("--dir, --nodes and --user must not be empty")}
+			}
+			files, err := pki.DevCerts(dir, names, user)
+			if err != nil {
+				return err
+			}
+			if len(files.Made) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "kept every certificate in %s\n", dir)
+			}
+			for _, f := range files.Made {
+				fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", f)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "certs", "directory of the certificates")
+	cmd.Flags().StringVar(&nodes, "nodes", "", "member names, comma separated")
+	cmd.Flags().StringVar(&user, "user", "root", "user name of the client certificate")
 	return cmd
 }
 

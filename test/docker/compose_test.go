@@ -10,6 +10,8 @@ package docker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -26,7 +28,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -74,6 +76,38 @@ type cluster struct {
 	seeds    []string // the published client ports
 	kvctl    string   // the kvctl binary built for the image
 	upOutput string
+	// The certificates the compose file's init step made, copied out of a
+	// container: the CA and the client certificate of root.
+	certs    string
+	tls      *tls.Config
+	kvctlTLS []string // KVD_CACERT, KVD_CERT, KVD_KEY for kvctl on this host
+}
+
+// inContainerTLS are the flags kvctl and kvd health need inside a node's
+// container (the certs volume is mounted at /certs).
+var inContainerTLS = []string{"--cacert", "/certs/ca.crt", "--cert", "/certs/client.root.crt", "--key", "/certs/client.root.key"}
+
+// loadCerts copies the cluster's certificates out of n1's container and
+// makes the client TLS configuration of this test.
+func (c *cluster) loadCerts(t *testing.T) {
+	t.Helper()
+	c.certs = filepath.Join(t.TempDir(), "certs")
+	c.docker(t, time.Minute, "cp", c.nodes[0].container+":/certs", c.certs)
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(c.certs, "ca.crt"))
+	if err != nil || !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("the cluster's CA: %v", err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(c.certs, "client.root.crt"), filepath.Join(c.certs, "client.root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.tls = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	c.kvctlTLS = []string{
+		"KVD_CACERT=" + filepath.Join(c.certs, "ca.crt"),
+		"KVD_CERT=" + filepath.Join(c.certs, "client.root.crt"),
+		"KVD_KEY=" + filepath.Join(c.certs, "client.root.key"),
+	}
 }
 
 func moduleRoot(t *testing.T) string {
@@ -221,7 +255,10 @@ func startCluster(t *testing.T) *cluster {
 			t.Fatalf("container of %s: %q, %v", n.name, out, err)
 		}
 		n.container = strings.TrimSpace(out)
-		conn, err := grpc.NewClient(n.published, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	c.loadCerts(t)
+	for _, n := range c.nodes {
+		conn, err := grpc.NewClient(n.published, grpc.WithTransportCredentials(credentials.NewTLS(c.tls)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -277,7 +314,7 @@ func (c *cluster) leader(t *testing.T, timeout time.Duration) *node {
 
 func (c *cluster) newClient(t *testing.T, endpoints []string) *client.Client {
 	t.Helper()
-	cl, err := client.New(client.Config{Endpoints: endpoints})
+	cl, err := client.New(client.Config{Endpoints: endpoints, TLS: c.tls})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +464,7 @@ func testImageAndAddresses(t *testing.T, c *cluster) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	out, err := run(ctx, nil, c.kvctl, "--endpoints", c.nodes[0].published, "-o", "json", "cluster", "status")
+	out, err := run(ctx, c.kvctlTLS, c.kvctl, "--endpoints", c.nodes[0].published, "-o", "json", "cluster", "status")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +535,7 @@ func testPartition(t *testing.T, c *cluster) {
 	// The cut node, asked from inside its own container.
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-		out, err := run(ctx, nil, "docker", "exec", cut.container, "/kvd", "health", "--endpoint", "127.0.0.1:2379")
+		out, err := run(ctx, nil, "docker", append([]string{"exec", cut.container, "/kvd", "health", "--endpoint", "127.0.0.1:2379"}, inContainerTLS...)...)
 		cancel()
 		if err != nil && strings.Contains(out, "knows no leader") {
 			break
@@ -510,7 +547,8 @@ func testPartition(t *testing.T, c *cluster) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	start := time.Now()
-	out, err := run(ctx, nil, "docker", "exec", cut.container, "/kvctl", "--endpoints", "127.0.0.1:2379", "--timeout", "3s", "get", "partition/x")
+	out, err := run(ctx, nil, "docker", append(append([]string{"exec", cut.container, "/kvctl"}, inContainerTLS...),
+		"--endpoints", "127.0.0.1:2379", "--timeout", "3s", "get", "partition/x")...)
 	cancel()
 	// Refused: not a value (exit 0), not "not found" (4: the key exists),
 	// and not a usage error (2: this test's fault).
