@@ -464,7 +464,7 @@ func (n *Node) Start() (err error) {
 			tc.ServerAddressProvider = dialOverrides(over)
 		}
 		t := raft.NewNetworkTransportWithConfig(tc)
-		n.trans = t
+		n.trans = mainLoopHeartbeats{t}
 		closers = append(closers, func() { t.Close() })
 		internalLis = n.mux.grpc
 	}

@@ -364,3 +364,27 @@ func (s *internalService) TransferLeader(ctx context.Context, req *kvpb.Transfer
 	}
 	return &kvpb.TransferLeaderResponse{Header: s.n.LocalHeader(), LeaderName: name}, nil
 }
+
+// mainLoopHeartbeats is the peer port's Raft transport with Raft's
+// heartbeat fast path turned off: a heartbeat goes to Consumer like every
+// other RPC, so Raft's main goroutine handles it.
+//
+// Why: on the fast path (hashicorp/raft up to at least v1.7.3, upstream
+// issue #695) the transport goroutine runs appendEntries, and a heartbeat
+// of a newer term changes currentTerm and the state to follower while the
+// main goroutine may still be in its leader loop. A deposed leader that
+// resumes (after a pause, a partition) with proposals queued then writes
+// them under the NEW term at indexes where the new leader has other
+// entries. The follower's conflict check compares terms only, keeps its
+// own entries, and applies them once the new leader's commit index passes
+// them: its state diverges for good (jepsen-lite: a leader paused 2.5s,
+// then one member answered a retried write from its dedup table).
+//
+// The cost: while the main goroutine is busy (a slow log write) a
+// heartbeat waits behind it. AppendEntries already do, and a follower that
+// times out meanwhile only asks for a pre-vote, which members with a
+// leader refuse.
+type mainLoopHeartbeats struct{ *raft.NetworkTransport }
+
+// SetHeartbeatHandler ignores the handler Raft offers (see mainLoopHeartbeats).
+func (mainLoopHeartbeats) SetHeartbeatHandler(func(raft.RPC)) {}
