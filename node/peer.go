@@ -388,3 +388,9 @@ type mainLoopHeartbeats struct{ *raft.NetworkTransport }
 
 // SetHeartbeatHandler ignores the handler Raft offers (see mainLoopHeartbeats).
 func (mainLoopHeartbeats) SetHeartbeatHandler(func(raft.RPC)) {}
+
+// Raft finds pre-vote and Close by these interfaces: the wrapper must keep them.
+var (
+	_ raft.WithPreVote = mainLoopHeartbeats{}
+	_ raft.WithClose   = mainLoopHeartbeats{}
+)
