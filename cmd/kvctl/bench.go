@@ -253,7 +253,12 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 		b.value[i] = 'a' + byte(i%26)
 	}
 	for range f.conns {
-		c, err := client.New(client.Config{Endpoints: eps, Dialer: testDialer})
+		cfg := client.Config{Endpoints: eps, Dialer: testDialer}
+		// The global TLS and sign-in flags apply to the load too.
+		if err := a.configure(&cfg); err != nil {
+			return err
+		}
+		c, err := client.New(cfg)
 		if err != nil {
 			return err
 		}
