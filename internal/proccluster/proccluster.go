@@ -69,16 +69,18 @@ func Binaries(t testing.TB) (kvd, kvctl string) {
 	return filepath.Join(buildDir, "kvd"), filepath.Join(buildDir, "kvctl")
 }
 
+// moduleRoot is the directory of the kvd module: the main module when run
+// from it, or the one test/jepsen-lite's module replaces it with.
 func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/kvdproject/kvd").Output()
 	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
+		return "", fmt.Errorf("go list -m github.com/kvdproject/kvd (run inside the kvd module or test/jepsen-lite): %w", err)
 	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside the kvd module")
+	dir := strings.TrimSpace(string(out))
+	if dir == "" {
+		return "", errors.New("go list -m github.com/kvdproject/kvd: no directory (not inside the kvd module)")
 	}
-	return filepath.Dir(mod), nil
+	return dir, nil
 }
 
 // Options shape a cluster.
@@ -594,8 +596,8 @@ func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
 // ---------------------------------------------------------------------------
 // Harnesses without a testing.TB (test/jepsen-lite).
 
-// Build compiles ./cmd/kvd of the module that contains the working
-// directory into dir, with the given build tags, and returns its path.
+// Build compiles ./cmd/kvd of the kvd module (see moduleRoot) into dir,
+// with the given build tags, and returns its path.
 func Build(dir string, tags ...string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {

@@ -106,3 +106,23 @@ func TestFSMReadsNoClock(t *testing.T) {
 		}
 	}
 }
+
+// TestModuleLeavesHarnessDepsOut: the fault harness is a module of its own
+// (test/jepsen-lite/go.mod), so that the kvd module, which every program
+// using the client requires, does not make those programs download what only
+// the harness uses.
+func TestModuleLeavesHarnessDepsOut(t *testing.T) {
+	out, err := exec.Command("go", "list", "-m", "all").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -m all: %v\n%s", err, out)
+	}
+	mods := strings.Fields(string(out))
+	if len(mods) < 2 || mods[0] != module {
+		t.Fatalf("go list -m all = %q...; want %s first, then its requirements", mods[:min(len(mods), 3)], module)
+	}
+	for _, m := range mods {
+		if m == "github.com/anishathalye/porcupine" {
+			t.Errorf("the kvd module requires %s, which only test/jepsen-lite uses; keep it in test/jepsen-lite/go.mod", m)
+		}
+	}
+}

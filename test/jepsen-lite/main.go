@@ -3,9 +3,11 @@
 // concurrent workloads through the Go client while a nemesis injects faults,
 // records every operation, heals, and checks the history.
 //
-//	go run ./test/jepsen-lite                                  # smoke run
-//	go run ./test/jepsen-lite --nodes 5 --duration 30m --seed 42 --out results/
-//	go run ./test/jepsen-lite --self-test                      # planted bugs must be caught
+// It is a module of its own; from test/jepsen-lite:
+//
+//	go run .                                                   # smoke run
+//	go run . --nodes 5 --duration 30m --seed 42 --out results/
+//	go run . --self-test                                       # planted bugs must be caught
 //
 // It exits 0 only when every checker passed.
 package main
