@@ -14,6 +14,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // The Raft log stores a node can keep its log and vote in.
@@ -138,7 +139,7 @@ func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
 			},
 		})
 		if err != nil {
-			if errors.Is(err, bbolt.ErrTimeout) {
+			if errors.Is(err, bolterrors.ErrTimeout) {
 				return nil, fmt.Errorf("open raft log %s: locked by another process", path)
 			}
 			return nil, fmt.Errorf("open raft log %s: %w", path, err)

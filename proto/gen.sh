@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Regenerates proto/kvpb from proto/kvd/v1/kvd.proto with pinned plugin
-# versions. Needs protoc (Debian: apt-get install protobuf-compiler).
+# Regenerates proto/kvpb from proto/kvd/v1/kvd.proto with pinned versions of
+# protoc and of its Go plugins. protoc is Debian bookworm's protobuf-compiler
+# (apt-get install protobuf-compiler); its version is written into the
+# generated files, so another version would make `make proto-check` fail for
+# no change of the schema: this script refuses to run with one.
 # `make proto` runs this; `make proto-check` (run by CI) fails when the
 # committed code is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PROTOC_VERSION=3.21.12
+
 PROTOC_GEN_GO=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+
+if ! command -v protoc >/dev/null 2>&1; then
+  echo "proto/gen.sh: protoc not found; install protoc $PROTOC_VERSION (Debian bookworm: apt-get install protobuf-compiler)" >&2
+  exit 1
+fi
+have=$(protoc --version)
+if [ "$have" != "libprotoc $PROTOC_VERSION" ]; then
+  echo "proto/gen.sh: protoc is \"$have\", want libprotoc $PROTOC_VERSION (Debian bookworm's protobuf-compiler);" >&2
+  echo "  another version changes the header of every generated file, so proto-check would fail for nothing" >&2
+  exit 1
+fi
 
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
