@@ -118,6 +118,7 @@ func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoin
 		return resp, nil
 	}
 	r := classify(err, sentFrom(&p))
+	r.addr = addr
 	if r.class == classRetry && c.cfg.TLS != nil && status.Code(err) == codes.Unavailable {
 		if herr := c.handshakeFailure(addr); herr != nil {
 			r = attemptResult{class: classFinal, err: &TLSError{Addr: addr, Err: herr}}
@@ -127,6 +128,50 @@ func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoin
 	return zero, &r
 }
 
+// reach follows, over one request's attempts, whether any member accepted
+// a connection. While none has and every endpoint the request may use has
+// refused one, for Config.UnreachableTimeout since the request began, the
+// request gives up: the cluster is down or the endpoints are wrong, and
+// waiting for ctx would only leave the caller in silence. A request that
+// reached any member (a "no leader" answer included) is not cut short:
+// that is a leader election, and retries get through it.
+type reach struct {
+	start    time.Time
+	only     string // the one endpoint the request may use; "" for all
+	refused  map[string]bool
+	answered bool
+}
+
+func newReach(endpoint string) *reach { return &reach{start: time.Now(), only: endpoint} }
+
+// giveUp records a failed attempt and returns the error to end the request
+// with, or nil to go on retrying.
+func (u *reach) giveUp(c *Client, r *attemptResult) error {
+	if !r.noConn {
+		u.answered = true
+	}
+	if u.answered || c.cfg.UnreachableTimeout <= 0 {
+		return nil
+	}
+	if u.refused == nil {
+		u.refused = make(map[string]bool)
+	}
+	u.refused[r.addr] = true
+	eps := c.endpoints
+	if u.only != "" {
+		eps = []string{u.only}
+	}
+	for _, e := range eps {
+		if !u.refused[e] {
+			return nil
+		}
+	}
+	if time.Since(u.start) < c.cfg.UnreachableTimeout {
+		return nil
+	}
+	return unreachable(eps, r.err)
+}
+
 // read runs an RPC that changes nothing (or whose repetition is harmless),
 // retrying every retryable failure until ctx ends. endpoint "" lets the
 // client pick (leader first); otherwise every attempt goes there.
@@ -134,6 +179,7 @@ func read[R any](ctx context.Context, c *Client, extra time.Duration, endpoint s
 	var zero R
 	var last error
 	var delay time.Duration
+	u := newReach(endpoint)
 	for {
 		if c.isClosed() {
 			return zero, ErrClosed
@@ -144,6 +190,9 @@ func read[R any](ctx context.Context, c *Client, extra time.Duration, endpoint s
 		}
 		if r.class == classFinal {
 			return zero, r.err
+		}
+		if err := u.giveUp(c, r); err != nil {
+			return zero, err
 		}
 		last = r.err
 		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
@@ -158,6 +207,7 @@ func once[R any](ctx context.Context, c *Client, send sendFunc[R]) (R, error) {
 	var zero R
 	var last error
 	var delay time.Duration
+	u := newReach("")
 	for {
 		if c.isClosed() {
 			return zero, ErrClosed
@@ -171,6 +221,9 @@ func once[R any](ctx context.Context, c *Client, send sendFunc[R]) (R, error) {
 			return zero, r.err
 		case classMaybe:
 			return zero, indeterminate(r.err, ctx.Err())
+		}
+		if err := u.giveUp(c, r); err != nil {
+			return zero, err
 		}
 		last = r.err
 		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
@@ -203,6 +256,7 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 		last  error
 		maybe bool // an attempt of this command may have been applied
 		delay time.Duration
+		u     = newReach("")
 	)
 	for {
 		if c.isClosed() {
@@ -254,6 +308,11 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 			return zero, r.err
 		case classMaybe:
 			maybe = true
+		}
+		// An attempt that may have been applied reached a member, so this
+		// gives up only while nothing can have been.
+		if err := u.giveUp(c, r); err != nil {
+			return zero, err
 		}
 		last = r.err
 		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {

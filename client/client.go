@@ -52,6 +52,15 @@ type Config struct {
 	// every endpoint must be a loopback address.
 	Username string
 	Password string
+	// UnreachableTimeout, when positive, ends a request early with
+	// ErrUnavailable (nothing was applied) once every endpoint it may use
+	// has refused a connection and this long has passed since it began;
+	// the error names the endpoints. A request that reached any member,
+	// even one answering that there is no leader yet, still retries until
+	// its context ends, so leader elections and a cluster with some members
+	// down are ridden through as before. 0 (the default): every request
+	// retries until its context ends. kvctl uses 1s.
+	UnreachableTimeout time.Duration
 }
 
 // Defaults of Config.
@@ -80,6 +89,8 @@ func (cfg Config) Validate() error {
 		return fmt.Errorf("client: Config.AttemptTimeout %v is negative", cfg.AttemptTimeout)
 	case cfg.Password != "" && cfg.Username == "":
 		return errors.New("client: Config.Password is set without Config.Username")
+	case cfg.UnreachableTimeout < 0:
+		return fmt.Errorf("client: Config.UnreachableTimeout %v is negative", cfg.UnreachableTimeout)
 	}
 	if cfg.Username != "" && cfg.TLS == nil {
 		for _, e := range cfg.Endpoints {

@@ -18,7 +18,9 @@ import (
 // errors.Is matches it against the sentinel of the same Code.
 type Error struct {
 	Code kvpb.ErrorCode
-	// Msg is the server's message (prefixed "kvd: "), or the client's.
+	// Msg is the server's message (prefixed "kvd: "), or for an error the
+	// client made (ErrIndeterminate, ErrUnavailable) its one-line summary,
+	// to which Error adds what caused it.
 	Msg string
 	// Field and Limit name the broken limit of an INVALID_ARGUMENT.
 	Field string
@@ -28,14 +30,16 @@ type Error struct {
 	CurrentToken uint64
 
 	// causes are what led to a client-made error (the last attempt's error,
-	// the context's error); reached through Unwrap.
+	// the context's error); reached through Unwrap. detail is their text.
 	causes []error
+	detail string
 }
 
-// Error returns the server's message.
+// Error returns the server's message, or the client's summary followed by
+// its causes.
 func (e *Error) Error() string {
 	if e.Msg != "" {
-		return e.Msg
+		return e.Msg + e.detail
 	}
 	if ent, ok := errorTable[e.Code]; ok {
 		return ent.text
@@ -170,6 +174,10 @@ type attemptResult struct {
 	err   error // *Error for kvd answers, the gRPC error otherwise
 	// Leader hint from the answer (client address), "" when none.
 	leaderName, leaderAddr string
+	// addr is the member the attempt went to; noConn: no connection to it
+	// could be made (nothing was sent, and no kvd server answered).
+	addr   string
+	noConn bool
 }
 
 // classify turns the error of one attempt into what the retry loop needs.
@@ -206,8 +214,11 @@ func classify(err error, sent bool) attemptResult {
 	case codes.Unavailable:
 		// No answer from a kvd server: the connection could not be made
 		// (not sent) or broke during the call (maybe applied).
-		return attemptResult{class: maybeIf(sent), err: err}
-	case codes.DeadlineExceeded, codes.Canceled:
+		return attemptResult{class: maybeIf(sent), err: err, noConn: !sent}
+	case codes.DeadlineExceeded:
+		// Not sent: the connection was still being made.
+		return attemptResult{class: maybeIf(sent), err: err, noConn: !sent}
+	case codes.Canceled:
 		return attemptResult{class: maybeIf(sent), err: err}
 	case codes.ResourceExhausted:
 		// gRPC's own message size limit, client or server side.
@@ -246,25 +257,37 @@ func sentFrom(p *peer.Peer) bool { return p.Addr != nil }
 
 // indeterminate is the error of a write whose outcome is unknown.
 func indeterminate(last, ctxErr error) error {
-	msg := "kvd: outcome unknown, the write may or may not have been applied"
-	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, Msg: withCause(msg, last, ctxErr), causes: causes(last, ctxErr)}
+	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+		Msg:    "kvd: outcome unknown, the write may or may not have been applied",
+		detail: causeText(last, ctxErr), causes: causes(last, ctxErr)}
 }
 
 // unavailable is the error of a request that certainly was not applied and
 // got no answer before ctx ended.
 func unavailable(last, ctxErr error) error {
-	msg := "kvd: unavailable: no leader or no member answered"
-	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: withCause(msg, last, ctxErr), causes: causes(last, ctxErr)}
+	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER,
+		Msg:    "kvd: unavailable: no leader or no member answered",
+		detail: causeText(last, ctxErr), causes: causes(last, ctxErr)}
 }
 
-func withCause(msg string, last, ctxErr error) string {
+// unreachable is the error of a request none of whose endpoints accepted a
+// connection (Config.UnreachableTimeout): it was not applied.
+func unreachable(endpoints []string, last error) error {
+	return &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER,
+		Msg:    "kvd: unavailable: no endpoint accepts a connection (tried " + strings.Join(endpoints, ", ") + ")",
+		detail: causeText(last, nil), causes: causes(last)}
+}
+
+// causeText is what Error adds to a client-made error's summary.
+func causeText(last, ctxErr error) string {
+	var s string
 	if last != nil {
-		msg += ": " + last.Error()
+		s += ": " + last.Error()
 	}
 	if ctxErr != nil && (last == nil || !errors.Is(last, ctxErr)) {
-		msg += " (" + ctxErr.Error() + ")"
+		s += " (" + ctxErr.Error() + ")"
 	}
-	return msg
+	return s
 }
 
 func causes(errs ...error) []error {

@@ -472,3 +472,80 @@ func TestClientCloseClosesOwnSession(t *testing.T) {
 		t.Errorf("%d sessions live after Close, want 0: %v", n, fmt.Sprint(f.sessions))
 	}
 }
+
+// With Config.UnreachableTimeout, a request none of whose endpoints accepts
+// a connection ends early, names them, and says nothing was applied, on
+// every retry path: reads, writes under a session, and once-only calls.
+func TestUnreachableEndsEarly(t *testing.T) {
+	f := newFake(t)
+	c, err := New(Config{Endpoints: []string{"nowhere", "neither"}, Dialer: f.dial, UnreachableTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	calls := map[string]func(ctx context.Context) error{
+		"Get":          func(ctx context.Context) error { _, err := c.Get(ctx, []byte("k")); return err },
+		"Add":          func(ctx context.Context) error { _, err := c.Add(ctx, []byte("k"), 1); return err },
+		"RemoveMember": func(ctx context.Context) error { _, err := c.RemoveMember(ctx, "n9"); return err },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			err := call(ctx)
+			if ctx.Err() != nil {
+				t.Fatalf("%s returned only when its context ended (%v)", name, err)
+			}
+			if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrIndeterminate) {
+				t.Fatalf("%s = %v, want ErrUnavailable (and not ErrIndeterminate)", name, err)
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.Msg != "kvd: unavailable: no endpoint accepts a connection (tried nowhere, neither)" {
+				t.Errorf("%s: Msg = %q, want it to name both endpoints", name, e.Msg)
+			}
+		})
+	}
+
+	// Status of one member gives up on that member alone.
+	c2, err := New(Config{Endpoints: []string{"nowhere"}, Dialer: f.dial, UnreachableTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { c2.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if _, err := c2.Status(ctx, "elsewhere"); !errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+		t.Errorf("Status(elsewhere) = %v (context err %v), want ErrUnavailable before the context ends", err, ctx.Err())
+	}
+}
+
+// A member that answers, even "no leader", keeps the request retrying
+// until its context ends: that is an election, not a cluster that is down.
+// And a member that is down does not stop the others from serving.
+func TestUnreachableLeavesElectionsAndFailoverAlone(t *testing.T) {
+	f := newFake(t, "a")
+	f.onAdd = func(node string, n int, req *kvpb.AddRequest) error { return notLeader("") }
+	c, err := New(Config{Endpoints: []string{"nowhere", "a"}, Dialer: f.dial, AttemptTimeout: 200 * time.Millisecond, UnreachableTimeout: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := c.Add(ctx, []byte("k"), 1); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Add during an election = %v, want ErrUnavailable after the context's deadline", err)
+	}
+
+	f.onAdd = nil
+	ctx, cancel = context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for i := range 5 {
+		resp, err := c.Add(ctx, []byte("k"), 1)
+		if err != nil {
+			t.Fatalf("Add #%d with one member down = %v, want it applied by the other", i, err)
+		}
+		if resp.GetValue() != int64(i+1) {
+			t.Errorf("Add #%d = %d, want %d", i, resp.GetValue(), i+1)
+		}
+	}
+}
