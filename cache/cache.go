@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,7 +112,9 @@ func (cc *Cache) Stats() Stats {
 // the cluster per TTL; see the package documentation for the flow. It uses
 // the Default cache of c. The result is encoded with the codec (JSON by
 // default) and every caller, the computing one included, gets the decoded
-// stored form.
+// stored form. With the JSON codec, a T that JSON cannot carry whole (a
+// struct with an unexported field, at any depth; see ErrLossyType) is
+// refused before anything else happens.
 //
 // It waits until a value is available: fresh or stale at once, or computed
 // by this caller, or stored by the caller in the cluster that holds the fill
@@ -130,6 +133,11 @@ func Memoize[T any](ctx context.Context, c *client.Client, key string, ttl time.
 func MemoizeIn[T any](ctx context.Context, cc *Cache, key string, ttl time.Duration, fn func(context.Context) (T, error), opts ...Option) (T, error) {
 	o := cc.opts.with(opts)
 	var zero T
+	if _, ok := o.codec.(jsonCodec); ok {
+		if err := checkJSONType(reflect.TypeFor[T]()); err != nil {
+			return zero, err
+		}
+	}
 	b, err := cc.memoize(ctx, key, ttl, func(ctx context.Context) ([]byte, error) {
 		v, err := fn(ctx)
 		if err != nil {
