@@ -127,18 +127,18 @@ func (s *Server) requireAdmin(ctx context.Context, what string) error {
 // since (AUTH_REVISION_STALE) was neither applied nor remembered: this
 // member catches up to the change and answers NOT_LEADER, which clients
 // retry, and the retry is checked afresh.
-func (s *Server) propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (s *Server) propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, node.Applied, error) {
 	if rev, ok := ctx.Value(authRevKey{}).(uint64); ok {
 		cmd.AuthRevision = &rev
 	}
-	res, index, err := s.b.Propose(ctx, cmd)
+	res, at, err := s.b.Propose(ctx, cmd)
 	if err != nil || res.GetCode() != kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE {
-		return res, index, err
+		return res, at, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 4*s.b.ElectionTimeout())
 	s.b.WaitApplied(wctx, res.GetAuthRevision())
 	cancel()
-	return nil, 0, &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER,
+	return nil, node.Applied{}, &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER,
 		Msg: "users or roles changed while the request was in flight; it was not applied: retry"}
 }
 

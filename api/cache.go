@@ -91,7 +91,7 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 		defer t.Stop()
 		deadline = t.C
 	}
-	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
+	res, at, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Fill{Fill: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -102,7 +102,7 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	if resp == nil {
 		resp = &kvpb.FillResponse{}
 	}
-	resp.Header = n.b.WriteHeader(index, 0)
+	resp.Header = n.b.WriteHeader(at.Index, at.LogTime)
 	if resp.GetState() != kvpb.CacheState_CACHE_STATE_FILLING || req.GetWaitMs() <= 0 {
 		n.count(resp.GetState())
 		return resp, nil
@@ -111,7 +111,7 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	// Another session is filling: wait for its result or for the lease.
 	n.stats.waits.Add(1)
 	session, key := req.GetHeader().GetSession(), req.GetKey()
-	if err := n.b.WaitApplied(ctx, index); err != nil {
+	if err := n.b.WaitApplied(ctx, at.Index); err != nil {
 		return nil, n.toStatus(err)
 	}
 	for {

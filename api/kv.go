@@ -13,14 +13,14 @@ import (
 // write proposes cmd and returns its OK result with a response header, or
 // an error (a non-OK result becomes a *kvError).
 func (n *Server) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, *kvpb.ResponseHeader, error) {
-	res, index, err := n.propose(ctx, cmd)
+	res, at, err := n.propose(ctx, cmd)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := node.ResultError(res); err != nil {
 		return nil, nil, err
 	}
-	return res, n.b.WriteHeader(index, 0), nil
+	return res, n.b.WriteHeader(at.Index, at.LogTime), nil
 }
 
 // writeAs proposes cmd and answers with the fsm's typed result, picked out
@@ -181,14 +181,14 @@ func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveReque
 	if err := n.ownSession(ctx, req.GetId()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, index, err := n.b.RenewSession(ctx, req.GetId())
+	res, at, err := n.b.RenewSession(ctx, req.GetId())
 	if err == nil {
 		err = node.ResultError(res)
 	}
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	hdr := n.b.WriteHeader(index, 0)
+	hdr := n.b.WriteHeader(at.Index, at.LogTime)
 	resp := res.GetKeepAlive()
 	if resp == nil {
 		resp = &kvpb.KeepAliveResponse{}

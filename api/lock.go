@@ -42,7 +42,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
-	res, index, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
+	res, at, err := n.propose(ctx, &kvpb.Command{Op: &kvpb.Command_Acquire{Acquire: req}})
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -53,7 +53,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	if resp == nil {
 		resp = &kvpb.AcquireResponse{}
 	}
-	resp.Header = n.b.WriteHeader(index, 0)
+	resp.Header = n.b.WriteHeader(at.Index, at.LogTime)
 	if resp.GetAcquired() || req.GetWaitMs() <= 0 || resp.GetPosition() == 0 {
 		return resp, nil
 	}
@@ -62,7 +62,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	session, name := req.GetHeader().GetSession(), req.GetName()
 	timer := time.NewTimer(msDuration(req.GetWaitMs()) + 4*n.b.ElectionTimeout())
 	defer timer.Stop()
-	if err := n.b.WaitApplied(ctx, index); err != nil {
+	if err := n.b.WaitApplied(ctx, at.Index); err != nil {
 		return nil, n.toStatus(n.cancelWait(ctx, session, name, err))
 	}
 	for {

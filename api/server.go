@@ -26,8 +26,9 @@ import (
 // service test can use a fake over a bare fsm.
 type Backend interface {
 	// Propose runs cmd through the log (forwarding to the leader) and
-	// returns the fsm's result and the entry's index.
-	Propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error)
+	// returns the fsm's result and where the entry landed (index and log
+	// time, for WriteHeader).
+	Propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, node.Applied, error)
 	// Read prepares a read at a consistency: the time to judge expiry
 	// against and the response header.
 	Read(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.ResponseHeader, error)
@@ -39,7 +40,7 @@ type Backend interface {
 	// FSM is the local state, for reads and change notifications.
 	FSM() *fsm.FSM
 	// RenewSession renews a session with the next shared keepalive entry.
-	RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error)
+	RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error)
 	Leader() (name, clientAddr string)
 	Limits() node.Limits
 	ElectionTimeout() time.Duration

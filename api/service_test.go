@@ -35,7 +35,7 @@ func newFakeBackend() *fakeBackend {
 	return &fakeBackend{f: fsm.New(), now: time.Now().UnixNano(), done: make(chan struct{})}
 }
 
-func (b *fakeBackend) Propose(_ context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (b *fakeBackend) Propose(_ context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, node.Applied, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.now += int64(time.Millisecond)
@@ -43,10 +43,11 @@ func (b *fakeBackend) Propose(_ context.Context, cmd *kvpb.Command) (*kvpb.Comma
 	cmd.Limits = &kvpb.StateLimits{MaxWaitersPerLock: 16, MaxLocksPerSession: 16, CacheMaxBytes: 1 << 20, MaxDedupResults: 100}
 	data, err := proto.Marshal(cmd)
 	if err != nil {
-		return nil, 0, err
+		return nil, node.Applied{}, err
 	}
 	b.index++
-	return b.f.Apply(b.index, data), b.index, nil
+	res := b.f.Apply(b.index, data)
+	return res, node.Applied{Index: b.index, LogTime: b.f.LogTime()}, nil
 }
 
 func (b *fakeBackend) Read(context.Context, kvpb.Consistency) (int64, *kvpb.ResponseHeader, error) {
@@ -69,12 +70,12 @@ func (b *fakeBackend) LocalHeader() *kvpb.ResponseHeader {
 }
 func (b *fakeBackend) AppliedIndex() uint64 { return b.f.AppliedIndex() }
 func (b *fakeBackend) FSM() *fsm.FSM        { return b.f }
-func (b *fakeBackend) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error) {
-	res, index, err := b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: []uint64{id}}}})
+func (b *fakeBackend) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error) {
+	res, at, err := b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: []uint64{id}}}})
 	if err != nil {
-		return nil, 0, err
+		return nil, node.Applied{}, err
 	}
-	return res.GetKeepAliveBatch().GetResults()[0], index, nil
+	return res.GetKeepAliveBatch().GetResults()[0], at, nil
 }
 func (b *fakeBackend) Leader() (string, string)       { return "fake", "" }
 func (b *fakeBackend) Limits() node.Limits            { return node.DefaultLimits() }

@@ -27,9 +27,9 @@ type keepAliveCall struct {
 }
 
 type keepAliveDone struct {
-	res   *kvpb.CommandResult
-	index uint64
-	err   error
+	res *kvpb.CommandResult
+	at  Applied
+	err error
 }
 
 const (
@@ -43,12 +43,12 @@ const (
 
 // RenewSession renews session id with the next batch of renewals and
 // returns its result (OK with a KeepAliveResponse, or SESSION_EXPIRED) and
-// the entry's index. It waits for the batch's commit or ctx.
-func (n *Node) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error) {
+// where the entry landed. It waits for the batch's commit or ctx.
+func (n *Node) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, Applied, error) {
 	return n.keepAlives.renew(ctx, id)
 }
 
-func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandResult, uint64, error) {
+func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandResult, Applied, error) {
 	ch := make(chan keepAliveDone, 1)
 	b.mu.Lock()
 	b.queue = append(b.queue, keepAliveCall{id: id, ch: ch})
@@ -59,11 +59,11 @@ func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandR
 	b.mu.Unlock()
 	select {
 	case d := <-ch:
-		return d.res, d.index, d.err
+		return d.res, d.at, d.err
 	case <-ctx.Done():
 		// The renewal may still apply: the outcome is unknown (and harmless
 		// to retry).
-		return nil, 0, ctx.Err()
+		return nil, Applied{}, ctx.Err()
 	}
 }
 
@@ -89,7 +89,7 @@ func (b *keepAliveBatcher) run() {
 			ids[i] = c.id
 		}
 		ctx, cancel := context.WithTimeout(b.n.ctx, keepAliveBatchTimeout)
-		res, index, err := b.n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{
+		res, at, err := b.n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{
 			KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: ids}}})
 		cancel()
 		if err == nil {
@@ -101,7 +101,7 @@ func (b *keepAliveBatcher) run() {
 				Msg: "keepalive batch: the fsm answered a different number of sessions"}
 		}
 		for i, c := range batch {
-			d := keepAliveDone{index: index, err: err}
+			d := keepAliveDone{at: at, err: err}
 			if err == nil {
 				d.res = results[i]
 			}

@@ -30,8 +30,17 @@ func (n *Node) Status(withHash bool) *kvpb.StatusResponse {
 	if withHash {
 		hash = n.stateHash()
 	}
+	hdr := n.LocalHeader()
+	var logClock int64
+	if e := n.currentEpoch(); e != nil {
+		select {
+		case <-e.ready:
+			logClock = n.stamp(e)
+		default:
+		}
+	}
 	return &kvpb.StatusResponse{
-		Header:            n.LocalHeader(),
+		Header:            hdr,
 		Name:              n.cfg.Name,
 		PeerAddr:          string(n.trans.LocalAddr()),
 		ClientAddr:        n.cfg.ClientAddr,
@@ -48,6 +57,7 @@ func (n *Node) Status(withHash bool) *kvpb.StatusResponse {
 		Version:           Version,
 		CpuMicros:         cpu,
 		RssBytes:          rss,
+		LogClock:          logClock,
 	}
 }
 
@@ -190,11 +200,11 @@ func (n *Node) removeMemberHere(ctx context.Context, name string) (uint64, error
 	if name != n.cfg.Name {
 		// Forget its client address. (A leader that removed itself steps
 		// down; the next leader's members list no longer shows it anyway.)
-		_, idx, err := n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_RemoveMember{RemoveMember: &kvpb.RemoveMemberOp{Name: name}}})
+		_, at, err := n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_RemoveMember{RemoveMember: &kvpb.RemoveMemberOp{Name: name}}})
 		if err != nil {
 			return 0, err
 		}
-		index = idx
+		index = at.Index
 	}
 	return index, nil
 }

@@ -325,11 +325,11 @@ func (s *internalService) Propose(ctx context.Context, req *kvpb.ProposeRequest)
 	case *kvpb.Command_Tick, *kvpb.Command_Recover:
 		return nil, peerStatus(Invalid("command", 0, "command: tick and recover are proposed by the leader only"))
 	}
-	res, index, err := n.proposeHere(ctx, cmd)
+	res, at, err := n.proposeHere(ctx, cmd)
 	if err != nil {
 		return nil, peerStatus(err)
 	}
-	return &kvpb.ProposeResponse{Result: res, Index: index, LogTime: n.fsm.LogTime()}, nil
+	return &kvpb.ProposeResponse{Result: res, Index: at.Index, LogTime: at.LogTime}, nil
 }
 
 // ReadIndex confirms leadership for a follower's linearizable read.

@@ -42,16 +42,26 @@ func applyTimeout(ctx context.Context) time.Duration {
 	return max
 }
 
+// Applied says where a proposed command landed: its entry's index, and the
+// log time once it was applied, on the node that applied it (the leader, for
+// a forwarded command). The header of a write's answer carries both: a
+// follower that forwarded the command may not have applied it yet, and its
+// own log time can be far behind the command's stamp.
+type Applied struct {
+	Index   uint64
+	LogTime int64
+}
+
 // applyLocal stamps cmd in epoch e, appends it to the log and waits for its
 // result. The caller has checked that e is ready (or is taking office).
 // Errors are *Error: NOT_LEADER when the entry was not accepted,
 // INDETERMINATE when its outcome is unknown.
-func (n *Node) applyLocal(ctx context.Context, e *epoch, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (n *Node) applyLocal(ctx context.Context, e *epoch, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
 	cmd.Stamp = n.stamp(e)
 	cmd.Limits = n.limits
 	data, err := proto.Marshal(cmd)
 	if err != nil {
-		return nil, 0, fmt.Errorf("marshal command: %w", err)
+		return nil, Applied{}, fmt.Errorf("marshal command: %w", err)
 	}
 	f := n.raft.Apply(data, applyTimeout(ctx))
 	err = waitFuture(ctx, f)
@@ -59,38 +69,39 @@ func (n *Node) applyLocal(ctx context.Context, e *epoch, cmd *kvpb.Command) (*kv
 	case err == nil:
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress),
 		errors.Is(err, raft.ErrEnqueueTimeout):
-		return nil, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: "not the leader: " + err.Error()}
+		return nil, Applied{}, &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, Msg: "not the leader: " + err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
-		return nil, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.DeadlineExceeded,
+		return nil, Applied{}, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.DeadlineExceeded,
 			Msg: "deadline exceeded while the command was in flight; it may or may not have been applied"}
 	case errors.Is(err, context.Canceled):
-		return nil, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.Canceled,
+		return nil, Applied{}, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.Canceled,
 			Msg: "canceled while the command was in flight; it may or may not have been applied"}
 	default: // ErrLeadershipLost, ErrAbortedByRestore, ErrRaftShutdown, ...
-		return nil, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+		return nil, Applied{}, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
 			Msg: "outcome unknown: " + err.Error()}
 	}
 	res, ok := f.Response().(*kvpb.CommandResult)
 	if !ok || res == nil {
-		return nil, 0, fmt.Errorf("fsm returned %T, want *kvpb.CommandResult", f.Response())
+		return nil, Applied{}, fmt.Errorf("fsm returned %T, want *kvpb.CommandResult", f.Response())
 	}
-	return res, f.Index(), nil
+	// The batch holding the entry has been applied: its log time is here.
+	return res, Applied{Index: f.Index(), LogTime: n.adapter.lastLogTime()}, nil
 }
 
 // proposeHere proposes cmd on this node as leader: it waits until the leader
 // has taken office, then applies. NOT_LEADER when this node is not leader.
-func (n *Node) proposeHere(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (n *Node) proposeHere(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
 	e := n.currentEpoch()
 	if e == nil {
-		return nil, 0, errNotLeader
+		return nil, Applied{}, errNotLeader
 	}
 	select {
 	case <-e.ready:
 	case <-e.ctx.Done():
-		return nil, 0, errNotLeader
+		return nil, Applied{}, errNotLeader
 	case <-ctx.Done():
 		// Nothing was proposed: say so (NOT_LEADER), with the context's code.
-		return nil, 0, &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, GRPC: status.FromContextError(ctx.Err()).Code(),
+		return nil, Applied{}, &Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, GRPC: status.FromContextError(ctx.Err()).Code(),
 			Msg: "leader still taking office: " + ctx.Err().Error()}
 	}
 	return n.applyLocal(ctx, e, cmd)
@@ -98,48 +109,48 @@ func (n *Node) proposeHere(ctx context.Context, cmd *kvpb.Command) (*kvpb.Comman
 
 // Propose runs cmd through the log: locally when this node is leader,
 // otherwise through the leader's Internal.Propose on its peer port. It
-// returns the fsm's result (whatever its code), the entry's index, and
+// returns the fsm's result (whatever its code), where the entry landed, and
 // errors that are *Error (NOT_LEADER: nothing was proposed; INDETERMINATE:
 // the outcome is unknown) or the context's.
 //
 // While no leader is known it waits (up to ctx) for one; NOT_LEADER answers
 // are retried, as nothing was proposed.
-func (n *Node) Propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (n *Node) Propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
 	var lastErr error = errNotLeader
 	for attempt := 0; attempt < 5; attempt++ {
 		if attempt > 0 {
 			if err := n.pause(ctx, n.cfg.HeartbeatTimeout/2); err != nil {
-				return nil, 0, lastErr
+				return nil, Applied{}, lastErr
 			}
 		}
 		ic, here, err := n.leaderConn(ctx)
 		if err != nil {
-			return nil, 0, lastErr
+			return nil, Applied{}, lastErr
 		}
 		var res *kvpb.CommandResult
-		var index uint64
+		var at Applied
 		if here {
-			res, index, err = n.proposeHere(ctx, cmd)
+			res, at, err = n.proposeHere(ctx, cmd)
 		} else {
-			res, index, err = n.forwardPropose(ctx, ic, cmd)
+			res, at, err = n.forwardPropose(ctx, ic, cmd)
 		}
 		if err == nil {
-			return res, index, nil
+			return res, at, nil
 		}
 		if !IsNotLeader(err) {
-			return nil, 0, err
+			return nil, Applied{}, err
 		}
 		lastErr = err
 	}
-	return nil, 0, lastErr
+	return nil, Applied{}, lastErr
 }
 
-func (n *Node) forwardPropose(ctx context.Context, ic kvpb.InternalClient, cmd *kvpb.Command) (*kvpb.CommandResult, uint64, error) {
+func (n *Node) forwardPropose(ctx context.Context, ic kvpb.InternalClient, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
 	resp, err := ic.Propose(ctx, &kvpb.ProposeRequest{Command: cmd})
 	if err != nil {
-		return nil, 0, forwardError(ctx, err)
+		return nil, Applied{}, forwardError(ctx, err)
 	}
-	return resp.GetResult(), resp.GetIndex(), nil
+	return resp.GetResult(), Applied{Index: resp.GetIndex(), LogTime: resp.GetLogTime()}, nil
 }
 
 // forwardError classifies an error of a forwarded call. A status with an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/kvdproject/kvd/fsm"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -165,6 +166,7 @@ func (n *Node) Read(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.Respo
 			ServedBy:     n.cfg.Name,
 			Stale:        true,
 			Term:         n.raft.CurrentTerm(),
+			WallTime:     time.Now().UnixNano(),
 		}, nil
 	}
 	if c != kvpb.Consistency_CONSISTENCY_LINEARIZABLE {
@@ -187,14 +189,15 @@ func (n *Node) Read(ctx context.Context, c kvpb.Consistency) (int64, *kvpb.Respo
 		LogTime:      now,
 		ServedBy:     n.cfg.Name,
 		Term:         term,
+		WallTime:     time.Now().UnixNano(),
 	}, nil
 }
 
-// WriteHeader is the header of a response to a write applied at index.
-// logTime 0 takes the log time of the last applied batch.
+// WriteHeader is the header of a response to a write applied at index, at
+// logTime (Applied, from Propose); logTime 0 means "applied here": the log
+// time of this node's last applied batch, which holds index.
 func (n *Node) WriteHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
 	if logTime == 0 {
-		// The batch holding index has been applied: its log time is here.
 		logTime = n.adapter.lastLogTime()
 	}
 	return &kvpb.ResponseHeader{
@@ -202,6 +205,7 @@ func (n *Node) WriteHeader(index uint64, logTime int64) *kvpb.ResponseHeader {
 		LogTime:      logTime,
 		ServedBy:     n.cfg.Name,
 		Term:         n.raft.CurrentTerm(),
+		WallTime:     time.Now().UnixNano(),
 	}
 }
 
@@ -213,6 +217,7 @@ func (n *Node) LocalHeader() *kvpb.ResponseHeader {
 		ServedBy:     n.cfg.Name,
 		Stale:        true,
 		Term:         n.raft.CurrentTerm(),
+		WallTime:     time.Now().UnixNano(),
 	}
 }
 

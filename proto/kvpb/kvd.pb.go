@@ -421,8 +421,14 @@ type ResponseHeader struct {
 	ServedBy string `protobuf:"bytes,3,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
 	// True for a read served from a node's local state without confirming
 	// leadership (Consistency STALE).
-	Stale         bool   `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
-	Term          uint64 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	Stale bool   `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
+	Term  uint64 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	// The serving node's wall clock (unix nanoseconds) when it built this
+	// response. Log time runs behind the wall clock after the whole cluster
+	// was down (by the length of the outage) and never ahead of it; a log time
+	// T in this response is about wall_time + (T - log_time) on this node's
+	// clock. For people and for estimates only: nothing is decided by it.
+	WallTime      int64 `protobuf:"varint,6,opt,name=wall_time,json=wallTime,proto3" json:"wall_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -488,6 +494,13 @@ func (x *ResponseHeader) GetStale() bool {
 func (x *ResponseHeader) GetTerm() uint64 {
 	if x != nil {
 		return x.Term
+	}
+	return 0
+}
+
+func (x *ResponseHeader) GetWallTime() int64 {
+	if x != nil {
+		return x.WallTime
 	}
 	return 0
 }
@@ -4101,8 +4114,15 @@ type StatusResponse struct {
 	// This kvd process's own resource use, for benchmarks and monitoring: CPU
 	// time (user + system) since the process started, and its resident memory
 	// now. 0 where the platform does not tell.
-	CpuMicros     uint64 `protobuf:"varint,16,opt,name=cpu_micros,json=cpuMicros,proto3" json:"cpu_micros,omitempty"`
-	RssBytes      uint64 `protobuf:"varint,17,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	CpuMicros uint64 `protobuf:"varint,16,opt,name=cpu_micros,json=cpuMicros,proto3" json:"cpu_micros,omitempty"`
+	RssBytes  uint64 `protobuf:"varint,17,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	// On the leader, once in office: the log time it would stamp now (its
+	// anchor plus the monotonic time since it took office); 0 on any other
+	// member. header.wall_time minus this is how far log time runs behind the
+	// leader's wall clock: about the length of the last whole-cluster outage.
+	// (log_time above is the newest applied entry's, which stands still while
+	// nothing is written.)
+	LogClock      int64 `protobuf:"varint,18,opt,name=log_clock,json=logClock,proto3" json:"log_clock,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4252,6 +4272,13 @@ func (x *StatusResponse) GetCpuMicros() uint64 {
 func (x *StatusResponse) GetRssBytes() uint64 {
 	if x != nil {
 		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLogClock() int64 {
+	if x != nil {
+		return x.LogClock
 	}
 	return 0
 }
@@ -8786,13 +8813,14 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\rRequestHeader\x12\x18\n" +
 	"\asession\x18\x01 \x01(\x04R\asession\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12&\n" +
-	"\x0fmin_pending_seq\x18\x03 \x01(\x04R\rminPendingSeq\"\x97\x01\n" +
+	"\x0fmin_pending_seq\x18\x03 \x01(\x04R\rminPendingSeq\"\xb4\x01\n" +
 	"\x0eResponseHeader\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12\x19\n" +
 	"\blog_time\x18\x02 \x01(\x03R\alogTime\x12\x1b\n" +
 	"\tserved_by\x18\x03 \x01(\tR\bservedBy\x12\x14\n" +
 	"\x05stale\x18\x04 \x01(\bR\x05stale\x12\x12\n" +
-	"\x04term\x18\x05 \x01(\x04R\x04term\"1\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\x12\x1b\n" +
+	"\twall_time\x18\x06 \x01(\x03R\bwallTime\"1\n" +
 	"\x05Fence\x12\x12\n" +
 	"\x04lock\x18\x01 \x01(\fR\x04lock\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\"\xc5\x01\n" +
@@ -9065,7 +9093,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x05voter\x18\x04 \x01(\bR\x05voter\x12\x16\n" +
 	"\x06leader\x18\x05 \x01(\bR\x06leader\"7\n" +
 	"\rStatusRequest\x12&\n" +
-	"\x0fskip_state_hash\x18\x01 \x01(\bR\rskipStateHash\"\xaa\x04\n" +
+	"\x0fskip_state_hash\x18\x01 \x01(\bR\rskipStateHash\"\xc7\x04\n" +
 	"\x0eStatusResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -9089,7 +9117,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\aversion\x18\x0f \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"cpu_micros\x18\x10 \x01(\x04R\tcpuMicros\x12\x1b\n" +
-	"\trss_bytes\x18\x11 \x01(\x04R\brssBytes\"\x10\n" +
+	"\trss_bytes\x18\x11 \x01(\x04R\brssBytes\x12\x1b\n" +
+	"\tlog_clock\x18\x12 \x01(\x03R\blogClock\"\x10\n" +
 	"\x0eMembersRequest\"k\n" +
 	"\x0fMembersResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12(\n" +
