@@ -500,16 +500,17 @@ func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveRespo
 }
 
 // CloseSession closes session id on the server, releasing its locks.
-// Closing a session that is already gone is not an error.
-func (c *Client) CloseSession(ctx context.Context, id uint64) error {
+// Closing a session that is already gone is not an error: the response is
+// then empty (no header: the server had nothing to close).
+func (c *Client) CloseSession(ctx context.Context, id uint64) (*kvpb.CloseSessionResponse, error) {
 	req := &kvpb.CloseSessionRequest{Id: id}
-	_, err := read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CloseSessionResponse, error) {
+	resp, err := read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.CloseSessionResponse, error) {
 		return kvpb.NewSessionClient(cc).Close(ctx, req, opts...)
 	})
 	if errors.Is(err, ErrSessionExpired) || errors.Is(err, ErrNotFound) {
-		return nil
+		return &kvpb.CloseSessionResponse{}, nil
 	}
-	return err
+	return resp, err
 }
 
 // GetSession reads a session (WithStale). ErrNotFound or ErrSessionExpired

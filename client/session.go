@@ -245,7 +245,8 @@ func (s *Session) Close(ctx context.Context) error {
 	s.expireLocked(context.Canceled)
 	s.mu.Unlock()
 	<-s.exited
-	return s.c.CloseSession(ctx, s.id)
+	_, err := s.c.CloseSession(ctx, s.id)
+	return err
 }
 
 // isClosed reports whether Close was called.

@@ -50,7 +50,7 @@ type benchFlags struct {
 
 func newBenchCmd(a *app) *cobra.Command {
 	var f benchFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "bench",
 		Short: "Measure the cluster: requests/s and latency percentiles of one workload",
 		Long: `bench runs one workload against the cluster with many concurrent clients and
@@ -66,8 +66,7 @@ member per instance). The run ends after --total requests, or after
   kvctl bench lock --lockers 8 --total 2000
   kvctl bench keepalive --clients 1000 --total 100000
   kvctl bench memoize --clients 50 --total 100000 --hit-ratio 0.99`,
-		Args: cobra.NoArgs,
-	}
+	})
 	pf := cmd.PersistentFlags()
 	pf.IntVar(&f.clients, "clients", 1, "concurrent clients (goroutines issuing one request at a time)")
 	pf.IntVar(&f.conns, "conns", 1, "client instances (gRPC connections) the clients are spread over")

@@ -14,14 +14,14 @@ import (
 func init() { subcommands = append(subcommands, newCacheCommand) }
 
 func newCacheCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "cache",
 		Short: "The cache of computed results",
 		Long: `The cache of computed results (what the Go cache package memoizes into).
 Cache entries are a namespace apart from plain keys.
 
 Exit code 4: no value for the key (state miss).`,
-	}
+	})
 	cmd.AddCommand(newCacheGetCommand(a), newCacheSetCommand(a), newCacheInvalidateCommand(a), newCacheStatsCommand(a))
 	return cmd
 }
@@ -29,23 +29,6 @@ Exit code 4: no value for the key (state miss).`,
 // cacheStateName is the lower-case name of a cache state.
 func cacheStateName(s kvpb.CacheState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "CACHE_STATE_"))
-}
-
-// cacheEntryJSON is the -o json form of `cache get`.
-type cacheEntryJSON struct {
-	Key          string `json:"key"`
-	State        string `json:"state"`
-	Value        string `json:"value,omitempty"`
-	IsError      bool   `json:"is_error,omitempty"`
-	FreshUntil   string `json:"fresh_until,omitempty"`
-	TTLLeftMs    int64  `json:"ttl_left_ms,omitempty"`
-	StaleUntil   string `json:"stale_until,omitempty"`
-	FilledIndex  uint64 `json:"filled_index,omitempty"`
-	LeaseSession uint64 `json:"lease_session,omitempty"`
-	LeaseToken   uint64 `json:"lease_token,omitempty"`
-	LeaseExpires string `json:"lease_expires_at,omitempty"`
-	Waiters      int    `json:"waiters,omitempty"`
-	LogTime      string `json:"log_time"`
 }
 
 func newCacheGetCommand(a *app) *cobra.Command {
@@ -86,28 +69,29 @@ func newCacheGetCommand(a *app) *cobra.Command {
 }
 
 func (a *app) printCacheEntry(key string, resp *kvpb.CacheGetResponse) error {
-	now := resp.GetHeader().GetLogTime()
+	h := resp.GetHeader()
 	e := resp.GetEntry()
 	state := cacheStateName(resp.GetState())
 	if a.json() {
-		j := cacheEntryJSON{
-			Key:          key,
-			State:        state,
-			Value:        string(e.GetValue()),
-			IsError:      e.GetIsError(),
-			FreshUntil:   logTimeRFC3339(e.GetFreshUntil()),
-			StaleUntil:   logTimeRFC3339(e.GetStaleUntil()),
-			FilledIndex:  e.GetFilledIndex(),
-			LeaseSession: e.GetLease().GetSession(),
-			LeaseToken:   e.GetLease().GetToken(),
-			LeaseExpires: logTimeRFC3339(e.GetLease().GetExpiresAt()),
-			Waiters:      len(e.GetWaiters()),
-			LogTime:      logTimeRFC3339(now),
+		o := response(h).bytes("key", []byte(key)).set("state", state)
+		if e == nil {
+			return a.printJSON(o)
 		}
-		if e.GetFreshUntil() > now {
-			j.TTLLeftMs = time.Duration(e.GetFreshUntil() - now).Milliseconds()
+		if len(e.GetValue()) > 0 || e.GetFilledIndex() != 0 {
+			o.bytes("value", e.GetValue())
 		}
-		return a.printJSON(j)
+		if e.GetIsError() {
+			o.set("is_error", true)
+		}
+		o.instant("fresh_until", e.GetFreshUntil()).
+			instant("stale_until", e.GetStaleUntil())
+		if e.GetFilledIndex() != 0 {
+			o.set("filled_index", e.GetFilledIndex())
+		}
+		if l := e.GetLease(); l.GetToken() != 0 {
+			o.set("lease_session", l.GetSession()).set("lease_token", l.GetToken()).instant("lease_expires_at", l.GetExpiresAt())
+		}
+		return a.printJSON(o.set("waiters", len(e.GetWaiters())))
 	}
 	w := a.stdout
 	fmt.Fprintf(w, "key:         %s\nstate:       %s\n", key, state)
@@ -120,14 +104,14 @@ func (a *app) printCacheEntry(key string, resp *kvpb.CacheGetResponse) error {
 		} else {
 			fmt.Fprintf(w, "value:       %s\n", e.GetValue())
 		}
-		fmt.Fprintf(w, "fresh until: %s\n", logTimeText(e.GetFreshUntil(), now))
+		fmt.Fprintf(w, "fresh until: %s\n", when(e.GetFreshUntil(), h))
 		if e.GetStaleUntil() > e.GetFreshUntil() {
-			fmt.Fprintf(w, "stale until: %s\n", logTimeText(e.GetStaleUntil(), now))
+			fmt.Fprintf(w, "stale until: %s\n", when(e.GetStaleUntil(), h))
 		}
 		fmt.Fprintf(w, "filled at:   index %d\n", e.GetFilledIndex())
 	}
 	if l := e.GetLease(); l.GetToken() != 0 {
-		fmt.Fprintf(w, "fill lease:  session %d token %d until %s\n", l.GetSession(), l.GetToken(), logTimeText(l.GetExpiresAt(), now))
+		fmt.Fprintf(w, "fill lease:  session %d token %d until %s\n", l.GetSession(), l.GetToken(), when(l.GetExpiresAt(), h))
 	}
 	if n := len(e.GetWaiters()); n > 0 {
 		fmt.Fprintf(w, "waiting:     %d session(s)\n", n)
@@ -154,16 +138,14 @@ func newCacheSetCommand(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("cache set %q: %w", args[0], err)
 			}
-			e, now := resp.GetEntry(), resp.GetHeader().GetLogTime()
+			e, h := resp.GetEntry(), resp.GetHeader()
 			if a.json() {
-				return a.printJSON(map[string]any{
-					"key":          args[0],
-					"fresh_until":  logTimeRFC3339(e.GetFreshUntil()),
-					"stale_until":  logTimeRFC3339(e.GetStaleUntil()),
-					"filled_index": e.GetFilledIndex(),
-				})
+				return a.printJSON(response(h).bytes("key", []byte(args[0])).
+					instant("fresh_until", e.GetFreshUntil()).
+					instant("stale_until", e.GetStaleUntil()).
+					set("filled_index", e.GetFilledIndex()))
 			}
-			fmt.Fprintf(a.stdout, "stored %s at index %d, fresh until %s\n", args[0], e.GetFilledIndex(), logTimeText(e.GetFreshUntil(), now))
+			fmt.Fprintf(a.stdout, "stored %s at index %d, fresh until %s\n", args[0], e.GetFilledIndex(), when(e.GetFreshUntil(), h))
 			return nil
 		},
 	}
@@ -201,7 +183,7 @@ func newCacheInvalidateCommand(a *app) *cobra.Command {
 				return fmt.Errorf("cache invalidate %q: %w", key, err)
 			}
 			if a.json() {
-				return a.printJSON(map[string]any{"key": key, "prefix": isPrefix, "invalidated": resp.GetInvalidated()})
+				return a.printJSON(response(resp.GetHeader()).bytes("key", []byte(key)).set("prefix", isPrefix).set("invalidated", resp.GetInvalidated()))
 			}
 			fmt.Fprintf(a.stdout, "invalidated %d entr%s\n", resp.GetInvalidated(), map[bool]string{true: "y", false: "ies"}[resp.GetInvalidated() == 1])
 			return nil
@@ -224,24 +206,22 @@ func newCacheStatsCommand(a *app) *cobra.Command {
 			defer cancel()
 			r, err := c.CacheStats(ctx)
 			if err != nil {
-				return err
+				return fmt.Errorf("cache stats: %w", err)
 			}
 			if a.json() {
-				return a.printJSON(map[string]any{
-					"served_by":             r.GetHeader().GetServedBy(),
-					"entries":               r.GetEntries(),
-					"bytes":                 r.GetBytes(),
-					"max_bytes":             r.GetMaxBytes(),
-					"evictions":             r.GetEvictions(),
-					"stores":                r.GetStores(),
-					"stale_stores_rejected": r.GetStaleStoresRejected(),
-					"leases_granted":        r.GetLeasesGranted(),
-					"leases_expired":        r.GetLeasesExpired(),
-					"hits":                  r.GetHits(),
-					"stale_hits":            r.GetStaleHits(),
-					"misses":                r.GetMisses(),
-					"waits":                 r.GetWaits(),
-				})
+				return a.printJSON(response(r.GetHeader()).
+					set("entries", r.GetEntries()).
+					set("bytes", r.GetBytes()).
+					set("max_bytes", r.GetMaxBytes()).
+					set("evictions", r.GetEvictions()).
+					set("stores", r.GetStores()).
+					set("stale_stores_rejected", r.GetStaleStoresRejected()).
+					set("leases_granted", r.GetLeasesGranted()).
+					set("leases_expired", r.GetLeasesExpired()).
+					set("hits", r.GetHits()).
+					set("stale_hits", r.GetStaleHits()).
+					set("misses", r.GetMisses()).
+					set("waits", r.GetWaits()))
 			}
 			w := a.stdout
 			fmt.Fprintf(w, "entries:               %d\n", r.GetEntries())

@@ -16,10 +16,10 @@ import (
 func init() { subcommands = append(subcommands, newClusterCommand) }
 
 func newClusterCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "cluster",
 		Short: "Cluster status and membership",
-	}
+	})
 	cmd.AddCommand(
 		newClusterStatusCommand(a),
 		newClusterMembersCommand(a),
@@ -31,28 +31,9 @@ func newClusterCommand(a *app) *cobra.Command {
 	return cmd
 }
 
-// memberJSON is the -o json form of a member.
-type memberJSON struct {
-	Name       string `json:"name"`
-	PeerAddr   string `json:"peer_addr"`
-	ClientAddr string `json:"client_addr"`
-	Voter      bool   `json:"voter"`
-	Leader     bool   `json:"leader"`
-}
-
-func toMembersJSON(ms []*kvpb.Member) []memberJSON {
-	out := []memberJSON{}
-	for _, m := range ms {
-		out = append(out, memberJSON{m.GetName(), m.GetPeerAddr(), m.GetClientAddr(), m.GetVoter(), m.GetLeader()})
-	}
-	return out
-}
-
-func (a *app) printMembers(ms []*kvpb.Member) error {
+func (a *app) printMembers(h *kvpb.ResponseHeader, ms []*kvpb.Member) error {
 	if a.json() {
-		return a.printJSON(struct {
-			Members []memberJSON `json:"members"`
-		}{toMembersJSON(ms)})
+		return a.printJSON(response(h).set("members", membersJSON(ms)))
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "NAME\tPEER ADDR\tCLIENT ADDR\tVOTER\tLEADER")
@@ -76,32 +57,69 @@ func mark(b bool) string {
 	return ""
 }
 
-// statusJSON is the -o json form of one member's status.
-type statusJSON struct {
-	memberJSON
-	Reachable         bool   `json:"reachable"`
-	Error             string `json:"error,omitempty"`
-	Role              string `json:"role,omitempty"`
-	Term              uint64 `json:"term,omitempty"`
-	CommitIndex       uint64 `json:"commit_index,omitempty"`
-	AppliedIndex      uint64 `json:"applied_index,omitempty"`
-	LastLogIndex      uint64 `json:"last_log_index,omitempty"`
-	LastSnapshotIndex uint64 `json:"last_snapshot_index,omitempty"`
-	LogTimeNs         int64  `json:"log_time_ns,omitempty"`
-	LogTime           string `json:"log_time,omitempty"`
-	LeaderName        string `json:"leader_name,omitempty"`
-	StateHash         string `json:"state_hash,omitempty"`
-	Version           string `json:"version,omitempty"`
+// memberStatus is one row of cluster status: the member, and its own
+// answer about itself (nil when it did not answer).
+type memberStatus struct {
+	m   *kvpb.Member
+	st  *kvpb.StatusResponse
+	err string
+}
+
+// lag is how far log time runs behind the leader's wall clock (about the
+// length of the last whole-cluster outage: log time stands still while no
+// leader runs, and never runs ahead of real time). Only the leader keeps a
+// running log-time clock; ok is false for any other member.
+func (r memberStatus) lag() (d time.Duration, ok bool) {
+	w, c := r.st.GetHeader().GetWallTime(), r.st.GetLogClock()
+	if w == 0 || c == 0 {
+		return 0, false
+	}
+	return time.Duration(w - c), true
+}
+
+func (r memberStatus) object() *object {
+	o := memberObject(r.m)
+	if r.st == nil {
+		o.set("reachable", false)
+		if r.err != "" {
+			o.set("error", r.err)
+		}
+		return o
+	}
+	st := r.st
+	o.set("reachable", true).
+		set("header", toHeaderJSON(st.GetHeader())).
+		set("role", st.GetRole()).
+		set("term", st.GetTerm()).
+		set("commit_index", st.GetCommitIndex()).
+		set("applied_index", st.GetAppliedIndex()).
+		set("last_log_index", st.GetLastLogIndex()).
+		set("last_snapshot_index", st.GetLastSnapshotIndex())
+	if lag, ok := r.lag(); ok {
+		o.set("log_time_lag_ms", lag.Milliseconds())
+	}
+	o.set("leader_name", st.GetLeaderName()).
+		set("state_hash", hex.EncodeToString(st.GetStateHash())).
+		set("version", st.GetVersion())
+	return o
 }
 
 func newClusterStatusCommand(a *app) *cobra.Command {
 	var memberTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Status of every member: role, term, applied index, log time",
+		Short: "Status of every member: role, term, applied index, log time and its lag",
 		Long: `Ask for the member list, then ask every member about itself (at its client
 address, each within --member-timeout). A member that does not answer is
-shown as unreachable; that is not an error (exit 0). The leader is marked *.`,
+shown as unreachable; that is not an error (exit 0). The leader is marked *.
+
+LOG TIME is the log time of the newest entry a member applied. LAG, on the
+leader's row, is how far log time (the cluster's replicated clock, which
+every expiry is judged by) runs behind the leader's wall clock. Log time
+stands still while the whole cluster is down and never runs ahead of real
+time, so after a full restart it lags by about the length of the outage;
+TTLs still last their full length. kvctl shows deadlines as time left, and
+as the serving member's wall clock plus that time.`,
 		Example: `  kvctl cluster status
   kvctl cluster status -o json`,
 		Args: exactArgs(0),
@@ -113,57 +131,51 @@ shown as unreachable; that is not an error (exit 0). The leader is marked *.`,
 			defer cancel()
 			mresp, err := c.Members(ctx)
 			if err != nil {
-				return err
+				return fmt.Errorf("cluster status: %w", err)
 			}
 			members := mresp.GetMembers()
-			rows := make([]statusJSON, len(members))
+			rows := make([]memberStatus, len(members))
 			var wg sync.WaitGroup
 			for i, m := range members {
-				rows[i].memberJSON = toMembersJSON([]*kvpb.Member{m})[0]
+				rows[i].m = m
 				if m.GetClientAddr() == "" {
-					rows[i].Error = "client address unknown"
+					rows[i].err = "client address unknown"
 					continue
 				}
 				wg.Go(func() {
 					sctx, cancel := context.WithTimeout(ctx, memberTimeout)
 					defer cancel()
 					st, err := c.Status(sctx, m.GetClientAddr())
-					r := &rows[i]
 					if err != nil {
-						r.Error = err.Error()
+						rows[i].err = a.message(err)
 						return
 					}
-					r.Reachable = true
-					r.Role = st.GetRole()
-					r.Term = st.GetTerm()
-					r.CommitIndex = st.GetCommitIndex()
-					r.AppliedIndex = st.GetAppliedIndex()
-					r.LastLogIndex = st.GetLastLogIndex()
-					r.LastSnapshotIndex = st.GetLastSnapshotIndex()
-					r.LogTimeNs = st.GetLogTime()
-					r.LogTime = logTimeNano(st.GetLogTime())
-					r.LeaderName = st.GetLeaderName()
-					r.StateHash = hex.EncodeToString(st.GetStateHash())
-					r.Version = st.GetVersion()
-					if st.GetRole() == "leader" {
-						r.Leader = true
-					}
+					rows[i].st = st
 				})
 			}
 			wg.Wait()
 			if a.json() {
-				return a.printJSON(struct {
-					Members []statusJSON `json:"members"`
-				}{rows})
+				out := []*object{}
+				for _, r := range rows {
+					out = append(out, r.object())
+				}
+				return a.printJSON(response(mresp.GetHeader()).set("members", out))
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tPEER ADDR\tCLIENT ADDR\tROLE\tTERM\tAPPLIED\tLOG TIME\tLEADER")
+			fmt.Fprintln(w, "NAME\tPEER ADDR\tCLIENT ADDR\tROLE\tTERM\tAPPLIED\tLOG TIME\tLAG\tLEADER")
 			for _, r := range rows {
-				if !r.Reachable {
-					fmt.Fprintf(w, "%s\t%s\t%s\tunreachable\t-\t-\t-\t%s\n", r.Name, r.PeerAddr, orDash(r.ClientAddr), mark(r.Leader))
+				m := r.m
+				if r.st == nil {
+					fmt.Fprintf(w, "%s\t%s\t%s\tunreachable\t-\t-\t-\t-\t%s\n", m.GetName(), m.GetPeerAddr(), orDash(m.GetClientAddr()), mark(m.GetLeader()))
 					continue
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Name, r.PeerAddr, r.ClientAddr, r.Role, r.Term, r.AppliedIndex, r.LogTime, mark(r.Leader))
+				st := r.st
+				lag := "-"
+				if d, ok := r.lag(); ok {
+					lag = d.Round(time.Millisecond).String()
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.GetName(), m.GetPeerAddr(), m.GetClientAddr(), st.GetRole(), st.GetTerm(),
+					st.GetAppliedIndex(), rfc3339(st.GetLogTime()), lag, mark(st.GetRole() == "leader"))
 			}
 			return w.Flush()
 		},
@@ -186,9 +198,9 @@ func newClusterMembersCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.Members(ctx)
 			if err != nil {
-				return err
+				return fmt.Errorf("cluster members: %w", err)
 			}
-			return a.printMembers(resp.GetMembers())
+			return a.printMembers(resp.GetHeader(), resp.GetMembers())
 		},
 	}
 }
@@ -211,9 +223,9 @@ func newClusterAddCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.AddMember(ctx, args[0], args[1], nonVoter)
 			if err != nil {
-				return err
+				return fmt.Errorf("cluster add %s: %w", args[0], err)
 			}
-			return a.printMembers(resp.GetMembers())
+			return a.printMembers(resp.GetHeader(), resp.GetMembers())
 		},
 	}
 	cmd.Flags().BoolVar(&nonVoter, "non-voter", false, "add as a non-voter (receives the log, does not vote)")
@@ -223,7 +235,7 @@ func newClusterAddCommand(a *app) *cobra.Command {
 func newClusterRemoveCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:     "remove NAME",
-		Short:   "Remove a member and print the new member list",
+		Short:   "Remove a member and print the new member list (exit 4: no such member)",
 		Example: `  kvctl cluster remove n4`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -234,17 +246,22 @@ func newClusterRemoveCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.RemoveMember(ctx, args[0])
 			if err != nil {
-				return err
+				return fmt.Errorf("cluster remove %s: %w", args[0], err)
 			}
-			return a.printMembers(resp.GetMembers())
+			return a.printMembers(resp.GetHeader(), resp.GetMembers())
 		},
 	}
 }
 
 func newClusterTransferCommand(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:     "transfer [NAME]",
-		Short:   "Transfer leadership to NAME (or to a member Raft picks)",
+		Use:   "transfer [NAME]",
+		Short: "Transfer leadership to NAME (or to a member Raft picks)",
+		Long: `Transfer leadership to the voter NAME, or without NAME to a member Raft
+picks, and print the new leader. Fails (exit 1) when NAME is a non-voter,
+when another member ends up leading, or when NAME did not take over in time
+(shortly after it restarted it may still be catching up: retry). Exit 4 when
+there is no member NAME.`,
 		Example: `  kvctl cluster transfer n2`,
 		Args:    rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -259,12 +276,13 @@ func newClusterTransferCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.TransferLeader(ctx, name)
 			if err != nil {
-				return err
+				if name == "" {
+					return fmt.Errorf("cluster transfer: %w", err)
+				}
+				return fmt.Errorf("cluster transfer %s: %w", name, err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Leader string `json:"leader"`
-				}{resp.GetLeaderName()})
+				return a.printJSON(response(resp.GetHeader()).set("leader", resp.GetLeaderName()))
 			}
 			fmt.Fprintf(a.stdout, "leader: %s\n", resp.GetLeaderName())
 			return nil
@@ -289,13 +307,10 @@ the member kvctl talks to (the leader when known). Prints the snapshot's index.`
 			defer cancel()
 			resp, err := c.Snapshot(ctx, endpoint)
 			if err != nil {
-				return err
+				return fmt.Errorf("cluster snapshot: %w", err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Index  uint64     `json:"index"`
-					Header headerJSON `json:"header"`
-				}{resp.GetIndex(), toHeaderJSON(resp.GetHeader())})
+				return a.printJSON(response(resp.GetHeader()).set("index", resp.GetIndex()))
 			}
 			fmt.Fprintf(a.stdout, "snapshot at index %d\n", resp.GetIndex())
 			return nil

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -19,93 +16,6 @@ import (
 
 func init() {
 	subcommands = append(subcommands, newPutCommand, newGetCommand, newDelCommand, newLsCommand, newAddCommand)
-}
-
-// ---------------------------------------------------------------------------
-// JSON output of keys and values.
-//
-// The rule, for every kvctl command: a key or value that is valid UTF-8 is
-// the JSON string "key" / "value"; one that is not is left out and given
-// as base64 in "key_base64" / "value_base64" instead. Log times are unix
-// nanoseconds ("..._ns", a number) with an RFC 3339 copy for people.
-
-// kvJSON is the -o json form of a key.
-type kvJSON struct {
-	Key         string `json:"key,omitempty"`
-	KeyBase64   string `json:"key_base64,omitempty"`
-	Value       string `json:"value,omitempty"`
-	ValueBase64 string `json:"value_base64,omitempty"`
-	Version     uint64 `json:"version"`
-	CreateIndex uint64 `json:"create_index"`
-	ModIndex    uint64 `json:"mod_index"`
-	ExpiresAtNs int64  `json:"expires_at_ns,omitempty"`
-	ExpiresAt   string `json:"expires_at,omitempty"`
-}
-
-// headerJSON is the -o json form of a ResponseHeader.
-type headerJSON struct {
-	AppliedIndex uint64 `json:"applied_index"`
-	LogTimeNs    int64  `json:"log_time_ns"`
-	LogTime      string `json:"log_time"`
-	ServedBy     string `json:"served_by,omitempty"`
-	Stale        bool   `json:"stale,omitempty"`
-	Term         uint64 `json:"term,omitempty"`
-}
-
-func toHeaderJSON(h *kvpb.ResponseHeader) headerJSON {
-	return headerJSON{
-		AppliedIndex: h.GetAppliedIndex(),
-		LogTimeNs:    h.GetLogTime(),
-		LogTime:      logTimeNano(h.GetLogTime()),
-		ServedBy:     h.GetServedBy(),
-		Stale:        h.GetStale(),
-		Term:         h.GetTerm(),
-	}
-}
-
-// bytesJSON applies the rule above: (string, "") or ("", base64).
-func bytesJSON(b []byte) (string, string) {
-	if utf8.Valid(b) {
-		return string(b), ""
-	}
-	return "", base64.StdEncoding.EncodeToString(b)
-}
-
-func toKVJSON(kv *kvpb.KeyValue) kvJSON {
-	j := kvJSON{
-		Version:     kv.GetVersion(),
-		CreateIndex: kv.GetCreateIndex(),
-		ModIndex:    kv.GetModIndex(),
-		ExpiresAtNs: kv.GetExpiresAt(),
-		ExpiresAt:   logTimeNano(kv.GetExpiresAt()),
-	}
-	j.Key, j.KeyBase64 = bytesJSON(kv.GetKey())
-	j.Value, j.ValueBase64 = bytesJSON(kv.GetValue())
-	return j
-}
-
-// logTimeNano formats a log time (unix ns) as RFC 3339 with nanoseconds,
-// UTC; "" for 0.
-func logTimeNano(t int64) string {
-	if t == 0 {
-		return ""
-	}
-	return time.Unix(0, t).UTC().Format(time.RFC3339Nano)
-}
-
-// printable renders bytes for a human: as they are when they are printable
-// UTF-8 text, Go-quoted otherwise.
-func printable(b []byte) string {
-	s := string(b)
-	if !utf8.ValidString(s) {
-		return strconv.Quote(s)
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) && r != ' ' {
-			return strconv.Quote(s)
-		}
-	}
-	return s
 }
 
 // parseConsistency parses --consistency.
@@ -199,13 +109,10 @@ The write is exactly-once: it is retried across leader changes until
 			defer cancel()
 			resp, err := c.Put(ctx, []byte(args[0]), value, opts...)
 			if err != nil {
-				return err
+				return fmt.Errorf("put %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Header headerJSON `json:"header"`
-					KV     kvJSON     `json:"kv"`
-				}{toHeaderJSON(resp.GetHeader()), toKVJSON(resp.GetKv())})
+				return a.printJSON(response(resp.GetHeader()).set("kv", kvObject(resp.GetKv(), resp.GetHeader())))
 			}
 			fmt.Fprintf(a.stdout, "OK (version %d, index %d)\n", resp.GetKv().GetVersion(), resp.GetKv().GetModIndex())
 			return nil
@@ -249,20 +156,14 @@ Exit 4 when the key does not exist.`,
 			}
 			defer cancel()
 			resp, err := c.Get(ctx, []byte(args[0]), opts...)
-			if errors.Is(err, client.ErrNotFound) {
-				return fmt.Errorf("get %q: key not found: %w", args[0], client.ErrNotFound)
+			if errors.Is(err, client.ErrNotFound) || (err == nil && resp.GetKv() == nil) {
+				return withCode(exitNotFound, fmt.Errorf("get %q: key not found", args[0]))
 			}
 			if err != nil {
-				return err
-			}
-			if resp.GetKv() == nil {
-				return fmt.Errorf("key %q: %w", args[0], client.ErrNotFound)
+				return fmt.Errorf("get %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Header headerJSON `json:"header"`
-					KV     kvJSON     `json:"kv"`
-				}{toHeaderJSON(resp.GetHeader()), toKVJSON(resp.GetKv())})
+				return a.printJSON(response(resp.GetHeader()).set("kv", kvObject(resp.GetKv(), resp.GetHeader())))
 			}
 			v := resp.GetKv().GetValue()
 			if _, err := a.stdout.Write(v); err != nil {
@@ -313,13 +214,10 @@ exist, which is not an error). Exactly-once like put.`,
 			defer cancel()
 			resp, err := c.Delete(ctx, []byte(args[0]), opts...)
 			if err != nil {
-				return err
+				return fmt.Errorf("del %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Header  headerJSON `json:"header"`
-					Deleted uint64     `json:"deleted"`
-				}{toHeaderJSON(resp.GetHeader()), resp.GetDeleted()})
+				return a.printJSON(response(resp.GetHeader()).set("deleted", resp.GetDeleted()))
 			}
 			fmt.Fprintln(a.stdout, resp.GetDeleted())
 			return nil
@@ -389,7 +287,7 @@ json has "more": true.`,
 				resp, err := c.List(ctx, prefix, pageOpts...)
 				cancel()
 				if err != nil {
-					return err
+					return fmt.Errorf("ls %q: %w", prefix, err)
 				}
 				header = resp.GetHeader()
 				kvs = append(kvs, resp.GetKvs()...)
@@ -400,15 +298,11 @@ json has "more": true.`,
 				after = resp.GetKvs()[len(resp.GetKvs())-1].GetKey()
 			}
 			if a.json() {
-				out := struct {
-					Header headerJSON `json:"header"`
-					KVs    []kvJSON   `json:"kvs"`
-					More   bool       `json:"more"`
-				}{Header: toHeaderJSON(header), KVs: []kvJSON{}, More: more}
+				out := []*object{}
 				for _, kv := range kvs {
-					out.KVs = append(out.KVs, toKVJSON(kv))
+					out = append(out, kvObject(kv, header))
 				}
-				return a.printJSON(out)
+				return a.printJSON(response(header).set("kvs", out).set("more", more))
 			}
 			for _, kv := range kvs {
 				if keysOnly {
@@ -465,14 +359,10 @@ A negative DELTA goes after "--", or it reads as a flag.`,
 			defer cancel()
 			resp, err := c.Add(ctx, []byte(args[0]), delta, opts...)
 			if err != nil {
-				return err
+				return fmt.Errorf("add %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					Header headerJSON `json:"header"`
-					Value  int64      `json:"value"`
-					KV     kvJSON     `json:"kv"`
-				}{toHeaderJSON(resp.GetHeader()), resp.GetValue(), toKVJSON(resp.GetKv())})
+				return a.printJSON(response(resp.GetHeader()).set("value", resp.GetValue()).set("kv", kvObject(resp.GetKv(), resp.GetHeader())))
 			}
 			fmt.Fprintln(a.stdout, resp.GetValue())
 			return nil

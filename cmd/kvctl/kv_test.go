@@ -254,8 +254,11 @@ func TestClusterCommands(t *testing.T) {
 			Name      string `json:"name"`
 			Reachable bool   `json:"reachable"`
 			Role      string `json:"role"`
-			LogTime   string `json:"log_time"`
-			Leader    bool   `json:"leader"`
+			Header    struct {
+				LogTime string `json:"log_time"`
+			} `json:"header"`
+			LagMs  *int64 `json:"log_time_lag_ms"`
+			Leader bool   `json:"leader"`
 		} `json:"members"`
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &status) != nil || len(status.Members) != 3 {
@@ -266,8 +269,11 @@ func TestClusterCommands(t *testing.T) {
 			t.Errorf("member %s reachable = %v, want %v", m.Name, m.Reachable, want)
 		}
 		if m.Reachable {
-			if _, err := time.Parse(time.RFC3339Nano, m.LogTime); err != nil {
-				t.Errorf("member %s log_time %q: %v", m.Name, m.LogTime, err)
+			if _, err := time.Parse(time.RFC3339Nano, m.Header.LogTime); err != nil {
+				t.Errorf("member %s header.log_time %q: %v", m.Name, m.Header.LogTime, err)
+			}
+			if (m.LagMs != nil) != (m.Role == "leader") {
+				t.Errorf("member %s (%s) log_time_lag_ms = %v, want one on the leader's row only", m.Name, m.Role, m.LagMs)
 			}
 		}
 	}

@@ -23,7 +23,7 @@ import (
 func init() { subcommands = append(subcommands, newLockCommand) }
 
 func newLockCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "lock",
 		Short: "Distributed locks with fencing tokens",
 		Long: `Distributed locks with fencing tokens.
@@ -34,7 +34,7 @@ protects, e.g. kvctl put --fence NAME:TOKEN KEY VALUE.
 
 Exit codes: 3 lock not acquired within --wait; 5 lock lost while the
 command ran; 4 lock not found.`,
-	}
+	})
 	cmd.AddCommand(
 		newLockAcquireCommand(a),
 		newLockReleaseCommand(a),
@@ -116,7 +116,7 @@ func (a *app) lockAcquire(ctx context.Context, name string, child []string, o lo
 	s, err := lock.NewSession(sctx, c, lock.WithTTL(o.ttl), lock.WithName("kvctl lock acquire "+name))
 	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("lock acquire %q: create a session: %w", name, err)
 	}
 	// closeSession gives the session up (and with it the lock, if held).
 	closeSession := func() {
@@ -130,7 +130,7 @@ func (a *app) lockAcquire(ctx context.Context, name string, child []string, o lo
 		err = m.Lock(wctx)
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			err = fmt.Errorf("%w (waited %v)", lock.ErrLocked, o.wait)
+			err = lock.ErrLocked
 		}
 	} else {
 		rctx, cancel := a.requestContext(ctx)
@@ -140,9 +140,13 @@ func (a *app) lockAcquire(ctx context.Context, name string, child []string, o lo
 	if err != nil {
 		closeSession()
 		if errors.Is(err, lock.ErrLocked) {
-			return withCode(exitNotAcquired, fmt.Errorf("lock %q not acquired: %w%s", name, err, a.lockHolderHint(ctx, c, name)))
+			within := ""
+			if o.wait > 0 {
+				within = fmt.Sprintf(" within --wait %v", o.wait)
+			}
+			return withCode(exitNotAcquired, fmt.Errorf("lock %q not acquired%s: %s", name, within, a.lockHolder(ctx, c, name)))
 		}
-		return err
+		return fmt.Errorf("lock acquire %q: %w", name, err)
 	}
 	if len(child) == 0 {
 		// The session must outlive kvctl: it is not closed, and keeps the
@@ -153,17 +157,16 @@ func (a *app) lockAcquire(ctx context.Context, name string, child []string, o lo
 	return a.lockRun(ctx, m, child, o)
 }
 
-// lockHolderHint names the holder of a lock for an error message.
-func (a *app) lockHolderHint(ctx context.Context, c *client.Client, name string) string {
+// lockHolder says who holds a lock, for the message of a lock not acquired.
+func (a *app) lockHolder(ctx context.Context, c *client.Client, name string) string {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	resp, err := c.GetLock(rctx, []byte(name))
-	if err != nil || resp.GetLock().GetToken() == 0 {
-		return ""
-	}
 	li := resp.GetLock()
-	return fmt.Sprintf(" (held by session %d with token %d since %s)", li.GetSession(), li.GetToken(),
-		logTimeText(li.GetHeldSince(), resp.GetHeader().GetLogTime()))
+	if err != nil || li.GetToken() == 0 {
+		return "held by another session"
+	}
+	return fmt.Sprintf("held by session %d with token %d since %s", li.GetSession(), li.GetToken(), when(li.GetHeldSince(), resp.GetHeader()))
 }
 
 // lockRun runs child while m is held and returns its exit code, or
@@ -172,10 +175,20 @@ func (a *app) lockRun(ctx context.Context, m *lock.Mutex, child []string, o lock
 	s := m.Session()
 	name := m.Name()
 	token := m.Token()
-	finish := func() {
+	// finish gives the lock and the session up. After the lock was lost the
+	// token releases nothing, and the cluster is often what failed: closing
+	// the session is then a courtesy (it expires anyway), tried for a
+	// moment, so that a cron wrapper does not wait out --timeout.
+	finish := func(lost bool) {
 		cctx, cancel := a.requestContext(context.WithoutCancel(ctx))
+		if lost {
+			cancel()
+			cctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), min(a.timeout, lostCleanup))
+		}
 		defer cancel()
-		m.Unlock(cctx) // a stale token releases nothing; the session close below does the rest
+		if !lost {
+			m.Unlock(cctx)
+		}
 		s.Close(cctx)
 	}
 
@@ -208,7 +221,7 @@ func (a *app) lockRun(ctx context.Context, m *lock.Mutex, child []string, o lock
 	defer signal.Stop(sigs)
 
 	if err := cmd.Start(); err != nil {
-		finish()
+		finish(false)
 		return fmt.Errorf("lock %q: start %s: %w", name, child[0], err)
 	}
 	exited := make(chan error, 1)
@@ -226,17 +239,9 @@ loop:
 		case <-lost:
 			lost = nil
 			lostErr = m.Err()
-			// SIGKILL comes after --kill-grace, but never later than the
-			// server may hand the lock on: the session's earliest expiry
-			// (when the session failed), or at once (when it was broken).
-			grace := o.killGrace
-			if errors.Is(lostErr, client.ErrSessionExpired) || !time.Now().Before(s.Deadline()) {
-				grace = min(grace, max(0, time.Until(s.ServerDeadline())))
-			} else {
-				grace = min(grace, m.LockDelay())
-			}
-			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s, SIGKILL in %v\n",
-				name, token, lostErr, child[0], grace.Round(time.Millisecond))
+			grace, why := killGrace(o.killGrace, lostErr, s, m)
+			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s, %s\n",
+				name, token, lostErr, child[0], why)
 			signalGroup(syscall.SIGTERM)
 			t := time.NewTimer(grace)
 			defer t.Stop()
@@ -262,7 +267,7 @@ loop:
 			}
 		}
 	}
-	finish()
+	finish(lostErr != nil)
 	if lostErr != nil {
 		return withCode(exitLockLost, fmt.Errorf("lock %q token %d lost while %s ran: %w", name, token, child[0], lostErr))
 	}
@@ -278,6 +283,36 @@ loop:
 		return withCode(code, fmt.Errorf("%s exited with code %d", child[0], code))
 	}
 	return fmt.Errorf("lock %q: wait for %s: %w", name, child[0], waitErr)
+}
+
+// lostCleanup bounds closing the session after the lock was lost.
+const lostCleanup = time.Second
+
+// killGrace is how long the child gets between SIGTERM and SIGKILL once
+// the lock is lost, and the words that say so: --kill-grace, but never
+// longer than until the server may hand the lock on. That is the session's
+// earliest expiry when the session failed, and the lock's lock delay when
+// the lock was broken (none without --lock-delay: at once).
+func killGrace(flag time.Duration, lostErr error, s *lock.Session, m *lock.Mutex) (time.Duration, string) {
+	var limit time.Duration
+	var because string
+	if errors.Is(lostErr, client.ErrSessionExpired) || !time.Now().Before(s.Deadline()) {
+		limit = max(0, time.Until(s.ServerDeadline()))
+		because = "the server may expire the session and grant the lock to another holder"
+	} else {
+		limit = m.LockDelay()
+		because = "the lock was broken and its --lock-delay ends"
+		if limit == 0 {
+			because = "the lock was broken with no --lock-delay, so the server may already have granted it to another holder"
+		}
+	}
+	if flag <= limit {
+		return flag, fmt.Sprintf("SIGKILL in %v (--kill-grace)", flag)
+	}
+	if limit <= 0 {
+		return 0, fmt.Sprintf("SIGKILL at once: %s (--kill-grace %v does not apply)", because, flag)
+	}
+	return limit, fmt.Sprintf("SIGKILL in %v, when %s (sooner than --kill-grace %v)", limit.Round(time.Millisecond), because, flag)
 }
 
 // syncWriter serializes writes to w.
@@ -298,7 +333,8 @@ func newLockReleaseCommand(a *app) *cobra.Command {
 		Use:   "release NAME --token N",
 		Short: "Release a lock held with token N",
 		Long: `Release the lock NAME if token N still holds it; the next waiter is granted
-in the same apply. A token that is not current releases nothing (error).`,
+in the same apply. A token that is not current releases nothing: exit 1 when
+another grant holds the lock, 4 when nobody does.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == 0 {
@@ -313,15 +349,16 @@ in the same apply. A token that is not current releases nothing (error).`,
 			// the grant, so a short-lived session of our own issues it.
 			s, err := c.NewSession(ctx, 10*time.Second, "kvctl lock release "+args[0])
 			if err != nil {
-				return err
+				return fmt.Errorf("lock release %q: create a session: %w", args[0], err)
 			}
 			defer s.Close(context.WithoutCancel(ctx))
 			resp, err := s.Release(ctx, []byte(args[0]), token)
 			if err != nil {
-				return fmt.Errorf("release %q token %d: %w", args[0], token, err)
+				return tokenErr("lock release", args[0], token, err)
 			}
 			if a.json() {
-				return a.printJSON(map[string]any{"name": args[0], "released_token": token, "next_token": resp.GetNextToken()})
+				return a.printJSON(response(resp.GetHeader()).bytes("name", []byte(args[0])).
+					set("released_token", token).set("next_token", resp.GetNextToken()))
 			}
 			if resp.GetNextToken() != 0 {
 				fmt.Fprintf(a.stdout, "released %s token %d; granted to the next waiter with token %d\n", args[0], token, resp.GetNextToken())
@@ -339,7 +376,7 @@ func newLockRenewCommand(a *app) *cobra.Command {
 	var token uint64
 	cmd := &cobra.Command{
 		Use:   "renew NAME --token N",
-		Short: "Keep alive the session holding a lock with token N",
+		Short: "Keep alive the session holding a lock with token N (exit 4: the lock is not held)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == 0 {
@@ -352,7 +389,7 @@ func newLockRenewCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.RenewLock(ctx, []byte(args[0]), token)
 			if err != nil {
-				return fmt.Errorf("renew %q token %d: %w", args[0], token, err)
+				return tokenErr("lock renew", args[0], token, err)
 			}
 			return a.printLock(resp.GetLock(), resp.GetHeader())
 		},
@@ -365,7 +402,11 @@ func newLockShowCommand(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a lock: holder, token, session, held since, expiry, waiters in order",
-		Args:  exactArgs(1),
+		Long: `Show the lock NAME: its holder, token, session, since when it is held and
+when it expires, its waiters in order, a lock delay running, and its last
+break. Exit 4 when the server knows nothing about NAME: no holder, no
+waiters, no lock delay running and no break on record.`,
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
@@ -374,11 +415,14 @@ func newLockShowCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.GetLock(ctx, []byte(args[0]))
 			if err != nil {
-				return fmt.Errorf("lock %q: %w", args[0], err)
+				return fmt.Errorf("lock show %q: %w", args[0], err)
 			}
 			li := resp.GetLock()
 			if li == nil {
 				li = &kvpb.LockInfo{Name: []byte(args[0])}
+			}
+			if lockUnknown(li, resp.GetHeader()) {
+				return withCode(exitNotFound, fmt.Errorf("lock show %q: not found (not held, no waiters, nothing on record)", args[0]))
 			}
 			return a.printLock(li, resp.GetHeader())
 		},
@@ -407,22 +451,22 @@ func newLockListCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.ListLocks(ctx, prefix)
 			if err != nil {
-				return err
+				return fmt.Errorf("lock list: %w", err)
 			}
-			now := resp.GetHeader().GetLogTime()
+			h := resp.GetHeader()
 			if a.json() {
-				out := make([]lockJSON, 0, len(resp.GetLocks()))
+				out := []*object{}
 				for _, li := range resp.GetLocks() {
-					out = append(out, toLockJSON(li, now))
+					out = append(out, lockObject(li, h))
 				}
-				return a.printJSON(map[string]any{"locks": out, "log_time": logTimeRFC3339(now)})
+				return a.printJSON(response(h).set("locks", out))
 			}
 			for _, li := range resp.GetLocks() {
 				holder := "free"
 				if li.GetToken() != 0 {
-					holder = fmt.Sprintf("token %d session %d expires %s", li.GetToken(), li.GetSession(), logTimeText(li.GetExpiresAt(), now))
+					holder = fmt.Sprintf("token %d session %d expires %s", li.GetToken(), li.GetSession(), when(li.GetExpiresAt(), h))
 				}
-				fmt.Fprintf(a.stdout, "%s\t%s\t%d waiting\n", li.GetName(), holder, len(li.GetWaiters()))
+				fmt.Fprintf(a.stdout, "%s\t%s\t%d waiting\n", printable(li.GetName()), holder, len(li.GetWaiters()))
 			}
 			return nil
 		},
@@ -435,8 +479,11 @@ func newLockBreakCommand(a *app) *cobra.Command {
 		Use:   "break NAME [--reason R]",
 		Short: "Forcibly release a lock (operator override)",
 		Long: `Forcibly release the lock NAME: the holder's token stops being valid at
-once (fenced writes with it are rejected), the break is recorded on the lock,
-and the next waiter is granted.`,
+once (fenced writes with it are rejected), and the next waiter is granted.
+The break (token, time, --reason) is recorded on the lock for lock show
+while the lock has a holder, waiters or a lock delay running; a lock left
+with none of these is forgotten, its break record with it. Exit 4 when the
+lock is not held.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ctx, cancel, err := a.request(cmd)
@@ -445,13 +492,24 @@ and the next waiter is granted.`,
 			}
 			defer cancel()
 			resp, err := c.BreakLock(ctx, []byte(args[0]), reason)
+			if errors.Is(err, client.ErrNotFound) {
+				return withCode(exitNotFound, fmt.Errorf("lock break %q: the lock is not held (not found)", args[0]))
+			}
 			if err != nil {
-				return fmt.Errorf("break %q: %w", args[0], err)
+				return fmt.Errorf("lock break %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(map[string]any{"name": args[0], "broken_token": resp.GetBrokenToken(), "next_token": resp.GetNextToken()})
+				o := response(resp.GetHeader()).bytes("name", []byte(args[0])).
+					set("broken_token", resp.GetBrokenToken()).set("next_token", resp.GetNextToken())
+				if reason != "" {
+					o.set("reason", reason)
+				}
+				return a.printJSON(o)
 			}
 			fmt.Fprintf(a.stdout, "broke %s token %d", args[0], resp.GetBrokenToken())
+			if reason != "" {
+				fmt.Fprintf(a.stdout, " (%s)", reason)
+			}
 			if resp.GetNextToken() != 0 {
 				fmt.Fprintf(a.stdout, "; granted to the next waiter with token %d", resp.GetNextToken())
 			}
@@ -467,7 +525,7 @@ func newLockCheckCommand(a *app) *cobra.Command {
 	var token uint64
 	cmd := &cobra.Command{
 		Use:   "check NAME --token N",
-		Short: "Check a fencing token: exit 0 if it still holds the lock, 1 if not",
+		Short: "Check a fencing token: exit 0 if it still holds the lock, 1 if not (a free lock included)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == 0 {
@@ -480,10 +538,11 @@ func newLockCheckCommand(a *app) *cobra.Command {
 			defer cancel()
 			resp, err := c.CheckFence(ctx, []byte(args[0]), token)
 			if err != nil {
-				return err
+				return fmt.Errorf("lock check %q: %w", args[0], err)
 			}
 			if a.json() {
-				if err := a.printJSON(map[string]any{"name": args[0], "token": token, "valid": resp.GetValid(), "current_token": resp.GetCurrentToken()}); err != nil {
+				if err := a.printJSON(response(resp.GetHeader()).bytes("name", []byte(args[0])).
+					set("token", token).set("valid", resp.GetValid()).set("current_token", resp.GetCurrentToken())); err != nil {
 					return err
 				}
 			} else if resp.GetValid() {
@@ -499,91 +558,48 @@ func newLockCheckCommand(a *app) *cobra.Command {
 	return cmd
 }
 
-// lockJSON is the -o json form of a lock.
-type lockJSON struct {
-	Name        string       `json:"name"`
-	Token       uint64       `json:"token"`
-	Session     uint64       `json:"session"`
-	HeldSince   string       `json:"held_since,omitempty"`
-	ExpiresAt   string       `json:"expires_at,omitempty"`
-	ExpiresInMs int64        `json:"expires_in_ms,omitempty"`
-	Waiters     []waiterJSON `json:"waiters"`
-	DelayUntil  string       `json:"delay_until,omitempty"`
-	LockDelayMs int64        `json:"lock_delay_ms,omitempty"`
-	BrokenToken uint64       `json:"broken_token,omitempty"`
-	BrokenAt    string       `json:"broken_at,omitempty"`
-	BrokenWhy   string       `json:"broken_reason,omitempty"`
-}
-
-type waiterJSON struct {
-	Session   uint64 `json:"session"`
-	QueuedAt  string `json:"queued_at"`
-	WaitUntil string `json:"wait_until"`
-}
-
-func toLockJSON(li *kvpb.LockInfo, now int64) lockJSON {
-	j := lockJSON{
-		Name:        string(li.GetName()),
-		Token:       li.GetToken(),
-		Session:     li.GetSession(),
-		HeldSince:   logTimeRFC3339(li.GetHeldSince()),
-		ExpiresAt:   logTimeRFC3339(li.GetExpiresAt()),
-		Waiters:     []waiterJSON{},
-		DelayUntil:  logTimeRFC3339(li.GetDelayUntil()),
-		LockDelayMs: li.GetLockDelayMs(),
-		BrokenToken: li.GetBrokenToken(),
-		BrokenAt:    logTimeRFC3339(li.GetBrokenAt()),
-		BrokenWhy:   li.GetBrokenReason(),
-	}
-	if li.GetExpiresAt() != 0 && now != 0 {
-		j.ExpiresInMs = time.Duration(li.GetExpiresAt() - now).Milliseconds()
-	}
-	for _, w := range li.GetWaiters() {
-		j.Waiters = append(j.Waiters, waiterJSON{Session: w.GetSession(), QueuedAt: logTimeRFC3339(w.GetQueuedAt()), WaitUntil: logTimeRFC3339(w.GetWaitUntil())})
-	}
-	return j
-}
-
 // printLockGrant prints what `lock acquire` without CMD got.
 func (a *app) printLockGrant(name string, token, session uint64, li *kvpb.LockInfo, h *kvpb.ResponseHeader) error {
-	now := h.GetLogTime()
 	if a.json() {
-		return a.printJSON(map[string]any{
-			"name":          name,
-			"token":         token,
-			"session":       session,
-			"expires_at":    logTimeRFC3339(li.GetExpiresAt()),
-			"expires_in_ms": time.Duration(li.GetExpiresAt() - now).Milliseconds(),
-		})
+		return a.printJSON(response(h).bytes("name", []byte(name)).
+			set("token", token).
+			set("session", session).
+			instant("expires_at", li.GetExpiresAt()))
 	}
-	fmt.Fprintf(a.stdout, "name:    %s\ntoken:   %d\nsession: %d\nexpires: %s\n", name, token, session, logTimeText(li.GetExpiresAt(), now))
+	fmt.Fprintf(a.stdout, "name:    %s\ntoken:   %d\nsession: %d\nexpires: %s\n", name, token, session, when(li.GetExpiresAt(), h))
 	return nil
 }
 
-// printLock prints a lock's state as of header.
+// lockUnknown reports whether the server knows nothing about a lock: no
+// holder, no waiters, no lock delay running, no break on record.
+func lockUnknown(li *kvpb.LockInfo, h *kvpb.ResponseHeader) bool {
+	return li.GetToken() == 0 && len(li.GetWaiters()) == 0 && li.GetDelayUntil() <= h.GetLogTime() && li.GetBrokenToken() == 0
+}
+
+// printLock prints a lock's state as of header h.
 func (a *app) printLock(li *kvpb.LockInfo, h *kvpb.ResponseHeader) error {
-	now := h.GetLogTime()
 	if a.json() {
-		return a.printJSON(toLockJSON(li, now))
+		return a.printJSON(response(h).set("lock", lockObject(li, h)))
 	}
+	now := h.GetLogTime()
 	w := a.stdout
-	fmt.Fprintf(w, "name:       %s\n", li.GetName())
+	fmt.Fprintf(w, "name:       %s\n", printable(li.GetName()))
 	if li.GetToken() == 0 {
 		fmt.Fprintf(w, "holder:     none (free)\n")
 	} else {
 		fmt.Fprintf(w, "token:      %d\n", li.GetToken())
 		fmt.Fprintf(w, "session:    %d\n", li.GetSession())
-		fmt.Fprintf(w, "held since: %s\n", logTimeText(li.GetHeldSince(), now))
-		fmt.Fprintf(w, "expires:    %s\n", logTimeText(li.GetExpiresAt(), now))
+		fmt.Fprintf(w, "held since: %s\n", when(li.GetHeldSince(), h))
+		fmt.Fprintf(w, "expires:    %s\n", when(li.GetExpiresAt(), h))
 	}
 	if li.GetLockDelayMs() != 0 {
 		fmt.Fprintf(w, "lock delay: %v\n", time.Duration(li.GetLockDelayMs())*time.Millisecond)
 	}
 	if li.GetDelayUntil() > now {
-		fmt.Fprintf(w, "no grant before: %s\n", logTimeText(li.GetDelayUntil(), now))
+		fmt.Fprintf(w, "no grant before: %s\n", when(li.GetDelayUntil(), h))
 	}
 	if li.GetBrokenToken() != 0 {
-		fmt.Fprintf(w, "last break: token %d at %s", li.GetBrokenToken(), logTimeText(li.GetBrokenAt(), now))
+		fmt.Fprintf(w, "last break: token %d at %s", li.GetBrokenToken(), when(li.GetBrokenAt(), h))
 		if li.GetBrokenReason() != "" {
 			fmt.Fprintf(w, " (%s)", li.GetBrokenReason())
 		}
@@ -592,35 +608,20 @@ func (a *app) printLock(li *kvpb.LockInfo, h *kvpb.ResponseHeader) error {
 	fmt.Fprintf(w, "waiters:    %d\n", len(li.GetWaiters()))
 	for i, wt := range li.GetWaiters() {
 		fmt.Fprintf(w, "  %d. session %d, queued %s, waits until %s\n", i+1, wt.GetSession(),
-			logTimeText(wt.GetQueuedAt(), now), logTimeText(wt.GetWaitUntil(), now))
+			when(wt.GetQueuedAt(), h), when(wt.GetWaitUntil(), h))
 	}
 	return nil
 }
 
-// logTimeRFC3339 formats a log time (unix ns); "" for 0.
-func logTimeRFC3339(t int64) string {
-	if t == 0 {
-		return ""
+// tokenErr says why a release or renew with token did nothing: the lock is
+// free (exit 4, not found, as for lock show) or another grant holds it.
+func tokenErr(what, name string, token uint64, err error) error {
+	var ce *client.Error
+	if errors.Is(err, client.ErrStaleToken) && errors.As(err, &ce) {
+		if ce.CurrentToken == 0 {
+			return withCode(exitNotFound, fmt.Errorf("%s %q token %d: the lock is not held (not found)", what, name, token))
+		}
+		return fmt.Errorf("%s %q token %d: token is not current: the lock is held with token %d", what, name, token, ce.CurrentToken)
 	}
-	return time.Unix(0, t).UTC().Format("2006-01-02T15:04:05.000Z07:00")
-}
-
-// logTimeText formats a log time with how far it is from now (the
-// response's log time): "2026-11-22T04:10:00.000Z (in 59.9s)".
-func logTimeText(t, now int64) string {
-	if t == 0 {
-		return "-"
-	}
-	s := logTimeRFC3339(t)
-	if now == 0 {
-		return s
-	}
-	d := time.Duration(t - now).Round(time.Millisecond)
-	switch {
-	case d > 0:
-		return fmt.Sprintf("%s (in %v)", s, d)
-	case d < 0:
-		return fmt.Sprintf("%s (%v ago)", s, -d)
-	}
-	return s + " (now)"
+	return fmt.Errorf("%s %q token %d: %w", what, name, token, err)
 }

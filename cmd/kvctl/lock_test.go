@@ -133,8 +133,11 @@ func TestLockAcquireWithoutCommandKeepsTheLock(t *testing.T) {
 	if code, _, _ := lockCLI(t, cl, "lock", "check", "kept", "--token", tok); code != 1 {
 		t.Fatalf("check after release: exit %d, want 1", code)
 	}
-	if code, _, _ := lockCLI(t, cl, "lock", "release", "kept", "--token", tok); code == 0 {
-		t.Fatal("second release with the same token: exit 0, want an error")
+	if code, _, _ := lockCLI(t, cl, "lock", "release", "kept", "--token", tok); code != exitNotFound {
+		t.Fatalf("second release with the same token, the lock free: exit %d, want %d", code, exitNotFound)
+	}
+	if code, _, _ := lockCLI(t, cl, "lock", "show", "kept"); code != exitNotFound {
+		t.Fatalf("show of a lock the server forgot: exit %d, want %d", code, exitNotFound)
 	}
 }
 
@@ -168,6 +171,11 @@ func TestLockLostKillsCommandExit5(t *testing.T) {
 		if code != exitLockLost {
 			t.Fatalf("exit %d, want %d (lock lost)\nstdout: %s\nstderr: %s", code, exitLockLost, out, errs)
 		}
+		// Broken without a lock delay: the grace cannot apply, and kvctl
+		// says why instead of "SIGKILL in 0s".
+		if !strings.Contains(errs, "SIGKILL at once: the lock was broken with no --lock-delay") || !strings.Contains(errs, "--kill-grace 500ms does not apply") {
+			t.Errorf("stderr = %q, want it to say SIGKILL comes at once because the lock was broken with no --lock-delay", errs)
+		}
 		t.Logf("kvctl exited %d %v after the break", code, time.Since(start))
 	case <-time.After(15 * time.Second):
 		t.Fatal("kvctl still running 15s after its lock was broken")
@@ -187,8 +195,13 @@ func TestCacheCommands(t *testing.T) {
 		t.Fatalf("get: exit %d\n%s%s", code, out, errs)
 	}
 	code, out, _ = lockCLI(t, cl, "-o", "json", "cache", "get", "k1")
-	var j cacheEntryJSON
-	if err := json.Unmarshal([]byte(out), &j); code != 0 || err != nil || j.State != "fresh" || j.Value != "hello" || j.TTLLeftMs <= 0 || j.FilledIndex == 0 {
+	var j struct {
+		State          string `json:"state"`
+		Value          string `json:"value"`
+		FreshUntilInMs int64  `json:"fresh_until_in_ms"`
+		FilledIndex    uint64 `json:"filled_index"`
+	}
+	if err := json.Unmarshal([]byte(out), &j); code != 0 || err != nil || j.State != "fresh" || j.Value != "hello" || j.FreshUntilInMs <= 0 || j.FilledIndex == 0 {
 		t.Fatalf("get -o json: exit %d, %q (%v)", code, out, err)
 	}
 	lockCLI(t, cl, "cache", "set", "k2", "x")

@@ -10,11 +10,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kvdproject/kvd/client"
 )
@@ -33,12 +36,22 @@ const (
 // defaultEndpoints are the client ports of `kvd dev`.
 const defaultEndpoints = "127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
 
+// version is kvctl's version; it is kvd's (node.Version), which a test checks.
+var version = "0.1.0-dev"
+
+// unreachableTimeout is how long a request keeps trying while no endpoint
+// accepts a connection (client.Config.UnreachableTimeout): a cluster that
+// is down, or endpoints that are wrong, are said within about a second
+// instead of after --timeout.
+const unreachableTimeout = time.Second
+
 // app holds the global flags and the lazily made client.
 type app struct {
 	endpoints string
 	output    string // "text" or "json"
 	timeout   time.Duration
 	security  securityFlags // TLS and sign-in (auth.go)
+	debug     bool
 
 	stdin  io.Reader
 	stdout io.Writer
@@ -94,8 +107,48 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "kvctl: %v\n", err)
+	fmt.Fprintf(stderr, "kvctl: %s\n", a.message(err))
+	if a.debug {
+		fmt.Fprintf(stderr, "kvctl: detail: %v\n", err)
+	}
 	return exitCode(err)
+}
+
+// grpcStatusError is an error made by gRPC's status package.
+type grpcStatusError interface {
+	error
+	GRPCStatus() *status.Status
+}
+
+// message is the one line kvctl prints for err: what failed and why. The
+// detail behind it (every retry's cause, gRPC's text) is printed by --debug.
+func (a *app) message(err error) string {
+	s := err.Error()
+	var ce *client.Error
+	if errors.As(err, &ce) && ce.Msg != "" {
+		// A client-made error (no answer, outcome unknown): its summary, not
+		// the text of every cause.
+		if full := ce.Error(); full != ce.Msg && strings.HasSuffix(s, full) {
+			s = strings.TrimSuffix(s, full) + ce.Msg
+		}
+		if errors.Is(err, client.ErrUnavailable) && errors.Is(err, context.DeadlineExceeded) {
+			s += fmt.Sprintf(" within --timeout %v", a.timeout)
+		}
+		if errors.Is(err, client.ErrIndeterminate) {
+			s += " (check before you retry)"
+		}
+	} else if se := grpcStatusError(nil); errors.As(err, &se) {
+		// A gRPC error that is no kvd answer: its message and code, without
+		// gRPC's "rpc error: code = ... desc = ..." framing.
+		st := se.GRPCStatus()
+		if full := se.Error(); st.Code() != codes.OK && strings.HasSuffix(s, full) {
+			s = strings.TrimSuffix(s, full) + st.Message() + " (" + strings.ToLower(st.Code().String()) + ")"
+		}
+	}
+	if !a.debug && strings.Contains(s, "\n") {
+		s = s[:strings.Index(s, "\n")]
+	}
+	return s
 }
 
 func exitCode(err error) int {
@@ -122,9 +175,10 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func newRoot(a *app) *cobra.Command {
-	root := &cobra.Command{
+	root := group(&cobra.Command{
 		Use:           "kvctl",
 		Short:         "Command-line client for kvd, a replicated key-value store with locks and a cache",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -133,7 +187,8 @@ func newRoot(a *app) *cobra.Command {
 			}
 			return nil
 		},
-	}
+	})
+	root.SetVersionTemplate("kvctl {{.Version}} (" + runtime.Version() + ")\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{err.Error()}
 	})
@@ -145,10 +200,46 @@ func newRoot(a *app) *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 10*time.Second, "time limit of one request, retries included")
 	a.security.register(root)
+	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "on failure, also print the whole error: every cause, with gRPC's text")
 	for _, f := range subcommands {
 		root.AddCommand(f(a))
 	}
+	root.AddCommand(newVersionCommand(a))
 	return root
+}
+
+// group makes cmd a command that only holds subcommands: alone it prints
+// its help (exit 0); with an argument that names no subcommand it is bad
+// usage (exit 2), as an unknown flag is.
+func group(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
+		}
+		return &usageError{msg + "; see " + cmd.CommandPath() + " --help"}
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+	return cmd
+}
+
+func newVersionCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print kvctl's version (kvd's is in kvctl cluster status -o json)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.json() {
+				return a.printJSON(part(nil).set("version", version).set("go", runtime.Version()))
+			}
+			fmt.Fprintf(a.stdout, "kvctl %s (%s)\n", version, runtime.Version())
+			return nil
+		},
+	}
 }
 
 // Client returns the client, making it on first use.
@@ -165,7 +256,7 @@ func (a *app) Client() (*client.Client, error) {
 	if len(eps) == 0 {
 		return nil, &usageError{"--endpoints: no endpoint given"}
 	}
-	cfg := client.Config{Endpoints: eps, Dialer: testDialer}
+	cfg := client.Config{Endpoints: eps, Dialer: testDialer, UnreachableTimeout: unreachableTimeout}
 	if err := a.configure(&cfg); err != nil {
 		return nil, err
 	}

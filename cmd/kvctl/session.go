@@ -15,45 +15,16 @@ import (
 func init() { subcommands = append(subcommands, newSessionCommand) }
 
 func newSessionCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "session",
 		Short: "Client sessions (leases that own locks and make writes exactly-once)",
 		Long: `Client sessions. A session is a lease with a TTL; locks and cache fill
 leases belong to one and are released when it expires or is closed.
 
 Exit 4 when the session does not exist (any more).`,
-	}
+	})
 	cmd.AddCommand(newSessionCreateCommand(a), newSessionKeepAliveCommand(a), newSessionCloseCommand(a), newSessionGetCommand(a))
 	return cmd
-}
-
-// sessionJSON is the -o json form of a session.
-type sessionJSON struct {
-	ID          uint64   `json:"id"`
-	Name        string   `json:"name,omitempty"`
-	TTLMs       int64    `json:"ttl_ms"`
-	ExpiresAtNs int64    `json:"expires_at_ns"`
-	ExpiresAt   string   `json:"expires_at"`
-	CreatedAtNs int64    `json:"created_at_ns,omitempty"`
-	CreatedAt   string   `json:"created_at,omitempty"`
-	Locks       []string `json:"locks"`
-}
-
-func toSessionJSON(s *kvpb.SessionInfo) sessionJSON {
-	j := sessionJSON{
-		ID:          s.GetId(),
-		Name:        s.GetName(),
-		TTLMs:       s.GetTtlMs(),
-		ExpiresAtNs: s.GetExpiresAt(),
-		ExpiresAt:   logTimeNano(s.GetExpiresAt()),
-		CreatedAtNs: s.GetCreatedAt(),
-		CreatedAt:   logTimeNano(s.GetCreatedAt()),
-		Locks:       []string{},
-	}
-	for _, l := range s.GetLocks() {
-		j.Locks = append(j.Locks, string(l))
-	}
-	return j
 }
 
 // sessionID parses a session id argument.
@@ -76,10 +47,7 @@ func sessionErr(id uint64, err error) error {
 // printSession prints a session as of header h.
 func (a *app) printSession(s *kvpb.SessionInfo, h *kvpb.ResponseHeader) error {
 	if a.json() {
-		return a.printJSON(struct {
-			Header  headerJSON  `json:"header"`
-			Session sessionJSON `json:"session"`
-		}{toHeaderJSON(h), toSessionJSON(s)})
+		return a.printJSON(response(h).set("session", sessionObject(s, h)))
 	}
 	w := a.stdout
 	fmt.Fprintf(w, "id:      %d\n", s.GetId())
@@ -87,11 +55,7 @@ func (a *app) printSession(s *kvpb.SessionInfo, h *kvpb.ResponseHeader) error {
 		fmt.Fprintf(w, "name:    %s\n", s.GetName())
 	}
 	fmt.Fprintf(w, "ttl:     %v\n", time.Duration(s.GetTtlMs())*time.Millisecond)
-	fmt.Fprintf(w, "expires: %s", logTimeNano(s.GetExpiresAt()))
-	if now := h.GetLogTime(); now != 0 && s.GetExpiresAt() != 0 {
-		fmt.Fprintf(w, " (in %v)", time.Duration(s.GetExpiresAt()-now).Round(time.Millisecond))
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "expires: %s\n", when(s.GetExpiresAt(), h))
 	if len(s.GetLocks()) > 0 {
 		fmt.Fprintf(w, "locks:\n")
 		for _, l := range s.GetLocks() {
@@ -124,7 +88,7 @@ alive: run "kvctl session keepalive ID", or let it expire after the TTL.`,
 			defer cancel()
 			resp, err := c.CreateSession(ctx, ttl, name)
 			if err != nil {
-				return err
+				return fmt.Errorf("session create: %w", err)
 			}
 			if a.json() {
 				return a.printSession(resp.GetSession(), resp.GetHeader())
@@ -192,12 +156,9 @@ the session has expired.`,
 func (a *app) printKeepAlive(resp *kvpb.KeepAliveResponse) error {
 	s := resp.GetSession()
 	if a.json() {
-		return a.printJSON(struct {
-			Header  headerJSON  `json:"header"`
-			Session sessionJSON `json:"session"`
-		}{toHeaderJSON(resp.GetHeader()), toSessionJSON(s)})
+		return a.printSession(s, resp.GetHeader())
 	}
-	fmt.Fprintf(a.stdout, "session %d renewed, expires %s\n", s.GetId(), logTimeNano(s.GetExpiresAt()))
+	fmt.Fprintf(a.stdout, "session %d renewed, expires %s\n", s.GetId(), when(s.GetExpiresAt(), resp.GetHeader()))
 	return nil
 }
 
@@ -218,14 +179,20 @@ func newSessionCloseCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			if err := c.CloseSession(ctx, id); err != nil {
-				return err
+			resp, err := c.CloseSession(ctx, id)
+			if err != nil {
+				return fmt.Errorf("session close %d: %w", id, err)
 			}
 			if a.json() {
-				return a.printJSON(struct {
-					ID     uint64 `json:"id"`
-					Closed bool   `json:"closed"`
-				}{id, true})
+				if resp.GetHeader() == nil {
+					// Already gone: no answer with a state to show.
+					return a.printJSON(part(nil).set("id", id).set("closed", false))
+				}
+				return a.printJSON(response(resp.GetHeader()).set("id", id).set("closed", true))
+			}
+			if resp.GetHeader() == nil {
+				fmt.Fprintln(a.stdout, "OK (it was already closed or expired)")
+				return nil
 			}
 			fmt.Fprintln(a.stdout, "OK")
 			return nil
