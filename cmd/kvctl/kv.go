@@ -362,7 +362,7 @@ A negative DELTA goes after "--", or it reads as a flag.`,
 				return fmt.Errorf("add %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(response(resp.GetHeader()).set("value", resp.GetValue()).set("kv", kvObject(resp.GetKv(), resp.GetHeader())))
+				return a.printJSON(response(resp.GetHeader()).set("new_value", resp.GetValue()).set("kv", kvObject(resp.GetKv(), resp.GetHeader())))
 			}
 			fmt.Fprintln(a.stdout, resp.GetValue())
 			return nil

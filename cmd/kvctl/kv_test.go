@@ -136,7 +136,7 @@ func TestKVCommandsJSON(t *testing.T) {
 
 	code, out, _ = kvctl(t, tc, "", "add", "n", "3", "-o", "json")
 	var add struct {
-		Value int64 `json:"value"`
+		Value int64 `json:"new_value"`
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &add) != nil || add.Value != 3 {
 		t.Errorf("add -o json: exit %d, %q, want value 3", code, out)

@@ -243,6 +243,10 @@ loop:
 			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s, %s\n",
 				name, token, lostErr, child[0], why)
 			signalGroup(syscall.SIGTERM)
+			if grace <= 0 {
+				signalGroup(syscall.SIGKILL)
+				continue
+			}
 			t := time.NewTimer(grace)
 			defer t.Stop()
 			kill = t.C

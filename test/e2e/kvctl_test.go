@@ -1,0 +1,660 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kvdproject/kvd/internal/proccluster"
+)
+
+// The kvctl binary against real kvd processes: the exit codes of README and
+// docs/kvctl.md, and the JSON conventions of docs/kvctl.md, command by
+// command.
+
+type kvctlResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// kvctlRun runs the kvctl binary with args against endpoints, with stdin,
+// and KVCTL and KVD_ENDPOINTS in its environment (for a lock's child). It
+// gives it 30s: a kvctl that waits longer has not failed fast.
+func kvctlRun(t *testing.T, endpoints []string, stdin string, args ...string) kvctlResult {
+	t.Helper()
+	_, kvctl := proccluster.Binaries(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	eps := strings.Join(endpoints, ",")
+	cmd := exec.CommandContext(ctx, kvctl, append([]string{"--endpoints", eps}, args...)...)
+	cmd.Env = append(os.Environ(), "KVCTL="+kvctl, "KVD_ENDPOINTS="+eps)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("kvctl %v still running after 30s", args)
+	}
+	return kvctlResult{exitCodeOf(err), out.String(), errb.String()}
+}
+
+// closedPorts returns n addresses on 127.0.0.1 that refuse connections.
+func closedPorts(t *testing.T, n int) []string {
+	var out []string
+	for _, p := range proccluster.FreePorts(t, n) {
+		out = append(out, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	return out
+}
+
+// TestKvctlExitCodes is the table of command -> exit code, each code as
+// documented: 0 ok, 1 failed, 2 bad usage, 3 lock not acquired, 4 not
+// found, 5 lock lost while the command ran, 6 outcome unknown.
+func TestKvctlExitCodes(t *testing.T) {
+	skipShort(t)
+	// Long Raft timeouts: the last row pauses the leader and needs a
+	// follower to go on forwarding to it for a few seconds.
+	cl := proccluster.Start(t, 3, proccluster.Options{ExtraArgs: []string{"--heartbeat-timeout", "3s", "--election-timeout", "3s"}})
+	eps := cl.Endpoints()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+
+	// A fourth member, a non-voter, to transfer leadership to.
+	ports := proccluster.FreePorts(t, 2)
+	n4 := cl.AddNode("n4", fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1]), filepath.Join(cl.Dir, "n4"), nil)
+	n4.Args = []string{"--name", "n4", "--data-dir", n4.DataDir, "--client-addr", n4.ClientAddr, "--peer-addr", n4.PeerAddr, "--join"}
+	if err := n4.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n4.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := kvctlRun(t, eps, "", "cluster", "add", "n4", n4.PeerAddr, "--non-voter"); r.code != 0 {
+		t.Fatalf("cluster add n4 --non-voter: exit %d: %s", r.code, r.stderr)
+	}
+	// A session whose id the table uses, and one that is gone.
+	r := kvctlRun(t, eps, "", "session", "create", "--ttl", "60s")
+	if r.code != 0 {
+		t.Fatalf("session create: exit %d: %s", r.code, r.stderr)
+	}
+	session := strings.TrimSpace(r.stdout)
+	r = kvctlRun(t, eps, "", "session", "create", "--ttl", "60s")
+	gone := strings.TrimSpace(r.stdout)
+	if r := kvctlRun(t, eps, "", "session", "close", gone); r.code != 0 {
+		t.Fatalf("session close: exit %d: %s", r.code, r.stderr)
+	}
+
+	tests := []struct {
+		name       string
+		args       []string
+		stdin      string
+		endpoints  []string // default: the cluster's
+		setup      func(t *testing.T) (endpoints []string)
+		wantCode   int
+		wantStderr string // a part of stderr, for failures
+	}{
+		{name: "put", args: []string{"put", "k", "v"}, wantCode: 0},
+		{name: "get", args: []string{"get", "k"}, wantCode: 0},
+		{name: "put from stdin", args: []string{"put", "n"}, stdin: "41", wantCode: 0},
+		{name: "add", args: []string{"add", "n", "1"}, wantCode: 0},
+		{name: "del", args: []string{"del", "k"}, wantCode: 0},
+		{name: "del of a missing key", args: []string{"del", "k"}, wantCode: 0},
+		{name: "ls", args: []string{"ls"}, wantCode: 0},
+		{name: "version", args: []string{"version"}, wantCode: 0},
+		{name: "no command: help", args: []string{}, wantCode: 0},
+		{name: "session get", args: []string{"session", "get", session}, wantCode: 0},
+		{name: "session keepalive --once", args: []string{"session", "keepalive", session, "--once"}, wantCode: 0},
+		{name: "session close of one gone", args: []string{"session", "close", gone}, wantCode: 0},
+		{name: "cache set", args: []string{"cache", "set", "c", "v", "--ttl", "1m"}, wantCode: 0},
+		{name: "cache get", args: []string{"cache", "get", "c"}, wantCode: 0},
+		{name: "cache invalidate", args: []string{"cache", "invalidate", "c"}, wantCode: 0},
+		{name: "cache stats", args: []string{"cache", "stats"}, wantCode: 0},
+		{name: "cluster status", args: []string{"cluster", "status"}, wantCode: 0},
+		{name: "cluster members", args: []string{"cluster", "members"}, wantCode: 0},
+		{name: "cluster snapshot", args: []string{"cluster", "snapshot"}, wantCode: 0},
+		{name: "lock acquire", args: []string{"lock", "acquire", "held", "--ttl", "60s"}, wantCode: 0},
+		{name: "lock show", args: []string{"lock", "show", "held"}, wantCode: 0},
+		{name: "lock list", args: []string{"lock", "list"}, wantCode: 0},
+		{name: "lock acquire -- CMD: the child's code", args: []string{"lock", "acquire", "job", "--", "sh", "-c", "exit 7"}, wantCode: 7},
+
+		{name: "cas mismatch", args: []string{"put", "n", "x", "--expect-version", "9"}, wantCode: 1, wantStderr: "version"},
+		{name: "add to a non-integer", args: []string{"add", "n", "1"}, setup: func(t *testing.T) []string { kvctlRun(t, eps, "", "put", "n", "abc"); return nil }, wantCode: 1, wantStderr: "is not a decimal int64"},
+		{name: "fenced put with a stale token", args: []string{"put", "f", "v", "--fence", "held:1"}, wantCode: 1, wantStderr: "not current"},
+		{name: "lock check of a stale token", args: []string{"lock", "check", "held", "--token", "1"}, wantCode: 1, wantStderr: "does not hold"},
+		{name: "lock release of another grant's lock", args: []string{"lock", "release", "held", "--token", "1"}, wantCode: 1, wantStderr: "held with token"},
+		{name: "cluster transfer to a non-voter", args: []string{"cluster", "transfer", "n4"}, wantCode: 1, wantStderr: "non-voter"},
+		{name: "no endpoint accepts a connection", args: []string{"get", "k", "--timeout", "60s"}, endpoints: closedPorts(t, 2), wantCode: 1, wantStderr: "no endpoint accepts a connection (tried 127.0.0.1:"},
+
+		{name: "unknown command", args: []string{"foo"}, wantCode: 2, wantStderr: `unknown command "foo"`},
+		{name: "unknown subcommand", args: []string{"lock", "foo"}, wantCode: 2, wantStderr: `unknown command "foo" for "kvctl lock"`},
+		{name: "unknown flag", args: []string{"get", "k", "--bogus"}, wantCode: 2, wantStderr: "bogus"},
+		{name: "missing argument", args: []string{"get"}, wantCode: 2, wantStderr: "want 1 argument"},
+		{name: "bad output format", args: []string{"get", "k", "-o", "yaml"}, wantCode: 2, wantStderr: "want text or json"},
+		{name: "bad duration", args: []string{"put", "k", "v", "--ttl", "soon"}, wantCode: 2, wantStderr: "ttl"},
+		{name: "lock release without --token", args: []string{"lock", "release", "held"}, wantCode: 2, wantStderr: "--token"},
+
+		{name: "lock acquire of a held lock", args: []string{"lock", "acquire", "held", "--wait", "200ms"}, wantCode: 3, wantStderr: "held by session"},
+		{name: "lock acquire -- CMD of a held lock", args: []string{"lock", "acquire", "held", "--", "true"}, wantCode: 3, wantStderr: "not acquired"},
+
+		{name: "get of a missing key", args: []string{"get", "missing"}, wantCode: 4, wantStderr: "not found"},
+		{name: "session get of a gone session", args: []string{"session", "get", gone}, wantCode: 4},
+		{name: "session keepalive of a gone session", args: []string{"session", "keepalive", gone, "--once"}, wantCode: 4},
+		{name: "cache get of a miss", args: []string{"cache", "get", "c"}, wantCode: 4, wantStderr: "miss"},
+		{name: "lock show of an unknown lock", args: []string{"lock", "show", "nosuchlock"}, wantCode: 4, wantStderr: "not found"},
+		{name: "lock release of a free lock", args: []string{"lock", "release", "nolock", "--token", "5"}, wantCode: 4, wantStderr: "not held"},
+		{name: "lock renew of a free lock", args: []string{"lock", "renew", "nolock", "--token", "5"}, wantCode: 4, wantStderr: "not held"},
+		{name: "lock break of a free lock", args: []string{"lock", "break", "nolock"}, wantCode: 4, wantStderr: "not held"},
+		{name: "cluster remove of no such member", args: []string{"cluster", "remove", "n9"}, wantCode: 4, wantStderr: `no member named "n9"`},
+		{name: "cluster transfer to no such member", args: []string{"cluster", "transfer", "n9"}, wantCode: 4, wantStderr: `no member named "n9"`},
+
+		{name: "lock lost while the command ran", args: []string{"lock", "acquire", "doomed", "--ttl", "3s", "--", "sh", "-c", `"$KVCTL" lock break doomed --reason test >/dev/null; sleep 30`},
+			wantCode: 5, wantStderr: "lost while sh ran"},
+
+		// A member removal is not retried once it may have been applied.
+		// Asked of a follower, it is forwarded to the leader, which is
+		// paused: no answer comes before --timeout.
+		{name: "outcome unknown", args: []string{"cluster", "remove", "n9", "--timeout", "1500ms"}, wantCode: 6, wantStderr: "outcome unknown",
+			setup: func(t *testing.T) []string {
+				leader, err := cl.WaitLeader(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var follower string
+				for _, nd := range cl.Nodes[:3] {
+					if nd != leader {
+						follower = nd.ClientAddr
+					}
+				}
+				if err := leader.Pause(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { leader.Resume() })
+				return []string{follower}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args, endpoints := tt.args, tt.endpoints
+			if tt.setup != nil {
+				if eps := tt.setup(t); eps != nil {
+					endpoints = eps
+				}
+			}
+			if endpoints == nil {
+				endpoints = eps
+			}
+			r := kvctlRun(t, endpoints, tt.stdin, args...)
+			if r.code != tt.wantCode {
+				t.Fatalf("kvctl %v: exit %d, want %d\nstdout: %s\nstderr: %s", args, r.code, tt.wantCode, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stderr, tt.wantStderr) {
+				t.Errorf("kvctl %v: stderr %q, want it to contain %q", args, r.stderr, tt.wantStderr)
+			}
+			if r.code != 0 && r.code < 7 && (!strings.HasPrefix(r.stderr, "kvctl: ") || strings.Count(strings.TrimSpace(r.stderr), "\n") > 1) {
+				t.Errorf("kvctl %v: stderr %q, want one line (two for a lost lock) starting \"kvctl: \"", args, r.stderr)
+			}
+		})
+	}
+}
+
+// TestKvctlJSONConventions runs every kvctl command with -o json and checks
+// docs/kvctl.md's conventions on what it prints. The commands come from
+// kvctl's own help, so a new command without a row fails the test.
+func TestKvctlJSONConventions(t *testing.T) {
+	skipShort(t)
+	cl := proccluster.Start(t, 3, proccluster.Options{})
+	eps := cl.Endpoints()
+	must := func(stdin string, args ...string) string {
+		t.Helper()
+		r := kvctlRun(t, eps, stdin, args...)
+		if r.code != 0 {
+			t.Fatalf("kvctl %v: exit %d: %s", args, r.code, r.stderr)
+		}
+		return strings.TrimSpace(r.stdout)
+	}
+	must("", "put", "text", "hé", "--ttl", "1h")
+	must("\xff\xfe", "put", "bin")
+	must("", "put", "count", "1")
+	session := must("", "session", "create", "--ttl", "60s", "--name", "json")
+	closing := must("", "session", "create", "--ttl", "60s")
+	var grant struct{ Token uint64 }
+	if err := json.Unmarshal([]byte(must("", "-o", "json", "lock", "acquire", "L", "--ttl", "60s")), &grant); err != nil || grant.Token == 0 {
+		t.Fatalf("lock acquire: no token (%v)", err)
+	}
+	token := strconv.FormatUint(grant.Token, 10)
+	must("", "-o", "json", "lock", "acquire", "B", "--ttl", "60s", "--lock-delay", "30s")
+	// A waiter in L's line, for the waiters' instants; it leaves when it
+	// gives up (after the test).
+	waiter := exec.Command(mustBinary(t), "--endpoints", strings.Join(eps, ","), "lock", "acquire", "L", "--wait", "60s", "--", "true")
+	if err := waiter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { waiter.Process.Kill(); waiter.Wait() })
+	waitFor(t, "a waiter in L's line", func() bool {
+		return strings.Contains(kvctlRun(t, eps, "", "lock", "show", "L").stdout, "waiters:    1")
+	})
+	must("", "cache", "set", "c", "v", "--ttl", "1m", "--stale", "1m")
+	must("", "cache", "set", "gone", "v", "--ttl", "1m")
+
+	type row struct {
+		args     []string
+		stdin    string
+		wantCode int
+		noHeader string   // why it has no header ("" when it has one)
+		want     []string // paths that must be there, so that no check is vacuous
+	}
+	rows := map[string]row{
+		"put":               {args: []string{"put", "k", "v", "--ttl", "30s"}, want: []string{"kv.expires_at_ns", "kv.key", "kv.value"}},
+		"get":               {args: []string{"get", "text"}, want: []string{"kv.expires_at_wall", "kv.value"}},
+		"del":               {args: []string{"del", "k"}, want: []string{"deleted"}},
+		"ls":                {args: []string{"ls"}, want: []string{"kvs", "more"}},
+		"add":               {args: []string{"add", "count", "2"}, want: []string{"new_value", "kv.key"}},
+		"session create":    {args: []string{"session", "create", "--ttl", "30s"}, want: []string{"session.expires_at_in_ms", "session.created_at_ns", "session.ttl_ms"}},
+		"session keepalive": {args: []string{"session", "keepalive", session, "--once"}, want: []string{"session.expires_at_ns", "session.name"}},
+		"session get":       {args: []string{"session", "get", session}, want: []string{"session.expires_at_ns"}},
+		"session close":     {args: []string{"session", "close", closing}, want: []string{"closed"}},
+		"lock acquire":      {args: []string{"lock", "acquire", "A", "--ttl", "30s"}, want: []string{"expires_at_wall", "token", "session", "name"}},
+		"lock release":      {args: []string{"lock", "release", "A", "--token", "$A"}, want: []string{"released_token"}},
+		"lock renew":        {args: []string{"lock", "renew", "L", "--token", token}, want: []string{"lock.expires_at_ns", "lock.held_since_ns"}},
+		"lock show":         {args: []string{"lock", "show", "L"}, want: []string{"lock.expires_at_ns", "lock.waiters.0.queued_at_ns", "lock.waiters.0.wait_until_wall"}},
+		"lock list":         {args: []string{"lock", "list"}, want: []string{"locks.0.name"}},
+		"lock break":        {args: []string{"lock", "break", "B", "--reason", "test"}, want: []string{"broken_token", "reason"}},
+		"lock check":        {args: []string{"lock", "check", "L", "--token", token}, want: []string{"valid", "current_token"}},
+		"cache get":         {args: []string{"cache", "get", "c"}, want: []string{"fresh_until_ns", "stale_until_in_ms", "value", "state"}},
+		"cache set":         {args: []string{"cache", "set", "d", "v", "--ttl", "1m"}, want: []string{"fresh_until_wall", "filled_index"}},
+		"cache invalidate":  {args: []string{"cache", "invalidate", "gone"}, want: []string{"invalidated"}},
+		"cache stats":       {args: []string{"cache", "stats"}, want: []string{"entries", "stores"}},
+		"cluster status":    {args: []string{"cluster", "status"}, want: []string{"members.0.header.log_time_ns", "members.0.role"}},
+		"cluster members":   {args: []string{"cluster", "members"}, want: []string{"members.2.name"}},
+		"cluster add":       {args: []string{"cluster", "add", "n1", "$N1PEER"}, want: []string{"members.0.voter"}},
+		"cluster remove":    {args: []string{"cluster", "remove", "n9"}, wantCode: 4},
+		"cluster transfer":  {args: []string{"cluster", "transfer"}, want: []string{"leader"}},
+		"cluster snapshot":  {args: []string{"cluster", "snapshot"}, want: []string{"index"}},
+		"version":           {args: []string{"version"}, noHeader: "no server is asked", want: []string{"version", "go"}},
+		"bench put":         {args: []string{"bench", "put", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests", "latency.p50_ms"}},
+		"bench get":         {args: []string{"bench", "get", "--total", "20", "--clients", "2", "--key-space", "10"}, noHeader: "a report over many responses", want: []string{"requests"}},
+		"bench lock":        {args: []string{"bench", "lock", "--total", "4", "--lockers", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
+		"bench keepalive":   {args: []string{"bench", "keepalive", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
+		"bench memoize":     {args: []string{"bench", "memoize", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
+		// Not JSON: help, and completion (a shell script).
+	}
+	// The binary value goes out as base64.
+	rows["get (binary value)"] = row{args: []string{"get", "bin"}, want: []string{"kv.value_base64"}}
+
+	for _, c := range kvctlCommands(t) {
+		if c == "help" || c == "completion" || strings.HasPrefix(c, "completion ") {
+			continue
+		}
+		if _, ok := rows[c]; !ok {
+			t.Errorf("kvctl %s has no row in this test; add one", c)
+		}
+	}
+
+	names := make([]string, 0, len(rows))
+	for name := range rows {
+		names = append(names, name)
+	}
+	slices.Sort(names) // "lock acquire" (A) before "lock release" ($A)
+	var tokenA string
+	for _, name := range names {
+		tt := rows[name]
+		t.Run(name, func(t *testing.T) {
+			args := slices.Clone(tt.args)
+			for i, a := range args {
+				args[i] = strings.NewReplacer("$A", tokenA, "$N1PEER", cl.Nodes[0].PeerAddr).Replace(a)
+			}
+			r := kvctlRun(t, eps, tt.stdin, append([]string{"-o", "json"}, args...)...)
+			if r.code != tt.wantCode {
+				t.Fatalf("kvctl -o json %v: exit %d, want %d: %s", args, r.code, tt.wantCode, r.stderr)
+			}
+			if tt.wantCode != 0 {
+				if r.stdout != "" {
+					t.Errorf("kvctl -o json %v failed and printed %q on stdout, want nothing", args, r.stdout)
+				}
+				return
+			}
+			dec := json.NewDecoder(strings.NewReader(r.stdout))
+			dec.UseNumber()
+			var v map[string]any
+			if err := dec.Decode(&v); err != nil {
+				t.Fatalf("kvctl -o json %v printed %q: %v", args, r.stdout, err)
+			}
+			if dec.More() {
+				t.Errorf("kvctl -o json %v printed more than one object: %q", args, r.stdout)
+			}
+			if _, ok := v["header"]; ok == (tt.noHeader != "") {
+				t.Errorf("kvctl -o json %v: header present = %v, want %v (%s)", args, ok, tt.noHeader == "", tt.noHeader)
+			}
+			for _, p := range checkConventions(v, nil, "") {
+				t.Errorf("kvctl -o json %v: %s\n%s", args, p, r.stdout)
+			}
+			for _, path := range tt.want {
+				if !hasPath(v, path) {
+					t.Errorf("kvctl -o json %v: no %s in %s", args, path, r.stdout)
+				}
+			}
+			if name == "lock acquire" {
+				tokenA = v["token"].(json.Number).String()
+			}
+		})
+	}
+}
+
+func mustBinary(t *testing.T) string {
+	_, kvctl := proccluster.Binaries(t)
+	return kvctl
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// kvctlCommands lists every kvctl command that does something (no group),
+// from kvctl's own help: "put", "lock acquire", ...
+func kvctlCommands(t *testing.T) []string {
+	var out []string
+	var walk func(path []string)
+	walk = func(path []string) {
+		r := kvctlRun(t, []string{"127.0.0.1:1"}, "", append(path, "--help")...)
+		subs := helpSubcommands(r.stdout)
+		if len(subs) == 0 {
+			out = append(out, strings.Join(path, " "))
+			return
+		}
+		for _, s := range subs {
+			walk(append(slices.Clone(path), s))
+		}
+	}
+	walk(nil)
+	if len(out) < 20 {
+		t.Fatalf("kvctl's help lists %d commands: %v; want them all", len(out), out)
+	}
+	return out
+}
+
+var helpLine = regexp.MustCompile(`^  (\S+)\s`)
+
+// helpSubcommands reads the "Available Commands:" block of cobra's help.
+func helpSubcommands(help string) []string {
+	var subs []string
+	in := false
+	for _, line := range strings.Split(help, "\n") {
+		switch {
+		case line == "Available Commands:":
+			in = true
+		case in && strings.TrimSpace(line) == "":
+			return subs
+		case in:
+			if m := helpLine.FindStringSubmatch(line); m != nil {
+				subs = append(subs, m[1])
+			}
+		}
+	}
+	return subs
+}
+
+// checkConventions returns every way v breaks docs/kvctl.md's JSON
+// conventions. hdr is the header instants are measured against (the
+// nearest one above, or v's own).
+func checkConventions(v any, hdr map[string]any, path string) []string {
+	var problems []string
+	switch v := v.(type) {
+	case []any:
+		for i, e := range v {
+			problems = append(problems, checkConventions(e, hdr, fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case map[string]any:
+		if h, ok := v["header"].(map[string]any); ok {
+			problems = append(problems, checkHeader(h, path+".header")...)
+			hdr = h
+		} else if _, ok := v["header"]; ok {
+			problems = append(problems, path+".header is not an object")
+		}
+		for k, val := range v {
+			at := path + "." + k
+			if k == "header" {
+				continue
+			}
+			switch {
+			case strings.HasSuffix(k, "_ns"):
+				problems = append(problems, checkInstant(v, strings.TrimSuffix(k, "_ns"), hdr, path)...)
+			case strings.HasSuffix(k, "_ms"):
+				if _, ok := val.(json.Number); !ok {
+					problems = append(problems, fmt.Sprintf("%s = %v: a duration in ms must be a number", at, val))
+				}
+			case strings.HasSuffix(k, "_base64"):
+				base := strings.TrimSuffix(k, "_base64")
+				s, _ := val.(string)
+				b, err := base64.StdEncoding.DecodeString(s)
+				if _, both := v[base]; both || err != nil || utf8.Valid(b) {
+					problems = append(problems, fmt.Sprintf("%s: base64 only for bytes that are not UTF-8, and then without %q (%v)", at, base, err))
+				}
+			case k == "key" || k == "value" || k == "name":
+				if _, ok := val.(string); !ok {
+					problems = append(problems, fmt.Sprintf("%s = %v: want a string", at, val))
+				}
+			}
+			if s, ok := val.(string); ok {
+				if _, err := time.Parse(time.RFC3339Nano, s); err == nil {
+					_, hasNs := v[k+"_ns"]
+					if !hasNs && !strings.HasSuffix(k, "_wall") {
+						problems = append(problems, fmt.Sprintf("%s = %q: a time without %s_ns", at, s, k))
+					}
+				}
+			}
+			problems = append(problems, checkConventions(val, hdr, at)...)
+		}
+	}
+	return problems
+}
+
+func checkHeader(h map[string]any, path string) []string {
+	var problems []string
+	for _, k := range []string{"applied_index", "log_time_ns", "wall_time_ns", "term"} {
+		if n, ok := h[k].(json.Number); !ok || n.String() == "0" {
+			problems = append(problems, fmt.Sprintf("%s.%s = %v, want a number > 0", path, k, h[k]))
+		}
+	}
+	if s, ok := h["served_by"].(string); !ok || s == "" {
+		problems = append(problems, fmt.Sprintf("%s.served_by = %v, want a member's name", path, h["served_by"]))
+	}
+	if _, ok := h["stale"].(bool); !ok {
+		problems = append(problems, fmt.Sprintf("%s.stale = %v, want a bool", path, h["stale"]))
+	}
+	for _, k := range []string{"log_time", "wall_time"} {
+		if want := rfc3339Of(h[k+"_ns"]); h[k] != want {
+			problems = append(problems, fmt.Sprintf("%s.%s = %v, want %q (its _ns)", path, k, h[k], want))
+		}
+	}
+	return problems
+}
+
+// checkInstant checks the four fields of the instant base in o.
+func checkInstant(o map[string]any, base string, hdr map[string]any, path string) []string {
+	at := path + "." + base
+	ns, err := num(o[base+"_ns"])
+	if err != nil {
+		return []string{fmt.Sprintf("%s_ns = %v: %v", at, o[base+"_ns"], err)}
+	}
+	var problems []string
+	if want := rfc3339Of(o[base+"_ns"]); o[base] != want {
+		problems = append(problems, fmt.Sprintf("%s = %v, want %q (its _ns)", at, o[base], want))
+	}
+	if hdr == nil {
+		return append(problems, at+"_ns: an instant with no header to measure it against")
+	}
+	logTime, _ := num(hdr["log_time_ns"])
+	wall, _ := num(hdr["wall_time_ns"])
+	left := time.Duration(ns - logTime)
+	if in, err := num(o[base+"_in_ms"]); err != nil || in != left.Milliseconds() {
+		problems = append(problems, fmt.Sprintf("%s_in_ms = %v, want %d (from the header's log time)", at, o[base+"_in_ms"], left.Milliseconds()))
+	}
+	if want := time.Unix(0, wall+int64(left)).UTC().Format(time.RFC3339Nano); o[base+"_wall"] != want {
+		problems = append(problems, fmt.Sprintf("%s_wall = %v, want %q (the header's wall time plus the time left)", at, o[base+"_wall"], want))
+	}
+	return problems
+}
+
+func num(v any) (int64, error) {
+	n, ok := v.(json.Number)
+	if !ok {
+		return 0, fmt.Errorf("not a number")
+	}
+	return n.Int64()
+}
+
+func rfc3339Of(v any) string {
+	n, err := num(v)
+	if err != nil {
+		return fmt.Sprintf("(no time: %v)", err)
+	}
+	return time.Unix(0, n).UTC().Format(time.RFC3339Nano)
+}
+
+// hasPath reports whether v has the dotted path ("kv.key", "members.0.name").
+func hasPath(v any, path string) bool {
+	for _, p := range strings.Split(path, ".") {
+		switch x := v.(type) {
+		case map[string]any:
+			var ok bool
+			if v, ok = x[p]; !ok {
+				return false
+			}
+		case []any:
+			i, err := strconv.Atoi(p)
+			if err != nil || i >= len(x) {
+				return false
+			}
+			v = x[i]
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// TestKvctlAcrossWholeClusterOutage: a lock holder exits 5 soon after the
+// whole cluster dies (not after --timeout), and once the cluster is back,
+// with log time behind the wall clock by the outage, a TTL is shown as the
+// time left and a wall-clock time that a person can act on, and cluster
+// status shows the lag.
+func TestKvctlAcrossWholeClusterOutage(t *testing.T) {
+	skipShort(t)
+	cl := proccluster.Start(t, 3, proccluster.Options{})
+	eps := cl.Endpoints()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	holder := kvctlCmd(ctx, t, cl, "lock", "acquire", "held", "--ttl", "4s", "--timeout", "60s", "--", "sleep", "60")
+	var hout bytes.Buffer
+	holder.Stdout, holder.Stderr = &hout, &hout
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "kvctl to hold the lock", func() bool { return kvctlRun(t, eps, "", "lock", "show", "held").code == 0 })
+	down := time.Now()
+	for _, nd := range cl.Nodes {
+		if err := nd.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- holder.Wait() }()
+	select {
+	case err := <-exited:
+		if code := exitCodeOf(err); code != 5 {
+			t.Fatalf("lock holder exit %d, want 5 (lock lost)\n%s", code, hout.String())
+		}
+		t.Logf("lock holder exited 5 %v after the cluster died", time.Since(down).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("lock holder (--ttl 4s, --timeout 60s) still running 30s after the cluster died\n%s", hout.String())
+	}
+
+	// Log time stands still while no member runs.
+	const outage = 4 * time.Second
+	time.Sleep(time.Until(down.Add(outage)))
+	for _, nd := range cl.Nodes {
+		if err := nd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cl.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	before := time.Now()
+	if r := kvctlRun(t, eps, "", "put", "lagkey", "v", "--ttl", "30s"); r.code != 0 {
+		t.Fatalf("put: exit %d: %s", r.code, r.stderr)
+	}
+	r := kvctlRun(t, eps, "", "-o", "json", "get", "lagkey")
+	after := time.Now()
+	var got struct {
+		KV struct {
+			ExpiresAtNs   int64  `json:"expires_at_ns"`
+			ExpiresAtInMs int64  `json:"expires_at_in_ms"`
+			ExpiresAtWall string `json:"expires_at_wall"`
+		} `json:"kv"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); r.code != 0 || err != nil {
+		t.Fatalf("get -o json: exit %d, %q (%v) %s", r.code, r.stdout, err, r.stderr)
+	}
+	// The log time of the expiry lags the wall clock by about the outage...
+	if lag := before.Add(30 * time.Second).Sub(time.Unix(0, got.KV.ExpiresAtNs)); lag < outage/2 {
+		t.Fatalf("expires_at (log time) only %v before put time + 30s; want the outage's lag (is log time not behind?)", lag)
+	}
+	// ...while what is shown to act on is the 30s.
+	if in := got.KV.ExpiresAtInMs; in <= 20000 || in > 30000 {
+		t.Errorf("expires_at_in_ms = %d, want the 30s TTL less the time since the put", in)
+	}
+	wall, err := time.Parse(time.RFC3339Nano, got.KV.ExpiresAtWall)
+	if err != nil {
+		t.Fatalf("expires_at_wall %q: %v", got.KV.ExpiresAtWall, err)
+	}
+	if lo, hi := before.Add(30*time.Second-time.Second), after.Add(30*time.Second+time.Second); wall.Before(lo) || wall.After(hi) {
+		t.Errorf("expires_at_wall = %v, want put time + 30s, in [%v, %v]", wall, lo, hi)
+	}
+
+	r = kvctlRun(t, eps, "", "-o", "json", "cluster", "status")
+	var st struct {
+		Members []struct {
+			Name  string `json:"name"`
+			Role  string `json:"role"`
+			LagMs *int64 `json:"log_time_lag_ms"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); r.code != 0 || err != nil {
+		t.Fatalf("cluster status -o json: exit %d, %q (%v)", r.code, r.stdout, err)
+	}
+	leaders := 0
+	for _, m := range st.Members {
+		if m.Role != "leader" {
+			continue
+		}
+		leaders++
+		if m.LagMs == nil || time.Duration(*m.LagMs)*time.Millisecond < outage/2 {
+			t.Errorf("leader %s log_time_lag_ms = %v, want about the %v outage", m.Name, m.LagMs, outage)
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("cluster status shows %d leaders, want 1: %s", leaders, r.stdout)
+	}
+}
