@@ -13,7 +13,7 @@ import (
 
 // epoch is one term of office of this node as leader.
 //
-// Time (DESIGN.md "Time is part of the log"): on taking office the leader
+// Time (docs/design.md, "Time"): on taking office the leader
 // fixes anchor = log time of the newest applied entry + the time elapsed on
 // this node's monotonic clock since it applied it; it then stamps
 // anchor + (clock now - office), never less than the fsm's log time.

@@ -429,7 +429,7 @@ func CheckTTL(ops []Op) *Verdict {
 		v.Counts["reads"]++
 		if op.Found && op.ExpiresAt != p.ExpiresAt {
 			// A new leader moves deadlines that fell due while there was
-			// no leader to now + grace (DESIGN.md): later, never earlier.
+			// no leader to now + grace (docs/design.md, Time): later, never earlier.
 			if op.ExpiresAt < p.ExpiresAt {
 				v.fail("key %s: deadline moved earlier, from %d to %d", op.Key, p.ExpiresAt, op.ExpiresAt)
 			} else {
