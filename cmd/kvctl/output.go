@@ -17,8 +17,8 @@ import (
 // -o json, the conventions of docs/kvctl.md, in one place:
 //
 //   - A command's object starts with "header", the response's header
-//     (headerJSON). Only version and bench, which answer from no single
-//     response, have none.
+//     (headerJSON). Only version, bench and snapshot status, which answer
+//     from no single response, have none.
 //   - A key, value or name that is valid UTF-8 is the string "key" / "value"
 //     / "name"; one that is not is left out and given as base64 in
 //     "key_base64" / "value_base64" / "name_base64" instead.
@@ -28,7 +28,7 @@ import (
 //     once past) and X_wall (RFC 3339: the serving node's wall clock plus
 //     X_in_ms, an estimate for people; log time runs behind the wall clock
 //     after the whole cluster was down). An instant that is not set is
-//     left out.
+//     left out; with no header to measure against, only X_ns and X are given.
 //   - A duration is a number of milliseconds in an X_ms field.
 
 // object is one JSON object, its fields in the order they were set.

@@ -15,10 +15,10 @@ import (
 func init() { subcommands = append(subcommands, newSnapshotCommand) }
 
 func newSnapshotCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "snapshot",
 		Short: "back up the cluster's state to a file (restore with kvd restore)",
-	}
+	})
 	var timeout time.Duration
 	save := &cobra.Command{
 		Use:   "save FILE",
@@ -48,17 +48,14 @@ auth is enabled. Seed a new cluster from it with kvd restore.`,
 				if w != nil {
 					w.Abort()
 				}
-				return err
+				return fmt.Errorf("snapshot save %s: %w", args[0], err)
 			}
 			if err := w.Finish(tr.GetSha256(), tr.GetSize()); err != nil {
-				return err
+				return fmt.Errorf("snapshot save %s: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(map[string]any{
-					"file": args[0], "index": info.GetIndex(), "log_time_ns": info.GetLogTime(),
-					"size": tr.GetSize(), "sha256": fmt.Sprintf("%x", tr.GetSha256()), "served_by": info.GetServedBy(),
-					"header": toHeaderJSON(info.GetHeader()),
-				})
+				return a.printJSON(response(info.GetHeader()).set("file", args[0]).set("index", info.GetIndex()).
+					instant("log_time", info.GetLogTime()).set("size", tr.GetSize()).set("sha256", fmt.Sprintf("%x", tr.GetSha256())))
 			}
 			fmt.Fprintf(a.stdout, "saved %s: index %d, %d bytes, sha256 %x (from %s)\n",
 				args[0], info.GetIndex(), tr.GetSize(), tr.GetSha256(), info.GetServedBy())
@@ -73,14 +70,14 @@ auth is enabled. Seed a new cluster from it with kvd restore.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := backupfile.Open(args[0])
 			if err != nil {
-				return err
+				return fmt.Errorf("snapshot status %s: %w", args[0], err)
 			}
 			defer f.Close()
 			if a.json() {
-				return a.printJSON(map[string]any{
-					"file": args[0], "index": f.Info.GetIndex(), "log_time_ns": f.Info.GetLogTime(),
-					"size": f.Size, "sha256": fmt.Sprintf("%x", f.SHA256), "format_version": f.Info.GetFormatVersion(),
-				})
+				// A file, no server: no header, and the log time as it is.
+				return a.printJSON(part(nil).set("file", args[0]).set("index", f.Info.GetIndex()).
+					instant("log_time", f.Info.GetLogTime()).set("size", f.Size).
+					set("sha256", fmt.Sprintf("%x", f.SHA256)).set("format_version", f.Info.GetFormatVersion()))
 			}
 			fmt.Fprintf(a.stdout, "%s: index %d, log time %s, %d bytes, sha256 %x, format %d: OK\n", args[0],
 				f.Info.GetIndex(), time.Unix(0, f.Info.GetLogTime()).UTC().Format(time.RFC3339), f.Size, f.SHA256, f.Info.GetFormatVersion())
