@@ -129,7 +129,7 @@ func (a *app) newPassword(name string, fromStdin bool) (string, error) {
 // kvctl user
 
 func newUserCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "user",
 		Short: "Users (who may sign in, and with which roles)",
 		Long: `Users. A user signs in with a password (kvctl --user) or with a client
@@ -138,27 +138,23 @@ built-in role admin may do everything. With auth enabled, only admins manage
 users.
 
 Exit 4 when the user does not exist.`,
-	}
+	})
 	cmd.AddCommand(newUserAddCommand(a), newUserDeleteCommand(a), newUserGetCommand(a), newUserListCommand(a),
 		newUserPasswdCommand(a), newUserRoleCommand(a, true), newUserRoleCommand(a, false))
 	return cmd
 }
 
-// userJSON is the -o json form of a user.
-type userJSON struct {
-	Name        string   `json:"name"`
-	Roles       []string `json:"roles"`
-	HasPassword bool     `json:"has_password"`
-	Revision    uint64   `json:"revision"`
+// userObject is the -o json form of a user.
+func userObject(u *kvpb.User) *object {
+	return part(nil).set("name", u.GetName()).
+		set("roles", append([]string{}, u.GetRoles()...)).
+		set("has_password", u.GetHasPassword()).
+		set("revision", u.GetRevision())
 }
 
-func toUserJSON(u *kvpb.User) userJSON {
-	return userJSON{Name: u.GetName(), Roles: append([]string{}, u.GetRoles()...), HasPassword: u.GetHasPassword(), Revision: u.GetRevision()}
-}
-
-func (a *app) printUser(u *kvpb.User) error {
+func (a *app) printUser(h *kvpb.ResponseHeader, u *kvpb.User) error {
 	if a.json() {
-		return a.printJSON(toUserJSON(u))
+		return a.printJSON(response(h).set("user", userObject(u)))
 	}
 	fmt.Fprintf(a.stdout, "name:     %s\n", u.GetName())
 	fmt.Fprintf(a.stdout, "roles:    %s\n", orDash(strings.Join(u.GetRoles(), ", ")))
@@ -173,10 +169,11 @@ func yesNo(b bool, yes, no string) string {
 	return no
 }
 
-// done prints what a change did, or the thing it returns with -o json.
-func (a *app) done(v any, format string, args ...any) error {
+// done prints what a change did, or with -o json the answer o (made with
+// response, so that it starts with the header).
+func (a *app) done(o *object, format string, args ...any) error {
 	if a.json() {
-		return a.printJSON(v)
+		return a.printJSON(o)
 	}
 	_, err := fmt.Fprintf(a.stdout, format+"\n", args...)
 	return err
@@ -212,7 +209,7 @@ func newUserAddCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.done(toUserJSON(resp.GetUser()), "user %s added", args[0])
+			return a.done(response(resp.GetHeader()).set("user", userObject(resp.GetUser())), "user %s added", args[0])
 		},
 	}
 	cmd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
@@ -247,7 +244,7 @@ func newUserPasswdCommand(a *app) *cobra.Command {
 			if err != nil {
 				return userErr(args[0], err)
 			}
-			return a.done(toUserJSON(resp.GetUser()), "password of user %s changed", args[0])
+			return a.done(response(resp.GetHeader()).set("user", userObject(resp.GetUser())), "password of user %s changed", args[0])
 		},
 	}
 	cmd.Flags().BoolVar(&fromStdin, "password-stdin", false, "read the password from the first line of standard input")
@@ -274,12 +271,11 @@ func newUserDeleteCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			if _, err := c.UserDelete(ctx, args[0]); err != nil {
+			resp, err := c.UserDelete(ctx, args[0])
+			if err != nil {
 				return err
 			}
-			return a.done(struct {
-				Deleted string `json:"deleted"`
-			}{args[0]}, "user %s deleted", args[0])
+			return a.done(response(resp.GetHeader()).set("deleted", args[0]), "user %s deleted", args[0])
 		},
 	}
 }
@@ -299,7 +295,7 @@ func newUserGetCommand(a *app) *cobra.Command {
 			if err != nil {
 				return userErr(args[0], err)
 			}
-			return a.printUser(resp.GetUser())
+			return a.printUser(resp.GetHeader(), resp.GetUser())
 		},
 	}
 }
@@ -320,13 +316,11 @@ func newUserListCommand(a *app) *cobra.Command {
 				return err
 			}
 			if a.json() {
-				users := []userJSON{}
+				users := []*object{}
 				for _, u := range resp.GetUsers() {
-					users = append(users, toUserJSON(u))
+					users = append(users, userObject(u))
 				}
-				return a.printJSON(struct {
-					Users []userJSON `json:"users"`
-				}{users})
+				return a.printJSON(response(resp.GetHeader()).set("users", users))
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tROLES\tPASSWORD")
@@ -354,21 +348,24 @@ func newUserRoleCommand(a *app, grant bool) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			var u *kvpb.User
+			var (
+				u *kvpb.User
+				h *kvpb.ResponseHeader
+			)
 			if grant {
 				resp, err := c.UserGrantRole(ctx, args[0], args[1])
 				if err != nil {
 					return err
 				}
-				u = resp.GetUser()
+				u, h = resp.GetUser(), resp.GetHeader()
 			} else {
 				resp, err := c.UserRevokeRole(ctx, args[0], args[1])
 				if err != nil {
 					return err
 				}
-				u = resp.GetUser()
+				u, h = resp.GetUser(), resp.GetHeader()
 			}
-			return a.done(toUserJSON(u), "user %s: roles %s", args[0], orDash(strings.Join(u.GetRoles(), ", ")))
+			return a.done(response(h).set("user", userObject(u)), "user %s: roles %s", args[0], orDash(strings.Join(u.GetRoles(), ", ")))
 		},
 	}
 }
@@ -377,7 +374,7 @@ func newUserRoleCommand(a *app, grant bool) *cobra.Command {
 // kvctl role
 
 func newRoleCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "role",
 		Short: "Roles (named sets of permissions on key, lock and cache prefixes)",
 		Long: `Roles. A role grants read or readwrite on every key, lock name or cache
@@ -386,25 +383,10 @@ everything, including membership, leadership, snapshots, lock break and the
 management of users and roles.
 
 Exit 4 when the role (or the permission) does not exist.`,
-	}
+	})
 	cmd.AddCommand(newRoleAddCommand(a), newRoleDeleteCommand(a), newRoleGetCommand(a), newRoleListCommand(a),
 		newRoleGrantCommand(a), newRoleRevokeCommand(a))
 	return cmd
-}
-
-// permJSON is the -o json form of a permission; the prefix follows the
-// rule of keys (text, or base64 when not UTF-8).
-type permJSON struct {
-	Kind         string `json:"kind"`
-	Prefix       string `json:"prefix"`
-	PrefixBase64 string `json:"prefix_base64,omitempty"`
-	Level        string `json:"level"`
-}
-
-type roleJSON struct {
-	Name        string     `json:"name"`
-	Builtin     bool       `json:"builtin,omitempty"`
-	Permissions []permJSON `json:"permissions"`
 }
 
 func kindText(k kvpb.PermKind) string {
@@ -429,19 +411,23 @@ func levelText(l kvpb.PermLevel) string {
 	return l.String()
 }
 
-func toRoleJSON(r *kvpb.Role) roleJSON {
-	j := roleJSON{Name: r.GetName(), Builtin: r.GetBuiltin(), Permissions: []permJSON{}}
-	for _, p := range r.GetPermissions() {
-		pj := permJSON{Kind: kindText(p.GetKind()), Level: levelText(p.GetLevel())}
-		pj.Prefix, pj.PrefixBase64 = bytesJSON(p.GetPrefix())
-		j.Permissions = append(j.Permissions, pj)
+// roleObject is the -o json form of a role; a permission's prefix follows
+// the rule of keys (text, or base64 when not UTF-8).
+func roleObject(r *kvpb.Role) *object {
+	o := part(nil).set("name", r.GetName())
+	if r.GetBuiltin() {
+		o.set("builtin", true)
 	}
-	return j
+	perms := []*object{}
+	for _, p := range r.GetPermissions() {
+		perms = append(perms, part(nil).set("kind", kindText(p.GetKind())).bytes("prefix", p.GetPrefix()).set("level", levelText(p.GetLevel())))
+	}
+	return o.set("permissions", perms)
 }
 
-func (a *app) printRole(r *kvpb.Role) error {
+func (a *app) printRole(h *kvpb.ResponseHeader, r *kvpb.Role) error {
 	if a.json() {
-		return a.printJSON(toRoleJSON(r))
+		return a.printJSON(response(h).set("role", roleObject(r)))
 	}
 	fmt.Fprintf(a.stdout, "name: %s\n", r.GetName())
 	if r.GetBuiltin() {
@@ -486,7 +472,7 @@ func newRoleAddCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.done(toRoleJSON(resp.GetRole()), "role %s added", args[0])
+			return a.done(response(resp.GetHeader()).set("role", roleObject(resp.GetRole())), "role %s added", args[0])
 		},
 	}
 }
@@ -502,12 +488,11 @@ func newRoleDeleteCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			if _, err := c.RoleDelete(ctx, args[0]); err != nil {
+			resp, err := c.RoleDelete(ctx, args[0])
+			if err != nil {
 				return roleErr(args[0], err)
 			}
-			return a.done(struct {
-				Deleted string `json:"deleted"`
-			}{args[0]}, "role %s deleted", args[0])
+			return a.done(response(resp.GetHeader()).set("deleted", args[0]), "role %s deleted", args[0])
 		},
 	}
 }
@@ -527,7 +512,7 @@ func newRoleGetCommand(a *app) *cobra.Command {
 			if err != nil {
 				return roleErr(args[0], err)
 			}
-			return a.printRole(resp.GetRole())
+			return a.printRole(resp.GetHeader(), resp.GetRole())
 		},
 	}
 }
@@ -548,13 +533,11 @@ func newRoleListCommand(a *app) *cobra.Command {
 				return err
 			}
 			if a.json() {
-				roles := []roleJSON{}
+				roles := []*object{}
 				for _, r := range resp.GetRoles() {
-					roles = append(roles, toRoleJSON(r))
+					roles = append(roles, roleObject(r))
 				}
-				return a.printJSON(struct {
-					Roles []roleJSON `json:"roles"`
-				}{roles})
+				return a.printJSON(response(resp.GetHeader()).set("roles", roles))
 			}
 			for _, r := range resp.GetRoles() {
 				fmt.Fprintln(a.stdout, r.GetName())
@@ -633,7 +616,7 @@ func newRoleGrantCommand(a *app) *cobra.Command {
 			if err != nil {
 				return roleErr(args[0], err)
 			}
-			return a.done(toRoleJSON(resp.GetRole()), "role %s: %s on %s %q", args[0], perm, kindText(kind), prefix)
+			return a.done(response(resp.GetHeader()).set("role", roleObject(resp.GetRole())), "role %s: %s on %s %q", args[0], perm, kindText(kind), prefix)
 		},
 	}
 	cmd.Flags().StringVar(&perm, "perm", "", "read or readwrite")
@@ -661,7 +644,7 @@ func newRoleRevokeCommand(a *app) *cobra.Command {
 			if err != nil {
 				return roleErr(args[0], err)
 			}
-			return a.done(toRoleJSON(resp.GetRole()), "role %s: no permission on %s %q any more", args[0], kindText(kind), prefix)
+			return a.done(response(resp.GetHeader()).set("role", roleObject(resp.GetRole())), "role %s: no permission on %s %q any more", args[0], kindText(kind), prefix)
 		},
 	}
 	target.register(cmd)
@@ -672,7 +655,7 @@ func newRoleRevokeCommand(a *app) *cobra.Command {
 // kvctl auth
 
 func newAuthCommand(a *app) *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "auth",
 		Short: "Turn authentication and authorization on or off",
 		Long: `With auth enabled, every request must name a user (kvctl --user, or a
@@ -682,7 +665,7 @@ it may do. Enabling refuses to run unless a user holds the admin role:
   kvctl user add root
   kvctl user grant-role root admin
   kvctl auth enable`,
-	}
+	})
 	enable := &cobra.Command{
 		Use:   "enable",
 		Short: "Turn auth on (needs a user with the admin role)",
@@ -693,12 +676,11 @@ it may do. Enabling refuses to run unless a user holds the admin role:
 				return err
 			}
 			defer cancel()
-			if _, err := c.AuthEnable(ctx); err != nil {
+			resp, err := c.AuthEnable(ctx)
+			if err != nil {
 				return err
 			}
-			return a.done(struct {
-				Enabled bool `json:"enabled"`
-			}{true}, "auth enabled")
+			return a.done(response(resp.GetHeader()).set("enabled", true), "auth enabled")
 		},
 	}
 	disable := &cobra.Command{
@@ -711,12 +693,11 @@ it may do. Enabling refuses to run unless a user holds the admin role:
 				return err
 			}
 			defer cancel()
-			if _, err := c.AuthDisable(ctx); err != nil {
+			resp, err := c.AuthDisable(ctx)
+			if err != nil {
 				return err
 			}
-			return a.done(struct {
-				Enabled bool `json:"enabled"`
-			}{false}, "auth disabled")
+			return a.done(response(resp.GetHeader()).set("enabled", false), "auth disabled")
 		},
 	}
 	status := &cobra.Command{
@@ -733,10 +714,8 @@ it may do. Enabling refuses to run unless a user holds the admin role:
 			if err != nil {
 				return err
 			}
-			return a.done(struct {
-				Enabled  bool   `json:"enabled"`
-				Revision uint64 `json:"revision"`
-			}{resp.GetEnabled(), resp.GetRevision()}, "auth %s (revision %d)", yesNo(resp.GetEnabled(), "enabled", "disabled"), resp.GetRevision())
+			return a.done(response(resp.GetHeader()).set("enabled", resp.GetEnabled()).set("revision", resp.GetRevision()),
+				"auth %s (revision %d)", yesNo(resp.GetEnabled(), "enabled", "disabled"), resp.GetRevision())
 		},
 	}
 	cmd.AddCommand(enable, disable, status)

@@ -360,8 +360,15 @@ func TestUserJSON(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	var u userJSON
-	if err := json.Unmarshal([]byte(out), &u); err != nil || u.Name != "root" || !slices.Equal(u.Roles, []string{"admin"}) || !u.HasPassword {
+	var got struct {
+		User struct {
+			Name        string   `json:"name"`
+			Roles       []string `json:"roles"`
+			HasPassword bool     `json:"has_password"`
+		} `json:"user"`
+	}
+	u := &got.User
+	if err := json.Unmarshal([]byte(out), &got); err != nil || u.Name != "root" || !slices.Equal(u.Roles, []string{"admin"}) || !u.HasPassword {
 		t.Errorf("user get -o json = %s (%v), want root with role admin", out, err)
 	}
 }
@@ -403,9 +410,19 @@ func TestRoleCommands(t *testing.T) {
 		t.Errorf("last request %v, want %v", got, want)
 	}
 	code, out, _ := kvctlRun("", "role", "get", "app", "-o", "json")
-	var r roleJSON
-	if err := json.Unmarshal([]byte(out), &r); code != exitOK || err != nil || len(r.Permissions) != 1 ||
-		r.Permissions[0] != (permJSON{Kind: "keys", Prefix: "app/", Level: "readwrite"}) {
+	type perm struct {
+		Kind   string `json:"kind"`
+		Prefix string `json:"prefix"`
+		Level  string `json:"level"`
+	}
+	var shown struct {
+		Role struct {
+			Permissions []perm `json:"permissions"`
+		} `json:"role"`
+	}
+	r := &shown.Role
+	if err := json.Unmarshal([]byte(out), &shown); code != exitOK || err != nil || len(r.Permissions) != 1 ||
+		r.Permissions[0] != (perm{Kind: "keys", Prefix: "app/", Level: "readwrite"}) {
 		t.Errorf("role get -o json = %s (exit %d), want app with keys app/ readwrite", out, code)
 	}
 }
@@ -418,7 +435,8 @@ func TestAuthCommands(t *testing.T) {
 	}{
 		{[]string{"auth", "status"}, "auth disabled (revision 42)\n"},
 		{[]string{"auth", "enable"}, "auth enabled\n"},
-		{[]string{"auth", "status", "-o", "json"}, `{"enabled":true,"revision":42}` + "\n"},
+		// The fake answers with no header: its fields are zero.
+		{[]string{"auth", "status", "-o", "json"}, `{"header":{"applied_index":0,"log_time_ns":0,"log_time":"","served_by":"","stale":false,"term":0},"enabled":true,"revision":42}` + "\n"},
 		{[]string{"auth", "disable"}, "auth disabled\n"},
 	} {
 		code, out, errOut := kvctlRun("", tt.args...)

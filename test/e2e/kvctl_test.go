@@ -168,6 +168,8 @@ func TestKvctlExitCodes(t *testing.T) {
 		{name: "lock release of a free lock", args: []string{"lock", "release", "nolock", "--token", "5"}, wantCode: 4, wantStderr: "not held"},
 		{name: "lock renew of a free lock", args: []string{"lock", "renew", "nolock", "--token", "5"}, wantCode: 4, wantStderr: "not held"},
 		{name: "lock break of a free lock", args: []string{"lock", "break", "nolock"}, wantCode: 4, wantStderr: "not held"},
+		{name: "user get of no such user", args: []string{"user", "get", "nobody"}, wantCode: 4, wantStderr: "user nobody"},
+		{name: "role get of no such role", args: []string{"role", "get", "nothing"}, wantCode: 4, wantStderr: "role nothing"},
 		{name: "cluster remove of no such member", args: []string{"cluster", "remove", "n9"}, wantCode: 4, wantStderr: `no member named "n9"`},
 		{name: "cluster transfer to no such member", args: []string{"cluster", "transfer", "n9"}, wantCode: 4, wantStderr: `no member named "n9"`},
 
@@ -261,71 +263,96 @@ func TestKvctlJSONConventions(t *testing.T) {
 	n4 := startJoiner(t, cl)
 	must("", "cache", "set", "gone", "v", "--ttl", "1m")
 
+	// A user with the admin role, for auth enable (and its password, for
+	// auth disable once auth is on).
+	dir := t.TempDir()
+	must("admin-pw\n", "user", "add", "root", "--password-stdin")
+	must("", "user", "grant-role", "root", "admin")
+	if err := os.WriteFile(filepath.Join(dir, "pw"), []byte("admin-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	type row struct {
+		name     string // the command; a note in parentheses may follow
 		args     []string
 		stdin    string
 		wantCode int
 		noHeader string   // why it has no header ("" when it has one)
 		want     []string // paths that must be there, so that no check is vacuous
 	}
-	rows := map[string]row{
-		"put":               {args: []string{"put", "k", "v", "--ttl", "30s"}, want: []string{"kv.expires_at_ns", "kv.key", "kv.value"}},
-		"get":               {args: []string{"get", "text"}, want: []string{"kv.expires_at_wall", "kv.value"}},
-		"del":               {args: []string{"del", "k"}, want: []string{"deleted"}},
-		"ls":                {args: []string{"ls"}, want: []string{"kvs", "more"}},
-		"add":               {args: []string{"add", "count", "2"}, want: []string{"new_value", "kv.key"}},
-		"session create":    {args: []string{"session", "create", "--ttl", "30s"}, want: []string{"session.expires_at_in_ms", "session.created_at_ns", "session.ttl_ms"}},
-		"session keepalive": {args: []string{"session", "keepalive", session, "--once"}, want: []string{"session.expires_at_ns", "session.name"}},
-		"session get":       {args: []string{"session", "get", session}, want: []string{"session.expires_at_ns"}},
-		"session close":     {args: []string{"session", "close", closing}, want: []string{"closed"}},
-		"lock acquire":      {args: []string{"lock", "acquire", "A", "--ttl", "30s"}, want: []string{"expires_at_wall", "token", "session", "name"}},
-		"lock release":      {args: []string{"lock", "release", "A", "--token", "$A"}, want: []string{"released_token"}},
-		"lock renew":        {args: []string{"lock", "renew", "L", "--token", token}, want: []string{"lock.expires_at_ns", "lock.held_since_ns"}},
-		"lock show":         {args: []string{"lock", "show", "L"}, want: []string{"lock.expires_at_ns", "lock.waiters.0.queued_at_ns", "lock.waiters.0.wait_until_wall"}},
-		"lock list":         {args: []string{"lock", "list"}, want: []string{"locks.0.name"}},
-		"lock break":        {args: []string{"lock", "break", "B", "--reason", "test"}, want: []string{"broken_token", "reason"}},
-		"lock check":        {args: []string{"lock", "check", "L", "--token", token}, want: []string{"valid", "current_token"}},
-		"cache get":         {args: []string{"cache", "get", "c"}, want: []string{"fresh_until_ns", "stale_until_in_ms", "value", "state"}},
-		"cache set":         {args: []string{"cache", "set", "d", "v", "--ttl", "1m"}, want: []string{"fresh_until_wall", "filled_index"}},
-		"cache invalidate":  {args: []string{"cache", "invalidate", "gone"}, want: []string{"invalidated"}},
-		"cache stats":       {args: []string{"cache", "stats"}, want: []string{"entries", "stores"}},
-		"cluster status":    {args: []string{"cluster", "status"}, want: []string{"members.0.header.log_time_ns", "members.0.role"}},
-		"cluster members":   {args: []string{"cluster", "members"}, want: []string{"members.2.name"}},
-		"cluster add":       {args: []string{"cluster", "add", "n4", "$N4PEER", "--non-voter"}, want: []string{"members.3.voter"}},
-		"cluster remove":    {args: []string{"cluster", "remove", "n9"}, wantCode: 4},
-		"cluster transfer":  {args: []string{"cluster", "transfer"}, want: []string{"leader"}},
-		"cluster snapshot":  {args: []string{"cluster", "snapshot"}, want: []string{"index"}},
-		"version":           {args: []string{"version"}, noHeader: "no server is asked", want: []string{"version", "go"}},
-		"snapshot save":     {args: []string{"snapshot", "save", "$DIR/backup.kvd"}, want: []string{"index", "log_time_wall", "sha256"}},
-		"snapshot status":   {args: []string{"snapshot", "status", "$DIR/backup.kvd"}, noHeader: "a file, no server", want: []string{"index", "log_time_ns", "log_time"}},
-		"bench put":         {args: []string{"bench", "put", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests", "latency.p50_ms"}},
-		"bench get":         {args: []string{"bench", "get", "--total", "20", "--clients", "2", "--key-space", "10"}, noHeader: "a report over many responses", want: []string{"requests"}},
-		"bench lock":        {args: []string{"bench", "lock", "--total", "4", "--lockers", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
-		"bench keepalive":   {args: []string{"bench", "keepalive", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
-		"bench memoize":     {args: []string{"bench", "memoize", "--total", "20", "--clients", "2"}, noHeader: "a report over many responses", want: []string{"requests"}},
+	const report = "a report over many responses"
+	// In order: some rows use what an earlier one made.
+	rows := []row{
+		{name: "put", args: []string{"put", "k", "v", "--ttl", "30s"}, want: []string{"kv.expires_at_ns", "kv.key", "kv.value"}},
+		{name: "get", args: []string{"get", "text"}, want: []string{"kv.expires_at_wall", "kv.value"}},
+		{name: "get (binary value)", args: []string{"get", "bin"}, want: []string{"kv.value_base64"}},
+		{name: "del", args: []string{"del", "k"}, want: []string{"deleted"}},
+		{name: "ls", args: []string{"ls"}, want: []string{"kvs", "more"}},
+		{name: "add", args: []string{"add", "count", "2"}, want: []string{"new_value", "kv.key"}},
+		{name: "session create", args: []string{"session", "create", "--ttl", "30s"}, want: []string{"session.expires_at_in_ms", "session.created_at_ns", "session.ttl_ms"}},
+		{name: "session keepalive", args: []string{"session", "keepalive", session, "--once"}, want: []string{"session.expires_at_ns", "session.name"}},
+		{name: "session get", args: []string{"session", "get", session}, want: []string{"session.expires_at_ns"}},
+		{name: "session close", args: []string{"session", "close", closing}, want: []string{"closed"}},
+		{name: "lock acquire", args: []string{"lock", "acquire", "A", "--ttl", "30s"}, want: []string{"expires_at_wall", "token", "session", "name"}},
+		{name: "lock release", args: []string{"lock", "release", "A", "--token", "$A"}, want: []string{"released_token"}},
+		{name: "lock renew", args: []string{"lock", "renew", "L", "--token", token}, want: []string{"lock.expires_at_ns", "lock.held_since_ns"}},
+		{name: "lock show", args: []string{"lock", "show", "L"}, want: []string{"lock.expires_at_ns", "lock.waiters.0.queued_at_ns", "lock.waiters.0.wait_until_wall"}},
+		{name: "lock list", args: []string{"lock", "list"}, want: []string{"locks.0.name"}},
+		{name: "lock break", args: []string{"lock", "break", "B", "--reason", "test"}, want: []string{"broken_token", "reason"}},
+		{name: "lock check", args: []string{"lock", "check", "L", "--token", token}, want: []string{"valid", "current_token"}},
+		{name: "cache get", args: []string{"cache", "get", "c"}, want: []string{"fresh_until_ns", "stale_until_in_ms", "value", "state"}},
+		{name: "cache set", args: []string{"cache", "set", "d", "v", "--ttl", "1m"}, want: []string{"fresh_until_wall", "filled_index"}},
+		{name: "cache invalidate", args: []string{"cache", "invalidate", "gone"}, want: []string{"invalidated"}},
+		{name: "cache stats", args: []string{"cache", "stats"}, want: []string{"entries", "stores"}},
+		{name: "cluster status", args: []string{"cluster", "status"}, want: []string{"members.0.header.log_time_ns", "members.0.role"}},
+		{name: "cluster members", args: []string{"cluster", "members"}, want: []string{"members.2.name"}},
+		{name: "cluster add", args: []string{"cluster", "add", "n4", "$N4PEER", "--non-voter"}, want: []string{"members.3.voter"}},
+		{name: "cluster remove", args: []string{"cluster", "remove", "n9"}, wantCode: 4},
+		{name: "cluster snapshot", args: []string{"cluster", "snapshot"}, want: []string{"index"}},
+		{name: "cluster transfer", args: []string{"cluster", "transfer"}, want: []string{"leader"}},
+		{name: "snapshot save", args: []string{"snapshot", "save", "$DIR/backup.kvd"}, want: []string{"index", "log_time_wall", "sha256"}},
+		{name: "snapshot status", args: []string{"snapshot", "status", "$DIR/backup.kvd"}, noHeader: "a file, no server", want: []string{"index", "log_time_ns", "log_time"}},
+		{name: "role add", args: []string{"role", "add", "viewer"}, want: []string{"role.name", "role.permissions"}},
+		{name: "role grant", args: []string{"role", "grant", "viewer", "--perm", "read", "--keys", "app/"}, want: []string{"role.permissions.0.prefix"}},
+		{name: "role get", args: []string{"role", "get", "viewer"}, want: []string{"role.permissions.0.level"}},
+		{name: "role list", args: []string{"role", "list"}, want: []string{"roles.1.name"}},
+		{name: "role revoke", args: []string{"role", "revoke", "viewer", "--keys", "app/"}, want: []string{"role.permissions"}},
+		{name: "user add", args: []string{"user", "add", "ann", "--password-stdin"}, stdin: "pw1\n", want: []string{"user.name", "user.has_password"}},
+		{name: "user passwd", args: []string{"user", "passwd", "ann", "--password-stdin"}, stdin: "pw2\n", want: []string{"user.revision"}},
+		{name: "user grant-role", args: []string{"user", "grant-role", "ann", "viewer"}, want: []string{"user.roles.0"}},
+		{name: "user get", args: []string{"user", "get", "ann"}, want: []string{"user.roles.0"}},
+		{name: "user list", args: []string{"user", "list"}, want: []string{"users.1.name"}},
+		{name: "user revoke-role", args: []string{"user", "revoke-role", "ann", "viewer"}, want: []string{"user.roles"}},
+		{name: "user delete", args: []string{"user", "delete", "ann"}, want: []string{"deleted"}},
+		{name: "role delete", args: []string{"role", "delete", "viewer"}, want: []string{"deleted"}},
+		{name: "auth status", args: []string{"auth", "status"}, want: []string{"enabled", "revision"}},
+		{name: "auth enable", args: []string{"auth", "enable"}, want: []string{"enabled"}},
+		{name: "auth disable", args: []string{"--user", "root", "--password-file", "$DIR/pw", "auth", "disable"}, want: []string{"enabled"}},
+		{name: "version", args: []string{"version"}, noHeader: "no server is asked", want: []string{"version", "go"}},
+		{name: "bench put", args: []string{"bench", "put", "--total", "20", "--clients", "2"}, noHeader: report, want: []string{"requests", "latency.p50_ms"}},
+		{name: "bench get", args: []string{"bench", "get", "--total", "20", "--clients", "2", "--key-space", "10"}, noHeader: report, want: []string{"requests"}},
+		{name: "bench lock", args: []string{"bench", "lock", "--total", "4", "--lockers", "2"}, noHeader: report, want: []string{"requests"}},
+		{name: "bench keepalive", args: []string{"bench", "keepalive", "--total", "20", "--clients", "2"}, noHeader: report, want: []string{"requests"}},
+		{name: "bench memoize", args: []string{"bench", "memoize", "--total", "20", "--clients", "2"}, noHeader: report, want: []string{"requests"}},
 		// Not JSON: help, and completion (a shell script).
 	}
-	// The binary value goes out as base64.
-	rows["get (binary value)"] = row{args: []string{"get", "bin"}, want: []string{"kv.value_base64"}}
 
+	covered := map[string]bool{}
+	for _, r := range rows {
+		covered[r.name] = true
+	}
 	for _, c := range kvctlCommands(t) {
 		if c == "help" || c == "completion" || strings.HasPrefix(c, "completion ") {
 			continue
 		}
-		if _, ok := rows[c]; !ok {
+		if !covered[c] {
 			t.Errorf("kvctl %s has no row in this test; add one", c)
 		}
 	}
 
-	names := make([]string, 0, len(rows))
-	for name := range rows {
-		names = append(names, name)
-	}
-	slices.Sort(names) // "lock acquire" (A) before "lock release" ($A)
 	var tokenA string
-	dir := t.TempDir()
-	for _, name := range names {
-		tt := rows[name]
+	for _, tt := range rows {
+		name := tt.name
 		t.Run(name, func(t *testing.T) {
 			args := slices.Clone(tt.args)
 			for i, a := range args {
