@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"reflect"
@@ -51,6 +52,14 @@ type withTime struct {
 }
 
 func TestCheckJSONType(t *testing.T) {
+	// The premise: JSON drops an unexported field without a word, and a
+	// type that encodes itself keeps what it chooses.
+	if b, err := json.Marshal(someHidden{Name: "a", price: 250}); err != nil || string(b) != `{"Name":"a"}` {
+		t.Fatalf("json.Marshal(someHidden) = %s, %v; want the price left out", b, err)
+	}
+	if b, err := json.Marshal(selfEncoded{hidden: 1}); err != nil || string(b) != "0" {
+		t.Fatalf("json.Marshal(selfEncoded) = %s, %v; want its own encoding", b, err)
+	}
 	tests := []struct {
 		t        reflect.Type
 		wantPath string // "" = fine
