@@ -43,6 +43,11 @@ func (s *clusterService) AddMember(ctx context.Context, req *kvpb.AddMemberReque
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	// The change may have been made by the leader: answer with a member
+	// list that holds it.
+	if err := n.b.WaitApplied(ctx, index); err != nil {
+		return nil, n.toStatus(err)
+	}
 	ms, err := n.b.Members()
 	if err != nil {
 		return nil, n.toStatus(err)
@@ -60,6 +65,11 @@ func (s *clusterService) RemoveMember(ctx context.Context, req *kvpb.RemoveMembe
 	}
 	index, err := n.b.RemoveMember(ctx, req.GetName())
 	if err != nil {
+		return nil, n.toStatus(err)
+	}
+	// The change may have been made by the leader: answer with a member
+	// list that holds it.
+	if err := n.b.WaitApplied(ctx, index); err != nil {
 		return nil, n.toStatus(err)
 	}
 	ms, err := n.b.Members()
