@@ -44,15 +44,15 @@ func TestAuthAgainstCluster(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	eventually(exitFailed, "sign in", "auth", "status")
+	eventually(exitAuth, "sign in", "auth", "status")
 	t.Setenv("KVD_USER", "alice")
 	t.Setenv("KVD_PASSWORD", "alicepw")
 	step("", exitOK, "", "", "put", "app/x", "1")
 	step("", exitOK, "1\n", "", "get", "app/x")
-	eventually(exitFailed, "permission denied", "put", "other", "1")
-	eventually(exitFailed, "permission denied", "user", "list")
+	eventually(exitDenied, "permission denied", "put", "other", "1")
+	eventually(exitDenied, "permission denied", "user", "list")
 	t.Setenv("KVD_PASSWORD", "wrong")
-	step("", exitFailed, "", "wrong user name or password", "get", "app/x")
+	step("", exitAuth, "", "wrong user name or password", "get", "app/x")
 
 	t.Setenv("KVD_USER", "root")
 	t.Setenv("KVD_PASSWORD", "rootpw")
@@ -63,7 +63,7 @@ func TestAuthAgainstCluster(t *testing.T) {
 
 	t.Setenv("KVD_USER", "alice")
 	t.Setenv("KVD_PASSWORD", "alicepw")
-	eventually(exitFailed, "wrong user name or password", "get", "app/x")
+	eventually(exitAuth, "wrong user name or password", "get", "app/x")
 	t.Setenv("KVD_PASSWORD", "newpw")
 	step("", exitOK, "1\n", "", "get", "app/x")
 

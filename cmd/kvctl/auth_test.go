@@ -474,7 +474,7 @@ func TestSignInFlags(t *testing.T) {
 		t.Errorf("KVD_USER/KVD_PASSWORD: exit %d (%s), token %q", code, errOut, lastToken())
 	}
 	t.Setenv("KVD_PASSWORD", "wrong")
-	if code, _, errOut := kvctlRun("", "auth", "status"); code != exitFailed || !strings.Contains(errOut, "wrong user name or password") {
+	if code, _, errOut := kvctlRun("", "auth", "status"); code != exitAuth || !strings.Contains(errOut, "wrong user name or password") {
 		t.Errorf("wrong password: exit %d, stderr %q", code, errOut)
 	}
 	os.Unsetenv("KVD_PASSWORD")
@@ -550,8 +550,8 @@ func TestTLSFlags(t *testing.T) {
 	t.Setenv("KVD_KEY", "")
 	start := time.Now()
 	code, _, errOut = kvctlRun("", "auth", "status")
-	if code != exitFailed || !strings.Contains(errOut, "TLS with 127.0.0.1:2379 failed") || strings.Count(errOut, "\n") != 1 {
-		t.Errorf("without a client certificate: exit %d, stderr %q; want 1 and one line about TLS", code, errOut)
+	if code != exitTLS || !strings.Contains(errOut, "TLS with 127.0.0.1:2379 failed") || strings.Count(errOut, "\n") != 1 {
+		t.Errorf("without a client certificate: exit %d, stderr %q; want 9 and one line about TLS", code, errOut)
 	}
 	if time.Since(start) > 4*time.Second {
 		t.Errorf("the TLS failure took %v; want it reported without retrying until --timeout", time.Since(start))

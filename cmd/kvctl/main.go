@@ -31,6 +31,9 @@ const (
 	exitNotFound    = 4 // key, lock, session or cache entry absent
 	exitLockLost    = 5 // lock lost while the child command ran
 	exitUnknown     = 6 // the write's outcome is unknown (it may have applied)
+	exitAuth        = 7 // not signed in: no or wrong credentials, expired token
+	exitDenied      = 8 // signed in, but the user's roles do not allow it
+	exitTLS         = 9 // TLS failed: untrusted or expired certificate, wrong name, TLS against plaintext or back
 )
 
 // defaultEndpoints are the client ports of `kvd dev`.
@@ -137,6 +140,9 @@ func (a *app) message(err error) string {
 		if errors.Is(err, client.ErrIndeterminate) {
 			s += " (check before you retry)"
 		}
+		if plaintextToTLS(err) && a.security.cacert == "" {
+			s += "; the members closed every connection before HTTP/2 began: do they serve TLS? (give --cacert)"
+		}
 	} else if se := grpcStatusError(nil); errors.As(err, &se) {
 		// A gRPC error that is no kvd answer: its message and code, without
 		// gRPC's "rpc error: code = ... desc = ..." framing.
@@ -160,13 +166,28 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
+	var te *client.TLSError
 	switch {
 	case errors.Is(err, client.ErrNotFound):
 		return exitNotFound
 	case errors.Is(err, client.ErrIndeterminate):
 		return exitUnknown
+	case errors.Is(err, client.ErrUnauthenticated), errors.Is(err, client.ErrAuthFailed), errors.Is(err, client.ErrTokenExpired):
+		return exitAuth
+	case errors.Is(err, client.ErrPermissionDenied):
+		return exitDenied
+	case errors.As(err, &te), plaintextToTLS(err):
+		return exitTLS
 	}
 	return exitFailed
+}
+
+// plaintextToTLS reports whether err looks like plaintext gRPC sent to a
+// port that serves TLS: the server closes the connection before HTTP/2
+// begins, every time.
+func plaintextToTLS(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "server preface") && errors.Is(err, client.ErrUnavailable)
 }
 
 // usageError is a bad command line: exit code 2.

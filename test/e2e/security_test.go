@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -394,5 +397,122 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	}
 	if before == want {
 		t.Fatal("the serial did not change")
+	}
+}
+
+// TestKvctlSecurityErrors: each way of not getting in gives kvctl one line
+// and its own exit code (7 not signed in, 8 permission denied, 9 TLS).
+func TestKvctlSecurityErrors(t *testing.T) {
+	skipShort(t)
+	cl := proccluster.Start(t, 3, proccluster.Options{TLS: true})
+	plain := proccluster.Start(t, 1, proccluster.Options{})
+	_, kvctlBin := proccluster.Binaries(t)
+	certs := cl.Certs
+	eps := strings.Join(cl.Endpoints(), ",")
+	kvctl := func(stdin string, args ...string) (int, string) {
+		cmd := exec.Command(kvctlBin, append([]string{"--timeout", "5s"}, args...)...)
+		cmd.Env = append(os.Environ(), "KVD_CACERT=", "KVD_CERT=", "KVD_KEY=", "KVD_USER=", "KVD_PASSWORD=", "KVD_ENDPOINTS=")
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out)
+	}
+	root := []string{"--endpoints", eps, "--cacert", certs.CACert, "--cert", certs.Client.Cert, "--key", certs.Client.Key}
+	for _, args := range [][]string{
+		{"user", "add", "root", "--password-stdin"},
+		{"user", "grant-role", "root", "admin"},
+		{"user", "add", "alice", "--password-stdin"},
+		{"role", "add", "a"},
+		{"role", "grant", "a", "--perm", "readwrite", "--keys", "a/"},
+		{"user", "grant-role", "alice", "a"},
+		{"auth", "enable"},
+	} {
+		if code, out := kvctl("pw\n", append(root, args...)...); code != 0 {
+			t.Fatalf("kvctl %v: exit %d: %s", args, code, out)
+		}
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(pw, []byte("pw"), 0o600)
+	os.WriteFile(bad, []byte("nope"), 0o600)
+	_, otherPair, err := pki.NewCA(time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCAFile := filepath.Join(dir, "other-ca.crt")
+	os.WriteFile(otherCAFile, otherPair.CertPEM, 0o600)
+	ca, err := pki.LoadCA(certs.CACert, filepath.Join(filepath.Dir(certs.CACert), pki.CAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, err := ca.IssueClient("alice", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expCert, expKey := filepath.Join(dir, "exp.crt"), filepath.Join(dir, "exp.key")
+	os.WriteFile(expCert, expired.CertPEM, 0o600)
+	os.WriteFile(expKey, expired.KeyPEM, 0o600)
+	// A member reached at an address its certificate does not name: n1's
+	// certificate names n1, localhost, 127.0.0.1 and ::1; a TCP relay on
+	// 127.0.0.2 passes the bytes to n1, so the client sees n1's certificate
+	// for an address it was not issued for.
+	fwd, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	go func() {
+		for {
+			c, err := fwd.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", cl.Nodes[0].ClientAddr)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go io.Copy(u, c)
+				io.Copy(c, u)
+			}()
+		}
+	}()
+
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no credentials", []string{"--endpoints", eps, "--cacert", certs.CACert, "get", "a/x"}, 7, "sign in"},
+		{"wrong password", []string{"--endpoints", eps, "--cacert", certs.CACert, "--user", "alice", "--password-file", bad, "get", "a/x"}, 7, "wrong user name or password"},
+		{"unknown user", []string{"--endpoints", eps, "--cacert", certs.CACert, "--user", "mallory", "--password-file", bad, "get", "a/x"}, 7, "wrong user name or password"},
+		{"missing permission", []string{"--endpoints", eps, "--cacert", certs.CACert, "--user", "alice", "--password-file", pw, "put", "b/x", "1"}, 8, `needs readwrite on keys "b/x"`},
+		{"non-admin operation", []string{"--endpoints", eps, "--cacert", certs.CACert, "--user", "alice", "--password-file", pw, "cluster", "snapshot"}, 8, "admin role"},
+		{"plaintext to a TLS port", []string{"--endpoints", eps, "get", "a/x"}, 9, "TLS"},
+		{"TLS to a plaintext port", []string{"--endpoints", plain.Nodes[0].ClientAddr, "--cacert", certs.CACert, "get", "a/x"}, 9, "does not speak TLS"},
+		{"unknown CA", []string{"--endpoints", eps, "--cacert", otherCAFile, "get", "a/x"}, 9, "not signed by a trusted CA"},
+		{"expired client certificate", []string{"--endpoints", eps, "--cacert", certs.CACert, "--cert", expCert, "--key", expKey, "get", "a/x"}, 9, "TLS"},
+		{"wrong server name", []string{"--endpoints", fwd.Addr().String(), "--cacert", certs.CACert, "get", "a/x"}, 9, "TLS"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := kvctl("", tc.args...)
+			if code != tc.code || !strings.Contains(out, tc.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+				t.Errorf("exit %d, output %q; want exit %d and one line containing %q", code, out, tc.code, tc.want)
+			}
+		})
+	}
+	if code, out := kvctl("", "--endpoints", eps, "--cacert", certs.CACert, "--user", "alice", "--password-file", pw, "put", "a/x", "1"); code != 0 {
+		t.Errorf("alice put a/x: exit %d: %s", code, out)
 	}
 }
