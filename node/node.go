@@ -320,6 +320,7 @@ type Node struct {
 	reads      readBatcher
 	keepAlives keepAliveBatcher
 	hasher     stateHasher
+	metrics    *metrics
 
 	mu      sync.Mutex
 	epoch   *epoch // non-nil while leader
@@ -349,6 +350,7 @@ func New(cfg Config) (*Node, error) {
 			CacheMaxBytes:      uint64(l.CacheMaxBytes),
 			MaxDedupResults:    uint32(l.MaxDedupResults),
 		},
+		metrics: newMetrics(),
 	}
 	n.reads.n = n
 	n.keepAlives.n = n
@@ -471,6 +473,7 @@ func (n *Node) Start() (err error) {
 
 	// State machine and raft.
 	n.fsm = fsm.New()
+	n.fsm.OnLockHandoff(func(gap int64) { n.metrics.lockHandoff.Observe(float64(gap) / 1e9) })
 	n.adapter = newFSMAdapter(n)
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
@@ -495,6 +498,7 @@ func (n *Node) Start() (err error) {
 	}
 	n.raft = r
 	n.adapter.afterRestore() // raft may have restored a snapshot in NewRaft
+	n.watchLeaders()
 	if n.mux != nil {
 		// Accept only now: the member check of peer TLS asks raft.
 		n.goFunc(n.mux.serve)
@@ -527,7 +531,7 @@ func (n *Node) Start() (err error) {
 func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, func(), error) {
 	if n.cfg.InMemoryStore {
 		s := raft.NewInmemStore()
-		return s, s, raft.NewInmemSnapshotStore(), func() {}, nil
+		return timedLogStore{s, n.metrics.logAppend}, s, raft.NewInmemSnapshotStore(), func() {}, nil
 	}
 	if err := ensureDataDir(n.cfg.DataDir); err != nil {
 		return nil, nil, nil, nil, err
@@ -541,7 +545,7 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, r
 		lock.Close()
 		return nil, nil, nil, nil, err
 	}
-	st, err := openStores(n.cfg.DataDir, kind, hlog)
+	st, err := openStores(n.cfg.DataDir, kind, hlog, n.metrics.logFsync)
 	if err != nil {
 		lock.Close()
 		return nil, nil, nil, nil, err
@@ -553,7 +557,7 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, r
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
 	}
-	logs, err := raft.NewLogCache(512, st.logs)
+	logs, err := raft.NewLogCache(512, timedLogStore{st.logs, n.metrics.logAppend})
 	if err != nil {
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("log cache: %w", err)
