@@ -21,7 +21,7 @@ type metrics struct {
 var grpcBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		grpc: grpcprom.NewServerMetrics(
 			grpcprom.WithServerCounterOptions(grpcprom.WithNamespace("kvd")),
 			grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramNamespace("kvd"),
@@ -37,6 +37,10 @@ func newMetrics() *metrics {
 			Help: "Fencing tokens found stale: writes refused (op=write) and CheckFence answers of not valid (op=check).",
 		}, []string{"op"}),
 	}
+	// Both series exist from the start, so a rate over them is defined.
+	m.fenceRefusals.WithLabelValues("write")
+	m.fenceRefusals.WithLabelValues("check")
+	return m
 }
 
 // Collector is the client port's metrics for a Prometheus registry: gRPC
