@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -453,7 +454,55 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 		}
 	}
 	t.Logf("Prometheus answered %d series from the three nodes", len(r))
+
+	checkDashboard(t, prom)
 }
+
+// checkDashboard runs every query of deploy/grafana/kvd.json against
+// Prometheus (with its variables set to match everything) and checks that
+// every kvd series it names exists.
+func checkDashboard(t *testing.T, prom string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "grafana", "kvd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("deploy/grafana/kvd.json: %v", err)
+	}
+	vars := strings.NewReplacer("$instance", ".*", "$job", ".*", "$__rate_interval", "1m")
+	names := map[string]bool{}
+	exprs := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs++
+			if _, err := promQuery(t, prom, vars.Replace(tg.Expr)); err != nil {
+				t.Errorf("dashboard panel %q: %v", p.Title, err)
+			}
+			for _, n := range metricName.FindAllString(tg.Expr, -1) {
+				names[strings.TrimSuffix(n, "_bucket")] = true
+			}
+		}
+	}
+	if exprs < 20 {
+		t.Fatalf("deploy/grafana/kvd.json has %d queries; want the dashboard's panels", exprs)
+	}
+	for n := range names {
+		if r, err := promQuery(t, prom, fmt.Sprintf(`count({__name__=~"%s|%s_count"})`, n, n)); err != nil || len(r) != 1 {
+			t.Errorf("dashboard names %s, which Prometheus does not have: %v %v", n, r, err)
+		}
+	}
+}
+
+var metricName = regexp.MustCompile(`\bkvd_[a-z_]+`)
 
 func indexOf(mc *metricsCluster, nd *proccluster.Node) int {
 	for i, n := range mc.Nodes {
