@@ -60,7 +60,7 @@ func (s *Server) Collector() prometheus.Collector {
 		s.metrics.fenceRefusals,
 		counter("kvd_cache_hits_total", "Cache reads this member answered with a fresh value.", &st.hits),
 		counter("kvd_cache_stale_served_total", "Cache reads this member answered with a stale value (serve-stale grace).", &st.staleHits),
-		counter("kvd_cache_misses_total", "Cache reads this member answered with no usable value (the caller computes, or waited in vain).", &st.misses),
+		counter("kvd_cache_misses_total", "Cache reads this member answered with no usable value: a miss, or another's fill still running.", &st.misses),
 		counter("kvd_cache_fill_waits_total", "Fills that waited for another session's computation instead of computing (single flight).", &st.waits),
 	}
 }
