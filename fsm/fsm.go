@@ -26,17 +26,17 @@ type FSM struct {
 	watchID uint64
 
 	// onHandoff, when set, hears each grant of a lock to a waiter (metrics).
-	onHandoff func(gapNs int64)
+	onHandoff func(index uint64, gapNs int64)
 }
 
-// OnLockHandoff sets f to be called, after the Apply that made it and
-// outside the fsm's lock, for every grant of a lock to a waiter with the
-// gap in log time since the lock fell free (0 when the release granted it
-// at once; the lock-delay, or the lag of the expiry behind its deadline,
-// otherwise). Grants of a lock that was restored from a snapshot while
-// free report nothing. It only observes: the state is the same with or
-// without it. Call it before the first Apply.
-func (f *FSM) OnLockHandoff(fn func(gapNs int64)) { f.onHandoff = fn }
+// OnLockHandoff sets fn to be called, after the Apply that made it and
+// outside the fsm's lock, for every grant of a lock to a waiter, with the
+// entry's index and the gap in log time since the lock fell free: 0 when
+// the release granted it at once; the lock-delay, or the lag of the expiry
+// behind the holder's deadline, otherwise. Grants of a lock that was
+// restored from a snapshot while free report nothing. It only observes:
+// the state is the same with or without it. Call it before the first Apply.
+func (f *FSM) OnLockHandoff(fn func(index uint64, gapNs int64)) { f.onHandoff = fn }
 
 // New returns an empty state machine.
 func New() *FSM {
@@ -69,7 +69,7 @@ func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
 	f.fire(touched)
 	if f.onHandoff != nil {
 		for _, gap := range handoffs {
-			f.onHandoff(gap)
+			f.onHandoff(index, gap)
 		}
 	}
 	return res

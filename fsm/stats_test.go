@@ -86,7 +86,12 @@ func TestStatsMatchRecount(t *testing.T) {
 func TestLockHandoffGaps(t *testing.T) {
 	h := newHarness(t)
 	var gaps []int64
-	h.f.OnLockHandoff(func(gap int64) { gaps = append(gaps, gap) })
+	h.f.OnLockHandoff(func(index uint64, gap int64) {
+		if index != h.index {
+			t.Errorf("handoff reported with index %d, applying %d", index, h.index)
+		}
+		gaps = append(gaps, gap)
+	})
 	expect := func(what string, want ...int64) {
 		t.Helper()
 		if len(gaps) != len(want) {

@@ -473,7 +473,17 @@ func (n *Node) Start() (err error) {
 
 	// State machine and raft.
 	n.fsm = fsm.New()
-	n.fsm.OnLockHandoff(func(gap int64) { n.metrics.lockHandoff.Observe(float64(gap) / 1e9) })
+	// Entries already in the log at start are replayed: their handoffs were
+	// observed by the process that applied them first.
+	replayTo, err := logs.LastIndex()
+	if err != nil {
+		return fmt.Errorf("read raft log: %w", err)
+	}
+	n.fsm.OnLockHandoff(func(index uint64, gap int64) {
+		if index > replayTo {
+			n.metrics.lockHandoff.Observe(float64(gap) / 1e9)
+		}
+	})
 	n.adapter = newFSMAdapter(n)
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
