@@ -60,6 +60,10 @@ func TestCollector(t *testing.T) {
 	c := testcluster.StartWithConfig(t, 3, func(i int, cfg *node.Config) {
 		cfg.InMemoryStore = false
 		cfg.DataDir = filepath.Join(dir, cfg.Name)
+		// kvd's default timeouts: testcluster's 50ms are shorter than an
+		// fsync on a busy disk, and a leader change would fail a Put.
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLease = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
+		cfg.TickInterval = 100 * time.Millisecond
 	})
 	l := c.MustLeader()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
