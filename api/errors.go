@@ -94,6 +94,9 @@ func (s *Server) toStatus(err error) error {
 			ke = &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, GRPC: codes.Internal, Msg: err.Error()}
 		}
 	}
+	if ke.Code == kvpb.ErrorCode_ERROR_CODE_FENCE_FAILED {
+		s.metrics.fenceRefusals.WithLabelValues("write").Inc()
+	}
 	code := ke.GRPC
 	if code == codes.OK {
 		code = GRPCCode(ke.Code)

@@ -28,6 +28,7 @@ type lockService struct {
 // the log by then, the error is INDETERMINATE.
 func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*kvpb.AcquireResponse, error) {
 	n := s.n
+	start := time.Now()
 	if err := firstErr(
 		n.checkHeader(req.GetHeader()),
 		n.checkSession("header.session", req.GetHeader()),
@@ -84,6 +85,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 			// from the fsm may be newer, so the header says at least its token.
 			hdr := n.b.WriteHeader(max(n.b.AppliedIndex(), lock.GetToken()), now)
 			if held {
+				n.metrics.acquireWait.Observe(time.Since(start).Seconds())
 				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: lock.GetToken(), Lock: lock}, nil
 			}
 			return &kvpb.AcquireResponse{Header: hdr, Acquired: false, Lock: lock}, nil
@@ -248,5 +250,8 @@ func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceReques
 		return nil, n.toStatus(err)
 	}
 	valid, current := n.b.FSM().CheckFence(req.GetLock(), req.GetToken(), now)
+	if !valid {
+		n.metrics.fenceRefusals.WithLabelValues("check").Inc()
+	}
 	return &kvpb.CheckFenceResponse{Header: hdr, Valid: valid, CurrentToken: current}, nil
 }

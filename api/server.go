@@ -89,9 +89,10 @@ type Server struct {
 	bcryptCost int
 	bcryptSem  chan struct{}
 
-	grpc   *grpc.Server
-	health *health.Server
-	stats  cacheCounters
+	grpc    *grpc.Server
+	health  *health.Server
+	stats   cacheCounters
+	metrics *metrics
 
 	// ctx ends when the server stops or the backend shuts down: long waits
 	// (queued acquires, fills) watch it.
@@ -121,7 +122,7 @@ func New(b Backend, cfg Config) *Server {
 	}
 	limits := b.Limits()
 	s := &Server{b: b, limits: limits, log: cfg.Logger, tokenTTL: cfg.TokenTTL, bcryptCost: cfg.BcryptCost,
-		bcryptSem: make(chan struct{}, cfg.MaxBcrypt)}
+		bcryptSem: make(chan struct{}, cfg.MaxBcrypt), metrics: newMetrics()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -146,8 +147,9 @@ func New(b Backend, cfg Config) *Server {
 		// probing (see node.FlowWindow).
 		grpc.InitialWindowSize(node.FlowWindow),
 		grpc.InitialConnWindowSize(node.FlowConnWindow),
-		grpc.ChainUnaryInterceptor(s.unaryAuth),
-		grpc.ChainStreamInterceptor(s.streamAuth),
+		// Metrics first, so calls that authentication refuses are counted.
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.unaryAuth),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.streamAuth),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))

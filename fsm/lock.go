@@ -42,6 +42,7 @@ func (s *state) grant(l *lockItem, session uint64, lockDelayMs int64) {
 	l.heldSince = s.logTime
 	l.lockDelayMs = lockDelayMs
 	l.delayUntil = 0
+	l.freedAt = 0
 	s.granted[l.name] = true
 }
 
@@ -73,6 +74,9 @@ func (s *state) grantNext(l *lockItem) {
 			continue
 		}
 		l.waiters = ws
+		if l.freedAt != 0 {
+			s.handoffs = append(s.handoffs, max(s.logTime-l.freedAt, 0))
+		}
 		s.grant(l, w.session, w.lockDelayMs)
 		return
 	}
@@ -80,9 +84,12 @@ func (s *state) grantNext(l *lockItem) {
 }
 
 // releaseLock frees a held lock and grants the next waiter. An involuntary
-// release (expiry, break) starts the lock-delay first.
-func (s *state) releaseLock(l *lockItem, involuntary bool) {
+// release (expiry, break) starts the lock-delay first. freedAt is when the
+// lock fell free in log time: now, or the deadline of the holder's expired
+// session (expiry runs at the first entry stamped after it).
+func (s *state) releaseLock(l *lockItem, involuntary bool, freedAt int64) {
 	l.token, l.session, l.heldSince = 0, 0, 0
+	l.freedAt = freedAt
 	if involuntary && l.lockDelayMs > 0 {
 		l.delayUntil = s.logTime + l.lockDelayMs*nsPerMs
 	}
@@ -145,7 +152,7 @@ func (s *state) release(req *kvpb.ReleaseRequest) *kvpb.CommandResult {
 	if !ok || l.token == 0 || l.token != req.Token {
 		return staleToken(name, req.Token, l.token)
 	}
-	s.releaseLock(&l, false)
+	s.releaseLock(&l, false, s.logTime)
 	s.putLock(l)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Release{Release: &kvpb.ReleaseResponse{NextToken: l.token}}}
 }
@@ -161,7 +168,7 @@ func (s *state) cancelWait(req *kvpb.CancelWaitRequest) *kvpb.CommandResult {
 			l.waiters = slices.Delete(slices.Clone(l.waiters), i, i+1)
 		}
 		if l.token != 0 && l.session == sess && !req.LeaveLineOnly {
-			s.releaseLock(&l, false)
+			s.releaseLock(&l, false, s.logTime)
 		}
 		s.putLock(l)
 	}
@@ -190,7 +197,7 @@ func (s *state) breakLock(req *kvpb.BreakRequest) *kvpb.CommandResult {
 	}
 	broken := l.token
 	l.brokenToken, l.brokenAt, l.brokenReason = broken, s.logTime, req.Reason
-	s.releaseLock(&l, true)
+	s.releaseLock(&l, true, s.logTime)
 	s.putLock(l)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Break{Break: &kvpb.BreakResponse{BrokenToken: broken, NextToken: l.token}}}
 }

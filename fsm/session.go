@@ -104,9 +104,13 @@ func (s *state) endSession(se *session, expired bool) {
 			}
 		}
 	}
+	freedAt := s.logTime
+	if expired {
+		freedAt = se.expiresAt
+	}
 	for _, name := range sortedKeys(se.locks) {
 		if l, ok := s.getLock(name); ok && l.token != 0 && l.session == se.id {
-			s.releaseLock(&l, expired)
+			s.releaseLock(&l, expired, freedAt)
 			s.putLock(l)
 		}
 	}

@@ -84,6 +84,11 @@ type lockItem struct {
 	brokenToken  uint64
 	brokenAt     int64
 	brokenReason string
+	// freedAt is the log time the lock last fell free (release, its
+	// holder's session expiring, a break) while it stays free, for the
+	// handoff gap of the next grant to a waiter. Not in the snapshot: a
+	// restored free lock has 0 and its next grant reports no gap.
+	freedAt int64
 }
 
 // fillLease is the right to fill a cache entry. token 0: none.
@@ -195,10 +200,17 @@ type state struct {
 	deadlines  *btree.BTreeG[deadline]
 	byFill     *btree.BTreeG[fillRef]
 	cacheBytes uint64
+	// Counts for Stats, kept in step by the accessors below.
+	kvBytes      uint64 // keys and values
+	locksHeld    int
+	lockWaiters  int
+	cacheWaiters int
+	fillLeases   int
 
 	// Per-apply scratch.
 	granted     map[string]bool // locks granted by the current entry
 	touched     []watchKey      // watches to fire after the entry
+	handoffs    []int64         // log-time gaps of the entry's grants to waiters
 	authChanged bool            // the entry changed auth state: publish a new AuthView
 }
 
@@ -234,17 +246,22 @@ func (s *state) delDeadline(d deadline) {
 
 func (s *state) getKey(key string) (kvItem, bool) { return s.kv.Get(kvItem{key: key}) }
 
+func (it kvItem) size() uint64 { return uint64(len(it.key) + len(it.value)) }
+
 func (s *state) putKey(it kvItem) {
 	if old, ok := s.kv.ReplaceOrInsert(it); ok {
 		s.delDeadline(deadline{at: old.expiresAt, kind: dlKey, name: old.key})
+		s.kvBytes -= old.size()
 	}
 	s.addDeadline(deadline{at: it.expiresAt, kind: dlKey, name: it.key})
+	s.kvBytes += it.size()
 }
 
 func (s *state) delKey(key string) bool {
 	old, ok := s.kv.Delete(kvItem{key: key})
 	if ok {
 		s.delDeadline(deadline{at: old.expiresAt, kind: dlKey, name: key})
+		s.kvBytes -= old.size()
 	}
 	return ok
 }
@@ -285,6 +302,10 @@ func (s *state) putLock(l lockItem) {
 }
 
 func (s *state) unindexLock(l lockItem) {
+	if l.token != 0 {
+		s.locksHeld--
+	}
+	s.lockWaiters -= len(l.waiters)
 	if se := s.sessions[l.session]; se != nil && l.token != 0 {
 		delete(se.locks, l.name)
 	}
@@ -300,6 +321,10 @@ func (s *state) unindexLock(l lockItem) {
 }
 
 func (s *state) indexLock(l lockItem) {
+	if l.token != 0 {
+		s.locksHeld++
+	}
+	s.lockWaiters += len(l.waiters)
 	if se := s.sessions[l.session]; se != nil && l.token != 0 {
 		se.locks[l.name] = struct{}{}
 	}
@@ -345,6 +370,10 @@ func (s *state) delCache(key string) bool {
 
 func (s *state) unindexCache(c cacheItem) {
 	s.cacheBytes -= c.size()
+	s.cacheWaiters -= len(c.waiters)
+	if c.lease.token != 0 {
+		s.fillLeases--
+	}
 	if c.hasValue {
 		s.byFill.Delete(fillRef{c.filledIdx, c.key})
 		s.delDeadline(deadline{at: c.removeAt(), kind: dlCache, name: c.key})
@@ -365,6 +394,10 @@ func (s *state) unindexCache(c cacheItem) {
 
 func (s *state) indexCache(c cacheItem) {
 	s.cacheBytes += c.size()
+	s.cacheWaiters += len(c.waiters)
+	if c.lease.token != 0 {
+		s.fillLeases++
+	}
 	if c.hasValue {
 		s.byFill.ReplaceOrInsert(fillRef{c.filledIdx, c.key})
 		s.addDeadline(deadline{at: c.removeAt(), kind: dlCache, name: c.key})
@@ -387,12 +420,14 @@ func (s *state) indexCache(c cacheItem) {
 func (s *state) rebuild() {
 	s.deadlines.Clear(false)
 	s.byFill.Clear(false)
-	s.cacheBytes = 0
+	s.cacheBytes, s.kvBytes = 0, 0
+	s.locksHeld, s.lockWaiters, s.cacheWaiters, s.fillLeases = 0, 0, 0, 0
 	for _, se := range s.sessions {
 		s.addDeadline(deadline{at: se.expiresAt, kind: dlSession, id: se.id})
 	}
 	s.kv.Ascend(func(it kvItem) bool {
 		s.addDeadline(deadline{at: it.expiresAt, kind: dlKey, name: it.key})
+		s.kvBytes += it.size()
 		return true
 	})
 	s.locks.Ascend(func(l lockItem) bool { s.indexLock(l); return true })

@@ -11,6 +11,11 @@
 // holds a member certificate. Nothing here listens on the client port:
 // package api serves clients against the Node's methods.
 //
+// Collector exposes the member's metrics to Prometheus (docs/metrics.md):
+// what it reads from raft and the fsm at each scrape, and what it measures
+// as it runs; nothing is updated per applied entry. Ready is what kvd's
+// /readyz answers.
+//
 // Invariants:
 //   - Only the leader stamps commands, with its monotonic clock anchored on
 //     the log time when it took office (docs/design.md "Time"); it accepts

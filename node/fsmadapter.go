@@ -96,16 +96,21 @@ func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
 }
 
 func (a *fsmAdapter) Snapshot() (raft.FSMSnapshot, error) {
-	return fsmSnapshot{a.n.fsm.Snapshot()}, nil
+	return fsmSnapshot{a.n.fsm.Snapshot(), a.n.metrics}, nil
 }
 
 // fsmSnapshot is raft's view of an fsm.Snapshot.
-type fsmSnapshot struct{ snap fsm.Snapshot }
+type fsmSnapshot struct {
+	snap fsm.Snapshot
+	m    *metrics
+}
 
 // Persist encodes the snapshot into raft's sink (raft calls it off the fsm
 // goroutine).
 func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriterSize(sink, 1<<16)
+	start := time.Now()
+	cw := &countingWriter{w: sink}
+	w := bufio.NewWriterSize(cw, 1<<16)
 	err := s.snap.Encode(w)
 	if err == nil {
 		err = w.Flush()
@@ -114,16 +119,23 @@ func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	s.m.snapshotPersist.Observe(time.Since(start).Seconds())
+	s.m.snapshotSize.Set(float64(cw.n))
+	return nil
 }
 
 // Release is a no-op: the snapshot holds no resources.
 func (fsmSnapshot) Release() {}
 
 func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
+	start := time.Now()
 	if err := a.n.fsm.Restore(rc); err != nil {
 		return err
 	}
+	a.n.metrics.snapshotRestore.Observe(time.Since(start).Seconds())
 	a.afterRestore()
 	return nil
 }

@@ -321,6 +321,7 @@ type Node struct {
 	reads      readBatcher
 	keepAlives keepAliveBatcher
 	hasher     stateHasher
+	metrics    *metrics
 
 	mu      sync.Mutex
 	epoch   *epoch // non-nil while leader
@@ -350,6 +351,7 @@ func New(cfg Config) (*Node, error) {
 			CacheMaxBytes:      uint64(l.CacheMaxBytes),
 			MaxDedupResults:    uint32(l.MaxDedupResults),
 		},
+		metrics: newMetrics(),
 	}
 	n.reads.n = n
 	n.keepAlives.n = n
@@ -472,6 +474,17 @@ func (n *Node) Start() (err error) {
 
 	// State machine and raft.
 	n.fsm = fsm.New()
+	// Entries already in the log at start are replayed: their handoffs were
+	// observed by the process that applied them first.
+	replayTo, err := logs.LastIndex()
+	if err != nil {
+		return fmt.Errorf("read raft log: %w", err)
+	}
+	n.fsm.OnLockHandoff(func(index uint64, gap int64) {
+		if index > replayTo {
+			n.metrics.lockHandoff.Observe(float64(gap) / 1e9)
+		}
+	})
 	n.adapter = newFSMAdapter(n)
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
@@ -496,6 +509,7 @@ func (n *Node) Start() (err error) {
 	}
 	n.raft = r
 	n.adapter.afterRestore() // raft may have restored a snapshot in NewRaft
+	n.watchLeaders()
 	if n.mux != nil {
 		// Accept only now: the member check of peer TLS asks raft.
 		n.goFunc(n.mux.serve)
@@ -528,7 +542,7 @@ func (n *Node) Start() (err error) {
 func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, func(), error) {
 	if n.cfg.InMemoryStore {
 		s := raft.NewInmemStore()
-		return s, s, raft.NewInmemSnapshotStore(), func() {}, nil
+		return timedLogStore{s, n.metrics.logAppend}, s, raft.NewInmemSnapshotStore(), func() {}, nil
 	}
 	if err := ensureDataDir(n.cfg.DataDir); err != nil {
 		return nil, nil, nil, nil, err
@@ -542,7 +556,7 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, r
 		lock.Close()
 		return nil, nil, nil, nil, err
 	}
-	st, err := openStores(n.cfg.DataDir, kind, hlog)
+	st, err := openStores(n.cfg.DataDir, kind, hlog, n.metrics.logFsync)
 	if err != nil {
 		lock.Close()
 		return nil, nil, nil, nil, err
@@ -554,7 +568,7 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, r
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
 	}
-	logs, err := raft.NewLogCache(512, st.logs)
+	logs, err := raft.NewLogCache(512, timedLogStore{st.logs, n.metrics.logAppend})
 	if err != nil {
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("log cache: %w", err)

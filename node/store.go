@@ -13,6 +13,9 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
+	walfs "github.com/hashicorp/raft-wal/fs"
+	"github.com/hashicorp/raft-wal/segment"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -109,15 +112,16 @@ func chooseLogStore(dir, want string) (string, error) {
 }
 
 // openStores opens the data dir's log and stable store (kind from
-// chooseLogStore).
-func openStores(dir, kind string, hlog hclog.Logger) (*stores, error) {
+// chooseLogStore). fsync observes each fsync of a WAL segment.
+func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer) (*stores, error) {
 	switch kind {
 	case LogStoreWAL:
 		wdir := filepath.Join(dir, walDirName)
 		if err := os.MkdirAll(wdir, 0o700); err != nil {
 			return nil, fmt.Errorf("raft log %s: %w", wdir, err)
 		}
-		w, err := wal.Open(wdir, wal.WithLogger(hlog.Named("wal")))
+		w, err := wal.Open(wdir, wal.WithLogger(hlog.Named("wal")),
+			wal.WithSegmentFiler(segment.NewFiler(wdir, timedVFS{walfs.New(), fsync})))
 		if err != nil {
 			return nil, fmt.Errorf("open raft log %s: %w", wdir, err)
 		}

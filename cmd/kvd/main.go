@@ -64,6 +64,7 @@ type serverFlags struct {
 	tls                                                  tlsFlags
 	logLevel                                             string
 	pprofAddr                                            string
+	metricsAddr                                          string
 	logStore                                             string
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
@@ -113,7 +114,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 				ctx, stop = watchParent(ctx, f.devParentFD, logger)
 				defer stop()
 			}
-			return serve(ctx, cfg, f.clientAddr, f.advertiseClient, &f.tls)
+			return serve(ctx, cfg, f.clientAddr, f.advertiseClient, f.metricsAddr, &f.tls)
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -155,6 +156,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz over plain HTTP on this address (e.g. 127.0.0.1:9090); default off")
 	fs.DurationVar(&f.testClockOffset, "test-clock-offset", 0, "TESTING ONLY: shift this node's clock by this much")
 	fs.StringVar(&f.testPeerDial, "test-peer-dial", "", "TESTING ONLY: dial these addresses for peers instead: name=addr,... (fault-injection proxies)")
 	fs.IntVar(&f.devParentFD, "dev-parent-fd", 0, "set by kvd dev: shut down when this inherited pipe reports end of file (the parent has gone)")
@@ -272,8 +274,8 @@ func watchParent(ctx context.Context, fd int, log *slog.Logger) (context.Context
 
 // serve runs a member until SIGINT/SIGTERM (or until ctx ends), then shuts
 // it down gracefully: the client port first, then the node. SIGHUP reloads
-// the certificate files.
-func serve(parent context.Context, cfg node.Config, clientAddr, advertise string, tf *tlsFlags) error {
+// the certificate files. With metricsAddr, it also serves metrics there.
+func serve(parent context.Context, cfg node.Config, clientAddr, advertise, metricsAddr string, tf *tlsFlags) error {
 	if parent == nil {
 		parent = context.Background()
 	}
@@ -288,6 +290,14 @@ func serve(parent context.Context, cfg node.Config, clientAddr, advertise string
 		return fmt.Errorf("listen on client address %s: %w", clientAddr, err)
 	}
 	defer lis.Close()
+	var metricsLis net.Listener
+	if metricsAddr != "" {
+		if metricsLis, err = net.Listen("tcp", metricsAddr); err != nil {
+			return fmt.Errorf("listen on metrics address %s: %w", metricsAddr, err)
+		}
+		defer metricsLis.Close()
+		raftMetrics() // before raft starts: its first election is reported
+	}
 	cfg.ClientAddr = advertise
 	if cfg.ClientAddr == "" {
 		cfg.ClientAddr = lis.Addr().String()
@@ -301,6 +311,15 @@ func serve(parent context.Context, cfg node.Config, clientAddr, advertise string
 		return err
 	}
 	srv := api.New(nd, api.Config{TLS: certs.clientTLS(), Logger: cfg.Logger})
+	if metricsLis != nil {
+		stopMetrics, err := serveMetrics(metricsLis, nd, cfg.Logger, nd.Collector(), srv.Collector())
+		if err != nil {
+			return errors.Join(err, nd.Shutdown(context.Background()))
+		}
+		// Deferred, so it runs after the node has stopped: /readyz
+		// answers "not ready" while the member shuts down.
+		defer stopMetrics()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 

@@ -198,6 +198,13 @@ func (c *Cluster) Name(i int) string {
 	return c.members[i].name
 }
 
+// Server returns node i's api server.
+func (c *Cluster) Server(i int) *api.Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].srv
+}
+
 // Conn returns a gRPC connection to node i (for raw kvpb clients).
 func (c *Cluster) Conn(i int) *grpc.ClientConn {
 	c.mu.Lock()
