@@ -302,6 +302,17 @@ func (f *FSM) Members() []*kvpb.Member {
 	return membersProto(f.s.members)
 }
 
+// ForgetMembers drops the member records (names, peer and client
+// addresses). It is for `kvd restore` alone, before the state becomes the
+// first snapshot of a new cluster: a backup's records describe the old
+// cluster, and a member of the new one would otherwise send clients to the
+// old cluster's addresses until it registered its own.
+func (f *FSM) ForgetMembers() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.s.members)
+}
+
 func membersProto(m map[string]member) []*kvpb.Member {
 	names := make([]string, 0, len(m))
 	for n := range m {

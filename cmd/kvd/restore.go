@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -28,7 +29,8 @@ every member of the new cluster, each with its own --name and --data-dir and the
 FILE and --initial-cluster, then start each member with kvd as usual on that data
 dir. DIR must not hold a member's state already.
 
-Log time resumes where the backup left it, so nothing expires early: keys, sessions
+The backup's member records (the old cluster's addresses) are dropped: each
+member registers its own when it starts. Log time resumes where the backup left it, so nothing expires early: keys, sessions
 and locks in the backup keep the time they had left when it was taken.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -87,6 +89,8 @@ func restore(out io.Writer, from, name, dataDir string, conf raft.Configuration)
 	if !bytes.Equal(hash, bf.SHA256) {
 		return fmt.Errorf("%s: the decoded state hashes to %x, the file says %x: this build encodes it differently", from, hash, bf.SHA256)
 	}
+	// The old cluster's member records would send clients to its addresses.
+	f.ForgetMembers()
 	if err := emptyDataDir(dataDir); err != nil {
 		return err
 	}
@@ -104,14 +108,20 @@ func restore(out io.Writer, from, name, dataDir string, conf raft.Configuration)
 	if err != nil {
 		return fmt.Errorf("create snapshot in %s: %w", dataDir, err)
 	}
-	if _, err := io.Copy(sink, bf.Data()); err != nil {
+	w := bufio.NewWriterSize(sink, 1<<20)
+	err = f.Snapshot().Encode(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
 		sink.Cancel()
 		return fmt.Errorf("write snapshot in %s: %w", dataDir, err)
 	}
 	if err := sink.Close(); err != nil {
 		return fmt.Errorf("write snapshot in %s: %w", dataDir, err)
 	}
-	fmt.Fprintf(out, "restored %s into %s for member %s: index %d, state hash %x\n", from, dataDir, name, index, hash)
+	fmt.Fprintf(out, "restored %s into %s for member %s: index %d, state hash %x (as saved; the old cluster's member addresses dropped)\n",
+		from, dataDir, name, index, hash)
 	fmt.Fprintf(out, "start it: kvd --name %s --data-dir %s --peer-addr ADDR --client-addr ADDR (plus your TLS flags)\n", name, dataDir)
 	return nil
 }

@@ -133,7 +133,7 @@ func TestBackupAndRestore(t *testing.T) {
 		if err != nil {
 			t.Fatalf("kvd restore %s: %v\n%s", name, err, out)
 		}
-		if !strings.Contains(string(out), fmt.Sprintf("state hash %x", sum)) {
+		if !strings.Contains(string(out), fmt.Sprintf("state hash %x", sum)) || !strings.Contains(string(out), "member addresses dropped") {
 			t.Errorf("kvd restore says %q; want the state hash %x", out, sum)
 		}
 		client, peer := fmt.Sprintf("127.0.0.1:%d", ports[2*i]), fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])
@@ -156,7 +156,26 @@ func TestBackupAndRestore(t *testing.T) {
 		dst.DumpLogs()
 		t.Fatal(err)
 	}
+	// No member of the new cluster names an address of the old one: clients
+	// must not be sent there.
 	dc := newClient(t, dst.Endpoints())
+	waitFor(t, 20*time.Second, "every restored member has registered its own client address", func() bool {
+		ms, err := dc.Members(ctx)
+		if err != nil || len(ms.GetMembers()) != 3 {
+			return false
+		}
+		for i, m := range ms.GetMembers() {
+			if m.GetClientAddr() != dst.Nodes[i].ClientAddr {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range src.Endpoints() {
+		if st, err := dc.Status(ctx, ""); err == nil && st.GetLeaderAddr() == m {
+			t.Fatalf("the restored cluster names the source's %s as its leader", m)
+		}
+	}
 	var before, after int
 	for _, w := range acked {
 		r, err := dc.Get(ctx, []byte(w.key))
