@@ -75,10 +75,10 @@ docker-test:
 # The fault harness (test/jepsen-lite/README.md): the smoke run, a long run,
 # and the self-test that plants known bugs and expects each to be caught.
 jepsen:
-	cd $(JEPSEN) && $(GO) run .
+	cd $(JEPSEN) && $(GO) run . --tls
 
 jepsen-long:
-	cd $(JEPSEN) && $(GO) run . --nodes 5 --duration 30m --seed 42 --rate 300 --out $(CURDIR)/results/
+	cd $(JEPSEN) && $(GO) run . --tls --nodes 5 --duration 30m --seed 42 --rate 300 --out $(CURDIR)/results/
 
 jepsen-self-test:
 	cd $(JEPSEN) && $(GO) run . --self-test

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/internal/proccluster"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -57,8 +58,11 @@ type HarnessConfig struct {
 	// Extra arguments for every node.
 	ExtraArgs []string
 	// Env is added to every node's environment.
-	Env  []string
-	Logf func(string, ...any)
+	Env []string
+	// Certs, when set, serve TLS on every link: the client port with each
+	// node's certificate, mutual TLS between members (see --tls).
+	Certs *pki.DevFiles
+	Logf  func(string, ...any)
 }
 
 // NewHarness allocates ports, starts the proxies and defines the nodes; it
@@ -76,6 +80,7 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 	h := &Harness{n: n, logf: cfg.Logf, offsets: make([]time.Duration, n),
 		failed: make(chan struct{}), closed: make(chan struct{})}
 	h.pc = proccluster.NewCluster(cfg.Kvd, cfg.Dir, cfg.Logf)
+	h.pc.Certs = cfg.Certs // the harness's own Status calls speak TLS too
 	realClient := make([]string, n)
 	realPeer := make([]string, n)
 	for i := 0; i < n; i++ {
@@ -130,6 +135,9 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 			"--initial-cluster", strings.Join(initial, ","),
 			"--test-peer-dial", strings.Join(dial, ","),
 		}, cfg.ExtraArgs...)
+		if cfg.Certs != nil {
+			args = append(args, proccluster.TLSArgs(cfg.Certs, nodeName(i), false)...)
+		}
 		h.base = append(h.base, args)
 		nd := h.pc.AddNode(nodeName(i), realClient[i], realPeer[i], dataDir, append([]string(nil), args...))
 		nd.Env = cfg.Env

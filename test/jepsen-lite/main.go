@@ -31,7 +31,9 @@ import (
 	"time"
 
 	"github.com/kvdproject/kvd/client"
+	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/internal/proccluster"
+	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 // defaultDuration is the smoke run's: enough for >= 30 faults and
@@ -47,8 +49,11 @@ type Config struct {
 	Kvd      string // prebuilt kvd binary; built when empty
 	Bug      string // planted bug to enable (kvdbugs build)
 	Kinds    []string
-	Rate     float64   // operations per second over all workers; 0: as fast as they go
-	Log      io.Writer // progress; nil: quiet
+	Rate     float64 // operations per second over all workers; 0: as fast as they go
+	// TLS: TLS on every link (certificates from kvd's pki) and auth on;
+	// workers sign in as a non-admin user (see Security).
+	TLS bool
+	Log io.Writer // progress; nil: quiet
 }
 
 // Summary is what a run found; it is written as summary.json.
@@ -83,6 +88,7 @@ func main() {
 	flag.StringVar(&cfg.Out, "out", "", "directory for history, summary and visualizations (default a new temp dir)")
 	flag.StringVar(&cfg.Kvd, "kvd", "", "use this kvd binary instead of building ./cmd/kvd")
 	faults := flag.String("faults", "", "comma-separated fault kinds to use (default all: "+strings.Join(faultKinds, ",")+")")
+	flag.BoolVar(&cfg.TLS, "tls", false, "TLS on every link and auth on: workers sign in as a non-admin user, the harness with root's client certificate")
 	flag.BoolVar(&selfTest, "self-test", false, "build kvd with planted bugs (tag kvdbugs) and check that each is caught")
 	flag.IntVar(&runs, "self-test-runs", 10, "runs per planted bug in --self-test")
 	flag.BoolVar(&quiet, "quiet", false, "no progress output")
@@ -198,7 +204,18 @@ func Run(cfg Config) (*Summary, error) {
 	if cfg.Bug != "" {
 		env = append(env, "KVD_TEST_BUG="+cfg.Bug)
 	}
-	h, err := NewHarness(HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Env: env, Logf: lg})
+	var certs *pki.DevFiles
+	if cfg.TLS {
+		var names []string
+		for i := range cfg.Nodes {
+			names = append(names, nodeName(i))
+		}
+		var err error
+		if certs, err = pki.DevCerts(filepath.Join(cfg.Out, "certs"), names, "root"); err != nil {
+			return nil, err
+		}
+	}
+	h, err := NewHarness(HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Env: env, Certs: certs, Logf: lg})
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +229,13 @@ func Run(cfg Config) (*Summary, error) {
 	hist := NewHistory()
 	wenv := NewEnv(hist, h.Endpoints())
 	wenv.SetRate(cfg.Rate)
-	probe, err := wenv.NewClient()
+	if certs != nil {
+		if wenv.Security, err = enableAuth(certs, h.Endpoints()); err != nil {
+			return nil, fmt.Errorf("turn auth on: %w", err)
+		}
+		lg("TLS on every link, auth on: workers sign in as %q, the harness as root (client certificate)", wenv.Security.User)
+	}
+	probe, err := wenv.NewAdminClient()
 	if err != nil {
 		return nil, err
 	}
@@ -520,4 +543,48 @@ func PrintSummary(w io.Writer, s *Summary) {
 		}
 	}
 	fmt.Fprintf(w, "\nhistory and summary.json in %s\n", s.Out)
+}
+
+// enableAuth makes the users of a --tls run and turns auth on: root (an
+// admin, signing in by its client certificate) and a worker user with
+// readwrite on every key, lock and cache key.
+func enableAuth(certs *pki.DevFiles, endpoints []string) (*Security, error) {
+	adminTLS, err := client.TLSFromFiles(certs.CACert, certs.Client.Cert, certs.Client.Key)
+	if err != nil {
+		return nil, err
+	}
+	workerTLS, err := client.TLSFromFiles(certs.CACert, "", "")
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.Config{Endpoints: endpoints, TLS: adminTLS})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sec := &Security{WorkerTLS: workerTLS, AdminTLS: adminTLS, User: "worker", Password: "jepsen-lite-worker"}
+	steps := []func() error{
+		func() error { _, err := c.UserAdd(ctx, "root", ""); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "admin"); return err },
+		func() error { _, err := c.UserAdd(ctx, sec.User, sec.Password); return err },
+		func() error { _, err := c.RoleAdd(ctx, "rw"); return err },
+	}
+	for _, k := range []kvpb.PermKind{kvpb.PermKind_PERM_KIND_KEYS, kvpb.PermKind_PERM_KIND_LOCKS, kvpb.PermKind_PERM_KIND_CACHE} {
+		steps = append(steps, func() error {
+			_, err := c.RoleGrantPermission(ctx, "rw", k, nil, kvpb.PermLevel_PERM_LEVEL_READWRITE)
+			return err
+		})
+	}
+	steps = append(steps,
+		func() error { _, err := c.UserGrantRole(ctx, sec.User, "rw"); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	)
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return nil, err
+		}
+	}
+	return sec, nil
 }

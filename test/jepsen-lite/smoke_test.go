@@ -8,7 +8,8 @@ import (
 )
 
 // TestSmoke is the smoke run: the default configuration against real kvd
-// processes (75 s of workload, 90 s under -race). -short skips it.
+// processes (75 s of workload, 90 s under -race), with TLS on every link and
+// auth on (--tls). -short skips it.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("smoke run skipped in -short mode")
@@ -21,7 +22,8 @@ func TestSmoke(t *testing.T) {
 	if raceEnabled {
 		d = 90 * time.Second
 	}
-	cfg := Config{Nodes: 3, Duration: d, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}}
+	// TLS on every link and auth on, as a cluster people trust runs.
+	cfg := Config{Nodes: 3, Duration: d, Seed: uint64(time.Now().UnixNano()), Out: out, Log: testWriter{t}, TLS: true}
 	s, err := Run(cfg)
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -39,8 +40,11 @@ const (
 type Env struct {
 	H         *History
 	Endpoints []string
-	Resource  *FencedResource
-	Logger    *slog.Logger
+	// Security, when set, is how workers and the harness reach a cluster
+	// with TLS and auth on (--tls).
+	Security *Security
+	Resource *FencedResource
+	Logger   *slog.Logger
 
 	regOps  atomic.Int64 // register ops so far (key generation)
 	memoOps atomic.Int64
@@ -93,15 +97,44 @@ func (e *Env) throttle(ctx context.Context) {
 	sleepCtx(ctx, time.Until(at))
 }
 
+// Security is the TLS and sign-in of a --tls run: workers sign in as a
+// user with readwrite on every key, lock and cache key, but no admin role,
+// so that every request goes through authentication, the permission checks
+// and session ownership; the harness (nemesis, probes) uses root's client
+// certificate, an admin.
+type Security struct {
+	WorkerTLS *tls.Config // the CA only
+	AdminTLS  *tls.Config // the CA and root's client certificate
+	User      string
+	Password  string
+}
+
 // NewClient makes a client for one worker.
 func (e *Env) NewClient() (*client.Client, error) {
-	return client.New(client.Config{
+	cfg := e.clientConfig()
+	if e.Security != nil {
+		cfg.TLS, cfg.Username, cfg.Password = e.Security.WorkerTLS, e.Security.User, e.Security.Password
+	}
+	return client.New(cfg)
+}
+
+// NewAdminClient makes the harness's client: root's certificate with --tls.
+func (e *Env) NewAdminClient() (*client.Client, error) {
+	cfg := e.clientConfig()
+	if e.Security != nil {
+		cfg.TLS = e.Security.AdminTLS
+	}
+	return client.New(cfg)
+}
+
+func (e *Env) clientConfig() client.Config {
+	return client.Config{
 		Endpoints:      e.Endpoints,
 		DialTimeout:    time.Second,
 		AttemptTimeout: attemptTimeout,
 		SessionTTL:     clientSessionTT,
 		Logger:         e.Logger,
-	})
+	}
 }
 
 func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
