@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -520,5 +521,47 @@ func TestKvctlSecurityErrors(t *testing.T) {
 	}
 	if code, out := kvctl("", "--endpoints", eps, "--cacert", certs.CACert, "--user", "alice", "--password-file", pw, "put", "a/x", "1"); code != 0 {
 		t.Errorf("alice put a/x: exit %d: %s", code, out)
+	}
+}
+
+// TestCertificateReloadOnSIGHUP: with file watching slowed to an hour, a
+// SIGHUP alone makes the member serve the new certificate.
+func TestCertificateReloadOnSIGHUP(t *testing.T) {
+	skipShort(t)
+	cl := proccluster.Start(t, 1, proccluster.Options{TLS: true, ExtraArgs: []string{"--cert-reload-interval", "1h"}})
+	nd := cl.Nodes[0]
+	nf := cl.Certs.Nodes[nd.Name]
+	serial := func() string {
+		conf := cl.ClientTLS()
+		c, err := tls.Dial("tcp", nd.ClientAddr, conf)
+		if err != nil {
+			t.Fatalf("TLS dial: %v", err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	ca, err := pki.LoadCA(cl.Certs.CACert, filepath.Join(filepath.Dir(cl.Certs.CACert), pki.CAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.IssueNode(nd.Name, nil, time.Now().Add(-time.Hour), time.Now().Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WritePair(nf.Cert, nf.Key, p, true); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := serial(); got != before {
+		t.Fatalf("the certificate changed without a SIGHUP (%s -> %s) although file watching runs hourly", before, got)
+	}
+	if err := syscall.Kill(nd.Pid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	want := p.Cert.SerialNumber.String()
+	waitFor(t, 5*time.Second, "the member serves the new certificate after SIGHUP", func() bool { return serial() == want })
+	if !nd.Running() {
+		t.Fatal("kvd exited on SIGHUP")
 	}
 }
