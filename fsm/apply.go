@@ -60,8 +60,30 @@ func (s *state) applyCommand(data []byte) *kvpb.CommandResult {
 	if hdr.Seq == 0 {
 		return s.finish(cmd, run())
 	}
+	// min_pending_seq is the lowest seq the client still waits for, and
+	// this seq is one of them. A larger one would forget results the
+	// client still needs (2^64-1 would refuse every later seq): refused,
+	// and nothing about the session changes.
+	if hdr.MinPendingSeq > hdr.Seq {
+		return s.finish(cmd, invalid("header.min_pending_seq: %d is above header.seq %d (it is the lowest seq still in flight)",
+			hdr.MinPendingSeq, hdr.Seq))
+	}
+	digest := bodyDigest(cmd)
 	if r, ok := se.dedup.Get(dedupEntry{seq: hdr.Seq}); ok && !bug("no-dedup") {
-		return proto.CloneOf(r.res)
+		if r.digest != 0 && r.digest != digest {
+			return s.finish(cmd, fail(kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED,
+				"session %d: seq %d was already used by a command with a different body; a new command needs a new seq", hdr.Session, hdr.Seq))
+		}
+		res, rerun := s.retryAnswer(r.res, cmd)
+		if !rerun {
+			return res
+		}
+		if r := s.authStale(cmd); r != nil {
+			return r
+		}
+		res = s.finish(cmd, run())
+		s.remember(se, hdr, res, digest)
+		return res
 	}
 	if hdr.Seq < se.minPending {
 		return s.finish(cmd, fail(kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE,
@@ -71,8 +93,8 @@ func (s *state) applyCommand(data []byte) *kvpb.CommandResult {
 		return r // not remembered: the retry is checked and applied afresh
 	}
 	res := s.finish(cmd, run())
-	s.remember(se, hdr, res)
-	return proto.CloneOf(res)
+	s.remember(se, hdr, res, digest)
+	return res
 }
 
 // authStale refuses a command whose permissions were checked against an
@@ -89,9 +111,10 @@ func (s *state) authStale(cmd *kvpb.Command) *kvpb.CommandResult {
 	return r
 }
 
-// remember stores a result for exactly-once retries and prunes the table.
-func (s *state) remember(se *session, hdr *kvpb.RequestHeader, res *kvpb.CommandResult) {
-	se.dedup.ReplaceOrInsert(dedupEntry{seq: hdr.Seq, res: res})
+// remember stores the slim copy of a result (see dedup.go) with the
+// command's body digest for exactly-once retries, and prunes the table.
+func (s *state) remember(se *session, hdr *kvpb.RequestHeader, res *kvpb.CommandResult, digest uint64) {
+	se.dedup.ReplaceOrInsert(dedupEntry{seq: hdr.Seq, res: slim(res), digest: digest})
 	se.minPending = max(se.minPending, hdr.MinPendingSeq)
 	for {
 		min, ok := se.dedup.Min()
@@ -218,11 +241,18 @@ func invalid(format string, args ...any) *kvpb.CommandResult {
 func (s *state) expire() {
 	for {
 		d, ok := s.deadlines.Min()
-		if !ok || d.at > s.logTime {
+		if !ok {
+			return
+		}
+		due := d.at <= s.logTime
+		if !due && !(bug("ttl-off-by-one") && d.kind == dlKey) {
 			return
 		}
 		s.deadlines.DeleteMin()
 		s.handleDeadline(d)
+		if !due {
+			return
+		}
 	}
 }
 
@@ -235,7 +265,7 @@ func (s *state) handleDeadline(d deadline) {
 			s.delKey(d.name)
 		}
 	case dlSession:
-		if se := s.sessions[d.id]; se != nil && se.expiresAt == d.at {
+		if se := s.sessions[d.id]; se != nil && (se.expiresAt == d.at || bug("renewal-keeps-deadline")) {
 			s.endSession(se, true)
 		}
 	case dlLockWaiter:

@@ -9,7 +9,12 @@ package fsm
 var testBugs = map[string]bool{}
 
 // SetTestBug switches a planted bug on: "lock-ignore-expiry",
-// "unfenced-store" or "no-dedup". Call it before the first Apply.
+// "unfenced-store", "no-dedup", "ttl-off-by-one" (expiry also takes the
+// first key deadline not yet due), "renewal-keeps-deadline" (a renewed
+// session still expires at its first deadline), "dedup-lost-on-restore"
+// (remembered results are dropped when a snapshot is restored) or
+// "lock-delay-ignored" (an involuntary release starts no lock-delay). Call
+// it before the first Apply.
 func SetTestBug(name string) { testBugs[name] = true }
 
 func bug(name string) bool { return testBugs[name] }

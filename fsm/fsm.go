@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -100,13 +102,22 @@ func (f *FSM) Get(key []byte, now int64) *kvpb.KeyValue {
 	return it.proto(false)
 }
 
+// ItemOverhead bounds the encoding of one listed item beyond its key and
+// value bytes (field tags, lengths, indexes, version, expiry): List and
+// Locks count it against their byte budget.
+const ItemOverhead = 64
+
 // List returns up to limit live keys with prefix, strictly after startAfter
-// (limit <= 0: no limit). more reports that further keys match.
-func (f *FSM) List(prefix, startAfter []byte, limit int, keysOnly bool, now int64) (kvs []*kvpb.KeyValue, more bool) {
+// (limit <= 0: no limit), stopping before the keys and values would exceed
+// maxBytes (each counted with ItemOverhead; maxBytes <= 0: no budget). The
+// first key is returned whatever its size, so a page always makes
+// progress. more reports that further keys match.
+func (f *FSM) List(prefix, startAfter []byte, limit, maxBytes int, keysOnly bool, now int64) (kvs []*kvpb.KeyValue, more bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	p, after := string(prefix), string(startAfter)
 	from := max(p, after)
+	size := 0
 	f.s.kv.AscendGreaterOrEqual(kvItem{key: from}, func(it kvItem) bool {
 		if !strings.HasPrefix(it.key, p) {
 			return false
@@ -114,14 +125,53 @@ func (f *FSM) List(prefix, startAfter []byte, limit int, keysOnly bool, now int6
 		if (len(startAfter) > 0 && it.key == after) || !it.live(now) {
 			return true
 		}
-		if limit > 0 && len(kvs) == limit {
+		n := len(it.key) + ItemOverhead
+		if !keysOnly {
+			n += len(it.value)
+		}
+		if (limit > 0 && len(kvs) == limit) || (maxBytes > 0 && len(kvs) > 0 && size+n > maxBytes) {
 			more = true
 			return false
 		}
+		size += n
 		kvs = append(kvs, it.proto(keysOnly))
 		return true
 	})
 	return kvs, more
+}
+
+// SessionCount is the number of sessions the fsm holds (live ones, and
+// any whose expiry the next entry will apply).
+func (f *FSM) SessionCount() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.s.sessions)
+}
+
+// LockCount is the number of locks the fsm holds: held, waited for, or
+// within their lock-delay.
+func (f *FSM) LockCount() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.s.locks.Len()
+}
+
+// HasLock reports whether the fsm holds anything for lock name.
+func (f *FSM) HasLock(name []byte) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	_, ok := f.s.getLock(string(name))
+	return ok
+}
+
+// SessionEnded reports whether session id certainly no longer exists: the
+// fsm has applied entry id (sessions are named by their creating entry)
+// and holds no session id, so it was closed or expired (or the entry never
+// created one). Ids are never reused, so the answer cannot change.
+func (f *FSM) SessionEnded(id uint64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return id != 0 && f.s.index >= id && f.s.sessions[id] == nil
 }
 
 // Session returns a live session, or nil.
@@ -173,22 +223,37 @@ func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo {
 	return f.s.lockProto(l, now)
 }
 
-// Locks lists locks with the prefix that are held or have waiters, by name.
-func (f *FSM) Locks(prefix []byte, now int64) []*kvpb.LockInfo {
+// Locks lists locks with the prefix that are held or have waiters, by
+// name, strictly after startAfter: up to limit (<= 0: no limit), stopping
+// before their encoding would exceed maxBytes (<= 0: no budget; the first
+// lock is returned whatever its size). more reports that further locks
+// match.
+func (f *FSM) Locks(prefix, startAfter []byte, limit, maxBytes int, now int64) (out []*kvpb.LockInfo, more bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []*kvpb.LockInfo
-	p := string(prefix)
-	f.s.locks.AscendGreaterOrEqual(lockItem{name: p}, func(l lockItem) bool {
+	p, after := string(prefix), string(startAfter)
+	size := 0
+	f.s.locks.AscendGreaterOrEqual(lockItem{name: max(p, after)}, func(l lockItem) bool {
 		if !strings.HasPrefix(l.name, p) {
 			return false
 		}
-		if info := f.s.lockProto(l, now); info.Token != 0 || len(info.Waiters) > 0 {
-			out = append(out, info)
+		if len(startAfter) > 0 && l.name == after {
+			return true
 		}
+		info := f.s.lockProto(l, now)
+		if info.Token == 0 && len(info.Waiters) == 0 {
+			return true
+		}
+		n := proto.Size(info) + 8
+		if (limit > 0 && len(out) == limit) || (maxBytes > 0 && len(out) > 0 && size+n > maxBytes) {
+			more = true
+			return false
+		}
+		size += n
+		out = append(out, info)
 		return true
 	})
-	return out
+	return out, more
 }
 
 // CheckFence reports whether token still holds the lock at now (the holder's

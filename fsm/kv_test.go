@@ -120,7 +120,7 @@ func TestTTLExpiry(t *testing.T) {
 	if got := h.f.Get([]byte("k"), t0+1000*ms); got != nil {
 		t.Errorf("Get(k) at deadline = %v, want nil", got)
 	}
-	if kvs, _ := h.f.List(nil, nil, 0, false, t0+1000*ms); len(kvs) != 1 {
+	if kvs, _ := h.f.List(nil, nil, 0, 0, false, t0+1000*ms); len(kvs) != 1 {
 		t.Errorf("List at deadline = %d keys, want 1", len(kvs))
 	}
 	h.at(999).ok(tick())
@@ -197,7 +197,7 @@ func TestList(t *testing.T) {
 		{"c", "", 0, nil, false},
 	}
 	for _, tt := range tests {
-		kvs, more := h.f.List([]byte(tt.prefix), []byte(tt.after), tt.limit, true, now)
+		kvs, more := h.f.List([]byte(tt.prefix), []byte(tt.after), tt.limit, 0, true, now)
 		var got []string
 		for _, kv := range kvs {
 			got = append(got, string(kv.Key))

@@ -90,7 +90,7 @@ func (s *state) grantNext(l *lockItem) {
 func (s *state) releaseLock(l *lockItem, involuntary bool, freedAt int64) {
 	l.token, l.session, l.heldSince = 0, 0, 0
 	l.freedAt = freedAt
-	if involuntary && l.lockDelayMs > 0 {
+	if involuntary && l.lockDelayMs > 0 && !bug("lock-delay-ignored") {
 		l.delayUntil = s.logTime + l.lockDelayMs*nsPerMs
 	}
 	s.grantNext(l)
@@ -110,11 +110,18 @@ func (s *state) acquire(req *kvpb.AcquireRequest) *kvpb.CommandResult {
 		return invalid("wait_ms: must not be negative, got %d", req.WaitMs)
 	case req.LockDelayMs < 0:
 		return invalid("lock_delay_ms: must not be negative, got %d", req.LockDelayMs)
+	case s.limits.GetMaxLockDelayMs() > 0 && req.LockDelayMs > s.limits.GetMaxLockDelayMs():
+		return invalid("lock_delay_ms: %d exceeds the limit of %d (--max-lock-delay)", req.LockDelayMs, s.limits.GetMaxLockDelayMs())
 	}
 	sess := req.Header.GetSession()
 	name := string(req.Name)
 	l, ok := s.getLock(name)
 	if !ok {
+		// A lock the fsm holds nothing for would become one more.
+		if maxN := s.limits.GetMaxLocks(); maxN > 0 && s.locks.Len() >= int(maxN) {
+			return fail(kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED,
+				"locks: %d locks are held, waited for or in their lock-delay, the cluster's limit (--max-locks %d)", s.locks.Len(), maxN)
+		}
 		l = lockItem{name: name}
 	}
 	resp := &kvpb.AcquireResponse{}
@@ -182,22 +189,37 @@ func (s *state) renew(req *kvpb.RenewRequest) *kvpb.CommandResult {
 	if !ok || l.token == 0 || l.token != req.Token || se == nil {
 		return staleToken(name, req.Token, l.token)
 	}
-	s.setSessionExpiry(se, s.logTime+se.ttlMs*nsPerMs)
+	s.renewSession(se)
 	s.touch(WatchLock, name)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Renew{Renew: &kvpb.RenewResponse{Lock: s.lockProto(l, s.logTime)}}}
 }
 
-// breakLock is an operator's involuntary release. Breaking a free lock is
-// NOT_FOUND.
+// breakLock is an operator's override. A held lock is released
+// involuntarily: its lock-delay starts (the holder may not know yet). A free
+// lock within its lock-delay has the delay cleared, and its next waiter is
+// granted. Anything else (free, no delay) is NOT_FOUND.
 func (s *state) breakLock(req *kvpb.BreakRequest) *kvpb.CommandResult {
 	name := string(req.Name)
 	l, ok := s.getLock(name)
+	if ok && l.token == 0 && l.delayUntil > s.logTime {
+		cleared := l.delayUntil
+		l.delayUntil = 0
+		l.brokenAt, l.brokenReason = s.logTime, req.Reason
+		s.grantNext(&l)
+		s.putLock(l)
+		return &kvpb.CommandResult{Result: &kvpb.CommandResult_Break{Break: &kvpb.BreakResponse{
+			NextToken: l.token, ClearedDelayUntil: cleared}}}
+	}
 	if !ok || l.token == 0 {
-		return fail(kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, "lock %q is not held", name)
+		return fail(kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, "lock %q is not held and has no pending lock-delay", name)
 	}
 	broken := l.token
 	l.brokenToken, l.brokenAt, l.brokenReason = broken, s.logTime, req.Reason
 	s.releaseLock(&l, true, s.logTime)
 	s.putLock(l)
-	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Break{Break: &kvpb.BreakResponse{BrokenToken: broken, NextToken: l.token}}}
+	resp := &kvpb.BreakResponse{BrokenToken: broken, NextToken: l.token}
+	if l.token == 0 && l.delayUntil > s.logTime {
+		resp.DelayUntil = l.delayUntil
+	}
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Break{Break: resp}}
 }

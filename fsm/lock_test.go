@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -139,8 +140,8 @@ func TestLockBreakAndLockDelay(t *testing.T) {
 	tokA := h.ok(acquire(a, 0, "L", 0, 2000)).GetAcquire().Token
 	h.ok(acquire(b, 0, "L", 10000, 0))
 	br := h.ok(breakLock("L", "stuck")).GetBreak()
-	if br.BrokenToken != tokA || br.NextToken != 0 {
-		t.Errorf("Break = %v, want broken %d and no grant (lock-delay)", br, tokA)
+	if br.BrokenToken != tokA || br.NextToken != 0 || br.DelayUntil != t0+2000*ms || br.ClearedDelayUntil != 0 {
+		t.Errorf("Break = %v, want broken %d, no grant, lock-delay until %d", br, tokA, t0+2000*ms)
 	}
 	l := h.f.Lock([]byte("L"), h.f.LogTime())
 	if l.Token != 0 || l.DelayUntil != t0+2000*ms || l.BrokenReason != "stuck" || l.BrokenToken != tokA {
@@ -149,7 +150,6 @@ func TestLockBreakAndLockDelay(t *testing.T) {
 	if h.f.NextDeadline() != t0+2000*ms {
 		t.Errorf("NextDeadline() = %d, want the delay end %d", h.f.NextDeadline(), t0+2000*ms)
 	}
-	h.code(breakLock("L", "again"), kvpb.ErrorCode_ERROR_CODE_NOT_FOUND)
 	h.at(1999).ok(tick())
 	if tok, _ := holder(h, "L"); tok != 0 {
 		t.Errorf("granted during lock-delay")
@@ -244,9 +244,9 @@ func TestLocksList(t *testing.T) {
 	for _, n := range []string{"x/b", "x/a", "y"} {
 		h.ok(acquire(a, 0, n, 0, 0))
 	}
-	got := h.f.Locks([]byte("x/"), h.f.LogTime())
-	if len(got) != 2 || string(got[0].Name) != "x/a" || string(got[1].Name) != "x/b" {
-		t.Errorf("Locks(x/) = %v, want x/a, x/b", got)
+	got, more := h.f.Locks([]byte("x/"), nil, 0, 0, h.f.LogTime())
+	if len(got) != 2 || string(got[0].Name) != "x/a" || string(got[1].Name) != "x/b" || more {
+		t.Errorf("Locks(x/) = %v, more=%v, want x/a, x/b", got, more)
 	}
 	if locks := h.f.Session(a, h.f.LogTime()).Locks; len(locks) != 3 || string(locks[0]) != "x/a" {
 		t.Errorf("Session.locks = %q, want sorted", locks)
@@ -306,5 +306,71 @@ func TestCancelWaitLeaveLineOnly(t *testing.T) {
 	h.ok(cancelWait(b, "L"))
 	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l.GetToken() != 0 {
 		t.Fatalf("after CancelWait by the holder: token %d, want free", l.GetToken())
+	}
+}
+
+// An operator's break of a free lock within its lock-delay clears the
+// delay and grants the next waiter at once; a break of a free lock without
+// one is NOT_FOUND.
+func TestBreakClearsLockDelay(t *testing.T) {
+	h := newHarness(t)
+	a, b := h.session(60000), h.session(60000)
+	h.ok(acquire(a, 0, "L", 0, 50000))
+	h.ok(breakLock("L", "stuck"))
+	h.ok(acquire(b, 0, "L", 10000, 0))
+	if tok, _ := holder(h, "L"); tok != 0 {
+		t.Fatal("granted during lock-delay")
+	}
+	br := h.at(100).ok(breakLock("L", "clear the delay")).GetBreak()
+	if br.ClearedDelayUntil != t0+50000*ms || br.BrokenToken != 0 || br.NextToken != h.index {
+		t.Errorf("Break in lock-delay = %v, want cleared delay until %d and the waiter granted at %d", br, t0+50000*ms, h.index)
+	}
+	if tok, s := holder(h, "L"); tok != h.index || s != b {
+		t.Errorf("holder = (%d, %d), want (%d, %d)", tok, s, h.index, b)
+	}
+	h.ok(release(b, "L", h.index))
+	h.code(breakLock("L", "nothing"), kvpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+}
+
+// The lock-delay maximum travels in StateLimits: a longer delay is refused,
+// never clamped.
+func TestLockDelayMaximum(t *testing.T) {
+	h := newHarness(t)
+	h.limits = &kvpb.StateLimits{MaxLockDelayMs: 60000}
+	a := h.session(60000)
+	r := h.code(acquire(a, 0, "L", 0, 60001), kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT)
+	if !strings.Contains(r.Message, "--max-lock-delay") {
+		t.Errorf("message %q does not name the flag", r.Message)
+	}
+	if h.f.Lock([]byte("L"), h.f.LogTime()) != nil {
+		t.Error("a refused acquire left a lock behind")
+	}
+	h.ok(acquire(a, 0, "L", 0, 60000))
+}
+
+// Caps on sessions and locks travel in StateLimits and refuse new ones
+// with LIMIT_EXCEEDED naming the cap and its flag; expired sessions do not
+// count.
+func TestSessionAndLockCaps(t *testing.T) {
+	h := newHarness(t)
+	h.limits = &kvpb.StateLimits{MaxSessions: 2, MaxLocks: 2}
+	a := h.session(1000)
+	b := h.session(60000)
+	r := h.code(createSession(60000), kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED)
+	if !strings.Contains(r.Message, "--max-sessions 2") {
+		t.Errorf("message %q does not name the cap", r.Message)
+	}
+	h.ok(acquire(b, 0, "L1", 0, 0))
+	h.ok(acquire(b, 0, "L2", 0, 0))
+	r = h.code(acquire(b, 0, "L3", 0, 0), kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED)
+	if !strings.Contains(r.Message, "--max-locks 2") {
+		t.Errorf("message %q does not name the cap", r.Message)
+	}
+	// Waiting for a lock that exists does not make a new one.
+	h.ok(acquire(a, 0, "L1", 500, 0))
+	h.at(2000) // a has expired: its slot is free again
+	h.session(60000)
+	if n := h.f.SessionCount(); n != 2 {
+		t.Errorf("SessionCount = %d, want 2", n)
 	}
 }

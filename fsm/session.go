@@ -34,6 +34,12 @@ func (s *state) createSession(req *kvpb.CreateSessionRequest) *kvpb.CommandResul
 	if req.TtlMs <= 0 {
 		return invalid("ttl_ms: must be positive, got %d", req.TtlMs)
 	}
+	// Expired sessions were removed before this op (expire), so every
+	// session counted here is live.
+	if maxN := s.limits.GetMaxSessions(); maxN > 0 && len(s.sessions) >= int(maxN) {
+		return fail(kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED,
+			"sessions: %d live sessions, the cluster's limit (--max-sessions %d); close or let some expire", len(s.sessions), maxN)
+	}
 	se := newSession(s.index)
 	se.ttlMs = req.TtlMs
 	se.name = req.Name
@@ -45,6 +51,15 @@ func (s *state) createSession(req *kvpb.CreateSessionRequest) *kvpb.CommandResul
 		CreateSession: &kvpb.CreateSessionResponse{Session: se.proto()}}}
 }
 
+// renewSession gives a session a full TTL from now.
+func (s *state) renewSession(se *session) {
+	if bug("renewal-keeps-deadline") {
+		se.expiresAt = s.logTime + se.ttlMs*nsPerMs // answered, but not in the deadline index
+		return
+	}
+	s.setSessionExpiry(se, s.logTime+se.ttlMs*nsPerMs)
+}
+
 func sessionExpired(id uint64) *kvpb.CommandResult {
 	return fail(kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, "session %d is unknown or expired", id)
 }
@@ -54,7 +69,7 @@ func (s *state) keepAlive(req *kvpb.KeepAliveRequest) *kvpb.CommandResult {
 	if se == nil {
 		return sessionExpired(req.Id)
 	}
-	s.setSessionExpiry(se, s.logTime+se.ttlMs*nsPerMs)
+	s.renewSession(se)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_KeepAlive{
 		KeepAlive: &kvpb.KeepAliveResponse{Session: se.proto()}}}
 }

@@ -339,8 +339,8 @@ func TestConcurrentReadsAndEncode(t *testing.T) {
 		for range 200 {
 			now := f.LogTime()
 			f.Get([]byte("a"), now)
-			f.List(nil, nil, 0, false, now)
-			f.Locks(nil, now)
+			f.List(nil, nil, 0, 0, false, now)
+			f.Locks(nil, nil, 0, 0, now)
 			f.CacheEntry([]byte("b"), now)
 			f.CacheStats()
 			f.Members()

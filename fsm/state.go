@@ -58,10 +58,12 @@ func newSession(id uint64) *session {
 	}
 }
 
-// dedupEntry is a remembered result of a session's command.
+// dedupEntry is a remembered result of a session's command: metadata
+// only (see slim), and the digest of the command's body (0: not known).
 type dedupEntry struct {
-	seq uint64
-	res *kvpb.CommandResult
+	seq    uint64
+	res    *kvpb.CommandResult
+	digest uint64
 }
 
 // lockWaiter stands in a lock's FIFO line.

@@ -11,8 +11,10 @@ import "github.com/kvdproject/kvd/fsm"
 var testBugs = map[string]bool{}
 
 // SetTestBug switches a planted bug on, in node ("stale-read",
-// "ttl-wall-clock") and fsm ("lock-ignore-expiry", "unfenced-store",
-// "no-dedup"). Call it before starting a node.
+// "ttl-wall-clock", "log-time-fast") and fsm ("lock-ignore-expiry",
+// "unfenced-store", "no-dedup", "ttl-off-by-one", "renewal-keeps-deadline",
+// "dedup-lost-on-restore", "lock-delay-ignored"). Call it before starting a
+// node.
 func SetTestBug(name string) {
 	testBugs[name] = true
 	fsm.SetTestBug(name)
@@ -27,4 +29,13 @@ func (n *Node) judgeTime(now int64) int64 {
 		return n.wallNow()
 	}
 	return now
+}
+
+// clockRate is the node's clock: with "log-time-fast" it runs 10% fast, so
+// the log time this node stamps as leader runs ahead of real time.
+func (n *Node) clockRate(ns int64) int64 {
+	if bug("log-time-fast") {
+		return ns + ns/10
+	}
+	return ns
 }

@@ -380,7 +380,7 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 // clock is the node's monotonic clock plus TestClockOffset, in ns since the
 // node was created. Only differences of it are meaningful.
 func (n *Node) clock() int64 {
-	return int64(time.Since(n.base) + n.cfg.TestClockOffset)
+	return n.clockRate(int64(time.Since(n.base) + n.cfg.TestClockOffset))
 }
 
 // wallNow is the wall clock (plus TestClockOffset); it only seeds log time.

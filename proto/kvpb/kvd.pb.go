@@ -110,6 +110,8 @@ const (
 	// older than the one it applied on. It was not applied and not
 	// remembered; the member answers NOT_LEADER so the client retries.
 	ErrorCode_ERROR_CODE_AUTH_REVISION_STALE ErrorCode = 28
+	// Hostile or buggy clients.
+	ErrorCode_ERROR_CODE_SEQUENCE_REUSED ErrorCode = 30 // (session, seq) already used by a command with another body
 )
 
 // Enum value maps for ErrorCode.
@@ -136,6 +138,7 @@ var (
 		26: "ERROR_CODE_NO_ADMIN",
 		27: "ERROR_CODE_AUTH_DISABLED",
 		28: "ERROR_CODE_AUTH_REVISION_STALE",
+		30: "ERROR_CODE_SEQUENCE_REUSED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_OK":                  0,
@@ -159,6 +162,7 @@ var (
 		"ERROR_CODE_NO_ADMIN":            26,
 		"ERROR_CODE_AUTH_DISABLED":       27,
 		"ERROR_CODE_AUTH_REVISION_STALE": 28,
+		"ERROR_CODE_SEQUENCE_REUSED":     30,
 	}
 )
 
@@ -345,8 +349,11 @@ func (PermLevel) EnumDescriptor() ([]byte, []int) {
 // RequestHeader makes a mutating request exactly-once. session is a session
 // id from Session.Create (0: no session, no deduplication); seq numbers the
 // session's commands from 1. A retried command with the same (session, seq)
-// gets the first result again and is not applied twice. The server may forget
-// the results of every seq below min_pending_seq: the client has them all.
+// and the same body gets the first result again and is not applied twice; a
+// different body under a seq already used is refused with SEQUENCE_REUSED.
+// The server may forget the results of every seq below min_pending_seq: the
+// client has them all. min_pending_seq may not exceed seq (it is the lowest
+// seq still in flight, and seq is in flight).
 type RequestHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       uint64                 `protobuf:"varint,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -1095,6 +1102,9 @@ func (x *DeleteResponse) GetDeleted() uint64 {
 	return 0
 }
 
+// ListRequest lists keys by prefix in key order. An answer stops at limit
+// keys or at the server's response byte budget (--max-response-bytes),
+// whichever comes first, and says more: continue with start_after.
 type ListRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Prefix []byte                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
@@ -2628,10 +2638,17 @@ func (x *GetLockResponse) GetLock() *LockInfo {
 	return nil
 }
 
+// ListLocksRequest lists locks by prefix in name order, one page at a time:
+// an answer stops at limit locks or at the response byte budget, whichever
+// comes first, and says more.
 type ListLocksRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Prefix        []byte                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Prefix      []byte                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Consistency Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=kvd.v1.Consistency" json:"consistency,omitempty"`
+	// At most this many locks; 0: the server's default list limit.
+	Limit uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Continuation: locks strictly after this name.
+	StartAfter    []byte `protobuf:"bytes,4,opt,name=start_after,json=startAfter,proto3" json:"start_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2680,10 +2697,26 @@ func (x *ListLocksRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_LINEARIZABLE
 }
 
+func (x *ListLocksRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListLocksRequest) GetStartAfter() []byte {
+	if x != nil {
+		return x.StartAfter
+	}
+	return nil
+}
+
 type ListLocksResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Locks         []*LockInfo            `protobuf:"bytes,2,rep,name=locks,proto3" json:"locks,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Locks  []*LockInfo            `protobuf:"bytes,2,rep,name=locks,proto3" json:"locks,omitempty"`
+	// More locks match: ask again with start_after = the last name returned.
+	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2732,8 +2765,18 @@ func (x *ListLocksResponse) GetLocks() []*LockInfo {
 	return nil
 }
 
+func (x *ListLocksResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
 // BreakRequest forcibly releases a lock (operator override). The holder's
-// token stops being valid; the next waiter is granted.
+// token stops being valid; the lock's lock-delay starts (an involuntary
+// release), then the next waiter is granted. Breaking a lock that is free
+// but within its lock-delay clears the delay and grants the next waiter at
+// once.
 type BreakRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -2795,12 +2838,16 @@ func (x *BreakRequest) GetReason() string {
 }
 
 type BreakResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	BrokenToken   uint64                 `protobuf:"varint,2,opt,name=broken_token,json=brokenToken,proto3" json:"broken_token,omitempty"`
-	NextToken     uint64                 `protobuf:"varint,3,opt,name=next_token,json=nextToken,proto3" json:"next_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Header      *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	BrokenToken uint64                 `protobuf:"varint,2,opt,name=broken_token,json=brokenToken,proto3" json:"broken_token,omitempty"` // 0 when nobody held it
+	NextToken   uint64                 `protobuf:"varint,3,opt,name=next_token,json=nextToken,proto3" json:"next_token,omitempty"`
+	// The lock-delay this break started: no grant before this log time (0: none).
+	DelayUntil int64 `protobuf:"varint,4,opt,name=delay_until,json=delayUntil,proto3" json:"delay_until,omitempty"`
+	// The pending lock-delay this break cleared: its end in log time (0: none).
+	ClearedDelayUntil int64 `protobuf:"varint,5,opt,name=cleared_delay_until,json=clearedDelayUntil,proto3" json:"cleared_delay_until,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BreakResponse) Reset() {
@@ -2850,6 +2897,20 @@ func (x *BreakResponse) GetBrokenToken() uint64 {
 func (x *BreakResponse) GetNextToken() uint64 {
 	if x != nil {
 		return x.NextToken
+	}
+	return 0
+}
+
+func (x *BreakResponse) GetDelayUntil() int64 {
+	if x != nil {
+		return x.DelayUntil
+	}
+	return 0
+}
+
+func (x *BreakResponse) GetClearedDelayUntil() int64 {
+	if x != nil {
+		return x.ClearedDelayUntil
 	}
 	return 0
 }
@@ -7358,6 +7419,9 @@ type StateLimits struct {
 	MaxLocksPerSession uint32                 `protobuf:"varint,2,opt,name=max_locks_per_session,json=maxLocksPerSession,proto3" json:"max_locks_per_session,omitempty"`
 	CacheMaxBytes      uint64                 `protobuf:"varint,3,opt,name=cache_max_bytes,json=cacheMaxBytes,proto3" json:"cache_max_bytes,omitempty"`
 	MaxDedupResults    uint32                 `protobuf:"varint,4,opt,name=max_dedup_results,json=maxDedupResults,proto3" json:"max_dedup_results,omitempty"` // per session
+	MaxSessions        uint32                 `protobuf:"varint,5,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`               // live sessions in the cluster
+	MaxLocks           uint32                 `protobuf:"varint,6,opt,name=max_locks,json=maxLocks,proto3" json:"max_locks,omitempty"`                        // locks held, waited for or within their delay
+	MaxLockDelayMs     int64                  `protobuf:"varint,7,opt,name=max_lock_delay_ms,json=maxLockDelayMs,proto3" json:"max_lock_delay_ms,omitempty"`  // longest lock_delay_ms of an Acquire
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -7416,6 +7480,27 @@ func (x *StateLimits) GetCacheMaxBytes() uint64 {
 func (x *StateLimits) GetMaxDedupResults() uint32 {
 	if x != nil {
 		return x.MaxDedupResults
+	}
+	return 0
+}
+
+func (x *StateLimits) GetMaxSessions() uint32 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
+}
+
+func (x *StateLimits) GetMaxLocks() uint32 {
+	if x != nil {
+		return x.MaxLocks
+	}
+	return 0
+}
+
+func (x *StateLimits) GetMaxLockDelayMs() int64 {
+	if x != nil {
+		return x.MaxLockDelayMs
 	}
 	return 0
 }
@@ -8980,22 +9065,29 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"g\n" +
 	"\x0fGetLockResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12$\n" +
-	"\x04lock\x18\x02 \x01(\v2\x10.kvd.v1.LockInfoR\x04lock\"a\n" +
+	"\x04lock\x18\x02 \x01(\v2\x10.kvd.v1.LockInfoR\x04lock\"\x98\x01\n" +
 	"\x10ListLocksRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\fR\x06prefix\x125\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"k\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\x12\x1f\n" +
+	"\vstart_after\x18\x04 \x01(\fR\n" +
+	"startAfter\"\x7f\n" +
 	"\x11ListLocksResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12&\n" +
-	"\x05locks\x18\x02 \x03(\v2\x10.kvd.v1.LockInfoR\x05locks\"i\n" +
+	"\x05locks\x18\x02 \x03(\v2\x10.kvd.v1.LockInfoR\x05locks\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\"i\n" +
 	"\fBreakRequest\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\fR\x04name\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x81\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd2\x01\n" +
 	"\rBreakResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12!\n" +
 	"\fbroken_token\x18\x02 \x01(\x04R\vbrokenToken\x12\x1d\n" +
 	"\n" +
-	"next_token\x18\x03 \x01(\x04R\tnextToken\"t\n" +
+	"next_token\x18\x03 \x01(\x04R\tnextToken\x12\x1f\n" +
+	"\vdelay_until\x18\x04 \x01(\x03R\n" +
+	"delayUntil\x12.\n" +
+	"\x13cleared_delay_until\x18\x05 \x01(\x03R\x11clearedDelayUntil\"t\n" +
 	"\x11CheckFenceRequest\x12\x12\n" +
 	"\x04lock\x18\x01 \x01(\fR\x04lock\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x125\n" +
@@ -9314,12 +9406,15 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x15role_grant_permission\x18E \x01(\v2\".kvd.v1.RoleGrantPermissionRequestH\x00R\x13roleGrantPermission\x12[\n" +
 	"\x16role_revoke_permission\x18F \x01(\v2#.kvd.v1.RoleRevokePermissionRequestH\x00R\x14roleRevokePermissionB\x04\n" +
 	"\x02opB\x10\n" +
-	"\x0e_auth_revision\"\xc5\x01\n" +
+	"\x0e_auth_revision\"\xb0\x02\n" +
 	"\vStateLimits\x12/\n" +
 	"\x14max_waiters_per_lock\x18\x01 \x01(\rR\x11maxWaitersPerLock\x121\n" +
 	"\x15max_locks_per_session\x18\x02 \x01(\rR\x12maxLocksPerSession\x12&\n" +
 	"\x0fcache_max_bytes\x18\x03 \x01(\x04R\rcacheMaxBytes\x12*\n" +
-	"\x11max_dedup_results\x18\x04 \x01(\rR\x0fmaxDedupResults\"$\n" +
+	"\x11max_dedup_results\x18\x04 \x01(\rR\x0fmaxDedupResults\x12!\n" +
+	"\fmax_sessions\x18\x05 \x01(\rR\vmaxSessions\x12\x1b\n" +
+	"\tmax_locks\x18\x06 \x01(\rR\bmaxLocks\x12)\n" +
+	"\x11max_lock_delay_ms\x18\a \x01(\x03R\x0emaxLockDelayMs\"$\n" +
 	"\x10KeepAliveBatchOp\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x04R\x03ids\"G\n" +
 	"\x14KeepAliveBatchResult\x12/\n" +
@@ -9410,7 +9505,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\xf5\x04\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\x95\x05\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -9433,7 +9528,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x16ERROR_CODE_ROLE_EXISTS\x10\x19\x12\x17\n" +
 	"\x13ERROR_CODE_NO_ADMIN\x10\x1a\x12\x1c\n" +
 	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b\x12\"\n" +
-	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c*i\n" +
+	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c\x12\x1e\n" +
+	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +

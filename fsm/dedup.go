@@ -1,0 +1,217 @@
+package fsm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Exactly-once results are remembered per (session, seq) with a digest of
+// the command's body. What is remembered is metadata only (indexes,
+// versions, tokens, counts, states): keys and values are left out and put
+// back from the retried command, which the digest proves is the same, or
+// from the current state when it still holds the same value. A result that
+// cannot be rebuilt that way is either re-run (a fill whose first run
+// changed nothing) or answered without its value (documented per op below).
+
+// digestFields are left out of a body digest: the request header
+// (min_pending_seq legitimately changes between retries of one command) and
+// what the receiving server fills in anew on every attempt (AuthEnable's
+// random token key; a password hashed with a random salt).
+var digestFields = []protoreflect.Name{"header", "token_key", "password_hash"}
+
+// bodyDigest is a digest of cmd's op that is the same on every replica and
+// for every retry of one command: the first 8 bytes of sha256 over the op's
+// field number and its deterministic encoding without digestFields. It is
+// never 0 (0 stands for "not known": results restored from a snapshot
+// written before digests existed).
+func bodyDigest(cmd *kvpb.Command) uint64 {
+	m := cmd.ProtoReflect()
+	fd := m.WhichOneof(commandOneof)
+	if fd == nil {
+		return 1
+	}
+	op := m.Get(fd).Message()
+	type saved struct {
+		fd protoreflect.FieldDescriptor
+		v  protoreflect.Value
+	}
+	var put []saved
+	for _, name := range digestFields {
+		if f := op.Descriptor().Fields().ByName(name); f != nil && op.Has(f) {
+			put = append(put, saved{f, op.Get(f)})
+			op.Clear(f)
+		}
+	}
+	b, _ := marshal.Marshal(op.Interface()) // a message we decoded ourselves
+	for _, s := range put {
+		op.Set(s.fd, s.v)
+	}
+	h := sha256.New()
+	var num [4]byte
+	binary.BigEndian.PutUint32(num[:], uint32(fd.Number()))
+	h.Write(num[:])
+	h.Write(b)
+	d := binary.BigEndian.Uint64(h.Sum(nil))
+	if d == 0 {
+		d = 1
+	}
+	return d
+}
+
+// maxRememberedMessage bounds the error message a remembered result keeps
+// (messages quote keys, which may be 4 KiB).
+const maxRememberedMessage = 256
+
+// slim returns the copy of res a session remembers: res without keys,
+// values, lock names, waiter lists and long messages. res is not changed
+// (the big fields are set aside while it is copied, not copied).
+func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
+	var restore []func()
+	bytesField := func(b *[]byte) {
+		if v := *b; v != nil {
+			*b = nil
+			restore = append(restore, func() { *b = v })
+		}
+	}
+	entry := func(e *kvpb.CacheEntry) {
+		if e == nil {
+			return
+		}
+		bytesField(&e.Key)
+		bytesField(&e.Value)
+		if w := e.Waiters; w != nil {
+			e.Waiters = nil
+			restore = append(restore, func() { e.Waiters = w })
+		}
+	}
+	switch r := res.Result.(type) {
+	case *kvpb.CommandResult_Put:
+		if kv := r.Put.GetKv(); kv != nil {
+			bytesField(&kv.Key)
+			bytesField(&kv.Value)
+		}
+	case *kvpb.CommandResult_Add:
+		if kv := r.Add.GetKv(); kv != nil {
+			bytesField(&kv.Key)
+			bytesField(&kv.Value)
+		}
+	case *kvpb.CommandResult_Acquire:
+		if l := r.Acquire.GetLock(); l != nil {
+			bytesField(&l.Name)
+			if w := l.Waiters; w != nil {
+				l.Waiters = nil
+				restore = append(restore, func() { l.Waiters = w })
+			}
+		}
+	case *kvpb.CommandResult_Fill:
+		entry(r.Fill.GetEntry())
+	case *kvpb.CommandResult_Store:
+		entry(r.Store.GetEntry())
+	case *kvpb.CommandResult_CacheSet:
+		entry(r.CacheSet.GetEntry())
+	}
+	if msg := res.Message; len(msg) > maxRememberedMessage {
+		res.Message = msg[:maxRememberedMessage] + "..."
+		restore = append(restore, func() { res.Message = msg })
+	}
+	out := proto.CloneOf(res)
+	for _, f := range restore {
+		f()
+	}
+	return out
+}
+
+// retryAnswer answers a retry of cmd from its remembered result r (which it
+// does not change). rerun reports that r answered a fill that changed
+// nothing and whose value is gone: the caller runs the command again,
+// which applies it at most once all the same.
+//
+//   - Put: key and value are the retried request's (the put wrote exactly
+//     them). Add: the key, and the value from the counter's result.
+//   - Acquire: the lock's name; the waiter list is not kept (empty).
+//   - Store, CacheSet: key, and the value when this command stored it (the
+//     request's); otherwise the value the entry holds now if it is the same
+//     store (same filled index), else none.
+//   - Fill: key, and the entry's value if it still holds the same store.
+//     Otherwise a FRESH (or STALE, lease elsewhere) answer is re-run, and a
+//     STALE answer that granted the caller the lease becomes MISS with the
+//     same lease token (the caller computes). Waiter lists are not kept.
+func (s *state) retryAnswer(r *kvpb.CommandResult, cmd *kvpb.Command) (res *kvpb.CommandResult, rerun bool) {
+	out := proto.CloneOf(r)
+	current := func(key []byte, filled uint64) ([]byte, bool) {
+		if c, ok := s.getCache(string(key)); ok && c.hasValue && c.filledIdx == filled {
+			return nonNil(cloneBytes(c.value)), true
+		}
+		return nil, false
+	}
+	stored := func(e *kvpb.CacheEntry, key, value []byte, index uint64) {
+		if e == nil {
+			return
+		}
+		e.Key = cloneBytes(key)
+		switch {
+		case e.FilledIndex == 0:
+		case e.FilledIndex == index:
+			e.Value = nonNil(cloneBytes(value))
+		default:
+			if v, ok := current(key, e.FilledIndex); ok {
+				e.Value = v
+			} else {
+				e.FilledIndex, e.FreshUntil, e.StaleUntil, e.IsError = 0, 0, 0, false
+			}
+		}
+	}
+	switch o := cmd.Op.(type) {
+	case *kvpb.Command_Put:
+		if kv := out.GetPut().GetKv(); kv != nil {
+			kv.Key, kv.Value = cloneBytes(o.Put.Key), cloneBytes(o.Put.Value)
+		}
+	case *kvpb.Command_Add:
+		if a := out.GetAdd(); a.GetKv() != nil {
+			a.Kv.Key, a.Kv.Value = cloneBytes(o.Add.Key), strconv.AppendInt(nil, a.GetValue(), 10)
+		}
+	case *kvpb.Command_Acquire:
+		if l := out.GetAcquire().GetLock(); l != nil {
+			l.Name = cloneBytes(o.Acquire.Name)
+		}
+	case *kvpb.Command_Store:
+		st := out.GetStore()
+		stored(st.GetEntry(), o.Store.Key, o.Store.Value, st.GetHeader().GetAppliedIndex())
+	case *kvpb.Command_CacheSet:
+		cs := out.GetCacheSet()
+		stored(cs.GetEntry(), o.CacheSet.Key, o.CacheSet.Value, cs.GetHeader().GetAppliedIndex())
+	case *kvpb.Command_Fill:
+		f := out.GetFill()
+		e := f.GetEntry()
+		if e == nil {
+			break
+		}
+		e.Key = cloneBytes(o.Fill.Key)
+		if e.FilledIndex == 0 {
+			break
+		}
+		if v, ok := current(o.Fill.Key, e.FilledIndex); ok {
+			e.Value = v
+			break
+		}
+		if f.State == kvpb.CacheState_CACHE_STATE_FRESH || f.LeaseToken == 0 {
+			return nil, true
+		}
+		e.FilledIndex, e.FreshUntil, e.StaleUntil, e.IsError = 0, 0, 0, false
+		f.State = kvpb.CacheState_CACHE_STATE_MISS
+	}
+	return out, false
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
