@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -126,8 +125,12 @@ func (s *Server) requireAdmin(ctx context.Context, what string) error {
 // revision its checks used. A command refused at apply because auth changed
 // since (AUTH_REVISION_STALE) was neither applied nor remembered: this
 // member catches up to the change and answers NOT_LEADER, which clients
-// retry, and the retry is checked afresh.
+// retry, and the retry is checked afresh. A command naming a session this
+// member knows has ended is refused without a log entry.
 func (s *Server) propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, node.Applied, error) {
+	if err := s.checkSessionLive(commandSession(cmd)); err != nil {
+		return nil, node.Applied{}, err
+	}
 	if rev, ok := ctx.Value(authRevKey{}).(uint64); ok {
 		cmd.AuthRevision = &rev
 	}
@@ -208,7 +211,7 @@ func (s *Server) identify(ctx context.Context, v *fsm.AuthView) (string, error) 
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok {
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
+		if ti, ok := tlsInfo(p.AuthInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
 			cn := ti.State.VerifiedChains[0][0].Subject.CommonName
 			if cn == "" || v.User(cn) == nil {
 				return "", unauthenticated(kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED,

@@ -36,6 +36,9 @@ func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvp
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if _, err := n.reserveAnswer(ctx, n.cacheAnswerBytes()); err != nil {
+		return nil, n.toStatus(err)
+	}
 	state, entry := n.b.FSM().CacheEntry(req.GetKey(), now)
 	n.count(state)
 	return &kvpb.CacheGetResponse{Header: hdr, State: state, Entry: entry}, nil
@@ -81,10 +84,17 @@ func (s *cacheService) Fill(ctx context.Context, req *kvpb.FillRequest) (*kvpb.F
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
+	// The fast path is a read like Cache.Get; the answers below come from
+	// the fill's own command, its waits bounded by the stream limit.
+	unreserve, err := n.reserveAnswer(ctx, n.cacheAnswerBytes())
+	if err != nil {
+		return nil, n.toStatus(err)
+	}
 	if state, entry := n.b.FSM().CacheEntry(req.GetKey(), now); state == kvpb.CacheState_CACHE_STATE_FRESH {
 		n.stats.hits.Add(1)
 		return &kvpb.FillResponse{Header: hdr, State: state, Entry: entry}, nil
 	}
+	unreserve()
 	var deadline <-chan time.Time
 	if req.GetWaitMs() > 0 {
 		t := time.NewTimer(msDuration(req.GetWaitMs()))
@@ -155,6 +165,7 @@ func (s *cacheService) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb
 	n := s.n
 	if err := firstErr(
 		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
 		n.checkKey("key", req.GetKey()),
 		n.checkValue("value", req.GetValue()),
 	); err != nil {
@@ -169,7 +180,7 @@ func (s *cacheService) Store(ctx context.Context, req *kvpb.StoreRequest) (*kvpb
 		return nil, n.toStatus(invalid("token", 0, "token: required"))
 	}
 	if !req.GetAbandon() {
-		if err := firstErr(n.checkTTL("ttl_ms", req.GetTtlMs(), false), n.checkDuration("stale_ms", req.GetStaleMs())); err != nil {
+		if err := firstErr(n.checkTTL("ttl_ms", req.GetTtlMs(), true), n.checkDuration("stale_ms", req.GetStaleMs())); err != nil {
 			return nil, n.toStatus(err)
 		}
 	}
@@ -182,7 +193,7 @@ func (s *cacheService) Set(ctx context.Context, req *kvpb.CacheSetRequest) (*kvp
 		n.checkHeader(req.GetHeader()),
 		n.checkKey("key", req.GetKey()),
 		n.checkValue("value", req.GetValue()),
-		n.checkTTL("ttl_ms", req.GetTtlMs(), false),
+		n.checkTTL("ttl_ms", req.GetTtlMs(), true),
 		n.checkDuration("stale_ms", req.GetStaleMs()),
 	); err != nil {
 		return nil, n.toStatus(err)

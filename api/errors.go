@@ -18,8 +18,8 @@ import (
 //
 //   - NOT_FOUND, SESSION_EXPIRED -> NotFound (like etcd's "lease not found").
 //   - VERSION_MISMATCH, FENCE_FAILED, STALE_TOKEN, NOT_INTEGER,
-//     STALE_SEQUENCE -> FailedPrecondition: the state does not allow it;
-//     retrying the same request will not help.
+//     STALE_SEQUENCE, SEQUENCE_REUSED -> FailedPrecondition: the state does
+//     not allow it; retrying the same request will not help.
 //   - INVALID_ARGUMENT -> InvalidArgument; LIMIT_EXCEEDED -> ResourceExhausted.
 //   - NOT_LEADER -> Unavailable: nothing was proposed, safe to retry anywhere.
 //   - PERMISSION_DENIED -> PermissionDenied; UNAUTHENTICATED, AUTH_FAILED,
@@ -43,6 +43,7 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   codes.FailedPrecondition,
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       codes.Unavailable,
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    codes.Unavailable,
+	kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED:  codes.FailedPrecondition,
 
 	kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED: codes.PermissionDenied,
 	kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:   codes.Unauthenticated,

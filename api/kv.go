@@ -23,6 +23,22 @@ func (n *Server) write(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandRes
 	return res, n.b.WriteHeader(at.Index, at.LogTime), nil
 }
 
+// commandSession is the session a command's request header names (0: none).
+func commandSession(cmd *kvpb.Command) uint64 {
+	m := cmd.ProtoReflect()
+	if fd := m.WhichOneof(commandOp); fd != nil {
+		op := m.Get(fd).Message()
+		if hf := op.Descriptor().Fields().ByName("header"); hf != nil && op.Has(hf) {
+			if h, ok := op.Get(hf).Message().Interface().(*kvpb.RequestHeader); ok {
+				return h.GetSession()
+			}
+		}
+	}
+	return 0
+}
+
+var commandOp = (&kvpb.Command{}).ProtoReflect().Descriptor().Oneofs().ByName("op")
+
 // writeAs proposes cmd and answers with the fsm's typed result, picked out
 // of the CommandResult by get (an empty message if the fsm set none), with
 // the write's response header. Errors are gRPC statuses.
@@ -82,6 +98,9 @@ func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetRes
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
+	if _, err := n.reserveAnswer(ctx, n.valueAnswerBytes()); err != nil {
+		return nil, n.toStatus(err)
+	}
 	kv := n.b.FSM().Get(req.GetKey(), now)
 	if kv == nil {
 		return nil, n.toStatus(&node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, Msg: "key not found"})
@@ -126,7 +145,10 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
-	kvs, more := n.b.FSM().List(req.GetPrefix(), req.GetStartAfter(), limit, req.GetKeysOnly(), now)
+	if _, err := n.reserveAnswer(ctx, n.listAnswerBytes()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	kvs, more := n.b.FSM().List(req.GetPrefix(), req.GetStartAfter(), limit, n.limits.MaxResponseBytes, req.GetKeysOnly(), now)
 	return &kvpb.ListResponse{Header: hdr, Kvs: kvs, More: more}, nil
 }
 
@@ -166,6 +188,7 @@ func (s *sessionService) Create(ctx context.Context, req *kvpb.CreateSessionRequ
 	if err := firstErr(
 		n.checkTTL("ttl_ms", req.GetTtlMs(), true),
 		n.checkNameLen("name", len(req.GetName())),
+		n.checkSessionCap(),
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -178,7 +201,7 @@ func (s *sessionService) KeepAlive(ctx context.Context, req *kvpb.KeepAliveReque
 	if req.GetId() == 0 {
 		return nil, n.toStatus(invalid("id", 0, "id: required"))
 	}
-	if err := n.ownSession(ctx, req.GetId()); err != nil {
+	if err := firstErr(n.checkSessionLive(req.GetId()), n.ownSession(ctx, req.GetId())); err != nil {
 		return nil, n.toStatus(err)
 	}
 	res, at, err := n.b.RenewSession(ctx, req.GetId())

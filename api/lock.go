@@ -34,7 +34,8 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 		n.checkSession("header.session", req.GetHeader()),
 		n.checkName("name", req.GetName()),
 		n.checkDuration("wait_ms", req.GetWaitMs()),
-		n.checkDuration("lock_delay_ms", req.GetLockDelayMs()),
+		n.checkLockDelay(req.GetLockDelayMs()),
+		n.checkLockCap(req.GetName()),
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -131,7 +132,11 @@ func (n *Server) cancelWait(ctx context.Context, session uint64, name []byte, ca
 
 func (s *lockService) Release(ctx context.Context, req *kvpb.ReleaseRequest) (*kvpb.ReleaseResponse, error) {
 	n := s.n
-	if err := firstErr(n.checkHeader(req.GetHeader()), n.checkName("name", req.GetName())); err != nil {
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
+		n.checkName("name", req.GetName()),
+	); err != nil {
 		return nil, n.toStatus(err)
 	}
 	if err := n.authz(func() error {
@@ -202,9 +207,14 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	return &kvpb.GetLockResponse{Header: hdr, Lock: lock}, nil
 }
 
+// List answers one page of locks (see ListLocksRequest).
 func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kvpb.ListLocksResponse, error) {
 	n := s.n
-	if err := n.checkNameLen("prefix", len(req.GetPrefix())); err != nil {
+	limit, err := n.listLimit("limit", req.GetLimit())
+	if err == nil {
+		err = firstErr(n.checkNameLen("prefix", len(req.GetPrefix())), n.checkNameLen("start_after", len(req.GetStartAfter())))
+	}
+	if err != nil {
 		return nil, n.toStatus(err)
 	}
 	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
@@ -218,7 +228,11 @@ func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kv
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
-	return &kvpb.ListLocksResponse{Header: hdr, Locks: n.b.FSM().Locks(req.GetPrefix(), now)}, nil
+	if _, err := n.reserveAnswer(ctx, n.listAnswerBytes()); err != nil {
+		return nil, n.toStatus(err)
+	}
+	locks, more := n.b.FSM().Locks(req.GetPrefix(), req.GetStartAfter(), limit, n.limits.MaxResponseBytes, now)
+	return &kvpb.ListLocksResponse{Header: hdr, Locks: locks, More: more}, nil
 }
 
 func (s *lockService) Break(ctx context.Context, req *kvpb.BreakRequest) (*kvpb.BreakResponse, error) {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -131,8 +132,13 @@ func New(b Backend, cfg Config) *Server {
 		case <-s.ctx.Done():
 		}
 	}()
-	opts := []grpc.ServerOption{
+	// Per connection: limits.MaxConcurrentStreams calls, keepalive and an
+	// idle timeout (node.ServerOptions), and at most limits.MaxUnreadBytes
+	// of answers its client has not read (unread.go).
+	opts := append(node.ServerOptions(uint32(limits.MaxConcurrentStreams)),
 		grpc.MaxRecvMsgSize(limits.MaxRequestBytes),
+		// Lists are paged at MaxResponseBytes; other answers are far smaller.
+		grpc.MaxSendMsgSize(limits.MaxResponseBytes+1<<20),
 		// A pool of goroutines with grown stacks serves the streams; a
 		// request finding every worker busy gets a new goroutine, whose
 		// stack then grows by copying (runtime.newstack was ~11% of the
@@ -143,17 +149,16 @@ func New(b Backend, cfg Config) *Server {
 		// collector shrinks their stacks. 16 -> 1024 workers: servers' CPU
 		// per keepalive -6% and -8% in two interleaved pairs of runs.
 		grpc.NumStreamWorkers(1024),
-		// Fixed flow-control windows turn off gRPC's bandwidth-delay
-		// probing (see node.FlowWindow).
-		grpc.InitialWindowSize(node.FlowWindow),
-		grpc.InitialConnWindowSize(node.FlowConnWindow),
-		// Metrics first, so calls that authentication refuses are counted.
-		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.unaryAuth),
+		// Metrics first, so calls that authentication refuses are counted;
+		// then the unread-answer count, which sees every answer.
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.unaryUnread, s.unaryAuth),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.streamAuth),
-	}
+	)
+	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		creds = credentials.NewTLS(cfg.TLS)
 	}
+	opts = append(opts, grpc.Creds(countingCreds{creds}))
 	s.grpc = grpc.NewServer(opts...)
 	kvpb.RegisterKVServer(s.grpc, &kvService{n: s})
 	kvpb.RegisterSessionServer(s.grpc, &sessionService{n: s})

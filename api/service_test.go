@@ -212,7 +212,7 @@ func TestAuthRefusals(t *testing.T) {
 	_, refused["bob list all"] = kv.List(bctx, &kvpb.ListRequest{})
 	_, refused["bob lock get a/l"] = lk.Get(bctx, &kvpb.GetLockRequest{Name: []byte("a/l")})
 	_, refused["bob cache get a/c"] = ca.Get(bctx, &kvpb.CacheGetRequest{Key: []byte("a/c")})
-	_, refused["bob cache set a/c"] = ca.Set(bctx, &kvpb.CacheSetRequest{Key: []byte("a/c"), Value: []byte("v")})
+	_, refused["bob cache set a/c"] = ca.Set(bctx, &kvpb.CacheSetRequest{Key: []byte("a/c"), Value: []byte("v"), TtlMs: 1000})
 	_, refused["alice put b/x"] = kv.Put(actx, &kvpb.PutRequest{Key: []byte("b/x"), Value: []byte("2")})
 	// Admin operations.
 	_, refused["alice add member"] = cl.AddMember(actx, &kvpb.AddMemberRequest{Name: "n9", PeerAddr: "127.0.0.1:9"})

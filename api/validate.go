@@ -1,8 +1,12 @@
 package api
 
 import (
+	"fmt"
+	"math"
 	"time"
 
+	"github.com/kvdproject/kvd/fsm"
+	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -101,11 +105,76 @@ func (n *Server) checkSession(field string, h *kvpb.RequestHeader) error {
 }
 
 func (n *Server) checkHeader(h *kvpb.RequestHeader) error {
-	if h.GetSeq() != 0 && h.GetSession() == 0 {
+	switch {
+	case h.GetSeq() != 0 && h.GetSession() == 0:
 		return invalid("header.seq", 0, "header.seq: set without header.session")
+	case h.GetMinPendingSeq() > h.GetSeq():
+		// The lowest seq the client still waits for, which includes this one.
+		return invalid("header.min_pending_seq", int64(min(h.GetSeq(), math.MaxInt64)),
+			"header.min_pending_seq: %d is above header.seq %d (it is the lowest seq still in flight, so at most seq)",
+			h.GetMinPendingSeq(), h.GetSeq())
 	}
 	return nil
 }
+
+// checkSessionLive refuses a session this member knows has ended (closed
+// or expired: ids are never reused) here rather than after a trip through
+// the log; one it has not heard of yet goes on to the log, which decides.
+// It runs after validation and authorization, just before proposing.
+func (n *Server) checkSessionLive(id uint64) error {
+	if id != 0 && n.b.FSM().SessionEnded(id) {
+		return &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, Msg: fmt.Sprintf("session %d is unknown or expired", id)}
+	}
+	return nil
+}
+
+// checkLockDelay accepts [0, MaxLockDelay] milliseconds: longer is refused,
+// never shortened (a lock-delay is a promise to the lock's next holders).
+func (n *Server) checkLockDelay(ms int64) error {
+	max := n.limits.MaxLockDelay.Milliseconds()
+	switch {
+	case ms < 0:
+		return invalid("lock_delay_ms", 0, "lock_delay_ms: %d must not be negative", ms)
+	case ms > max:
+		return invalid("lock_delay_ms", max, "lock_delay_ms: %d exceeds the maximum of %d (--max-lock-delay %v)", ms, max, n.limits.MaxLockDelay)
+	}
+	return nil
+}
+
+// limitExceeded is a cluster-wide cap reached (ResourceExhausted).
+func limitExceeded(field string, limit int, format string, args ...any) error {
+	return &node.Error{Code: kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED, Field: field, Limit: int64(limit), Msg: fmt.Sprintf(format, args...)}
+}
+
+// checkSessionCap refuses a new session when this member already holds
+// the cluster's maximum (the log decides too: a member's view may lag).
+func (n *Server) checkSessionCap() error {
+	if max, have := n.limits.MaxSessions, n.b.FSM().SessionCount(); have >= max {
+		return limitExceeded("max_sessions", max,
+			"sessions: %d live sessions, the cluster's limit (--max-sessions %d); close or let some expire", have, max)
+	}
+	return nil
+}
+
+// checkLockCap refuses an acquire that would make one lock too many.
+func (n *Server) checkLockCap(name []byte) error {
+	if max, have := n.limits.MaxLocks, n.b.FSM().LockCount(); have >= max && !n.b.FSM().HasLock(name) {
+		return limitExceeded("max_locks", max,
+			"locks: %d locks are held, waited for or in their lock-delay, the cluster's limit (--max-locks %d)", have, max)
+	}
+	return nil
+}
+
+// Worst-case answer sizes reserved against a connection's unread budget
+// (reserveAnswer) by the reads whose answers can be large.
+func (n *Server) valueAnswerBytes() int {
+	return n.limits.MaxKeyBytes + n.limits.MaxValueBytes + fsm.ItemOverhead + 256
+}
+
+func (n *Server) listAnswerBytes() int { return n.limits.MaxResponseBytes + 256 }
+
+// cacheAnswerBytes leaves room for an entry's list of waiting sessions.
+func (n *Server) cacheAnswerBytes() int { return n.valueAnswerBytes() + 64<<10 }
 
 func (n *Server) listLimit(field string, limit uint32) (int, error) {
 	max := n.limits.MaxListLimit

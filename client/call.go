@@ -98,9 +98,10 @@ func sleepBackoff(ctx context.Context, d *time.Duration) bool {
 	}
 }
 
-// attempt makes one attempt on the endpoint the client prefers, records what
-// it learns about the leader, and classifies a failure.
-func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoint string, send sendFunc[R]) (R, *attemptResult) {
+// attempt makes one attempt, bounded by timeout, on the endpoint the client
+// prefers, records what it learns about the leader, and classifies a
+// failure.
+func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpoint string, send sendFunc[R]) (R, *attemptResult) {
 	var zero R
 	addr := endpoint
 	if addr == "" {
@@ -110,7 +111,7 @@ func attempt[R any](ctx context.Context, c *Client, extra time.Duration, endpoin
 	if err != nil {
 		return zero, &attemptResult{class: classFinal, err: err}
 	}
-	actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout+extra)
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	var p peer.Peer
 	resp, err := send(actx, cc, grpc.Peer(&p))
 	cancel()
@@ -184,7 +185,7 @@ func read[R any](ctx context.Context, c *Client, extra time.Duration, endpoint s
 		if c.isClosed() {
 			return zero, ErrClosed
 		}
-		resp, r := attempt(ctx, c, extra, endpoint, send)
+		resp, r := attempt(ctx, c, c.cfg.AttemptTimeout+extra, endpoint, send)
 		if r == nil {
 			return resp, nil
 		}
@@ -212,7 +213,7 @@ func once[R any](ctx context.Context, c *Client, send sendFunc[R]) (R, error) {
 		if c.isClosed() {
 			return zero, ErrClosed
 		}
-		resp, r := attempt(ctx, c, 0, "", send)
+		resp, r := attempt(ctx, c, c.cfg.AttemptTimeout, "", send)
 		if r == nil {
 			return resp, nil
 		}
@@ -266,7 +267,7 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 			return zero, ErrClosed
 		}
 		h := &kvpb.RequestHeader{Session: s.id, Seq: seq, MinPendingSeq: s.seqs.minPending()}
-		resp, r := attempt(ctx, c, extra, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (R, error) {
+		resp, r := attempt(ctx, c, c.cfg.AttemptTimeout+extra, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (R, error) {
 			return send(ctx, cc, h, opts...)
 		})
 		if r == nil {

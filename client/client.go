@@ -134,6 +134,12 @@ type Client struct {
 	leader    string // last known leader's client address, "" if unknown
 	closed    bool
 
+	// suspect holds endpoints whose last attempt went unanswered (a timeout,
+	// a broken connection), until when to prefer others: a member that
+	// hangs (SIGSTOP) is not tried again right away, and its old leader
+	// hints are not believed meanwhile.
+	suspect map[string]time.Time
+
 	// Leader discovery in the background (see discover).
 	discovering  bool
 	lastDiscover time.Time
@@ -161,6 +167,7 @@ func New(cfg Config) (*Client, error) {
 		conns:     make(map[string]*grpc.ClientConn),
 		endpoints: append([]string(nil), cfg.Endpoints...),
 		signIn:    &signIn{user: cfg.Username, password: cfg.Password},
+		suspect:   make(map[string]time.Time),
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {
@@ -230,6 +237,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		grpc.WithChainStreamInterceptor(c.signIn.interceptStream),
 		grpc.WithInitialWindowSize(flowWindow),
 		grpc.WithInitialConnWindowSize(flowConnWindow),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{
 				BaseDelay:  100 * time.Millisecond,
@@ -254,18 +262,39 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 }
 
 // pick returns the address the next attempt goes to: the last known
-// leader, else the next endpoint round-robin (and then it starts finding
-// out who leads, so that later requests skip the forwarding hop).
+// leader, else the next endpoint round-robin that is not suspect (and then
+// it starts finding out who leads, so that later requests skip the
+// forwarding hop).
 func (c *Client) pick() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.leader != "" {
 		return c.leader
 	}
+	now := time.Now()
 	addr := c.endpoints[c.next%len(c.endpoints)]
+	for i := 0; i < len(c.endpoints); i++ {
+		a := c.endpoints[(c.next+i)%len(c.endpoints)]
+		if now.After(c.suspect[a]) {
+			addr = a
+			c.next += i
+			break
+		}
+	}
 	c.next++
 	c.discoverLocked(addr)
 	return addr
+}
+
+// suspectFor is how long an endpoint that left an attempt unanswered is
+// passed over: about the time a cluster takes to elect a new leader.
+const suspectFor = 2 * time.Second
+
+// isSuspect reports whether addr left an attempt unanswered lately.
+func (c *Client) isSuspect(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Before(c.suspect[addr])
 }
 
 // discoverMinInterval spaces background leader discoveries.
@@ -321,7 +350,7 @@ func (c *Client) setLeader(addr string) {
 // noteFailure updates the leader from a failed attempt on addr: a hint
 // wins; with none, a retryable failure means addr may not lead any more.
 func (c *Client) noteFailure(addr string, r attemptResult) {
-	if r.leaderAddr != "" && r.leaderAddr != addr {
+	if r.leaderAddr != "" && r.leaderAddr != addr && !c.isSuspect(r.leaderAddr) {
 		c.setLeader(r.leaderAddr)
 		return
 	}
@@ -331,6 +360,10 @@ func (c *Client) noteFailure(addr string, r attemptResult) {
 	c.mu.Lock()
 	if c.leader == addr {
 		c.leader = ""
+	}
+	if _, isKvd := r.err.(*Error); !isKvd {
+		// No answer at all: a timeout or a broken connection.
+		c.suspect[addr] = time.Now().Add(suspectFor)
 	}
 	c.mu.Unlock()
 }
@@ -451,8 +484,10 @@ func (c *Client) Delete(ctx context.Context, key []byte, opts ...OpOption) (*kvp
 }
 
 // List returns one page of keys with prefix, in key order (WithLimit,
-// WithStartAfter, WithKeysOnly, WithStale). More says another page exists:
-// ask again WithStartAfter the last key.
+// WithStartAfter, WithKeysOnly, WithStale). A page ends at the limit or at
+// the server's response byte budget (--max-response-bytes), whichever
+// comes first. More says another page exists: ask again WithStartAfter
+// the last key.
 func (c *Client) List(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.ListResponse, error) {
 	o := applyOpts(opts)
 	if o.limit < 0 {
@@ -542,10 +577,15 @@ func (c *Client) GetLock(ctx context.Context, name []byte, opts ...OpOption) (*k
 	})
 }
 
-// ListLocks lists the locks with prefix that are held or have waiters.
+// ListLocks returns one page of the locks with prefix that are held or
+// have waiters, in name order (WithLimit, WithStartAfter, WithStale). More
+// says another page exists: ask again WithStartAfter the last name.
 func (c *Client) ListLocks(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.ListLocksResponse, error) {
 	o := applyOpts(opts)
-	req := &kvpb.ListLocksRequest{Prefix: prefix, Consistency: o.consistency}
+	if o.limit < 0 {
+		return nil, &Error{Code: kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Msg: fmt.Sprintf("kvd: limit %d is negative", o.limit), Field: "limit"}
+	}
+	req := &kvpb.ListLocksRequest{Prefix: prefix, StartAfter: o.startAfter, Limit: uint32(min(o.limit, 1<<31)), Consistency: o.consistency}
 	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.ListLocksResponse, error) {
 		return kvpb.NewLockClient(cc).List(ctx, req, opts...)
 	})
@@ -693,3 +733,8 @@ const (
 	flowWindow     = 1 << 20
 	flowConnWindow = 4 << 20
 )
+
+// maxResponseBytes is the largest answer the client accepts (gRPC's
+// default is 4 MiB). A server pages lists at its --max-response-bytes,
+// which it keeps at or below this (node.MaxClientResponseBytes).
+const maxResponseBytes = 64 << 20

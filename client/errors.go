@@ -79,6 +79,10 @@ var (
 	// ErrStaleSequence: the server has forgotten the result of a command
 	// (its seq is below what the session said was still pending).
 	ErrStaleSequence error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE}
+	// ErrSequenceReused: a (session, seq) was sent again with another
+	// body. The client library never does this; a caller numbering its own
+	// commands has a bug.
+	ErrSequenceReused error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED}
 
 	// ErrPermissionDenied: the user's roles do not grant the operation.
 	ErrPermissionDenied error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED}
@@ -152,6 +156,7 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED:   {ErrLimitExceeded, classFinal, "kvd: limit exceeded"},
 	kvpb.ErrorCode_ERROR_CODE_NOT_INTEGER:      {ErrNotInteger, classFinal, "kvd: value is not an integer"},
 	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   {ErrStaleSequence, classFinal, "kvd: stale sequence number"},
+	kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED:  {ErrSequenceReused, classFinal, "kvd: sequence number reused with another command"},
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       {ErrUnavailable, classRetry, "kvd: no leader"},
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    {ErrIndeterminate, classMaybe, "kvd: outcome unknown"},
 

@@ -39,6 +39,7 @@ func TestErrorTable(t *testing.T) {
 		{kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED, codes.ResourceExhausted, ErrLimitExceeded, classFinal},
 		{kvpb.ErrorCode_ERROR_CODE_NOT_INTEGER, codes.FailedPrecondition, ErrNotInteger, classFinal},
 		{kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE, codes.FailedPrecondition, ErrStaleSequence, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED, codes.FailedPrecondition, ErrSequenceReused, classFinal},
 		{kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, codes.Unavailable, ErrUnavailable, classRetry},
 		{kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, codes.Unavailable, ErrIndeterminate, classMaybe},
 		{kvpb.ErrorCode_ERROR_CODE_INDETERMINATE, codes.DeadlineExceeded, ErrIndeterminate, classMaybe},
@@ -52,7 +53,7 @@ func TestErrorTable(t *testing.T) {
 		{kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED, codes.FailedPrecondition, ErrAuthDisabled, classFinal},
 	}
 	all := []error{ErrNotFound, ErrVersionMismatch, ErrFenceFailed, ErrStaleToken, ErrSessionExpired,
-		ErrInvalidArgument, ErrLimitExceeded, ErrNotInteger, ErrStaleSequence, ErrUnavailable, ErrIndeterminate,
+		ErrInvalidArgument, ErrLimitExceeded, ErrNotInteger, ErrStaleSequence, ErrSequenceReused, ErrUnavailable, ErrIndeterminate,
 		ErrPermissionDenied, ErrUnauthenticated, ErrAuthFailed, ErrTokenExpired, ErrUserExists, ErrRoleExists,
 		ErrNoAdmin, ErrAuthDisabled}
 	for _, tt := range tests {

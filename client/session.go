@@ -205,10 +205,8 @@ func (s *Session) keepalive(ctx context.Context, lastSent time.Time) {
 		}
 		// Retried until the local deadline; past it the session is lost
 		// from the client's view anyway.
-		kctx, cancel := context.WithDeadline(ctx, s.Deadline())
 		sent := time.Now()
-		resp, err := s.c.KeepAlive(kctx, s.id)
-		cancel()
+		resp, err := s.renew(ctx, s.Deadline())
 		switch {
 		case err == nil:
 			s.ack(sent, resp.GetSession())
@@ -223,6 +221,44 @@ func (s *Session) keepalive(ctx context.Context, lastSent time.Time) {
 			s.c.log.Debug("kvd session keepalive failed", "session", s.id, "err", err)
 			s.expire(&sessionLost{cause: err})
 			return
+		}
+	}
+}
+
+// minKeepAliveAttempt is the shortest attempt renew makes.
+const minKeepAliveAttempt = 50 * time.Millisecond
+
+// renew sends one keepalive, retrying until deadline. Each attempt gets
+// half the time left (at most Config.AttemptTimeout, at least
+// minKeepAliveAttempt): an attempt stuck on a member that hangs (a paused
+// leader answers nothing, and the connection stays up) gives up while
+// there is still time to renew through another member, which forwards to
+// the new leader once one is elected. A member that left an attempt
+// unanswered is passed over for a while (Client.pick).
+func (s *Session) renew(ctx context.Context, deadline time.Time) (*kvpb.KeepAliveResponse, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	req := &kvpb.KeepAliveRequest{Id: s.id}
+	send := func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
+		return kvpb.NewSessionClient(cc).KeepAlive(ctx, req, opts...)
+	}
+	var last error
+	var delay time.Duration
+	for {
+		if s.c.isClosed() {
+			return nil, ErrClosed
+		}
+		timeout := min(s.c.cfg.AttemptTimeout, max(time.Until(deadline)/2, minKeepAliveAttempt))
+		resp, r := attempt(ctx, s.c, timeout, "", send)
+		if r == nil {
+			return resp, nil
+		}
+		if r.class == classFinal {
+			return nil, r.err
+		}
+		last = r.err
+		if ctx.Err() != nil || !sleepBackoff(ctx, &delay) {
+			return nil, unavailable(last, ctx.Err())
 		}
 	}
 }

@@ -36,10 +36,19 @@ const (
 	// maxKeepAliveBatch bounds one entry (8 bytes an id, well under the
 	// entry sizes that delay heartbeats).
 	maxKeepAliveBatch = 4096
-	// keepAliveBatchTimeout bounds one batch's proposal; callers are bounded
-	// by their own contexts.
-	keepAliveBatchTimeout = 10 * time.Second
+	// minKeepAliveBatchTimeout is the floor of keepAliveBatchTimeout.
+	minKeepAliveBatchTimeout = time.Second
 )
+
+// keepAliveBatchTimeout bounds one batch's proposal: four election
+// timeouts (at least a second). One batch is in flight at a time, so a
+// batch forwarded to a leader that hangs (SIGSTOP, a full disk) must give
+// up soon enough for the next batch to reach the new leader while the
+// sessions it renews still live: a 5 s session loses its lock otherwise.
+// Its callers are bounded by their own contexts and retry.
+func (n *Node) keepAliveBatchTimeout() time.Duration {
+	return max(4*n.cfg.ElectionTimeout, minKeepAliveBatchTimeout)
+}
 
 // RenewSession renews session id with the next batch of renewals and
 // returns its result (OK with a KeepAliveResponse, or SESSION_EXPIRED) and
@@ -88,7 +97,7 @@ func (b *keepAliveBatcher) run() {
 		for i, c := range batch {
 			ids[i] = c.id
 		}
-		ctx, cancel := context.WithTimeout(b.n.ctx, keepAliveBatchTimeout)
+		ctx, cancel := context.WithTimeout(b.n.ctx, b.n.keepAliveBatchTimeout())
 		res, at, err := b.n.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{
 			KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: ids}}})
 		cancel()

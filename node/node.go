@@ -45,7 +45,25 @@ type Limits struct {
 	MaxLocksPerSession int           // default 1024
 	CacheMaxBytes      int64         // default 256 MiB of cache values
 	MaxDedupResults    int           // per session, default 100000
+	// MaxResponseBytes is the byte budget of one List or lock list answer
+	// (a page stops before it, and says more), default 4 MiB; at most
+	// MaxClientResponseBytes, what the Go client accepts.
+	MaxResponseBytes int
+	MaxSessions      int           // live sessions in the cluster, default 50000 (StateLimits)
+	MaxLocks         int           // locks held, waited for or in lock-delay, default 100000 (StateLimits)
+	MaxLockDelay     time.Duration // longest lock-delay of an acquire, default 1 minute (StateLimits)
+	// MaxConcurrentStreams is the client port's limit of concurrent calls
+	// per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), default 256.
+	MaxConcurrentStreams int
+	// MaxUnreadBytes bounds the answers of one client connection that are
+	// built but not yet sent because its client does not read: reads that
+	// would build more wait, default 8 MiB.
+	MaxUnreadBytes int
 }
+
+// MaxClientResponseBytes is the largest answer the Go client accepts, and
+// so the largest MaxResponseBytes.
+const MaxClientResponseBytes = 64 << 20
 
 // DefaultLimits returns the limits a zero Limits takes.
 func DefaultLimits() Limits {
@@ -62,6 +80,13 @@ func DefaultLimits() Limits {
 		MaxLocksPerSession: 1024,
 		CacheMaxBytes:      256 << 20,
 		MaxDedupResults:    100000,
+
+		MaxResponseBytes:     4 << 20,
+		MaxSessions:          50000,
+		MaxLocks:             100000,
+		MaxLockDelay:         time.Minute,
+		MaxConcurrentStreams: 256,
+		MaxUnreadBytes:       8 << 20,
 	}
 }
 
@@ -82,6 +107,14 @@ func (l Limits) withDefaults() Limits {
 	setInt(&l.MaxWaitersPerLock, d.MaxWaitersPerLock)
 	setInt(&l.MaxLocksPerSession, d.MaxLocksPerSession)
 	setInt(&l.MaxDedupResults, d.MaxDedupResults)
+	setInt(&l.MaxResponseBytes, d.MaxResponseBytes)
+	setInt(&l.MaxSessions, d.MaxSessions)
+	setInt(&l.MaxLocks, d.MaxLocks)
+	setInt(&l.MaxConcurrentStreams, d.MaxConcurrentStreams)
+	setInt(&l.MaxUnreadBytes, d.MaxUnreadBytes)
+	if l.MaxLockDelay == 0 {
+		l.MaxLockDelay = d.MaxLockDelay
+	}
 	if l.MinTTL == 0 {
 		l.MinTTL = d.MinTTL
 	}
@@ -100,7 +133,9 @@ func (l Limits) Validate() error {
 	switch {
 	case l.MaxKeyBytes < 0, l.MaxValueBytes < 0, l.MaxRequestBytes < 0, l.MaxListLimit < 0,
 		l.DefaultListLimit < 0, l.MaxNameBytes < 0, l.MaxWaitersPerLock < 0,
-		l.MaxLocksPerSession < 0, l.CacheMaxBytes < 0, l.MaxDedupResults < 0, l.MinTTL < 0, l.MaxTTL < 0:
+		l.MaxLocksPerSession < 0, l.CacheMaxBytes < 0, l.MaxDedupResults < 0, l.MinTTL < 0, l.MaxTTL < 0,
+		l.MaxResponseBytes < 0, l.MaxSessions < 0, l.MaxLocks < 0, l.MaxLockDelay < 0,
+		l.MaxConcurrentStreams < 0, l.MaxUnreadBytes < 0:
 		return errors.New("limits: negative value")
 	case l.MinTTL > l.MaxTTL:
 		return fmt.Errorf("limits: min-ttl %v exceeds max-ttl %v", l.MinTTL, l.MaxTTL)
@@ -109,8 +144,16 @@ func (l Limits) Validate() error {
 	case l.MaxKeyBytes+l.MaxValueBytes > l.MaxRequestBytes:
 		return fmt.Errorf("limits: max-key-bytes + max-value-bytes (%d) exceed max-request-bytes %d",
 			l.MaxKeyBytes+l.MaxValueBytes, l.MaxRequestBytes)
-	case l.MaxWaitersPerLock > 1<<31, l.MaxLocksPerSession > 1<<31, l.MaxDedupResults > 1<<31:
+	case l.MaxKeyBytes+l.MaxValueBytes+fsm.ItemOverhead > l.MaxResponseBytes:
+		return fmt.Errorf("limits: max-response-bytes %d is below one key and value (max-key-bytes + max-value-bytes + %d = %d)",
+			l.MaxResponseBytes, fsm.ItemOverhead, l.MaxKeyBytes+l.MaxValueBytes+fsm.ItemOverhead)
+	case l.MaxResponseBytes > MaxClientResponseBytes:
+		return fmt.Errorf("limits: max-response-bytes %d exceeds %d, the largest answer the Go client accepts", l.MaxResponseBytes, MaxClientResponseBytes)
+	case l.MaxWaitersPerLock > 1<<31, l.MaxLocksPerSession > 1<<31, l.MaxDedupResults > 1<<31,
+		l.MaxSessions > 1<<31, l.MaxLocks > 1<<31, l.MaxConcurrentStreams > 1<<31:
 		return errors.New("limits: value too large")
+	case l.MaxLockDelay < time.Millisecond:
+		return fmt.Errorf("limits: max-lock-delay %v is below 1ms", l.MaxLockDelay)
 	}
 	return nil
 }
@@ -350,6 +393,9 @@ func New(cfg Config) (*Node, error) {
 			MaxLocksPerSession: uint32(l.MaxLocksPerSession),
 			CacheMaxBytes:      uint64(l.CacheMaxBytes),
 			MaxDedupResults:    uint32(l.MaxDedupResults),
+			MaxSessions:        uint32(l.MaxSessions),
+			MaxLocks:           uint32(l.MaxLocks),
+			MaxLockDelayMs:     l.MaxLockDelay.Milliseconds(),
 		},
 		metrics: newMetrics(),
 	}
@@ -516,11 +562,9 @@ func (n *Node) Start() (err error) {
 	}
 
 	// The Internal service. Peer TLS, when on, was set up by the mux.
-	n.internal = grpc.NewServer(
+	n.internal = grpc.NewServer(append(ServerOptions(peerMaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRequestBytes+(64<<10)),
-		grpc.InitialWindowSize(FlowWindow),
-		grpc.InitialConnWindowSize(FlowConnWindow),
-	)
+	)...)
 	kvpb.RegisterInternalServer(n.internal, &internalService{n: n})
 	n.goFunc(n.runLeadership)
 	n.goFunc(n.runMemberRegistration)
