@@ -249,9 +249,11 @@ Text output is one key per line, "KEY<TAB>VALUE" (or only KEY with
 
 --limit 0 (the default) pages through every key, one server page at a time
 (each page is its own read, so a listing of many pages is not one snapshot).
---limit N returns at most N keys in one read; when more match, text output
-ends with a note on stderr naming the --start-after to continue with, and -o
-json has "more": true.`,
+--limit N returns at most N keys; when more match, text output ends with a
+note on stderr naming the --start-after to continue with, and -o json has
+"more": true. A server page also ends at the server's response byte budget
+(--max-response-bytes on kvd), so N keys of large values may take several
+reads.`,
 		Example: `  kvctl ls
   kvctl ls /config/ --keys-only
   kvctl ls /jobs/ --limit 100 --start-after /jobs/0042`,
@@ -282,8 +284,12 @@ json has "more": true.`,
 				after  = []byte(startAfter)
 			)
 			for {
+				want := 0 // the server's default page
+				if limit > 0 {
+					want = limit - len(kvs)
+				}
 				ctx, cancel := a.requestContext(cmd.Context())
-				pageOpts := append(append([]client.OpOption(nil), opts...), client.WithStartAfter(after), client.WithLimit(limit))
+				pageOpts := append(append([]client.OpOption(nil), opts...), client.WithStartAfter(after), client.WithLimit(want))
 				resp, err := c.List(ctx, prefix, pageOpts...)
 				cancel()
 				if err != nil {
@@ -292,7 +298,7 @@ json has "more": true.`,
 				header = resp.GetHeader()
 				kvs = append(kvs, resp.GetKvs()...)
 				more = resp.GetMore()
-				if limit > 0 || !more || len(resp.GetKvs()) == 0 {
+				if !more || len(resp.GetKvs()) == 0 || (limit > 0 && len(kvs) >= limit) {
 					break
 				}
 				after = resp.GetKvs()[len(resp.GetKvs())-1].GetKey()
@@ -317,7 +323,7 @@ json has "more": true.`,
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&limit, "limit", 0, "at most N keys in one read (0: page through all)")
+	cmd.Flags().IntVar(&limit, "limit", 0, "at most N keys (0: page through all)")
 	cmd.Flags().BoolVar(&keysOnly, "keys-only", false, "print keys without values")
 	cmd.Flags().StringVar(&startAfter, "start-after", "", "list keys strictly after this one")
 	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")

@@ -434,9 +434,21 @@ waiters, no lock delay running and no break on record.`,
 }
 
 func newLockListCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var (
+		limit      int
+		startAfter string
+	)
+	cmd := &cobra.Command{
 		Use:   "list [PREFIX]",
 		Short: "List locks that are held or have waiters",
+		Long: `List the locks starting with PREFIX (all without it) that are held or
+have waiters, in name order.
+
+--limit 0 (the default) pages through every lock, one server page at a time
+(each page is its own read, so a listing of many pages is not one snapshot).
+--limit N lists at most N; when more match, text output ends with a note on
+stderr naming the --start-after to continue with, and -o json has "more":
+true.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return &usageError{"lock list: want at most one PREFIX"}
@@ -444,37 +456,65 @@ func newLockListCommand(a *app) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return &usageError{fmt.Sprintf("--limit %d is negative", limit)}
+			}
 			var prefix []byte
 			if len(args) == 1 {
 				prefix = []byte(args[0])
 			}
-			c, ctx, cancel, err := a.request(cmd)
+			c, err := a.Client()
 			if err != nil {
 				return err
 			}
-			defer cancel()
-			resp, err := c.ListLocks(ctx, prefix)
-			if err != nil {
-				return fmt.Errorf("lock list: %w", err)
+			var (
+				locks []*kvpb.LockInfo
+				more  bool
+				h     *kvpb.ResponseHeader
+				after = []byte(startAfter)
+			)
+			for {
+				want := 0 // the server's default page
+				if limit > 0 {
+					want = limit - len(locks)
+				}
+				ctx, cancel := a.requestContext(cmd.Context())
+				resp, err := c.ListLocks(ctx, prefix, client.WithLimit(want), client.WithStartAfter(after))
+				cancel()
+				if err != nil {
+					return fmt.Errorf("lock list: %w", err)
+				}
+				h = resp.GetHeader()
+				locks = append(locks, resp.GetLocks()...)
+				more = resp.GetMore()
+				if !more || len(resp.GetLocks()) == 0 || (limit > 0 && len(locks) >= limit) {
+					break
+				}
+				after = resp.GetLocks()[len(resp.GetLocks())-1].GetName()
 			}
-			h := resp.GetHeader()
 			if a.json() {
 				out := []*object{}
-				for _, li := range resp.GetLocks() {
+				for _, li := range locks {
 					out = append(out, lockObject(li, h))
 				}
-				return a.printJSON(response(h).set("locks", out))
+				return a.printJSON(response(h).set("locks", out).set("more", more))
 			}
-			for _, li := range resp.GetLocks() {
+			for _, li := range locks {
 				holder := "free"
 				if li.GetToken() != 0 {
 					holder = fmt.Sprintf("token %d session %d expires %s", li.GetToken(), li.GetSession(), when(li.GetExpiresAt(), h))
 				}
 				fmt.Fprintf(a.stdout, "%s\t%s\t%d waiting\n", printable(li.GetName()), holder, len(li.GetWaiters()))
 			}
+			if more && len(locks) > 0 {
+				fmt.Fprintf(a.stderr, "kvctl: more locks match: continue with --start-after %s\n", strconv.Quote(string(locks[len(locks)-1].GetName())))
+			}
 			return nil
 		},
 	}
+	cmd.Flags().IntVar(&limit, "limit", 0, "at most N locks (0: page through all)")
+	cmd.Flags().StringVar(&startAfter, "start-after", "", "list locks strictly after this name")
+	return cmd
 }
 
 func newLockBreakCommand(a *app) *cobra.Command {
@@ -483,11 +523,14 @@ func newLockBreakCommand(a *app) *cobra.Command {
 		Use:   "break NAME [--reason R]",
 		Short: "Forcibly release a lock (operator override)",
 		Long: `Forcibly release the lock NAME: the holder's token stops being valid at
-once (fenced writes with it are rejected), and the next waiter is granted.
+once (fenced writes with it are rejected), and the lock's lock-delay (if its
+holder asked for one) starts before the next waiter is granted, as for an
+expired holder. Breaking a lock that is free but within its lock-delay
+clears the delay: the next waiter is granted at once. The output says which.
 The break (token, time, --reason) is recorded on the lock for lock show
 while the lock has a holder, waiters or a lock delay running; a lock left
 with none of these is forgotten, its break record with it. Exit 4 when the
-lock is not held.`,
+lock is neither held nor within a lock-delay.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ctx, cancel, err := a.request(cmd)
@@ -497,22 +540,34 @@ lock is not held.`,
 			defer cancel()
 			resp, err := c.BreakLock(ctx, []byte(args[0]), reason)
 			if errors.Is(err, client.ErrNotFound) {
-				return withCode(exitNotFound, fmt.Errorf("lock break %q: the lock is not held (not found)", args[0]))
+				return withCode(exitNotFound, fmt.Errorf("lock break %q: the lock is not held and has no lock-delay running (not found)", args[0]))
 			}
 			if err != nil {
 				return fmt.Errorf("lock break %q: %w", args[0], err)
 			}
 			if a.json() {
 				o := response(resp.GetHeader()).bytes("name", []byte(args[0])).
-					set("broken_token", resp.GetBrokenToken()).set("next_token", resp.GetNextToken())
+					set("broken_token", resp.GetBrokenToken()).set("next_token", resp.GetNextToken()).
+					instant("delay_until", resp.GetDelayUntil()).instant("cleared_delay_until", resp.GetClearedDelayUntil())
 				if reason != "" {
 					o.set("reason", reason)
 				}
 				return a.printJSON(o)
 			}
-			fmt.Fprintf(a.stdout, "broke %s token %d", args[0], resp.GetBrokenToken())
+			h := resp.GetHeader()
+			if resp.GetBrokenToken() != 0 {
+				fmt.Fprintf(a.stdout, "broke %s token %d", args[0], resp.GetBrokenToken())
+			} else {
+				fmt.Fprintf(a.stdout, "%s was free", args[0])
+			}
 			if reason != "" {
 				fmt.Fprintf(a.stdout, " (%s)", reason)
+			}
+			if d := resp.GetDelayUntil(); d != 0 {
+				fmt.Fprintf(a.stdout, "; its lock-delay runs until %s (break again to clear it)", when(d, h))
+			}
+			if d := resp.GetClearedDelayUntil(); d != 0 {
+				fmt.Fprintf(a.stdout, "; cleared its lock-delay, which ran until %s", when(d, h))
 			}
 			if resp.GetNextToken() != 0 {
 				fmt.Fprintf(a.stdout, "; granted to the next waiter with token %d", resp.GetNextToken())

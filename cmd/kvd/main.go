@@ -153,6 +153,12 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.IntVar(&l.MaxLocksPerSession, "max-locks-per-session", d.MaxLocksPerSession, "most locks one session may hold or wait for")
 	fs.Int64Var(&l.CacheMaxBytes, "cache-max-bytes", d.CacheMaxBytes, "bound on cache values; beyond it entries are evicted")
 	fs.IntVar(&l.MaxDedupResults, "max-dedup-results", d.MaxDedupResults, "results remembered per session for exactly-once retries")
+	fs.IntVar(&l.MaxResponseBytes, "max-response-bytes", d.MaxResponseBytes, "byte budget of one List or lock list answer: a page stops before it and says more (at most 64 MiB)")
+	fs.IntVar(&l.MaxSessions, "max-sessions", d.MaxSessions, "most live sessions in the cluster; more are refused (RESOURCE_EXHAUSTED)")
+	fs.IntVar(&l.MaxLocks, "max-locks", d.MaxLocks, "most locks held, waited for or in lock-delay in the cluster; more are refused (RESOURCE_EXHAUSTED)")
+	fs.DurationVar(&l.MaxLockDelay, "max-lock-delay", d.MaxLockDelay, "longest lock-delay an acquire may ask for; longer is refused, never shortened")
+	fs.IntVar(&l.MaxConcurrentStreams, "max-concurrent-streams", d.MaxConcurrentStreams, "concurrent calls per client connection")
+	fs.IntVar(&l.MaxUnreadBytes, "max-unread-bytes", d.MaxUnreadBytes, "answers a client connection may leave unread before its reads wait")
 
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")
