@@ -13,8 +13,9 @@ var testBugs = map[string]bool{}
 // first key deadline not yet due), "renewal-keeps-deadline" (a renewed
 // session still expires at its first deadline), "dedup-lost-on-restore"
 // (remembered results are dropped when a snapshot is restored) or
-// "lock-delay-ignored" (an involuntary release starts no lock-delay). Call
-// it before the first Apply.
+// "lock-delay-ignored" (an involuntary release starts no lock-delay) or
+// "fill-lease-half" (a fill lease is handed to the next caller once half of
+// it has run). Call it before the first Apply.
 func SetTestBug(name string) { testBugs[name] = true }
 
 func bug(name string) bool { return testBugs[name] }

@@ -101,6 +101,9 @@ func (s *state) fill(req *kvpb.FillRequest) *kvpb.CommandResult {
 		missOrStale = kvpb.CacheState_CACHE_STATE_STALE
 	}
 	leaseLive := c.lease.token != 0 && c.lease.expiresAt > s.logTime
+	if bug("fill-lease-half") && c.lease.expiresAt-c.leaseMs*nsPerMs/2 <= s.logTime {
+		leaseLive = false // a lease taken for over when half of it has run
+	}
 
 	switch {
 	case st == kvpb.CacheState_CACHE_STATE_FRESH:

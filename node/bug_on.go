@@ -13,8 +13,8 @@ var testBugs = map[string]bool{}
 // SetTestBug switches a planted bug on, in node ("stale-read",
 // "ttl-wall-clock", "log-time-fast") and fsm ("lock-ignore-expiry",
 // "unfenced-store", "no-dedup", "ttl-off-by-one", "renewal-keeps-deadline",
-// "dedup-lost-on-restore", "lock-delay-ignored"). Call it before starting a
-// node.
+// "dedup-lost-on-restore", "lock-delay-ignored", "fill-lease-half"). Call
+// it before starting a node.
 func SetTestBug(name string) {
 	testBugs[name] = true
 	fsm.SetTestBug(name)

@@ -319,18 +319,30 @@ func CheckLocks(ops []Op) *Verdict {
 				}
 			}
 			// The previous holder's session deadline (as of its grant) had
-			// not passed: the lock could only change hands if it was given up.
-			if p.Session != g.Session && g.HeldSince < p.ExpiresAt {
+			// not passed: the lock could only change hands if it was given
+			// up. Given up involuntarily (its session expired), the lock
+			// also kept its lock-delay after that deadline (the deadline
+			// can only have moved later since).
+			delay := p.LockDelayMs * int64(time.Millisecond)
+			if p.Session != g.Session && g.HeldSince < p.ExpiresAt+delay {
 				given := false
 				for _, e := range enders[p.Session] {
 					if e.Invoke <= g.Complete && (e.Type == "close-session" || e.Key == name) {
 						given = true
 					}
 				}
-				if !given {
+				switch {
+				case given:
+				case g.HeldSince < p.ExpiresAt:
 					v.fail("lock %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release",
 						name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
+				default:
+					v.fail("lock %s: token %d granted at log time %d, %v after holder of token %d (session %d) expired at %d: inside its lock-delay of %v",
+						name, g.Token, g.HeldSince, time.Duration(g.HeldSince-p.ExpiresAt), p.Token, p.Session, p.ExpiresAt, time.Duration(delay))
 				}
+			}
+			if delay > 0 {
+				v.Counts["grants-after-a-lock-delay-grant"]++
 			}
 		}
 		// Wall-clock overlaps of believed holders (reported only).
@@ -418,9 +430,27 @@ func CheckTTL(ops []Op) *Verdict {
 			puts[op.Key] = op
 		}
 	}
+	// Unknown puts too, for the real-time bound: an absent key proves
+	// nothing about them, a present one does.
+	invoked := map[string]*Op{}
+	for i := range ops {
+		if op := &ops[i]; op.Workload == "ttl" && op.Type == "put-ttl" && invoked[op.Key] == nil {
+			invoked[op.Key] = op
+		}
+	}
 	for _, op := range ops {
 		if op.Workload != "ttl" || op.Type != "list" || op.Outcome != OK {
 			continue
+		}
+		// Judged against the client's own clock: log time never runs
+		// faster than real time, and the put was stamped after it was
+		// invoked, so a key cannot be gone at a read that completed
+		// before the put's invocation + TTL. This catches a server whose
+		// log time runs fast, or whose deadline it reports and keeps are
+		// both early: neither shows against the server's own log time.
+		if p := invoked[op.Key]; p != nil && !op.Found && p.Outcome == OK && op.Complete < p.Invoke+p.TTLms*int64(time.Millisecond)-ttlClockSlack {
+			v.fail("key %s absent at a read that completed %v after the put was invoked, before its TTL of %v had passed in real time",
+				op.Key, time.Duration(op.Complete-p.Invoke), time.Duration(p.TTLms)*time.Millisecond)
 		}
 		p := puts[op.Key]
 		if p == nil || op.Invoke < p.Complete {
@@ -453,6 +483,38 @@ func CheckTTL(ops []Op) *Verdict {
 	v.Counts["keys"] = len(puts)
 	return v
 }
+
+// ttlClockSlack covers the granularity of the harness's and kvd's clocks
+// in the real-time TTL and lease checks.
+const ttlClockSlack = 2 * int64(time.Millisecond)
+
+// ---------------------------------------------------------------------------
+// Session leases.
+
+// CheckSessionLeases: the server never expires a session while the
+// client's own view of its lease still runs. The client's Deadline is the
+// send time of its last acknowledged keepalive + TTL - margin; the server's
+// is the log time at which it applied that keepalive + TTL, and log time
+// runs no faster than real time. So a session the server says is expired
+// (SESSION_EXPIRED) while the client's Deadline is still ahead expired
+// early, judged by the client's own clock.
+func CheckSessionLeases(ops []Op) *Verdict {
+	v := newVerdict("session-lease")
+	for _, op := range ops {
+		if op.Type != "session-end" {
+			continue
+		}
+		v.Counts["ended-"+op.Reason]++
+		if op.Reason == "expired" && op.LeaseLeftMs*int64(time.Millisecond) > sessionSlack {
+			v.fail("%s session %d: the server said it expired while the client's lease had %v left",
+				op.Workload, op.Session, time.Duration(op.LeaseLeftMs)*time.Millisecond)
+		}
+	}
+	return v
+}
+
+// sessionSlack: how long after a session's Done the harness may observe it.
+const sessionSlack = 50 * int64(time.Millisecond)
 
 // ---------------------------------------------------------------------------
 // Memoize.
@@ -575,6 +637,7 @@ func CheckMemo(ops []Op) *Verdict {
 			}
 		}
 	}
+	checkComputeRuns(v, ops)
 	for _, op := range ops {
 		if op.Workload == "memo" && op.Type == "memoize" && op.Outcome != OK {
 			v.Counts["memoize-errors"]++
@@ -586,12 +649,52 @@ func CheckMemo(ops []Op) *Verdict {
 	return v
 }
 
+// checkComputeRuns counts how many times memoize's fn ran per key, and
+// fails when two runs for one key were running at the same moment, each
+// certainly under a live fill lease: single flight means one lease, one
+// run. A
+// run's lease was granted before the run started (the Fill that granted it
+// returned first) and after its memoize call was invoked, and lasts
+// fillLease of log time, which runs no faster than real time; so it was
+// certainly live from the run's start until the call's invocation +
+// fillLease. (A run that outlived its lease may be overlapped by the
+// lease's next holder: that is legitimate, and not flagged.)
+func checkComputeRuns(v *Verdict, ops []Op) {
+	runs := byKey(ops, func(op *Op) bool { return op.Workload == "memo" && op.Type == "compute" })
+	calls := map[string]int{}
+	for _, op := range ops {
+		if op.Workload == "memo" && op.Type == "memoize" {
+			calls[op.Key]++
+		}
+	}
+	for _, key := range sortedKeys(runs) {
+		rs := runs[key]
+		v.Counts["fn-runs"] += len(rs)
+		v.Counts["memoize-calls"] += calls[key]
+		// While it ran and its lease certainly lived.
+		live := func(r *Op) (int64, int64) {
+			return r.Invoke, min(r.Complete, r.CallInvoke+int64(fillLease)-ttlClockSlack)
+		}
+		for i := range rs {
+			for j := i + 1; j < len(rs); j++ {
+				a0, a1 := live(rs[i])
+				b0, b1 := live(rs[j])
+				if max(a0, b0) < min(a1, b1) {
+					v.fail("memoize %s: fn ran twice under live leases at once (%q and %q, both certainly leased for %v): the fill lease was not single",
+						key, rs[i].Value, rs[j].Value, time.Duration(min(a1, b1)-max(a0, b0)))
+				}
+			}
+		}
+	}
+}
+
 // isAvailabilityError: the op failed for want of a cluster (timeouts, no
-// leader, unknown outcome), not with a wrong answer.
+// leader, unknown outcome) or was refused for load (a cap reached, as in a
+// session flood), not with a wrong answer.
 func isAvailabilityError(op Op) bool {
 	switch op.Code {
 	case "", kvpb.ErrorCode_ERROR_CODE_NOT_LEADER.String(), kvpb.ErrorCode_ERROR_CODE_INDETERMINATE.String(),
-		kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED.String():
+		kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED.String(), kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED.String():
 		return true
 	}
 	return false
@@ -753,4 +856,77 @@ func writeFileIf(dir, name string, b []byte) error {
 		return nil
 	}
 	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
+}
+
+// ---------------------------------------------------------------------------
+// Hostile clients and memory.
+
+// CheckHostile judges what the hostile-client fault saw: a reused
+// sequence number with another body refused with SEQUENCE_REUSED and its
+// key never written; every List page within the response budget, and the
+// pages together holding every key; a connection that reads nothing
+// getting no more answers built than its unread budget holds; a session
+// flood refused only with RESOURCE_EXHAUSTED (or unavailability).
+func CheckHostile(ops []Op) *Verdict {
+	v := newVerdict("hostile-client")
+	for _, op := range ops {
+		if op.Workload != "hostile" || op.Outcome != OK {
+			continue
+		}
+		v.Counts[op.Type]++
+		switch op.Type {
+		case "seq-reuse":
+			if op.Code != kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED.String() {
+				v.fail("%s: a reused seq with another body was answered %s, want SEQUENCE_REUSED", op.Key, op.Code)
+			}
+			if op.Found {
+				v.fail("%s: the refused command's key was written", op.Key)
+			}
+		case "huge-list":
+			if op.Result > op.Bound+4096 {
+				v.fail("List %s: a page of %d bytes, over the %d byte budget", op.Key, op.Result, op.Bound)
+			}
+			if int64(op.Version) != op.Delta {
+				v.fail("List %s: following the pages gave %d keys, want %d", op.Key, op.Version, op.Delta)
+			}
+		case "unread":
+			v.Counts["unread-answers-built"] = max(v.Counts["unread-answers-built"], int(op.Version))
+			if int64(op.Version) > op.Bound {
+				v.fail("node %s built %d answers for a connection that reads none, want at most %d (--max-unread-bytes): %s", op.Key, op.Version, op.Bound, op.Value)
+			}
+		case "session-flood":
+			v.Counts["flood-created"] += int(op.Version)
+			v.Counts["flood-refused"] += int(op.Delta)
+			if op.Code != "" {
+				v.fail("session flood: a creation failed with %s (%s), want only RESOURCE_EXHAUSTED or unavailability", op.Code, op.Err)
+			}
+			if op.Delta == 0 && int64(op.Version) > op.Bound {
+				v.fail("session flood: %d sessions created and none refused, over --max-sessions %d", op.Version, op.Bound)
+			}
+		}
+	}
+	return v
+}
+
+// CheckMemory: no node's resident memory, sampled every second through
+// the run, went over the bound.
+func CheckMemory(ops []Op) *Verdict {
+	v := newVerdict("memory")
+	peak := map[string]int64{}
+	for _, op := range ops {
+		if op.Workload != "memory" || op.Type != "rss" || op.Outcome != OK {
+			continue
+		}
+		v.Counts["samples"]++
+		if op.Result > peak[op.Key] {
+			peak[op.Key] = op.Result
+			if op.Bound > 0 && op.Result > op.Bound {
+				v.fail("node %s: RSS %d MiB at %v, over the bound of %d MiB", op.Key, op.Result>>20, time.Duration(op.Invoke).Round(time.Second), op.Bound>>20)
+			}
+		}
+	}
+	for node, p := range peak {
+		v.Counts["peak-mib-"+node] = int(p >> 20)
+	}
+	return v
 }

@@ -181,3 +181,85 @@ func TestCheckDurability(t *testing.T) {
 		}
 	}
 }
+
+const ms = int64(time.Millisecond)
+
+// The checks added for issue 11's planted bugs, each with the history it
+// must fail and one it must pass.
+func TestChecksAgainstTheClientsClock(t *testing.T) {
+	put := Op{Workload: "ttl", Type: "put-ttl", Key: "ttl/0/1", TTLms: 1000, ExpiresAt: 5000 * ms, Invoke: 0, Complete: 10 * ms, Outcome: OK}
+	absentAt := func(complete int64) []Op {
+		return []Op{put, {Workload: "ttl", Type: "list", Key: "ttl/0/1", LogTime: 6000 * ms, Invoke: complete - ms, Complete: complete, Outcome: OK}}
+	}
+	lease := func(reason string, leftMs int64) []Op {
+		return []Op{{Workload: "lock", Type: "session-end", Session: 7, Reason: reason, LeaseLeftMs: leftMs, Outcome: OK}}
+	}
+	grants := func(heldSince int64) []Op {
+		return []Op{
+			{Workload: "lock", Type: "acquire", Key: "lk/p", Token: 10, Session: 1, HeldSince: 100 * ms, ExpiresAt: 1100 * ms, LockDelayMs: 800, Invoke: 0, Complete: 5, Outcome: OK},
+			{Workload: "lock", Type: "acquire", Key: "lk/p", Token: 20, Session: 2, HeldSince: heldSince, ExpiresAt: heldSince + 1000*ms, Invoke: 6, Complete: 7, Outcome: OK},
+		}
+	}
+	runs := func(secondStart int64) []Op {
+		return []Op{
+			{Workload: "memo", Type: "compute", Key: "memoize/0/1", Value: "a", CallInvoke: 0, Invoke: 10 * ms, Complete: 400 * ms, Outcome: OK},
+			{Workload: "memo", Type: "compute", Key: "memoize/0/1", Value: "b", CallInvoke: secondStart - 5*ms, Invoke: secondStart, Complete: secondStart + 20*ms, Outcome: OK},
+		}
+	}
+	tests := []struct {
+		name  string
+		check func([]Op) *Verdict
+		ops   []Op
+		pass  bool
+	}{
+		{"ttl: absent before invocation + TTL in real time", CheckTTL, absentAt(900 * ms), false},
+		{"ttl: absent after invocation + TTL", CheckTTL, absentAt(1001 * ms), true},
+		{"session: server expired it with lease left", CheckSessionLeases, lease("expired", 300), false},
+		{"session: expired as the lease ran out", CheckSessionLeases, lease("expired", 10), true},
+		{"session: lost on the client's side", CheckSessionLeases, lease("lost", 300), true},
+		{"lock: granted inside the lock-delay after an expiry", CheckLocks, grants(1500 * ms), false},
+		{"lock: granted after expiry + lock-delay", CheckLocks, grants(1900 * ms), true},
+		{"memoize: two runs under live leases", CheckMemo, runs(200 * ms), false},
+		{"memoize: the second run after the first", CheckMemo, runs(500 * ms), true},
+		{"memoize: the first run may have outlived its lease", CheckMemo, append(runs(200*ms)[:1:1],
+			Op{Workload: "memo", Type: "compute", Key: "memoize/0/1", Value: "b", CallInvoke: 900 * ms, Invoke: 950 * ms, Complete: 960 * ms, Outcome: OK}), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if v := tc.check(tc.ops); v.Pass != tc.pass {
+				t.Errorf("%s pass = %v, want %v (%v)", v.Name, v.Pass, tc.pass, v.Problems)
+			}
+		})
+	}
+}
+
+func TestCheckHostileAndMemory(t *testing.T) {
+	reused := kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED.String()
+	tests := []struct {
+		name  string
+		check func([]Op) *Verdict
+		op    Op
+		pass  bool
+	}{
+		{"seq reuse refused", CheckHostile, Op{Workload: "hostile", Type: "seq-reuse", Code: reused, Outcome: OK}, true},
+		{"seq reuse answered OK", CheckHostile, Op{Workload: "hostile", Type: "seq-reuse", Code: "ERROR_CODE_OK", Outcome: OK}, false},
+		{"seq reuse wrote the key", CheckHostile, Op{Workload: "hostile", Type: "seq-reuse", Code: reused, Found: true, Outcome: OK}, false},
+		{"list pages within budget", CheckHostile, Op{Workload: "hostile", Type: "huge-list", Result: 3 << 20, Bound: 4 << 20, Version: 12, Delta: 12, Outcome: OK}, true},
+		{"list page over budget", CheckHostile, Op{Workload: "hostile", Type: "huge-list", Result: 6 << 20, Bound: 4 << 20, Version: 12, Delta: 12, Outcome: OK}, false},
+		{"list lost keys", CheckHostile, Op{Workload: "hostile", Type: "huge-list", Result: 3 << 20, Bound: 4 << 20, Version: 8, Delta: 12, Outcome: OK}, false},
+		{"unread within budget", CheckHostile, Op{Workload: "hostile", Type: "unread", Version: 8, Bound: 9, Outcome: OK}, true},
+		{"unread over budget", CheckHostile, Op{Workload: "hostile", Type: "unread", Version: 400, Bound: 9, Outcome: OK}, false},
+		{"flood refused by the cap", CheckHostile, Op{Workload: "hostile", Type: "session-flood", Version: 450, Delta: 900, Bound: 500, Outcome: OK}, true},
+		{"flood refused otherwise", CheckHostile, Op{Workload: "hostile", Type: "session-flood", Version: 450, Delta: 9, Code: "ERROR_CODE_INVALID_ARGUMENT", Bound: 500, Outcome: OK}, false},
+		{"flood never refused", CheckHostile, Op{Workload: "hostile", Type: "session-flood", Version: 3000, Bound: 500, Outcome: OK}, false},
+		{"rss under bound", CheckMemory, Op{Workload: "memory", Type: "rss", Key: "n1", Result: 100 << 20, Bound: 512 << 20, Outcome: OK}, true},
+		{"rss over bound", CheckMemory, Op{Workload: "memory", Type: "rss", Key: "n1", Result: 600 << 20, Bound: 512 << 20, Outcome: OK}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if v := tc.check([]Op{tc.op}); v.Pass != tc.pass {
+				t.Errorf("%s pass = %v, want %v (%v)", v.Name, v.Pass, tc.pass, v.Problems)
+			}
+		})
+	}
+}

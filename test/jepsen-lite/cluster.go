@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/internal/proccluster"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -264,6 +267,21 @@ func (h *Harness) Status(ctx context.Context, i int) (*kvpb.StatusResponse, erro
 		return nil, errors.New("not running")
 	}
 	return h.Node(i).Status(ctx)
+}
+
+// StatusNoHash asks node i directly for its status without the state hash
+// (cheap enough to ask every second).
+func (h *Harness) StatusNoHash(ctx context.Context, i int) (*kvpb.StatusResponse, error) {
+	nd := h.Node(i)
+	if !nd.Running() {
+		return nil, errors.New("not running")
+	}
+	cc, err := grpc.NewClient("passthrough:///"+nd.ClientAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	return kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{SkipStateHash: true})
 }
 
 // Leader returns the index of the node that reports itself leader and is

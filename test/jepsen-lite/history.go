@@ -69,8 +69,22 @@ type Op struct {
 	// release's next_token). Index is not that: a retried command gets
 	// its first result again, served at the index of the retry.
 	Effect uint64 `json:"effect,omitempty"`
-	// Recipe: "mutex" for lock.Mutex operations (raw client.Session otherwise).
+	// Recipe: "mutex" for lock.Mutex operations (raw client.Session
+	// otherwise), "pause-holder" for the holder the pause-holder fault
+	// freezes.
 	Recipe string `json:"recipe,omitempty"`
+	// LockDelayMs is the lock-delay of a granted lock (its acquire's).
+	LockDelayMs int64 `json:"lock_delay_ms,omitempty"`
+	// LeaseLeftMs: at a session-end, how long the client's own view of the
+	// lease still had to run (negative: it had run out).
+	LeaseLeftMs int64 `json:"lease_left_ms,omitempty"`
+	// Reason a session ended: "expired" (the server said so), "lost" (the
+	// client's lease ran out first), "closed".
+	Reason string `json:"reason,omitempty"`
+	// Bound is the limit a hostile-client or memory op is judged against.
+	Bound int64 `json:"bound,omitempty"`
+	// CallInvoke: for a memoize fn run, when its memoize call was invoked.
+	CallInvoke int64 `json:"call_invoke,omitempty"`
 }
 
 // History records operations from many goroutines.

@@ -54,7 +54,17 @@ type Config struct {
 	// workers sign in as a non-admin user (see Security).
 	TLS bool
 	Log io.Writer // progress; nil: quiet
+	// RSSBound fails the memory checker when a node's resident memory,
+	// sampled every second, goes over it (0: defaultRSSBound).
+	RSSBound int64
 }
+
+// defaultRSSBound is the memory checker's bound on every node's RSS, with
+// hostile clients included: a Go heap under the smoke run's state (a few
+// MiB of keys, the hostile client's 7 MiB of large values, a cache bounded
+// well below it) and what one connection may keep unread, with room for
+// the garbage collector's doubling.
+const defaultRSSBound = 512 << 20
 
 // Summary is what a run found; it is written as summary.json.
 type Summary struct {
@@ -93,9 +103,11 @@ func main() {
 	flag.IntVar(&runs, "self-test-runs", 10, "runs per planted bug in --self-test")
 	flag.BoolVar(&quiet, "quiet", false, "no progress output")
 	flag.Float64Var(&cfg.Rate, "rate", 0, "limit operations per second over all workers (0: none; long runs keep their history smaller)")
+	rssMiB := flag.Int64("rss-bound-mib", defaultRSSBound>>20, "fail when a node's resident memory goes over this many MiB")
 	check := flag.String("check", "", "only check this history.jsonl of an earlier run (convergence is not re-checked)")
 	registerBugFlag(&cfg)
 	flag.Parse()
+	cfg.RSSBound = *rssMiB << 20
 	if *check != "" {
 		ops, err := ReadHistory(*check)
 		if err != nil {
@@ -200,6 +212,10 @@ func Run(cfg Config) (*Summary, error) {
 		"--trailing-logs", "256",
 		"--snapshot-interval", "2s",
 	}
+	extra = append(extra, hostileArgs()...)
+	if cfg.RSSBound == 0 {
+		cfg.RSSBound = defaultRSSBound
+	}
 	var env []string
 	if cfg.Bug != "" {
 		env = append(env, "KVD_TEST_BUG="+cfg.Bug)
@@ -241,7 +257,7 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	defer probe.Close()
 	nm := &Nemesis{H: h, Hist: hist, Rng: rand.New(rand.NewPCG(cfg.Seed, 1<<40)), Probe: probe, Logf: lg,
-		Kinds: cfg.Kinds, HoldMin: 700 * time.Millisecond, HoldMax: 2000 * time.Millisecond}
+		Kinds: cfg.Kinds, HoldMin: 700 * time.Millisecond, HoldMax: 2000 * time.Millisecond, Env: wenv}
 	if !nm.waitRecovered(context.Background(), 30*time.Second) {
 		if err := h.Err(); err != nil {
 			return nil, err
@@ -261,7 +277,7 @@ func Run(cfg Config) (*Summary, error) {
 	specs := []spec{
 		{RegisterWorker, 20}, {CounterWorker, 3}, {TTLWorker, 2},
 		{LockWorker(true), 2}, {LockWorker(false), 2},
-		{MemoWorker, 3}, {MemoizeWorker, 1},
+		{MemoWorker, 3}, {MemoizeWorker, 3},
 	}
 	var wg sync.WaitGroup
 	id := 0
@@ -280,6 +296,11 @@ func Run(cfg Config) (*Summary, error) {
 		defer close(nmDone)
 		nm.Run(ctx)
 	}()
+	rssDone := make(chan struct{})
+	go func() {
+		defer close(rssDone)
+		sampleRSS(ctx, h, hist, cfg.RSSBound, time.Second)
+	}()
 	progress := time.NewTicker(15 * time.Second)
 	for ctx.Err() == nil {
 		select {
@@ -293,6 +314,7 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	progress.Stop()
 	<-nmDone
+	<-rssDone
 	if !waitTimeout(&wg, 20*time.Second) {
 		lg("workers did not stop within 20s; their pending ops count as unknown")
 	}
@@ -377,6 +399,9 @@ func checkAll(ops []Op, dir string) []*Verdict {
 		CheckMemo(ops),
 		CheckCounters(ops),
 		CheckDurability(ops),
+		CheckSessionLeases(ops),
+		CheckHostile(ops),
+		CheckMemory(ops),
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ var faultKinds = []string{
 	"isolate-leader", "split", "bridge", "one-way",
 	"client-cut", "client-delay", "link-delay", "reset",
 	"clock", "membership", "transfer-leader", "snapshot",
+	"hostile-client", "pause-holder",
 }
 
 // Fault is one injected fault and how the cluster came back from it.
@@ -45,6 +47,13 @@ type Nemesis struct {
 	Kinds []string
 	// Hold bounds how long a fault lasts.
 	HoldMin, HoldMax time.Duration
+	// Env is the workloads' environment: the pause-holder fault records
+	// lock operations and writes the fenced resource.
+	Env *Env
+
+	hostileRuns atomic.Int64
+	bigOnce     sync.Once // the hostile client's large values are written
+	bigErr      error
 }
 
 func (nm *Nemesis) hold() time.Duration {
@@ -266,6 +275,18 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 		h.Node(pick).Kill()
 		hold = 200 * time.Millisecond
 		heal = func() { h.Start(pick) }
+	case "hostile-client":
+		f.Detail = nm.hostile(ctx, pick, hold)
+		hold = 0
+		heal = func() {}
+	case "pause-holder":
+		d, err := nm.pauseHolder(ctx, hold)
+		f.Detail = d
+		if err != nil {
+			f.Err = shortErr(err)
+		}
+		hold = 0
+		heal = func() {}
 	}
 	if heal == nil { // unknown kind
 		f.Err = "unknown fault kind"

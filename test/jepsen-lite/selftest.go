@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,20 +21,34 @@ type plantedBug struct {
 	What     string
 	Duration time.Duration
 	Kinds    []string // fault kinds of its run
-	Checker  string   // the verdict that must fail
+	Checkers []string // the verdicts of which one must fail
 }
 
 var plantedBugs = []plantedBug{
 	{"stale-read", "linearizable reads served from local state, without ReadIndex",
-		25 * time.Second, []string{"isolate-leader", "one-way", "client-cut", "pause-leader", "split"}, "linearizable-register"},
+		25 * time.Second, []string{"isolate-leader", "one-way", "client-cut", "pause-leader", "split"}, []string{"linearizable-register"}},
 	{"lock-ignore-expiry", "acquire grants a held lock without checking that the holder's session expired",
-		15 * time.Second, []string{"transfer-leader", "reset"}, "lock"},
+		15 * time.Second, []string{"transfer-leader", "reset"}, []string{"lock"}},
 	{"ttl-wall-clock", "reads judge TTL expiry on the node's wall clock instead of log time",
-		25 * time.Second, []string{"clock"}, "ttl"},
+		25 * time.Second, []string{"clock"}, []string{"ttl"}},
 	{"unfenced-store", "cache Store accepted without checking the fill lease token",
-		30 * time.Second, []string{"transfer-leader", "reset"}, "memoize"},
+		30 * time.Second, []string{"transfer-leader", "reset"}, []string{"memoize"}},
 	{"no-dedup", "exactly-once deduplication disabled: a retried command applies again",
-		25 * time.Second, []string{"client-delay"}, "exactly-once-counter"},
+		25 * time.Second, []string{"client-delay"}, []string{"exactly-once-counter"}},
+	// Subtle ones: each is one line in kvd, and each shows only to a check
+	// that judges the server by the client's own clock or counts.
+	{"ttl-off-by-one", "expiry handles one key deadline past the due ones (the loop checks after, not before)",
+		20 * time.Second, []string{"transfer-leader"}, []string{"ttl"}},
+	{"renewal-keeps-deadline", "a renewed session still expires at its first deadline (the deadline index is not moved)",
+		20 * time.Second, []string{"transfer-leader"}, []string{"session-lease"}},
+	{"dedup-lost-on-restore", "exactly-once results are dropped when a snapshot is restored (installed or at start)",
+		30 * time.Second, []string{"snapshot", "client-delay", "kill-leader"}, []string{"convergence", "exactly-once-counter"}},
+	{"lock-delay-ignored", "an involuntary release (expiry, break) starts no lock-delay",
+		25 * time.Second, []string{"pause-holder"}, []string{"lock"}},
+	{"log-time-fast", "the leader's clock, and with it log time, runs 10% fast",
+		20 * time.Second, []string{"transfer-leader"}, []string{"ttl"}},
+	{"fill-lease-half", "a fill lease is handed to the next caller once half of it has run",
+		25 * time.Second, []string{"transfer-leader"}, []string{"memoize"}},
 }
 
 // registerBugFlag defines --bug: one run with one planted bug enabled.
@@ -92,7 +107,7 @@ func SelfTest(cfg Config, runs int) error {
 			for _, v := range s.Verdicts {
 				if !v.Pass {
 					by = append(by, v.Name)
-					hit = hit || v.Name == b.Checker
+					hit = hit || slices.Contains(b.Checkers, v.Name)
 				}
 			}
 			if hit {
@@ -100,7 +115,7 @@ func SelfTest(cfg Config, runs int) error {
 			}
 			lg("%-18s run %d/%d (seed %d): %d ops, %d faults, caught=%v by %v", b.Name, r+1, runs, rc.Seed, s.Ops, len(s.Faults), hit, by)
 		}
-		fmt.Printf("planted bug %-18s caught in %2d/%d runs by %s (%s)\n", b.Name, caught, runs, b.Checker, b.What)
+		fmt.Printf("planted bug %-22s caught in %2d/%d runs by %s (%s)\n", b.Name, caught, runs, strings.Join(b.Checkers, " or "), b.What)
 		if caught < need {
 			failed = append(failed, fmt.Sprintf("%s caught %d/%d", b.Name, caught, runs))
 		}

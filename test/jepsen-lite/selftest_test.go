@@ -14,8 +14,13 @@ func TestPlantedBugsNameCheckersAndFaults(t *testing.T) {
 		kinds[k] = true
 	}
 	for _, b := range plantedBugs {
-		if !names[b.Checker] {
-			t.Errorf("bug %s: checker %q does not exist", b.Name, b.Checker)
+		if len(b.Checkers) == 0 {
+			t.Errorf("bug %s names no checker", b.Name)
+		}
+		for _, c := range b.Checkers {
+			if !names[c] {
+				t.Errorf("bug %s: checker %q does not exist", b.Name, c)
+			}
 		}
 		for _, k := range b.Kinds {
 			if !kinds[k] {

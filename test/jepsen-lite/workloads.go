@@ -27,6 +27,7 @@ const (
 	registerPerKey  = 150 // ops on a key before moving to fresh keys
 	lockNames       = 2
 	lockSessionTTL  = time.Second
+	lockDelay       = 300 * time.Millisecond
 	memoKeys        = 3
 	memoPerKey      = 60
 	memoSessionTTL  = 2 * time.Second
@@ -341,13 +342,27 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // ---------------------------------------------------------------------------
 // Sessions shared by the lock and memo workers.
 
-// watchSession records when the client's view of session s ended.
+// watchSession records when the client's view of session s ended, why,
+// and how long the client's own lease (Deadline) still had to run then.
 func watchSession(e *Env, id int, workload string, s *client.Session) {
 	go func() {
 		<-s.Done()
-		op := e.H.Invoke(&Op{Client: id, Workload: workload, Type: "session-end", Session: s.ID()})
+		left := time.Until(s.Deadline())
+		op := e.H.Invoke(&Op{Client: id, Workload: workload, Type: "session-end", Session: s.ID(),
+			LeaseLeftMs: left.Milliseconds(), Reason: sessionEndReason(s.Err())})
 		e.H.OK(op, nil)
 	}()
+}
+
+// sessionEndReason names why a session's Done closed.
+func sessionEndReason(err error) string {
+	switch {
+	case errors.Is(err, client.ErrSessionLost):
+		return "lost" // the client's own lease ran out first
+	case errors.Is(err, client.ErrSessionExpired):
+		return "expired" // the server said it had expired
+	}
+	return "closed"
 }
 
 // ---------------------------------------------------------------------------
@@ -447,7 +462,7 @@ func LockWorker(raw bool) Worker {
 func recordGrant(op *Op, resp *kvpb.AcquireResponse) {
 	op.Token = resp.GetToken()
 	li := resp.GetLock()
-	op.HeldSince, op.ExpiresAt = li.GetHeldSince(), li.GetExpiresAt()
+	op.HeldSince, op.ExpiresAt, op.LockDelayMs = li.GetHeldSince(), li.GetExpiresAt(), li.GetLockDelayMs()
 	if li.GetSession() != 0 {
 		op.Session = li.GetSession()
 	}
@@ -473,7 +488,13 @@ func useLock(ctx context.Context, e *Env, c *client.Client, s *client.Session, i
 func lockCycleRaw(ctx context.Context, e *Env, c *client.Client, s *client.Session, id int, name string, rng *rand.Rand) {
 	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	op := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "acquire", Key: name, Session: s.ID()})
-	resp, err := s.Acquire(octx, []byte(name), time.Second, 0)
+	// Some grants carry a lock-delay: an involuntary release of them (the
+	// session expired) must keep the lock from its next holder that long.
+	var delay time.Duration
+	if rng.IntN(3) == 0 {
+		delay = lockDelay
+	}
+	resp, err := s.Acquire(octx, []byte(name), time.Second, delay)
 	cancel()
 	if err != nil || !resp.GetAcquired() {
 		if err != nil {
@@ -652,14 +673,24 @@ func MemoizeWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 		key := memoKey(e, "memoize", rng)
 		octx, cancel := opCtx(ctx)
 		op := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "memoize", Key: key})
-		v, err := cc.Memoize(octx, key, time.Second, func(context.Context) ([]byte, error) {
+		v, err := cc.Memoize(octx, key, time.Second, func(ctx context.Context) ([]byte, error) {
+			// Each run is recorded: the memoize checker counts them and
+			// finds runs for one key that overlapped (single flight
+			// broken). A run takes a while, sometimes most of its lease.
 			val := fmt.Sprintf("z%d-%d", id, n)
+			run := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "compute", Key: key, Value: val, CallInvoke: op.Invoke})
+			work := time.Duration(5+rng.IntN(20)) * time.Millisecond
+			if rng.IntN(10) == 0 {
+				work = 3 * fillLease / 4 // most of its lease, never more
+			}
+			sleepCtx(ctx, work)
 			e.mu.Lock()
 			if e.computed[key] == nil {
 				e.computed[key] = map[string]bool{}
 			}
 			e.computed[key][val] = true
 			e.mu.Unlock()
+			e.H.OK(run, nil)
 			return []byte(val), nil
 		})
 		cancel()
