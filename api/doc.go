@@ -9,7 +9,14 @@
 //
 // Invariants:
 //   - Every request is validated before anything is proposed; a violation is
-//     InvalidArgument with an ErrorInfo naming the field and the limit.
+//     InvalidArgument with an ErrorInfo naming the field and the limit. A
+//     request this member can tell will be refused (a session it knows has
+//     ended, a cluster cap it sees reached) is refused here too, costing no
+//     log entry.
+//   - What one connection holds is bounded: its concurrent calls
+//     (Limits.MaxConcurrentStreams), and the answers built for it but not
+//     yet sent (Limits.MaxUnreadBytes, unread.go); list answers stop at
+//     Limits.MaxResponseBytes.
 //   - Every non-OK status carries a kvpb.ErrorInfo; grpcCodes is the one
 //     table from kvd error codes to gRPC codes.
 //   - CancelWait proposed by the server after a waiting Acquire ended carries

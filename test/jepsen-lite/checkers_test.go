@@ -221,7 +221,7 @@ func TestChecksAgainstTheClientsClock(t *testing.T) {
 		{"lock: granted after expiry + lock-delay", CheckLocks, grants(1900 * ms), true},
 		{"memoize: two runs under live leases", CheckMemo, runs(200 * ms), false},
 		{"memoize: the second run after the first", CheckMemo, runs(500 * ms), true},
-		{"memoize: the first run may have outlived its lease", CheckMemo, append(runs(200*ms)[:1:1],
+		{"memoize: the first run may have outlived its lease", CheckMemo, append(runs(200 * ms)[:1:1],
 			Op{Workload: "memo", Type: "compute", Key: "memoize/0/1", Value: "b", CallInvoke: 900 * ms, Invoke: 950 * ms, Complete: 960 * ms, Outcome: OK}), true},
 	}
 	for _, tc := range tests {

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -168,7 +170,8 @@ func (nm *Nemesis) unread(ctx context.Context, i int, hold time.Duration) string
 
 // sessionFlood creates sessions from floodWorkers goroutines for up to
 // hold (and at least a second), until the cap refuses them; every refusal
-// must be RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) or unavailability.
+// must be RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) or unavailability. Healing
+// closes the sessions it made, so the workloads can have theirs again.
 func (nm *Nemesis) sessionFlood(ctx context.Context, cc *grpc.ClientConn, hold time.Duration) (created, refused int64) {
 	op := nm.Hist.Invoke(&Op{Client: -2, Workload: "hostile", Type: "session-flood", Bound: hostileMaxSessions})
 	fctx, cancel := context.WithTimeout(ctx, max(hold, time.Second))
@@ -177,19 +180,24 @@ func (nm *Nemesis) sessionFlood(ctx context.Context, cc *grpc.ClientConn, hold t
 	var nc, nr atomic.Int64
 	var mu sync.Mutex
 	var wrong error
+	var ids []uint64
 	var wg sync.WaitGroup
 	for w := 0; w < floodWorkers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for fctx.Err() == nil {
-				_, err := sc.Create(fctx, &kvpb.CreateSessionRequest{TtlMs: floodSessionTTL.Milliseconds(), Name: "jepsen flood"})
+				resp, err := sc.Create(fctx, &kvpb.CreateSessionRequest{TtlMs: floodSessionTTL.Milliseconds(), Name: "jepsen flood"})
 				switch code := errorCode(err); {
 				case err == nil:
 					nc.Add(1)
+					mu.Lock()
+					ids = append(ids, resp.GetSession().GetId())
+					mu.Unlock()
 				case code == kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED:
 					nr.Add(1)
-				case fctx.Err() != nil, code == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, code == kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:
+				case fctx.Err() != nil, code == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER, code == kvpb.ErrorCode_ERROR_CODE_INDETERMINATE,
+					code == kvpb.ErrorCode_ERROR_CODE_OK && isTransport(err):
 				default:
 					mu.Lock()
 					if wrong == nil {
@@ -202,6 +210,23 @@ func (nm *Nemesis) sessionFlood(ctx context.Context, cc *grpc.ClientConn, hold t
 	}
 	wg.Wait()
 	op.Version, op.Delta = uint64(nc.Load()), nr.Load()
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ccancel()
+	work := make(chan uint64)
+	for w := 0; w < floodWorkers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				sc.Close(cctx, &kvpb.CloseSessionRequest{Id: id}) // best effort: the TTL ends it anyway
+			}
+		}()
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
 	if wrong != nil {
 		op.Code = errorCode(wrong).String()
 		op.Err = wrong.Error()
@@ -213,11 +238,62 @@ func (nm *Nemesis) sessionFlood(ctx context.Context, cc *grpc.ClientConn, hold t
 // pauseLockDelay is the lock-delay the frozen holder's lock carries.
 const pauseLockDelay = 800 * time.Millisecond
 
+// holderNet routes every connection of one client, whatever address it
+// dials (leader hints included), through a proxy of its own, so that the
+// client can be frozen: no byte of it reaches the cluster or comes back.
+type holderNet struct {
+	mu      sync.Mutex
+	proxies map[string]*Proxy
+	frozen  bool
+}
+
+func (hn *holderNet) dial(ctx context.Context, addr string) (net.Conn, error) {
+	hn.mu.Lock()
+	p := hn.proxies[addr]
+	if p == nil {
+		var err error
+		if p, err = NewProxy("holder->"+addr, "127.0.0.1:0", addr); err != nil {
+			hn.mu.Unlock()
+			return nil, err
+		}
+		hn.proxies[addr] = p
+	}
+	if hn.frozen {
+		p.Blackhole(true, true)
+	}
+	hn.mu.Unlock()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", p.Listen)
+}
+
+// freeze drops every byte from now on (on), or passes them again and
+// resets the connections that lost some.
+func (hn *holderNet) freeze(on bool) {
+	hn.mu.Lock()
+	defer hn.mu.Unlock()
+	hn.frozen = on
+	for _, p := range hn.proxies {
+		if on {
+			p.Blackhole(true, true)
+		} else {
+			p.Heal()
+		}
+	}
+}
+
+func (hn *holderNet) close() {
+	hn.mu.Lock()
+	defer hn.mu.Unlock()
+	for _, p := range hn.proxies {
+		p.Close()
+	}
+}
+
 // pauseHolder: a lock holder whose client freezes past its TTL while the
 // lock guards the outside fenced resource. The holder takes lk/pause
-// (lock-delay pauseLockDelay) through proxies of its own and writes the
-// resource; then every byte of its client is dropped for hold (at least
-// its TTL and the lock-delay) and the holder does nothing: a process
+// (lock-delay pauseLockDelay) through connections of its own and writes
+// the resource; then every byte of its client is dropped for hold (at
+// least its TTL and the lock-delay) and the holder does nothing: a process
 // stopped. Meanwhile another client takes the lock (after the holder's
 // session expired and the lock-delay ran) and writes the resource. Then
 // the holder wakes and, careless, writes the resource and a fenced key
@@ -225,18 +301,11 @@ const pauseLockDelay = 800 * time.Millisecond
 // checker judges it all.
 func (nm *Nemesis) pauseHolder(ctx context.Context, hold time.Duration) (string, error) {
 	const name = "lk/pause"
-	var proxies []*Proxy
-	var eps []string
-	for i := 0; i < nm.H.n; i++ {
-		p, err := NewProxy(fmt.Sprintf("holder->%s", nodeName(i)), "127.0.0.1:0", nm.H.clientProxy[i].Listen)
-		if err != nil {
-			return "", err
-		}
-		defer p.Close()
-		proxies, eps = append(proxies, p), append(eps, p.Listen)
-	}
+	hn := &holderNet{proxies: map[string]*Proxy{}}
+	defer hn.close()
 	e := nm.Env
-	hc, err := client.New(client.Config{Endpoints: eps, DialTimeout: time.Second, AttemptTimeout: attemptTimeout, SessionTTL: clientSessionTT, Logger: e.Logger})
+	hc, err := client.New(client.Config{Endpoints: e.Endpoints, DialTimeout: time.Second, AttemptTimeout: attemptTimeout,
+		SessionTTL: clientSessionTT, Logger: e.Logger, Dialer: hn.dial})
 	if err != nil {
 		return "", err
 	}
@@ -270,16 +339,12 @@ func (nm *Nemesis) pauseHolder(ctx context.Context, hold time.Duration) (string,
 	cancel()
 
 	// Freeze: nothing of the holder's reaches the cluster, and it does nothing.
-	for _, p := range proxies {
-		p.Blackhole(true, true)
-	}
+	hn.freeze(true)
 	freeze := max(hold, lockSessionTTL+pauseLockDelay+time.Second)
 	contender := make(chan string, 1)
-	go func() { contender <- nm.contend(ctx, name, freeze) }()
+	go func() { contender <- nm.contend(ctx, name, freeze, op.HeldSince) }()
 	sleepCtx(ctx, freeze)
-	for _, p := range proxies {
-		p.Heal()
-	}
+	hn.freeze(false)
 	got := <-contender
 
 	// The holder wakes and uses its old token without looking.
@@ -298,9 +363,10 @@ func (nm *Nemesis) pauseHolder(ctx context.Context, hold time.Duration) (string,
 	return fmt.Sprintf("holder of token %d frozen %v; %s; its late write: %s", token, freeze, got, outcomeText(late)), nil
 }
 
-// contend takes the lock the frozen holder had, writes the resource under
-// it and releases it, recording it all.
-func (nm *Nemesis) contend(ctx context.Context, name string, within time.Duration) string {
+// contend takes the lock the frozen holder had (granted it at log time
+// holderSince), writes the resource under it and releases it, recording it
+// all.
+func (nm *Nemesis) contend(ctx context.Context, name string, within time.Duration, holderSince int64) string {
 	e := nm.Env
 	c, err := e.NewClient()
 	if err != nil {
@@ -329,16 +395,17 @@ func (nm *Nemesis) contend(ctx context.Context, name string, within time.Duratio
 	recordGrant(op, m.Grant())
 	op.Session = ls.ID()
 	e.H.OK(op, m.Grant().GetHeader())
-	useLock(ctx, e, c, ls.ClientSession(), -4, name, m.Token(), op.ID)
+	token := m.Token()
+	useLock(ctx, e, c, ls.ClientSession(), -4, name, token, op.ID)
 	rctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	rop := e.H.Invoke(&Op{Client: -4, Workload: "lock", Type: "release", Key: name, Token: m.Token(), Session: ls.ID()})
+	rop := e.H.Invoke(&Op{Client: -4, Workload: "lock", Type: "release", Key: name, Token: token, Session: ls.ID()})
 	if err := m.Unlock(rctx); err != nil {
 		e.H.Info(rop, err)
 	} else {
 		e.H.OK(rop, nil)
 	}
-	return fmt.Sprintf("contender got token %d", m.Token())
+	return fmt.Sprintf("contender got token %d %v after the holder's", token, time.Duration(op.HeldSince-holderSince))
 }
 
 // errorCode is the kvd error code of a gRPC error (OK for none).
@@ -350,6 +417,16 @@ func errorCode(err error) kvpb.ErrorCode {
 		}
 	}
 	return kvpb.ErrorCode_ERROR_CODE_OK
+}
+
+// isTransport reports an error of the call itself (the deadline, a lost
+// connection), not an answer.
+func isTransport(err error) bool {
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Canceled, codes.Unavailable:
+		return true
+	}
+	return false
 }
 
 func outcomeText(op *Op) string {

@@ -64,7 +64,7 @@ type Config struct {
 // MiB of keys, the hostile client's 7 MiB of large values, a cache bounded
 // well below it) and what one connection may keep unread, with room for
 // the garbage collector's doubling.
-const defaultRSSBound = 512 << 20
+const defaultRSSBound = 256 << 20
 
 // Summary is what a run found; it is written as summary.json.
 type Summary struct {
