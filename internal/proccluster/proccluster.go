@@ -94,6 +94,9 @@ type Options struct {
 	// ClientCertAuth (with TLS): the client port requires a client
 	// certificate.
 	ClientCertAuth bool
+	// Kvd runs this kvd binary instead of one built from ./cmd/kvd (to
+	// measure another build, e.g. one from before a change).
+	Kvd string
 }
 
 var (
@@ -232,7 +235,10 @@ type Node struct {
 // Start launches n nodes bootstrapped as one cluster and waits for a leader.
 func Start(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
-	kvd, _ := Binaries(t)
+	kvd := opts.Kvd
+	if kvd == "" {
+		kvd, _ = Binaries(t)
+	}
 	c := &Cluster{t: t, Dir: t.TempDir(), kvd: kvd, failed: make(chan struct{})}
 	ports := FreePorts(t, 2*n)
 	if opts.TLS {

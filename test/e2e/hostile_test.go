@@ -248,7 +248,7 @@ func TestExactlyOnceResultsHoldNoValues(t *testing.T) {
 	}
 }
 
-func newestSnapshotSize(t *testing.T, dataDir string) int64 {
+func newestSnapshotSize(t testing.TB, dataDir string) int64 {
 	t.Helper()
 	matches, _ := filepath.Glob(filepath.Join(dataDir, "snapshots", "*", "state.bin"))
 	var newest os.FileInfo

@@ -459,3 +459,77 @@ func sampleRSS(ctx context.Context, h *Harness, hist *History, bound int64, inte
 		}
 	}
 }
+
+// dedupProbe checks exactly-once across a snapshot restore (fault
+// "snapshot"): an Add under a session of the nemesis's own is applied
+// before every node snapshots; once the node that restarted on its
+// snapshot leads, the same (session, seq) is sent again through it. It
+// must be answered from the first result and not applied again: the
+// counter's final read (acknowledged: one increment) judges it.
+type dedupProbe struct {
+	sess  uint64
+	key   string
+	first *Op
+}
+
+func (nm *Nemesis) startDedupProbe(ctx context.Context) *dedupProbe {
+	cc, err := grpc.NewClient("passthrough:///"+nm.Env.Endpoints[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil
+	}
+	defer cc.Close()
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	sess, err := kvpb.NewSessionClient(cc).Create(octx, &kvpb.CreateSessionRequest{TtlMs: 60_000, Name: "jepsen dedup probe"})
+	if err != nil {
+		return nil
+	}
+	p := &dedupProbe{sess: sess.GetSession().GetId(), key: fmt.Sprintf("ctr/probe/%d", nm.probes.Add(1))}
+	nm.Env.mu.Lock()
+	nm.Env.ctrKeys[p.key] = true
+	nm.Env.mu.Unlock()
+	p.first = nm.Hist.Invoke(&Op{Client: -6, Workload: "counter", Type: "add", Key: p.key, Delta: 1})
+	resp, err := kvpb.NewKVClient(cc).Add(octx, &kvpb.AddRequest{Header: &kvpb.RequestHeader{Session: p.sess, Seq: 1, MinPendingSeq: 1}, Key: []byte(p.key), Delta: 1})
+	if err != nil {
+		if errorCode(err) == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER {
+			nm.Hist.Fail(p.first, err)
+		} else {
+			nm.Hist.Info(p.first, err)
+		}
+		return nil
+	}
+	p.first.Result = resp.GetValue()
+	nm.Hist.OK(p.first, resp.GetHeader())
+	return p
+}
+
+// finishDedupProbe makes node i lead, then retries the probe's Add
+// through it, recording the answer (type "retry-add": the same increment,
+// not another).
+func (nm *Nemesis) finishDedupProbe(ctx context.Context, p *dedupProbe, i int) {
+	if p == nil {
+		return
+	}
+	for try := 0; try < 5 && nm.leaderOr(-1) != i; try++ {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		nm.Probe.TransferLeader(tctx, nodeName(i))
+		cancel()
+		sleepCtx(ctx, 300*time.Millisecond)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+nm.H.Node(i).ClientAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return
+	}
+	defer cc.Close()
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	op := nm.Hist.Invoke(&Op{Client: -6, Workload: "counter", Type: "retry-add", Key: p.key, ServedBy: nodeName(i)})
+	resp, err := kvpb.NewKVClient(cc).Add(octx, &kvpb.AddRequest{Header: &kvpb.RequestHeader{Session: p.sess, Seq: 1, MinPendingSeq: 1}, Key: []byte(p.key), Delta: 1})
+	if err != nil {
+		nm.Hist.Info(op, err)
+		return
+	}
+	op.Result = resp.GetValue()
+	nm.Hist.OK(op, resp.GetHeader())
+	kvpb.NewSessionClient(cc).Close(octx, &kvpb.CloseSessionRequest{Id: p.sess})
+}

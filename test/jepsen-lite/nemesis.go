@@ -52,6 +52,7 @@ type Nemesis struct {
 	Env *Env
 
 	hostileRuns atomic.Int64
+	probes      atomic.Int64 // dedup probes of the snapshot fault
 	bigOnce     sync.Once // the hostile client's large values are written
 	bigErr      error
 }
@@ -106,6 +107,7 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 	n := h.n
 	f := Fault{Kind: kind, Start: nm.secs()}
 	hold := nm.hold()
+	var after func() // run once the cluster has recovered
 	pick := nm.Rng.IntN(n)                     // a random node
 	other := (pick + 1 + nm.Rng.IntN(n-1)) % n // a different one
 	perm := nm.Rng.Perm(n)
@@ -263,7 +265,11 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 		hold = 0
 		heal = func() {}
 	case "snapshot":
-		// Every node snapshots; then one restarts on its snapshot.
+		// Every node snapshots; then one restarts on its snapshot, and an
+		// exactly-once result from before the snapshot is asked for again
+		// through it.
+		probe := nm.startDedupProbe(ctx)
+		after = func() { nm.finishDedupProbe(ctx, probe, pick) }
 		for i := 0; i < n; i++ {
 			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			if _, err := nm.Probe.Snapshot(sctx, h.clientProxy[i].Listen); err != nil && f.Err == "" {
@@ -301,6 +307,9 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 	// Every node must be back, or the run ends (Run watches h.Failed).
 	if err := h.WaitUp(); err != nil {
 		f.Err = shortErr(err)
+	}
+	if after != nil && f.Recovered {
+		after()
 	}
 	return f
 }
