@@ -211,7 +211,7 @@ func BenchmarkHostileDedup(b *testing.B) {
 		grew = max(grew, rssOf(b, nd)-min(befores[i], rssOf(b, nd)))
 	}
 	b.ReportMetric(float64(grew>>20), "MiB-grown-max")
-	b.ReportMetric(float64(newestSnapshotSize(b, cl.Nodes[0].DataDir)>>20), "MiB-snapshot")
+	b.ReportMetric(float64(newestSnapshotSize(b, cl.Nodes[0].DataDir)>>10), "KiB-snapshot")
 }
 
 // BenchmarkHostileSessionFlood: 32 goroutines create sessions (TTL 60 s)

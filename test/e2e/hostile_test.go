@@ -253,6 +253,9 @@ func newestSnapshotSize(t testing.TB, dataDir string) int64 {
 	matches, _ := filepath.Glob(filepath.Join(dataDir, "snapshots", "*", "state.bin"))
 	var newest os.FileInfo
 	for _, m := range matches {
+		if strings.HasSuffix(filepath.Dir(m), ".tmp") {
+			continue // still being written
+		}
 		if fi, err := os.Stat(m); err == nil && (newest == nil || fi.ModTime().After(newest.ModTime())) {
 			newest = fi
 		}
