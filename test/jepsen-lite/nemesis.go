@@ -53,7 +53,7 @@ type Nemesis struct {
 
 	hostileRuns atomic.Int64
 	probes      atomic.Int64 // dedup probes of the snapshot fault
-	bigOnce     sync.Once // the hostile client's large values are written
+	bigOnce     sync.Once    // the hostile client's large values are written
 	bigErr      error
 }
 
@@ -107,7 +107,7 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 	n := h.n
 	f := Fault{Kind: kind, Start: nm.secs()}
 	hold := nm.hold()
-	var after func() // run once the cluster has recovered
+	var after func()                           // run once the cluster has recovered
 	pick := nm.Rng.IntN(n)                     // a random node
 	other := (pick + 1 + nm.Rng.IntN(n-1)) % n // a different one
 	perm := nm.Rng.Perm(n)
