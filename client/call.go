@@ -114,12 +114,16 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	var p peer.Peer
 	resp, err := send(actx, cc, grpc.Peer(&p))
+	timedOut := ctx.Err() == nil && actx.Err() != nil
 	cancel()
 	if err == nil {
 		return resp, nil
 	}
 	r := classify(err, sentFrom(&p))
 	r.addr = addr
+	if _, isKvd := r.err.(*Error); !isKvd && (timedOut || status.Code(err) == codes.Unavailable) {
+		r.unanswered = true
+	}
 	if r.class == classRetry && c.cfg.TLS != nil && status.Code(err) == codes.Unavailable {
 		if herr := c.handshakeFailure(addr); herr != nil {
 			r = attemptResult{class: classFinal, err: &TLSError{Addr: addr, Err: herr}}

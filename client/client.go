@@ -361,8 +361,7 @@ func (c *Client) noteFailure(addr string, r attemptResult) {
 	if c.leader == addr {
 		c.leader = ""
 	}
-	if _, isKvd := r.err.(*Error); !isKvd {
-		// No answer at all: a timeout or a broken connection.
+	if r.unanswered {
 		c.suspect[addr] = time.Now().Add(suspectFor)
 	}
 	c.mu.Unlock()

@@ -183,6 +183,9 @@ type attemptResult struct {
 	// could be made (nothing was sent, and no kvd server answered).
 	addr   string
 	noConn bool
+	// unanswered: the member gave no answer at all (the attempt's own
+	// timeout passed, or the connection failed), as a hung member does.
+	unanswered bool
 }
 
 // classify turns the error of one attempt into what the retry loop needs.
