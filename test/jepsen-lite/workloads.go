@@ -673,16 +673,17 @@ func MemoizeWorker(ctx context.Context, e *Env, id int, rng *rand.Rand) {
 		key := memoKey(e, "memoize", rng)
 		octx, cancel := opCtx(ctx)
 		op := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "memoize", Key: key})
+		// A run takes a while, sometimes most of its lease. (Drawn here:
+		// fn may run on the cache's goroutine after this call returned.)
+		work := time.Duration(5+rng.IntN(20)) * time.Millisecond
+		if rng.IntN(10) == 0 {
+			work = 3 * fillLease / 4 // never more than its lease
+		}
 		v, err := cc.Memoize(octx, key, time.Second, func(ctx context.Context) ([]byte, error) {
 			// Each run is recorded: the memoize checker counts them and
-			// finds runs for one key that overlapped (single flight
-			// broken). A run takes a while, sometimes most of its lease.
+			// finds runs for one key under two live leases at once.
 			val := fmt.Sprintf("z%d-%d", id, n)
 			run := e.H.Invoke(&Op{Client: id, Workload: "memo", Type: "compute", Key: key, Value: val, CallInvoke: op.Invoke})
-			work := time.Duration(5+rng.IntN(20)) * time.Millisecond
-			if rng.IntN(10) == 0 {
-				work = 3 * fillLease / 4 // most of its lease, never more
-			}
 			sleepCtx(ctx, work)
 			e.mu.Lock()
 			if e.computed[key] == nil {
