@@ -6,11 +6,11 @@
 // processes. It encodes its headers as HPACK literals and never decodes the
 // server's: Tally tells answers apart by frame type alone.
 //
-// Only for tests: it speaks plaintext HTTP/2 and implements no more of the
-// protocol than that.
+// Only for tests: it implements no more of the protocol than that.
 package rawh2
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -57,6 +57,11 @@ func Dial(addr string, timeout time.Duration) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return start(c, addr)
+}
+
+// start sends the client preface and SETTINGS on c.
+func start(c net.Conn, addr string) (*Conn, error) {
 	h := &Conn{c: c, addr: addr, next: 1}
 	if _, err := io.WriteString(c, preface); err != nil {
 		c.Close()
@@ -119,7 +124,11 @@ func (h *Conn) Call(method string, msg []byte, timeout time.Duration) (uint32, e
 	h.next += 2
 	var hb []byte
 	hb = literal(hb, ":method", "POST")
-	hb = literal(hb, ":scheme", "http")
+	scheme := "http"
+	if _, ok := h.c.(*tls.Conn); ok {
+		scheme = "https"
+	}
+	hb = literal(hb, ":scheme", scheme)
 	hb = literal(hb, ":path", method)
 	hb = literal(hb, ":authority", h.addr)
 	hb = literal(hb, "content-type", "application/grpc")
@@ -251,4 +260,26 @@ func (h *Conn) Read(d time.Duration) Tally {
 		}
 	}
 	return t
+}
+
+// DialTLS is Dial over TLS (ALPN "h2"), for a port that serves TLS; conf
+// names the CA and, where the server asks, the client certificate.
+func DialTLS(addr string, timeout time.Duration, conf *tls.Config) (*Conn, error) {
+	raw, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	conf = conf.Clone()
+	conf.NextProtos = []string{"h2"}
+	if conf.ServerName == "" {
+		conf.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	c := tls.Client(raw, conf)
+	c.SetDeadline(time.Now().Add(timeout))
+	if err := c.Handshake(); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return start(c, addr)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvdproject/kvd/internal/pki"
@@ -276,7 +277,11 @@ func (h *Harness) StatusNoHash(ctx context.Context, i int) (*kvpb.StatusResponse
 	if !nd.Running() {
 		return nil, errors.New("not running")
 	}
-	cc, err := grpc.NewClient("passthrough:///"+nd.ClientAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if conf := h.pc.ClientTLS(); conf != nil {
+		creds = credentials.NewTLS(conf)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+nd.ClientAddr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}

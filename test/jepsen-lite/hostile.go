@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -49,9 +50,7 @@ func hostileArgs() []string {
 // opens many Gets and reads none of the answers (held for hold), and a
 // flood of sessions. It returns a detail line.
 func (nm *Nemesis) hostile(ctx context.Context, i int, hold time.Duration) string {
-	addr := nm.H.Node(i).ClientAddr // direct: the proxies are for faults
-	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	cc, err := nm.dialNode(nm.H.Node(i).ClientAddr) // direct: the proxies are for faults
 	if err != nil {
 		return "dial: " + err.Error()
 	}
@@ -142,7 +141,13 @@ func (nm *Nemesis) unread(ctx context.Context, i int, hold time.Duration) string
 	}
 	op := nm.Hist.Invoke(&Op{Client: -2, Workload: "hostile", Type: "unread", Key: nodeName(i),
 		Bound: hostileUnreadBudget/(1<<20) + 1})
-	h, err := rawh2.Dial(nm.H.Node(i).ClientAddr, 2*time.Second)
+	var h *rawh2.Conn
+	var err error
+	if sec := nm.Env.Security; sec != nil {
+		h, err = rawh2.DialTLS(nm.H.Node(i).ClientAddr, 2*time.Second, sec.AdminTLS)
+	} else {
+		h, err = rawh2.Dial(nm.H.Node(i).ClientAddr, 2*time.Second)
+	}
 	if err != nil {
 		nm.Hist.Info(op, err)
 		return "unread: " + err.Error()
@@ -304,8 +309,12 @@ func (nm *Nemesis) pauseHolder(ctx context.Context, hold time.Duration) (string,
 	hn := &holderNet{proxies: map[string]*Proxy{}}
 	defer hn.close()
 	e := nm.Env
-	hc, err := client.New(client.Config{Endpoints: e.Endpoints, DialTimeout: time.Second, AttemptTimeout: attemptTimeout,
-		SessionTTL: clientSessionTT, Logger: e.Logger, Dialer: hn.dial})
+	cfg := e.clientConfig()
+	if e.Security != nil {
+		cfg.TLS, cfg.Username, cfg.Password = e.Security.WorkerTLS, e.Security.User, e.Security.Password
+	}
+	cfg.Dialer = hn.dial
+	hc, err := client.New(cfg)
 	if err != nil {
 		return "", err
 	}
@@ -408,6 +417,17 @@ func (nm *Nemesis) contend(ctx context.Context, name string, within time.Duratio
 	return fmt.Sprintf("contender got token %d %v after the holder's", token, time.Duration(op.HeldSince-holderSince))
 }
 
+// dialNode makes a plain gRPC connection to a client address, speaking
+// TLS as root (an admin) in a --tls run.
+func (nm *Nemesis) dialNode(addr string) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if sec := nm.Env.Security; sec != nil {
+		creds = credentials.NewTLS(sec.AdminTLS)
+	}
+	return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+}
+
 // errorCode is the kvd error code of a gRPC error (OK for none).
 func errorCode(err error) kvpb.ErrorCode {
 	st, _ := status.FromError(err)
@@ -473,7 +493,7 @@ type dedupProbe struct {
 }
 
 func (nm *Nemesis) startDedupProbe(ctx context.Context) *dedupProbe {
-	cc, err := grpc.NewClient("passthrough:///"+nm.Env.Endpoints[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := nm.dialNode(nm.Env.Endpoints[0])
 	if err != nil {
 		return nil
 	}
@@ -516,7 +536,7 @@ func (nm *Nemesis) finishDedupProbe(ctx context.Context, p *dedupProbe, i int) {
 		cancel()
 		sleepCtx(ctx, 300*time.Millisecond)
 	}
-	cc, err := grpc.NewClient("passthrough:///"+nm.H.Node(i).ClientAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := nm.dialNode(nm.H.Node(i).ClientAddr)
 	if err != nil {
 		return
 	}
