@@ -3,13 +3,15 @@
 // answers (it never grants flow-control window and never answers a PING).
 // kvd's memory-bound tests (test/e2e) and the fault harness
 // (test/jepsen-lite, fault hostile-client) use it against real kvd
-// processes. It encodes its headers as HPACK literals and never decodes the
-// server's: Tally tells answers apart by frame type alone.
+// processes. Frames and header encoding come from golang.org/x/net/http2;
+// it never decodes the server's headers: Tally tells answers apart by frame
+// type alone.
 //
-// Only for tests: it implements no more of the protocol than that.
+// Only for tests: it does no more of the protocol than that.
 package rawh2
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -17,34 +19,21 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
-// HTTP/2 frame types and flags used here (RFC 9113 section 6).
-const (
-	frameData         = 0x0
-	frameHeaders      = 0x1
-	frameRSTStream    = 0x3
-	frameSettings     = 0x4
-	framePing         = 0x6
-	frameGoAway       = 0x7
-	frameContinuation = 0x9
+// ErrCodeRefusedStream is RST_STREAM's REFUSED_STREAM: the server did not
+// start the call (over its concurrent stream limit).
+const ErrCodeRefusedStream = uint32(http2.ErrCodeRefusedStream)
 
-	flagEndStream  = 0x1
-	flagEndHeaders = 0x4
-	flagAck        = 0x1
-
-	settingMaxConcurrentStreams = 0x3
-
-	// ErrCodeRefusedStream is RST_STREAM's REFUSED_STREAM: the server did
-	// not start the call (over its concurrent stream limit).
-	ErrCodeRefusedStream = 0x7
-)
-
-const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-// Conn is one plaintext HTTP/2 connection to a gRPC server.
+// Conn is one HTTP/2 connection to a gRPC server.
 type Conn struct {
 	c     net.Conn
+	fr    *http2.Framer
+	hbuf  bytes.Buffer
+	enc   *hpack.Encoder
 	addr  string
 	next  uint32 // next client stream id
 	calls int
@@ -62,12 +51,14 @@ func Dial(addr string, timeout time.Duration) (*Conn, error) {
 
 // start sends the client preface and SETTINGS on c.
 func start(c net.Conn, addr string) (*Conn, error) {
-	h := &Conn{c: c, addr: addr, next: 1}
-	if _, err := io.WriteString(c, preface); err != nil {
+	h := &Conn{c: c, fr: http2.NewFramer(c, c), addr: addr, next: 1}
+	h.enc = hpack.NewEncoder(&h.hbuf)
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
 		c.Close()
 		return nil, err
 	}
-	if err := h.frame(frameSettings, 0, 0, nil); err != nil {
+	if err := h.fr.WriteSettings(); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -80,69 +71,42 @@ func (h *Conn) Close() error { return h.c.Close() }
 // Calls is how many calls were opened.
 func (h *Conn) Calls() int { return h.calls }
 
-func (h *Conn) frame(typ, flags byte, stream uint32, payload []byte) error {
-	var hdr [9]byte
-	hdr[0], hdr[1], hdr[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
-	hdr[3], hdr[4] = typ, flags
-	binary.BigEndian.PutUint32(hdr[5:], stream&0x7fffffff)
-	h.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := h.c.Write(append(hdr[:], payload...)); err != nil {
-		return err
-	}
-	return nil
-}
-
-// hpackInt appends an HPACK integer with an n-bit prefix (RFC 7541 5.1).
-func hpackInt(b []byte, first byte, n uint, v int) []byte {
-	max := 1<<n - 1
-	if v < max {
-		return append(b, first|byte(v))
-	}
-	b = append(b, first|byte(max))
-	v -= max
-	for v >= 128 {
-		b = append(b, byte(v%128+128))
-		v /= 128
-	}
-	return append(b, byte(v))
-}
-
-// literal appends a header field "without indexing, new name", no Huffman.
-func literal(b []byte, name, value string) []byte {
-	b = append(b, 0x00)
-	b = hpackInt(b, 0, 7, len(name))
-	b = append(b, name...)
-	b = hpackInt(b, 0, 7, len(value))
-	return append(b, value...)
-}
-
 // Call opens a unary call of method (e.g. "/kvd.v1.KV/Get") with the
 // marshalled request msg and a grpc-timeout, and returns its stream id.
 // It does not wait for anything.
 func (h *Conn) Call(method string, msg []byte, timeout time.Duration) (uint32, error) {
 	id := h.next
 	h.next += 2
-	var hb []byte
-	hb = literal(hb, ":method", "POST")
 	scheme := "http"
 	if _, ok := h.c.(*tls.Conn); ok {
 		scheme = "https"
 	}
-	hb = literal(hb, ":scheme", scheme)
-	hb = literal(hb, ":path", method)
-	hb = literal(hb, ":authority", h.addr)
-	hb = literal(hb, "content-type", "application/grpc")
-	hb = literal(hb, "te", "trailers")
-	if timeout > 0 {
-		hb = literal(hb, "grpc-timeout", fmt.Sprintf("%dm", timeout.Milliseconds()))
+	h.hbuf.Reset()
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: scheme},
+		{Name: ":path", Value: method},
+		{Name: ":authority", Value: h.addr},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
 	}
-	if err := h.frame(frameHeaders, flagEndHeaders, id, hb); err != nil {
+	if timeout > 0 {
+		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: fmt.Sprintf("%dm", timeout.Milliseconds())})
+	}
+	for _, f := range fields {
+		if err := h.enc.WriteField(f); err != nil {
+			return 0, err
+		}
+	}
+	h.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.hbuf.Bytes(), EndHeaders: true}); err != nil {
 		return 0, err
 	}
+	// A gRPC message: not compressed, its length, then the message.
 	body := make([]byte, 5+len(msg))
 	binary.BigEndian.PutUint32(body[1:5], uint32(len(msg)))
 	copy(body[5:], msg)
-	if err := h.frame(frameData, flagEndStream, id, body); err != nil {
+	if err := h.fr.WriteData(id, true, body); err != nil {
 		return 0, err
 	}
 	h.calls++
@@ -190,51 +154,35 @@ func (h *Conn) Read(d time.Duration) Tally {
 		return seen[id]
 	}
 	h.c.SetReadDeadline(time.Now().Add(d))
-	var hdr [9]byte
 	var err error
 	for {
-		if _, err = io.ReadFull(h.c, hdr[:]); err != nil {
+		var f http2.Frame
+		if f, err = h.fr.ReadFrame(); err != nil {
 			break
 		}
-		n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-		typ, flags := hdr[3], hdr[4]
-		id := binary.BigEndian.Uint32(hdr[5:]) & 0x7fffffff
-		payload := make([]byte, n)
-		if _, err = io.ReadFull(h.c, payload); err != nil {
-			break
-		}
-		switch typ {
-		case frameSettings:
-			if flags&flagAck != 0 {
-				continue
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok && !f.IsAck() {
+				t.MaxConcurrentStreams = v
 			}
-			for i := 0; i+6 <= len(payload); i += 6 {
-				if binary.BigEndian.Uint16(payload[i:]) == settingMaxConcurrentStreams {
-					t.MaxConcurrentStreams = binary.BigEndian.Uint32(payload[i+2:])
-				}
-			}
-		case frameHeaders, frameContinuation:
-			s := get(id)
+		case *http2.HeadersFrame:
+			s := get(f.StreamID)
 			s.headers = true
-			if flags&flagEndStream != 0 {
-				s.ended = true
-			}
-		case frameData:
-			s := get(id)
+			s.ended = s.ended || f.StreamEnded()
+		case *http2.ContinuationFrame:
+			get(f.StreamID).headers = true
+		case *http2.DataFrame:
+			s := get(f.StreamID)
 			s.data = true
-			t.DataBytes += n
-			if flags&flagEndStream != 0 {
-				s.ended = true
-			}
-		case frameRSTStream:
-			s := get(id)
+			t.DataBytes += len(f.Data())
+			s.ended = s.ended || f.StreamEnded()
+		case *http2.RSTStreamFrame:
+			s := get(f.StreamID)
 			s.reset = true
-			if len(payload) >= 4 {
-				s.rst = binary.BigEndian.Uint32(payload)
-			}
-		case frameGoAway:
+			s.rst = uint32(f.ErrCode)
+		case *http2.GoAwayFrame:
 			t.GoAway = true
-		case framePing:
+		case *http2.PingFrame:
 			// Deliberately unanswered: a client that does not read.
 		}
 	}
