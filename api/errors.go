@@ -20,7 +20,10 @@ import (
 //   - VERSION_MISMATCH, FENCE_FAILED, STALE_TOKEN, NOT_INTEGER,
 //     STALE_SEQUENCE, SEQUENCE_REUSED -> FailedPrecondition: the state does
 //     not allow it; retrying the same request will not help.
-//   - INVALID_ARGUMENT -> InvalidArgument; LIMIT_EXCEEDED -> ResourceExhausted.
+//   - INVALID_ARGUMENT -> InvalidArgument; LIMIT_EXCEEDED, DISK_FULL,
+//     QUOTA_EXCEEDED -> ResourceExhausted (the last two: refused before
+//     anything was proposed, because a member's data dir is full or over
+//     --quota-bytes).
 //   - NOT_LEADER -> Unavailable: nothing was proposed, safe to retry anywhere.
 //   - PERMISSION_DENIED -> PermissionDenied; UNAUTHENTICATED, AUTH_FAILED,
 //     TOKEN_EXPIRED -> Unauthenticated (TOKEN_EXPIRED: sign in again);
@@ -55,6 +58,9 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 	kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED:     codes.FailedPrecondition,
 	// Never sent as such: api.propose turns it into NOT_LEADER.
 	kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE: codes.Unavailable,
+
+	kvpb.ErrorCode_ERROR_CODE_DISK_FULL:      codes.ResourceExhausted,
+	kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED: codes.ResourceExhausted,
 }
 
 // GRPCCode returns the gRPC code kvd uses for an error code.

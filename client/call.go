@@ -305,6 +305,10 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 				// The server forgot the first result: it was applied, but
 				// what it answered is lost.
 				return zero, indeterminate(r.err, nil)
+			case (code == kvpb.ErrorCode_ERROR_CODE_DISK_FULL || code == kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED) && maybe:
+				// This attempt was refused before the log, but an earlier
+				// one may have been applied.
+				return zero, indeterminate(r.err, nil)
 			case code == kvpb.ErrorCode_ERROR_CODE_OK && maybe:
 				// Not a kvd answer (e.g. an internal error) after an attempt
 				// that may have been applied.

@@ -83,6 +83,14 @@ var (
 	// body. The client library never does this; a caller numbering its own
 	// commands has a bug.
 	ErrSequenceReused error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED}
+	// ErrDiskFull: a member's data dir is full; the write was refused
+	// before it reached the log. Deletes may still be accepted. Writes
+	// resume by themselves once the member has room again.
+	ErrDiskFull error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_DISK_FULL}
+	// ErrQuotaExceeded: a member's data dir holds its --quota-bytes or more;
+	// the write was refused before it reached the log. Deletes are still
+	// accepted.
+	ErrQuotaExceeded error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED}
 
 	// ErrPermissionDenied: the user's roles do not grant the operation.
 	ErrPermissionDenied error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED}
@@ -171,6 +179,11 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	// The server answers NOT_LEADER in its place; should one arrive, nothing
 	// was applied, so it is retried like NOT_LEADER.
 	kvpb.ErrorCode_ERROR_CODE_AUTH_REVISION_STALE: {ErrUnavailable, classRetry, "kvd: auth changed while the request was in flight"},
+	// Refused before proposing; final like etcd's NOSPACE: retrying at once
+	// cannot help, and every member answers the same while the leader's
+	// data dir is full.
+	kvpb.ErrorCode_ERROR_CODE_DISK_FULL:      {ErrDiskFull, classFinal, "kvd: data dir full"},
+	kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED: {ErrQuotaExceeded, classFinal, "kvd: data dir over its quota"},
 }
 
 // attemptResult is a classified failed attempt.

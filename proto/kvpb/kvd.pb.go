@@ -112,6 +112,10 @@ const (
 	ErrorCode_ERROR_CODE_AUTH_REVISION_STALE ErrorCode = 28
 	// Hostile or buggy clients.
 	ErrorCode_ERROR_CODE_SEQUENCE_REUSED ErrorCode = 30 // (session, seq) already used by a command with another body
+	// Storage (docs/design.md "A full disk"). Both are refusals before anything
+	// was proposed: the request was certainly not applied.
+	ErrorCode_ERROR_CODE_DISK_FULL      ErrorCode = 40 // this member's data dir cannot take more: free space, writes resume by themselves
+	ErrorCode_ERROR_CODE_QUOTA_EXCEEDED ErrorCode = 41 // the data dir holds --quota-bytes or more: delete, snapshot, or raise the quota
 )
 
 // Enum value maps for ErrorCode.
@@ -139,6 +143,8 @@ var (
 		27: "ERROR_CODE_AUTH_DISABLED",
 		28: "ERROR_CODE_AUTH_REVISION_STALE",
 		30: "ERROR_CODE_SEQUENCE_REUSED",
+		40: "ERROR_CODE_DISK_FULL",
+		41: "ERROR_CODE_QUOTA_EXCEEDED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_OK":                  0,
@@ -163,6 +169,8 @@ var (
 		"ERROR_CODE_AUTH_DISABLED":       27,
 		"ERROR_CODE_AUTH_REVISION_STALE": 28,
 		"ERROR_CODE_SEQUENCE_REUSED":     30,
+		"ERROR_CODE_DISK_FULL":           40,
+		"ERROR_CODE_QUOTA_EXCEEDED":      41,
 	}
 )
 
@@ -9505,7 +9513,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\x95\x05\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\xce\x05\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -9529,7 +9537,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x13ERROR_CODE_NO_ADMIN\x10\x1a\x12\x1c\n" +
 	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b\x12\"\n" +
 	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c\x12\x1e\n" +
-	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e*i\n" +
+	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e\x12\x18\n" +
+	"\x14ERROR_CODE_DISK_FULL\x10(\x12\x1d\n" +
+	"\x19ERROR_CODE_QUOTA_EXCEEDED\x10)*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +
