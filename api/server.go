@@ -43,6 +43,10 @@ type Backend interface {
 	// RenewSession renews a session with the next shared keepalive entry.
 	RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error)
 	Leader() (name, clientAddr string)
+	// WriteHealth says whether the member takes writes that add data: a nil
+	// error, or the refusal they get now (its data dir is full or over
+	// quota); the channel closes at the next change.
+	WriteHealth() (<-chan struct{}, error)
 	Limits() node.Limits
 	ElectionTimeout() time.Duration
 	// Done is closed when the member shuts down.
@@ -102,7 +106,14 @@ type Server struct {
 
 	mu       sync.Mutex
 	stopping bool
+	watching bool // watchWrites runs
 }
+
+// HealthWrites is the gRPC health service name that reports whether this
+// member takes writes that add data: NOT_SERVING while its data dir is full
+// or over its quota (reads, deletes and keepalives are still served). The
+// overall status ("") stays SERVING then: the member still answers.
+const HealthWrites = "kvd.writes"
 
 // errStopping ends waits when the server stops.
 var errStopping = errors.New("api: server stopping")
@@ -175,10 +186,42 @@ func New(b Backend, cfg Config) *Server {
 // Serve serves lis until Stop; it returns nil after Stop.
 func (s *Server) Serve(lis net.Listener) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.watchWrites()
 	if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
 	return nil
+}
+
+// watchWrites keeps the HealthWrites status in step with the backend until
+// the server stops (which turns every status NOT_SERVING).
+func (s *Server) watchWrites() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.watching {
+		return
+	}
+	s.watching = true
+	set := func() <-chan struct{} {
+		changed, refusal := s.b.WriteHealth()
+		st := healthpb.HealthCheckResponse_SERVING
+		if refusal != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		s.health.SetServingStatus(HealthWrites, st)
+		return changed
+	}
+	changed := set()
+	go func() {
+		for {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-changed:
+				changed = set()
+			}
+		}
+	}()
 }
 
 // Stop stops serving: health turns NOT_SERVING, long waits end, and

@@ -77,10 +77,11 @@ func (b *fakeBackend) RenewSession(ctx context.Context, id uint64) (*kvpb.Comman
 	}
 	return res.GetKeepAliveBatch().GetResults()[0], at, nil
 }
-func (b *fakeBackend) Leader() (string, string)       { return "fake", "" }
-func (b *fakeBackend) Limits() node.Limits            { return node.DefaultLimits() }
-func (b *fakeBackend) ElectionTimeout() time.Duration { return 50 * time.Millisecond }
-func (b *fakeBackend) Done() <-chan struct{}          { return b.done }
+func (b *fakeBackend) Leader() (string, string)              { return "fake", "" }
+func (b *fakeBackend) WriteHealth() (<-chan struct{}, error) { return nil, nil }
+func (b *fakeBackend) Limits() node.Limits                   { return node.DefaultLimits() }
+func (b *fakeBackend) ElectionTimeout() time.Duration        { return 50 * time.Millisecond }
+func (b *fakeBackend) Done() <-chan struct{}                 { return b.done }
 func (b *fakeBackend) Status(bool) *kvpb.StatusResponse {
 	return &kvpb.StatusResponse{Header: b.LocalHeader()}
 }

@@ -31,8 +31,9 @@ type fsmAdapter struct {
 	// the fsm's read lock there queued proposals behind each Apply.
 	logTime atomic.Int64
 
-	mu   sync.Mutex
-	wake chan struct{} // closed and replaced after every apply
+	mu         sync.Mutex
+	wake       chan struct{} // closed and replaced after every apply
+	restoreErr error         // the first failed Restore (checkRestored)
 }
 
 func newFSMAdapter(n *Node) *fsmAdapter {
@@ -133,11 +134,23 @@ func (fsmSnapshot) Release() {}
 func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 	start := time.Now()
 	if err := a.n.fsm.Restore(rc); err != nil {
+		a.mu.Lock()
+		if a.restoreErr == nil {
+			a.restoreErr = err
+		}
+		a.mu.Unlock()
 		return err
 	}
 	a.n.metrics.snapshotRestore.Observe(time.Since(start).Seconds())
 	a.afterRestore()
 	return nil
+}
+
+// firstRestoreErr is the error of the first Restore that failed, if any.
+func (a *fsmAdapter) firstRestoreErr() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.restoreErr
 }
 
 // afterRestore takes the applied index from the fsm (after a snapshot

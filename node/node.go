@@ -184,6 +184,18 @@ type Config struct {
 	// Join: start empty and wait to be added by `kvctl cluster add`.
 	Join bool
 
+	// QuotaBytes, when > 0, refuses writes that add data (QUOTA_EXCEEDED)
+	// while the data dir takes this many bytes on disk or more, as etcd's
+	// NOSPACE alarm does; deletes and other writes that add nothing are
+	// still accepted, so that space can be freed. 0: no quota. It must be at
+	// least two WAL segments.
+	QuotaBytes int64
+	// WALSegmentBytes is the size of a raft-wal segment, preallocated when
+	// it is created (default 64 MiB, raft-wal's own). The member keeps that
+	// much free for the next one: below it, writes that add data are refused
+	// (docs/design.md "A full disk").
+	WALSegmentBytes int
+
 	SnapshotThreshold uint64        // entries between snapshots, default 8192
 	SnapshotInterval  time.Duration // how often raft checks, default 30s
 	TrailingLogs      uint64        // default 10240
@@ -208,6 +220,10 @@ type Config struct {
 	// TestPeerDialAddrs overrides the address dialled for a peer (by name):
 	// the fault harness routes each directed link through its own proxy.
 	TestPeerDialAddrs map[string]string
+	// TestDiskReserve replaces the free space the member keeps in reserve:
+	// > 0 that many bytes, < 0 none, so that a test can fill the disk to
+	// the last byte and watch the stores run out.
+	TestDiskReserve int64
 
 	// --- In-process tests only. ---
 
@@ -226,6 +242,9 @@ type Config struct {
 func (cfg Config) withDefaults() Config {
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = 8192
+	}
+	if cfg.WALSegmentBytes == 0 {
+		cfg.WALSegmentBytes = DefaultWALSegmentBytes
 	}
 	if cfg.SnapshotInterval == 0 {
 		cfg.SnapshotInterval = 30 * time.Second
@@ -278,6 +297,14 @@ func (cfg Config) Validate() error {
 		return errors.New("config: peer TLS needs a certificate and CAs")
 	case cfg.LogStore != "" && cfg.LogStore != LogStoreWAL && cfg.LogStore != LogStoreBolt:
 		return fmt.Errorf("config: log store %q: want %q or %q", cfg.LogStore, LogStoreWAL, LogStoreBolt)
+	case cfg.WALSegmentBytes < minWALSegmentBytes || cfg.WALSegmentBytes > maxWALSegmentBytes:
+		return fmt.Errorf("config: wal-segment-bytes %d: want %d (1 MiB) to %d (1 GiB)",
+			cfg.WALSegmentBytes, minWALSegmentBytes, maxWALSegmentBytes)
+	case cfg.QuotaBytes < 0:
+		return fmt.Errorf("config: quota-bytes %d is negative (0: no quota)", cfg.QuotaBytes)
+	case cfg.QuotaBytes > 0 && cfg.QuotaBytes < 2*int64(cfg.WALSegmentBytes):
+		return fmt.Errorf("config: quota-bytes %d is less than two log segments (2 x wal-segment-bytes = %d): "+
+			"the log alone would fill it", cfg.QuotaBytes, 2*int64(cfg.WALSegmentBytes))
 	}
 	if cfg.Transport == nil {
 		if _, err := net.ResolveTCPAddr("tcp", cfg.PeerAddr); err != nil {
@@ -311,6 +338,14 @@ func (cfg Config) Validate() error {
 	}
 	return nil
 }
+
+// WAL segment sizes: raft-wal's default, and the range Validate accepts
+// (raft-wal keeps a segment's size limit in 32 bits and preallocates it).
+const (
+	DefaultWALSegmentBytes = 64 << 20
+	minWALSegmentBytes     = 1 << 20
+	maxWALSegmentBytes     = 1 << 30
+)
 
 // raftConfig builds raft's configuration from cfg (defaults applied).
 func (cfg Config) raftConfig() *raft.Config {
@@ -353,7 +388,9 @@ type Node struct {
 	raft     *raft.Raft
 	trans    raft.Transport
 	logStore raft.LogStore
-	stores   *stores  // nil with InMemoryStore
+	stores   *stores    // nil with InMemoryStore
+	disk     *diskGuard // nil with InMemoryStore
+	snaps    *spaceSnapshots
 	dataLock *os.File // flock on the data dir while open
 	notifyCh chan bool
 
@@ -455,6 +492,10 @@ func (n *Node) Start() (err error) {
 				closers[i]()
 			}
 		}
+		var ce *CorruptError
+		if errors.As(err, &ce) && ce.Advice == "" {
+			ce.Advice = corruptAdvice(n.cfg.DataDir, n.cfg.Name)
+		}
 	}()
 
 	hlog := newHCLogger(n.log, "raft")
@@ -536,6 +577,15 @@ func (n *Node) Start() (err error) {
 	if err != nil {
 		return fmt.Errorf("read raft state: %w", err)
 	}
+	listed, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	if n.disk != nil {
+		if err := checkSnapshotDirs(n.cfg.DataDir, listed); err != nil {
+			return err
+		}
+	}
 	if !existing && !n.cfg.Join && len(n.cfg.InitialCluster) > 0 {
 		var conf raft.Configuration
 		for _, p := range n.cfg.InitialCluster {
@@ -546,16 +596,29 @@ func (n *Node) Start() (err error) {
 			})
 		}
 		if err := raft.BootstrapCluster(rc, logs, stable, snaps, n.trans, conf); err != nil {
-			return fmt.Errorf("bootstrap cluster: %w", err)
+			return fmt.Errorf("bootstrap cluster: %w", dataDirErr(n.cfg.DataDir, err))
 		}
 	}
 	r, err := raft.NewRaft(rc, n.adapter, logs, stable, snaps, n.trans)
 	if err != nil {
-		return fmt.Errorf("start raft: %w", err)
+		if cerr := n.checkRestored(listed); cerr != nil {
+			return cerr
+		}
+		return fmt.Errorf("start raft: %w", dataDirErr(n.cfg.DataDir, err))
+	}
+	closers = append(closers, func() { r.Shutdown().Error() })
+	if err := n.checkRestored(listed); err != nil {
+		return err
 	}
 	n.raft = r
 	n.adapter.afterRestore() // raft may have restored a snapshot in NewRaft
 	n.watchLeaders()
+	if n.disk != nil {
+		// From now on store writes wait for space, and a member whose log
+		// cannot append stands for no election.
+		n.disk.setRaft(r)
+		n.goFunc(n.disk.run)
+	}
 	if n.mux != nil {
 		// Accept only now: the member check of peer TLS asks raft.
 		n.goFunc(n.mux.serve)
@@ -582,44 +645,95 @@ func (n *Node) Start() (err error) {
 }
 
 // openStores opens the log, stable and snapshot stores (in memory, or in
-// the data dir under its lock), and returns a func that closes them.
-func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, raft.SnapshotStore, func(), error) {
+// the data dir under its lock, watched by a diskGuard), and returns a func
+// that closes them.
+func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, *spaceSnapshots, func(), error) {
 	if n.cfg.InMemoryStore {
 		s := raft.NewInmemStore()
-		return timedLogStore{s, n.metrics.logAppend}, s, raft.NewInmemSnapshotStore(), func() {}, nil
+		n.snaps = &spaceSnapshots{SnapshotStore: raft.NewInmemSnapshotStore()}
+		return timedLogStore{s, n.metrics.logAppend}, s, n.snaps, func() {}, nil
 	}
-	if err := ensureDataDir(n.cfg.DataDir); err != nil {
+	dir := n.cfg.DataDir
+	if err := ensureDataDir(dir); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	lock, err := lockDataDir(n.cfg.DataDir)
+	lock, err := lockDataDir(dir)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	kind, err := chooseLogStore(n.cfg.DataDir, n.cfg.LogStore)
-	if err != nil {
-		lock.Close()
-		return nil, nil, nil, nil, err
-	}
-	st, err := openStores(n.cfg.DataDir, kind, hlog, n.metrics.logFsync)
+	kind, err := chooseLogStore(dir, n.cfg.LogStore)
 	if err != nil {
 		lock.Close()
 		return nil, nil, nil, nil, err
 	}
-	closeAll := func() { st.close(); lock.Close() }
-	n.log.Info("raft log store", "kind", kind, "dir", n.cfg.DataDir)
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, hlog.Named("snapshot"))
+	// Room for a couple of entries of the largest size in flight, and for
+	// the stores' metadata to grow.
+	slack := 2*int64(n.cfg.Limits.MaxRequestBytes) + 1<<20
+	var snaps *spaceSnapshots
+	newestSnapshot := func() int64 {
+		if snaps == nil {
+			return 0
+		}
+		if l, err := snaps.List(); err == nil && len(l) > 0 {
+			return l[0].Size
+		}
+		return 0
+	}
+	g := newDiskGuard(dir, n.cfg.Name, n.log, n.cfg.QuotaBytes, logReserve(kind, n.cfg.WALSegmentBytes), slack,
+		n.cfg.TestDiskReserve, newestSnapshot)
+	st, err := openStores(dir, kind, hlog, n.metrics.logFsync, g, n.cfg.WALSegmentBytes)
+	if err != nil {
+		lock.Close()
+		return nil, nil, nil, nil, err
+	}
+	closeAll := func() { g.stop(); st.close(); lock.Close() }
+	n.log.Info("raft log store", "kind", kind, "dir", dir)
+	fss, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog.Named("snapshot"))
 	if err != nil {
 		closeAll()
-		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", n.cfg.DataDir, err)
+		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", dir, dataDirErr(dir, err))
 	}
+	snaps = &spaceSnapshots{SnapshotStore: fss, g: g}
 	logs, err := raft.NewLogCache(512, timedLogStore{st.logs, n.metrics.logAppend})
 	if err != nil {
 		closeAll()
 		return nil, nil, nil, nil, fmt.Errorf("log cache: %w", err)
 	}
+	g.check() // refuse writes from the start if there is no room
 	n.stores = st
 	n.dataLock = lock
+	n.disk = g
+	n.snaps = snaps
 	return logs, st.stable, snaps, closeAll, nil
+}
+
+// checkRestored makes sure raft restored the newest snapshot in NewRaft.
+// When the newest cannot be opened or restored, raft quietly falls back to
+// an older one (whose following log may be gone) or fails with "failed to
+// load any existing snapshots": say which snapshot is damaged instead.
+func (n *Node) checkRestored(listed []*raft.SnapshotMeta) error {
+	if n.disk == nil || len(listed) == 0 {
+		return nil
+	}
+	newest := listed[0]
+	ids, errs := n.snaps.opened()
+	if len(ids) == 0 || ids[0] != newest.ID {
+		return nil // raft restored nothing (or not in this order): nothing to judge
+	}
+	dir := filepath.Join(n.cfg.DataDir, "snapshots", newest.ID)
+	where := fmt.Sprintf("snapshot at index %d", newest.Index)
+	if err := errs[newest.ID]; err != nil {
+		what := err.Error()
+		if what == "CRC mismatch" {
+			what = "its contents do not match the CRC-64 in meta.json"
+		}
+		return &CorruptError{File: filepath.Join(dir, "state.bin"), Offset: -1, Index: where, What: what}
+	}
+	if rerr := n.adapter.firstRestoreErr(); rerr != nil {
+		return &CorruptError{File: filepath.Join(dir, "state.bin"), Offset: -1, Index: where,
+			What: "it cannot be restored: " + rerr.Error()}
+	}
+	return nil
 }
 
 // goFunc runs f in a goroutine owned by the node; Shutdown waits for it.
@@ -673,6 +787,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 
 	// Stop loops and long waits first so GracefulStop is not held up.
 	n.cancel()
+	if n.disk != nil {
+		// Store writes waiting for space give up, so that raft can stop.
+		// (If one was storing raft's term, raft panics: the term was never
+		// stored nor used, so nothing is lost.)
+		n.disk.stop()
+	}
 	done := make(chan struct{})
 	go func() {
 		n.internal.GracefulStop()

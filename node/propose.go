@@ -57,6 +57,9 @@ type Applied struct {
 // Errors are *Error: NOT_LEADER when the entry was not accepted,
 // INDETERMINATE when its outcome is unknown.
 func (n *Node) applyLocal(ctx context.Context, e *epoch, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
+	if err := n.refuseWrite(cmd); err != nil {
+		return nil, Applied{}, err
+	}
 	cmd.Stamp = n.stamp(e)
 	cmd.Limits = n.limits
 	data, err := proto.Marshal(cmd)
@@ -110,12 +113,17 @@ func (n *Node) proposeHere(ctx context.Context, cmd *kvpb.Command) (*kvpb.Comman
 // Propose runs cmd through the log: locally when this node is leader,
 // otherwise through the leader's Internal.Propose on its peer port. It
 // returns the fsm's result (whatever its code), where the entry landed, and
-// errors that are *Error (NOT_LEADER: nothing was proposed; INDETERMINATE:
-// the outcome is unknown) or the context's.
+// errors that are *Error (NOT_LEADER: nothing was proposed; DISK_FULL,
+// QUOTA_EXCEEDED: nothing was proposed because this member's or the
+// leader's data dir is full or over quota; INDETERMINATE: the outcome is
+// unknown) or the context's.
 //
 // While no leader is known it waits (up to ctx) for one; NOT_LEADER answers
 // are retried, as nothing was proposed.
 func (n *Node) Propose(ctx context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, Applied, error) {
+	if err := n.refuseWrite(cmd); err != nil {
+		return nil, Applied{}, err
+	}
 	var lastErr error = errNotLeader
 	for attempt := 0; attempt < 5; attempt++ {
 		if attempt > 0 {

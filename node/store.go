@@ -14,6 +14,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	walfs "github.com/hashicorp/raft-wal/fs"
+	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/hashicorp/raft-wal/segment"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
@@ -112,18 +113,36 @@ func chooseLogStore(dir, want string) (string, error) {
 }
 
 // openStores opens the data dir's log and stable store (kind from
-// chooseLogStore). fsync observes each fsync of a WAL segment.
-func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer) (*stores, error) {
+// chooseLogStore), wrapped so that a full disk makes them wait or refuse
+// (see diskGuard). A WAL is checked for corruption before it is opened.
+// fsync observes each fsync of a WAL segment.
+func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer, g *diskGuard, segmentBytes int) (*stores, error) {
 	switch kind {
 	case LogStoreWAL:
 		wdir := filepath.Join(dir, walDirName)
 		if err := os.MkdirAll(wdir, 0o700); err != nil {
 			return nil, fmt.Errorf("raft log %s: %w", wdir, err)
 		}
-		w, err := wal.Open(wdir, wal.WithLogger(hlog.Named("wal")),
-			wal.WithSegmentFiler(segment.NewFiler(wdir, timedVFS{walfs.New(), fsync})))
+		sum, err := checkWAL(wdir)
 		if err != nil {
-			return nil, fmt.Errorf("open raft log %s: %w", wdir, err)
+			return nil, err
+		}
+		if sum.tailSealed {
+			hlog.Warn("the raft log's last segment was sealed but the next one was never recorded "+
+				"(a rotation that failed, e.g. for lack of space): recording it now",
+				"dir", wdir, "last_index", sum.tailLastIndex)
+			if err := recordTailRotation(wdir, sum, segmentBytes); err != nil {
+				return nil, err
+			}
+		}
+		w, err := wal.Open(wdir,
+			wal.WithLogger(hlog.Named("wal")),
+			wal.WithSegmentSize(segmentBytes),
+			wal.WithSegmentFiler(&spaceFiler{SegmentFiler: segment.NewFiler(wdir, timedVFS{walfs.New(), fsync}), dir: wdir, g: g}),
+			wal.WithMetaStore(&spaceMeta{MetaStore: &metadb.BoltMetaDB{}, g: g}),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("open raft log %s: %w", wdir, dataDirErr(dir, err))
 		}
 		// raft-wal syncs what it writes inside wal/; the entry for wal/
 		// itself is in the data dir.
@@ -131,7 +150,7 @@ func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer) 
 			w.Close()
 			return nil, err
 		}
-		return &stores{logs: w, stable: w, close: w.Close}, nil
+		return &stores{logs: &spaceLog{LogStore: w, g: g}, stable: &spaceStable{StableStore: w, g: g}, close: w.Close}, nil
 	case LogStoreBolt:
 		path := filepath.Join(dir, boltFileName)
 		bs, err := raftboltdb.New(raftboltdb.Options{
@@ -146,16 +165,37 @@ func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer) 
 			if errors.Is(err, bolterrors.ErrTimeout) {
 				return nil, fmt.Errorf("open raft log %s: locked by another process", path)
 			}
-			return nil, fmt.Errorf("open raft log %s: %w", path, err)
+			return nil, fmt.Errorf("open raft log %s: %w", path, dataDirErr(dir, err))
 		}
 		// bbolt syncs the file, not the directory entry that names it.
 		if err := syncDir(dir); err != nil {
 			bs.Close()
 			return nil, err
 		}
-		return &stores{logs: bs, stable: bs, close: bs.Close}, nil
+		return &stores{logs: &spaceLog{LogStore: bs, g: g}, stable: &spaceStable{StableStore: bs, g: g}, close: bs.Close}, nil
 	}
 	return nil, fmt.Errorf("log store %q: want %q or %q", kind, LogStoreWAL, LogStoreBolt)
+}
+
+// logReserve is what the log store may allocate at once: raft-wal
+// preallocates each new segment; bbolt grows its file in chunks of up to
+// 16 MiB (its default AllocSize).
+func logReserve(kind string, segmentBytes int) int64 {
+	if kind == LogStoreBolt {
+		return boltAllocSize
+	}
+	return int64(segmentBytes)
+}
+
+// boltAllocSize is bbolt's default DB.AllocSize.
+const boltAllocSize = 16 << 20
+
+// dataDirErr names a full data dir in err ("data dir full: ...").
+func dataDirErr(dir string, err error) error {
+	if noSpace(err) {
+		return fmt.Errorf("data dir full: %s: %w", dir, err)
+	}
+	return err
 }
 
 // lockDataDir takes an exclusive lock on the data dir for as long as the

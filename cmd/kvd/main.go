@@ -66,6 +66,8 @@ type serverFlags struct {
 	pprofAddr                                            string
 	metricsAddr                                          string
 	logStore                                             string
+	quotaBytes                                           int64
+	walSegmentBytes                                      int
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
 	devParentFD                                          int
@@ -123,6 +125,8 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.StringVar(&f.name, "name", "", "node name, unique in the cluster (also its Raft ID)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log and snapshots (created if missing)")
 	fs.StringVar(&f.logStore, "log-store", "", "Raft log store for a new data dir: wal (one fsync per append) or bolt (raft-boltdb); unset, an existing data dir keeps the store it holds, and naming the other one is refused")
+	fs.Int64Var(&f.quotaBytes, "quota-bytes", 0, "refuse writes that add data while the data dir takes this many bytes on disk or more (deletes are still accepted); 0: no quota")
+	fs.IntVar(&f.walSegmentBytes, "wal-segment-bytes", node.DefaultWALSegmentBytes, "size of a Raft log (WAL) segment, preallocated; this much is kept free for the next one")
 	fs.StringVar(&f.clientAddr, "client-addr", "127.0.0.1:2379", "gRPC listen address for clients")
 	fs.StringVar(&f.advertiseClient, "advertise-client-addr", "", "client address told to other nodes and clients (default --client-addr)")
 	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:2380", "peer port (Raft and the internal service between members): listen and advertised address")
@@ -179,6 +183,8 @@ func (f *serverFlags) config() (node.Config, error) {
 		Name:              f.name,
 		DataDir:           f.dataDir,
 		LogStore:          f.logStore,
+		QuotaBytes:        f.quotaBytes,
+		WALSegmentBytes:   f.walSegmentBytes,
 		ClientAddr:        f.clientAddr,
 		PeerAddr:          f.peerAddr,
 		Join:              f.join,

@@ -1,0 +1,5 @@
+package node
+
+import "syscall"
+
+func syscallENOSPC() error { return syscall.ENOSPC }
