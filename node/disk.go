@@ -170,6 +170,38 @@ func (g *diskGuard) retry(what string, op func() error) error {
 	}
 }
 
+// waitRoom waits (once raft runs) until no store write waits for space and
+// no append failed for lack of space since the reserve was last free, or
+// the guard stops.
+func (g *diskGuard) waitRoom(what string) error {
+	if !g.blocking.Load() {
+		return nil
+	}
+	t := time.NewTicker(diskCheckInterval)
+	defer t.Stop()
+	logged := false
+	for {
+		g.mu.Lock()
+		ok, why := g.stalls == 0 && g.logFailed == nil, g.logFailed
+		if why == nil {
+			why = g.stallErr
+		}
+		g.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if !logged {
+			g.log.Warn("data dir full: waiting for room", "dir", g.dir, "write", what, "err", why)
+			logged = true
+		}
+		select {
+		case <-g.done:
+			return fmt.Errorf("data dir full: %s: %s: %w", g.dir, what, why)
+		case <-t.C:
+		}
+	}
+}
+
 // appendFailed records a log append (or truncation) that failed for lack
 // of space: refuse writes and stand for no election until the reserve is
 // free again.

@@ -2,29 +2,43 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
-	"github.com/hashicorp/raft-wal/segment"
 	"github.com/hashicorp/raft-wal/types"
 )
 
 // The stores as raft sees them, wrapped so that a full disk makes the
 // member wait or refuse instead of wedging (see diskGuard).
 
-// spaceLog is the raft.LogStore under raft's LogCache. While a store write
-// waits for space, appends and truncations fail at once (raft then steps a
-// leader down, and a follower answers the leader "not stored"); an append
-// that fails for lack of space is reported to the guard. raft-wal and
-// raft-boltdb leave nothing of a failed append behind (raft-wal rolls its
-// writer back, bbolt its transaction), so raft may send the same entries
-// again later.
+// spaceLog is the raft.LogStore under raft's LogCache. An append that
+// fails for lack of space is reported to the guard (which refuses writes
+// and demotes the member) and returned to raft: a leader steps down, a
+// follower answers "not stored" and the leader sends the entries again
+// later. raft-wal and raft-boltdb leave nothing of a failed append behind
+// (raft-wal rolls its writer back and writes the batch again from the same
+// offset; bbolt rolls its transaction back). While a store write waits for
+// space, appends fail at once instead of queueing behind it.
+//
+// Two cases wait instead of failing, because raft cannot recover from the
+// failure: the append that follows a truncation of the log's tail (raft
+// truncates a conflicting suffix, then appends; when the append fails it
+// keeps the old last index, and the follower refuses the leader's entries
+// until it restarts), and the truncation itself while the disk is full
+// (raft-wal seals the tail before it truncates, and a seal cut short by a
+// full disk leaves a tail that takes no more entries).
 type spaceLog struct {
 	raft.LogStore
 	g *diskGuard
+	// truncated: the last change was a truncation of the tail, the next
+	// append must not fail.
+	truncated atomic.Bool
 }
 
 var _ raft.MonotonicLogStore = (*spaceLog)(nil)
@@ -35,20 +49,48 @@ func (l *spaceLog) StoreLogs(logs []*raft.Log) error {
 	if err := l.g.stalled(); err != nil {
 		return err
 	}
+	if l.truncated.Load() {
+		err := l.g.retry("append after truncating the log", func() error { return l.LogStore.StoreLogs(logs) })
+		if err == nil {
+			l.truncated.Store(false)
+		}
+		return l.named(err)
+	}
 	err := l.LogStore.StoreLogs(logs)
 	if err != nil && noSpace(err) {
 		l.g.appendFailed(err)
 	}
-	return err
+	return l.named(err)
 }
 
 func (l *spaceLog) DeleteRange(min, max uint64) error {
-	if err := l.g.stalled(); err != nil {
+	first, err := l.LogStore.FirstIndex()
+	if err != nil {
 		return err
 	}
-	err := l.LogStore.DeleteRange(min, max)
-	if err != nil && noSpace(err) {
-		l.g.appendFailed(err)
+	last, err := l.LogStore.LastIndex()
+	if err != nil {
+		return err
+	}
+	if min <= first || max < last {
+		// A head truncation (after a snapshot, or of the whole log when a
+		// snapshot is installed): it frees space.
+		return l.named(l.LogStore.DeleteRange(min, max))
+	}
+	if err := l.g.waitRoom("truncate the log's tail"); err != nil {
+		return err
+	}
+	err = l.g.retry("truncate the log's tail", func() error { return l.LogStore.DeleteRange(min, max) })
+	if err == nil {
+		l.truncated.Store(true)
+	}
+	return l.named(err)
+}
+
+// named says "data dir full" in an error for lack of space.
+func (l *spaceLog) named(err error) error {
+	if err != nil && noSpace(err) && !strings.HasPrefix(err.Error(), "data dir full") {
+		return fmt.Errorf("data dir full: %s: %w", l.g.dir, err)
 	}
 	return err
 }
@@ -75,33 +117,34 @@ func (s *spaceStable) SetUint64(key []byte, val uint64) error {
 	return s.g.retry("store raft's "+string(key), func() error { return s.StableStore.SetUint64(key, val) })
 }
 
-// spaceFiler waits for space to create a WAL segment. Left to itself,
-// raft-wal's rotation gives up after one failed attempt, and its tail then
-// stays sealed: every later append fails with "segment is sealed" until the
-// process restarts.
-type spaceFiler struct {
-	types.SegmentFiler
-	dir string
-	g   *diskGuard
+// spaceVFS creates WAL segments without preallocating them when the disk
+// has no room for that. Left to itself, raft-wal gives up a rotation whose
+// new segment cannot be preallocated, and its sealed tail then refuses
+// every append ("segment is sealed") until the process restarts. A segment
+// that is not preallocated grows as entries are written; an append that
+// finds no room fails and is written again later (see spaceLog).
+type spaceVFS struct {
+	types.VFS
+	g *diskGuard
 }
 
-func (f *spaceFiler) Create(info types.SegmentInfo) (types.SegmentWriter, error) {
-	name := segment.FileName(info)
-	var w types.SegmentWriter
-	err := f.g.retry("create log segment "+name, func() error {
+func (v *spaceVFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
+	f, err := v.VFS.Create(dir, name, size)
+	if err == nil || !noSpace(err) || size == 0 {
+		return f, err
+	}
+	// raft-wal created the file (O_EXCL) and then failed to preallocate
+	// it; nothing was written to it. Remove it and create it again, empty.
+	if rerr := os.Remove(filepath.Join(dir, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return nil, err
+	}
+	v.g.log.Warn("data dir full: creating a log segment without preallocating it", "dir", dir, "segment", name, "err", err)
+	err = v.g.retry("create log segment "+name, func() error {
 		var err error
-		w, err = f.SegmentFiler.Create(info)
-		if err != nil && noSpace(err) {
-			// raft-wal created the file (O_EXCL) and then failed to
-			// preallocate it; it stays behind and would make the next
-			// attempt fail with "file exists". Nothing was written to it.
-			if rerr := os.Remove(filepath.Join(f.dir, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				f.g.log.Warn("cannot remove a half-created log segment", "file", name, "err", rerr)
-			}
-		}
+		f, err = v.VFS.Create(dir, name, 0)
 		return err
 	})
-	return w, err
+	return f, err
 }
 
 // spaceMeta waits for space to commit the WAL's metadata (segment list).

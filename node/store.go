@@ -138,7 +138,7 @@ func openStores(dir, kind string, hlog hclog.Logger, fsync prometheus.Observer, 
 		w, err := wal.Open(wdir,
 			wal.WithLogger(hlog.Named("wal")),
 			wal.WithSegmentSize(segmentBytes),
-			wal.WithSegmentFiler(&spaceFiler{SegmentFiler: segment.NewFiler(wdir, timedVFS{walfs.New(), fsync}), dir: wdir, g: g}),
+			wal.WithSegmentFiler(segment.NewFiler(wdir, &spaceVFS{VFS: timedVFS{walfs.New(), fsync}, g: g})),
 			wal.WithMetaStore(&spaceMeta{MetaStore: &metadb.BoltMetaDB{}, g: g}),
 		)
 		if err != nil {

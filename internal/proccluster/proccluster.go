@@ -97,6 +97,9 @@ type Options struct {
 	// Kvd runs this kvd binary instead of one built from ./cmd/kvd (to
 	// measure another build, e.g. one from before a change).
 	Kvd string
+	// DataDir, when set, names the data dir of each node (by name, "n1"...),
+	// e.g. one on a small filesystem of its own; default Dir/name.
+	DataDir func(name string) string
 }
 
 var (
@@ -261,6 +264,9 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 			c:          c,
 		}
 		nd.DataDir = filepath.Join(c.Dir, nd.Name)
+		if opts.DataDir != nil {
+			nd.DataDir = opts.DataDir(nd.Name)
+		}
 		c.Nodes = append(c.Nodes, nd)
 		initial = append(initial, nd.Name+"="+nd.PeerAddr)
 	}
