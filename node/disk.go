@@ -284,7 +284,8 @@ func (g *diskGuard) check() {
 		used, uerr = dirBytes(g.dir)
 	}
 	snap := g.snapSize()
-	reserve := g.logReserve + snap + g.slack
+	need := g.logReserve + snap + g.slack
+	reserve := need // below it, writes that add data are refused
 	switch {
 	case g.testFixed > 0:
 		reserve = g.testFixed
@@ -297,7 +298,9 @@ func (g *diskGuard) check() {
 	if uerr != nil {
 		g.log.Warn("cannot measure the size of the data dir", "dir", g.dir, "err", uerr)
 	}
-	roomy := ferr == nil && free >= reserve
+	// A failure for lack of space is forgotten once what the stores may
+	// need next is free (whatever the test reserve).
+	roomy := ferr == nil && free >= need
 
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -310,9 +313,9 @@ func (g *diskGuard) check() {
 	case g.stalls > 0:
 		why = fmt.Sprintf("a store write waits for space (%v)", g.stallErr)
 	case g.logFailed != nil:
-		why = fmt.Sprintf("a log append failed (%v) and only %s is free, %s is kept in reserve", g.logFailed, bytesText(free), bytesText(reserve))
+		why = fmt.Sprintf("a log append failed (%v) and only %s is free, %s is needed", g.logFailed, bytesText(free), bytesText(need))
 	case g.snapFailed != nil:
-		why = fmt.Sprintf("a snapshot failed (%v) and only %s is free, %s is kept in reserve", g.snapFailed, bytesText(free), bytesText(reserve))
+		why = fmt.Sprintf("a snapshot failed (%v) and only %s is free, %s is needed", g.snapFailed, bytesText(free), bytesText(need))
 	case ferr == nil && free < reserve:
 		why = fmt.Sprintf("%s free, less than the %s kept in reserve (next log allocation %s, newest snapshot %s, slack %s)",
 			bytesText(free), bytesText(reserve), bytesText(g.logReserve), bytesText(snap), bytesText(g.slack))
