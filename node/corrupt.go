@@ -179,8 +179,11 @@ func scanSegment(path string, info types.SegmentInfo, tail bool) (*segScan, erro
 	first := func() uint64 { return info.BaseIndex + uint64(r.committed) }
 	batchIndexes := func() string {
 		lo, hi := first(), info.BaseIndex+uint64(len(r.entries))
-		if hi <= lo {
+		switch {
+		case hi <= lo:
 			return fmt.Sprintf("entries from %d on", lo)
+		case hi == lo+1:
+			return fmt.Sprintf("entry %d", lo)
 		}
 		return fmt.Sprintf("entries %d-%d", lo, hi-1)
 	}
