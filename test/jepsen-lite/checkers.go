@@ -694,7 +694,10 @@ func checkComputeRuns(v *Verdict, ops []Op) {
 func isAvailabilityError(op Op) bool {
 	switch op.Code {
 	case "", kvpb.ErrorCode_ERROR_CODE_NOT_LEADER.String(), kvpb.ErrorCode_ERROR_CODE_INDETERMINATE.String(),
-		kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED.String(), kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED.String():
+		kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED.String(), kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED.String(),
+		// The disk-full fault: a member refuses writes that add data (a
+		// fill lease, a store) while its data dir is full.
+		kvpb.ErrorCode_ERROR_CODE_DISK_FULL.String(), kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED.String():
 		return true
 	}
 	return false

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/internal/proccluster"
+	"github.com/kvdproject/kvd/internal/tmpfs"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
@@ -39,6 +40,9 @@ type Harness struct {
 	clientProxy []*Proxy
 	links       [][]*Proxy
 	logf        func(string, ...any)
+	// disks[i] is node i's own small filesystem (its data dir is
+	// disks[i]/data), nil without HarnessConfig.DiskBytes.
+	disks []string
 
 	mu      sync.Mutex
 	offsets []time.Duration // --test-clock-offset per node
@@ -67,6 +71,10 @@ type HarnessConfig struct {
 	// node's certificate, mutual TLS between members (see --tls).
 	Certs *pki.DevFiles
 	Logf  func(string, ...any)
+	// DiskBytes, when > 0, puts each node's data dir on a tmpfs of this
+	// size of its own (the disk-full fault fills it). NewHarness fails with
+	// an error matching tmpfs.ErrNotPermitted where mounting is refused.
+	DiskBytes int64
 }
 
 // NewHarness allocates ports, starts the proxies and defines the nodes; it
@@ -85,6 +93,20 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 		failed: make(chan struct{}), closed: make(chan struct{})}
 	h.pc = proccluster.NewCluster(cfg.Kvd, cfg.Dir, cfg.Logf)
 	h.pc.Certs = cfg.Certs // the harness's own Status calls speak TLS too
+	if cfg.DiskBytes > 0 {
+		for i := 0; i < n; i++ {
+			mnt := filepath.Join(cfg.Dir, nodeName(i)+"-disk")
+			err := os.MkdirAll(mnt, 0o755)
+			if err == nil {
+				err = tmpfs.Mount(mnt, cfg.DiskBytes)
+			}
+			if err != nil {
+				h.Close()
+				return nil, err
+			}
+			h.disks = append(h.disks, mnt)
+		}
+	}
 	realClient := make([]string, n)
 	realPeer := make([]string, n)
 	for i := 0; i < n; i++ {
@@ -130,6 +152,9 @@ func NewHarness(cfg HarnessConfig) (*Harness, error) {
 			}
 		}
 		dataDir := filepath.Join(cfg.Dir, nodeName(i))
+		if h.disks != nil {
+			dataDir = filepath.Join(h.disks[i], "data")
+		}
 		args := append([]string{
 			"--name", nodeName(i),
 			"--data-dir", dataDir,
@@ -403,12 +428,43 @@ func (h *Harness) KillAll() {
 	wg.Wait()
 }
 
-// Close kills the nodes and closes the proxies.
+// FillDisk fills node i's own filesystem (outside its data dir) until
+// nothing is free, and returns how many bytes that took.
+func (h *Harness) FillDisk(i int) (int64, error) {
+	if h.disks == nil {
+		return 0, errors.New("no filesystem of its own: the harness runs without DiskBytes")
+	}
+	return tmpfs.Fill(filepath.Join(h.disks[i], "filler"), 0)
+}
+
+// FreeDisk gives back what FillDisk took.
+func (h *Harness) FreeDisk(i int) error {
+	if h.disks == nil {
+		return nil
+	}
+	err := os.Remove(filepath.Join(h.disks[i], "filler"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// HasDisks reports whether every node has a filesystem of its own.
+func (h *Harness) HasDisks() bool { return h.disks != nil }
+
+// Close kills the nodes, closes the proxies and unmounts the nodes' own
+// filesystems.
 func (h *Harness) Close() {
 	h.closeOnce.Do(func() { close(h.closed) })
 	if h.pc != nil {
 		h.KillAll()
 	}
+	for _, d := range h.disks {
+		if err := tmpfs.Unmount(d); err != nil && h.logf != nil {
+			h.logf("unmount %s: %v", d, err)
+		}
+	}
+	h.disks = nil
 	for _, p := range h.clientProxy {
 		p.Close()
 	}

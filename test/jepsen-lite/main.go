@@ -33,12 +33,18 @@ import (
 	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/internal/pki"
 	"github.com/kvdproject/kvd/internal/proccluster"
+	"github.com/kvdproject/kvd/internal/tmpfs"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 // defaultDuration is the smoke run's: enough for >= 30 faults and
 // >= 20,000 operations on two cores.
 const defaultDuration = 75 * time.Second
+
+// diskBytes is the size of each node's own filesystem when the disk-full
+// fault is on: room for a few 4 MiB log segments, snapshots and the reserve
+// the member keeps free.
+const diskBytes = 128 << 20
 
 // Config is one run's settings (the flags).
 type Config struct {
@@ -231,7 +237,28 @@ func Run(cfg Config) (*Summary, error) {
 			return nil, err
 		}
 	}
-	h, err := NewHarness(HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Env: env, Certs: certs, Logf: lg})
+	hc := HarnessConfig{Kvd: cfg.Kvd, Dir: clusterDir, Nodes: cfg.Nodes, ExtraArgs: extra, Env: env, Certs: certs, Logf: lg}
+	kinds := cfg.Kinds
+	if len(kinds) == 0 {
+		kinds = faultKinds
+	}
+	if slices.Contains(kinds, "disk-full") {
+		// Each data dir on a filesystem of its own, with small log
+		// segments so that it holds several.
+		hc.DiskBytes = diskBytes
+		hc.ExtraArgs = append(slices.Clone(extra), "--wal-segment-bytes", fmt.Sprint(4<<20))
+	}
+	h, err := NewHarness(hc)
+	if errors.Is(err, tmpfs.ErrNotPermitted) {
+		lg("disk-full: skipped: %v", err)
+		kinds = slices.DeleteFunc(slices.Clone(kinds), func(k string) bool { return k == "disk-full" })
+		if len(kinds) == 0 {
+			return nil, fmt.Errorf("--faults disk-full: %w", err)
+		}
+		cfg.Kinds = kinds
+		hc.DiskBytes, hc.ExtraArgs = 0, extra
+		h, err = NewHarness(hc)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -325,6 +352,11 @@ func Run(cfg Config) (*Summary, error) {
 
 	// Heal everything, kill all, restart: durability.
 	h.HealNetwork()
+	for i := 0; i < cfg.Nodes; i++ {
+		if err := h.FreeDisk(i); err != nil {
+			lg("free %s's disk: %v", nodeName(i), err)
+		}
+	}
 	for i := 0; i < cfg.Nodes; i++ {
 		h.Node(i).Resume()
 		h.SetClockOffset(i, 0)

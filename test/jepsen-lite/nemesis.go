@@ -19,6 +19,7 @@ var faultKinds = []string{
 	"client-cut", "client-delay", "link-delay", "reset",
 	"clock", "membership", "transfer-leader", "snapshot",
 	"hostile-client", "pause-holder",
+	"disk-full",
 }
 
 // Fault is one injected fault and how the cluster came back from it.
@@ -293,6 +294,22 @@ func (nm *Nemesis) inject(ctx context.Context, kind string) Fault {
 		}
 		hold = 0
 		heal = func() {}
+	case "disk-full":
+		// A node's own filesystem filled to the last byte, then given back.
+		i := pick
+		if nm.Rng.IntN(2) == 0 {
+			i = nm.leaderOr(pick)
+		}
+		filled, err := h.FillDisk(i)
+		f.Detail = fmt.Sprintf("%s: %d MiB filled", nodeName(i), filled>>20)
+		if err != nil {
+			f.Err = "fill: " + shortErr(err)
+		}
+		heal = func() {
+			if err := h.FreeDisk(i); err != nil {
+				f.Err += " free: " + shortErr(err)
+			}
+		}
 	}
 	if heal == nil { // unknown kind
 		f.Err = "unknown fault kind"
