@@ -164,6 +164,7 @@ type spaceSnapshots struct {
 	g *diskGuard
 
 	mu        sync.Mutex
+	done      bool             // the start-up check is over: stop recording
 	openErrs  map[string]error // by snapshot ID, the errors of Open
 	openOrder []string         // IDs in the order raft opened them
 }
@@ -186,20 +187,24 @@ func (s *spaceSnapshots) Create(version raft.SnapshotVersion, index, term uint64
 func (s *spaceSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	meta, rc, err := s.SnapshotStore.Open(id)
 	s.mu.Lock()
-	if s.openErrs == nil {
-		s.openErrs = map[string]error{}
+	if !s.done {
+		if s.openErrs == nil {
+			s.openErrs = map[string]error{}
+		}
+		s.openErrs[id] = err
+		s.openOrder = append(s.openOrder, id)
 	}
-	s.openErrs[id] = err
-	s.openOrder = append(s.openOrder, id)
 	s.mu.Unlock()
 	return meta, rc, err
 }
 
-// opened returns the IDs raft opened so far, in order, with their errors.
+// opened returns the IDs raft opened while it started, in order, with their
+// errors, and stops recording (raft opens snapshots later to send them).
 func (s *spaceSnapshots) opened() ([]string, map[string]error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]string(nil), s.openOrder...), s.openErrs
+	s.done = true
+	return s.openOrder, s.openErrs
 }
 
 // spaceSink reports a snapshot write that failed for lack of space.

@@ -24,7 +24,14 @@
 //     the leader lease.
 //   - Errors the node decides are *Error: NOT_LEADER when nothing was
 //     proposed (safe to retry), INDETERMINATE when a command's outcome is
-//     unknown.
+//     unknown, DISK_FULL and QUOTA_EXCEEDED when a command that adds data was
+//     refused, before it was proposed, because this member's or the
+//     leader's data dir is full or over --quota-bytes.
+//   - No store write may leave the log in a state it cannot leave (disk.go,
+//     diskstore.go): a member that cannot append steps down and stands for
+//     no election until it has room, and takes writes again by itself.
+//   - A data dir whose log or newest snapshot fails its checksums is refused
+//     at start with a *CorruptError (corrupt.go).
 //
 // The Config, Limits, Peer and Node signatures are stable: cmd/kvd, tests
 // and the fault harness depend on them.

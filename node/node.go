@@ -712,11 +712,11 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, *
 // an older one (whose following log may be gone) or fails with "failed to
 // load any existing snapshots": say which snapshot is damaged instead.
 func (n *Node) checkRestored(listed []*raft.SnapshotMeta) error {
+	ids, errs := n.snaps.opened()
 	if n.disk == nil || len(listed) == 0 {
 		return nil
 	}
 	newest := listed[0]
-	ids, errs := n.snaps.opened()
 	if len(ids) == 0 || ids[0] != newest.ID {
 		return nil // raft restored nothing (or not in this order): nothing to judge
 	}
