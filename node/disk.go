@@ -27,14 +27,15 @@ import (
 // keepalives, ticks) still go through, so space can be freed and sessions
 // live on.
 //
-// The stores' own writes never fail for lack of space once the node runs:
-// creating a log segment, committing the WAL's metadata and storing Raft's
-// term and vote wait and retry (see retry), so the WAL never ends in the
-// state raft-wal cannot leave (a sealed tail whose rotation failed). While
-// such a write waits, appends fail at once instead of queueing behind it,
-// and the member does not stand for election (demoted): a member that
-// cannot append would only win, fail its first entry, step down and start
-// over, one term after another.
+// When the disk really runs out, no store write may leave the log in a
+// state it cannot leave (diskstore.go): a log segment that cannot be
+// preallocated is created without; a log append that fails is rolled back
+// and reported (appendFailed), and raft sends it again later; the writes
+// whose failure raft cannot recover from (its term and vote, the WAL's
+// segment list, the append after a tail truncation) wait and retry (retry).
+// A member whose append failed, or whose store write waits, stands for no
+// election (demoted): it would only win, fail its first entry, step down
+// and start over, one term after another.
 type diskGuard struct {
 	dir        string
 	name       string // the member's
