@@ -447,7 +447,12 @@ func (n *Node) refuseWrite(cmd *kvpb.Command) error {
 	if n.disk == nil || !addsData(cmd) {
 		return nil
 	}
-	return n.disk.refusal()
+	err := n.disk.refusal()
+	var e *Error
+	if errors.As(err, &e) && e.Code == kvpb.ErrorCode_ERROR_CODE_DISK_FULL {
+		n.NoteDiskFullRefusal()
+	}
+	return err
 }
 
 // WriteHealth reports whether this member takes writes that add data: a nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvdproject/kvd/internal/tmpfs"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -127,7 +128,7 @@ func TestReserveAndQuota(t *testing.T) {
 	dir := mountSmall(t, 4<<20)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	g := newDiskGuard(dir, "n1", logger, 3<<20, 1<<20, 0, 0, func() int64 { return 0 })
-	n := &Node{disk: g}
+	n := &Node{disk: g, metrics: newMetrics()}
 	put := &kvpb.Command{Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Key: []byte("k")}}}
 	del := &kvpb.Command{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Key: []byte("k")}}}
 	code := func(cmd *kvpb.Command) kvpb.ErrorCode {
@@ -159,6 +160,9 @@ func TestReserveAndQuota(t *testing.T) {
 	}
 	if err := n.refuseWrite(put); !strings.Contains(err.Error(), "data dir full: "+dir) {
 		t.Fatalf("refusal %q does not name the data dir %s", err, dir)
+	}
+	if got := testutil.ToFloat64(n.metrics.diskFullRefusals); got != 2 {
+		t.Fatalf("kvd_disk_full_refusals_total = %v after two refusals, want 2", got)
 	}
 	if c := code(del); c != kvpb.ErrorCode_ERROR_CODE_OK {
 		t.Fatalf("delete refused with %v", c)
