@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -282,7 +283,7 @@ type failingMeta struct {
 
 func (m *failingMeta) CommitState(st types.PersistentState) error {
 	if m.fail {
-		return fmt.Errorf("commit: %w", os.NewSyscallError("pwrite", errNoSpace))
+		return fmt.Errorf("commit: %w", os.NewSyscallError("pwrite", syscall.ENOSPC))
 	}
 	return m.BoltMetaDB.CommitState(st)
 }
@@ -348,8 +349,6 @@ func TestCorruptAdviceNamesMember(t *testing.T) {
 		}
 	}
 }
-
-var errNoSpace = syscallENOSPC()
 
 // noObserver discards what the stores measure.
 type noObserver struct{}

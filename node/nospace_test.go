@@ -1,5 +1,0 @@
-package node
-
-import "syscall"
-
-func syscallENOSPC() error { return syscall.ENOSPC }
