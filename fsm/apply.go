@@ -259,10 +259,14 @@ func (s *state) expire() {
 // handleDeadline applies one due deadline. It checks the object still has
 // that deadline, so a stale index entry is harmless.
 func (s *state) handleDeadline(d deadline) {
+	if d.kind != dlLockGrant {
+		defer s.because(causeExpired)()
+	}
 	switch d.kind {
 	case dlKey:
 		if it, ok := s.getKey(d.name); ok && it.expiresAt == d.at {
 			s.delKey(d.name)
+			s.keyDeleted(it)
 		}
 	case dlSession:
 		if se := s.sessions[d.id]; se != nil && (se.expiresAt == d.at || bug("renewal-keeps-deadline")) {

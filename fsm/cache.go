@@ -183,7 +183,9 @@ func (s *state) store(req *kvpb.StoreRequest) *kvpb.CommandResult {
 		s.passLease(&c)
 		s.putCache(c)
 	} else {
+		restore := s.because(causeFill)
 		s.setValue(&c, req.Value, req.TtlMs, req.StaleMs, req.IsError)
+		restore()
 	}
 	c, _ = s.getCache(key)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Store{Store: &kvpb.StoreResponse{Entry: s.cacheProto(c, s.logTime)}}}
@@ -203,7 +205,9 @@ func (s *state) cacheSet(req *kvpb.CacheSetRequest) *kvpb.CommandResult {
 	if !ok {
 		c = cacheItem{key: key}
 	}
+	restore := s.because(causeSet)
 	s.setValue(&c, req.Value, req.TtlMs, req.StaleMs, false)
+	restore()
 	c, _ = s.getCache(key)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_CacheSet{CacheSet: &kvpb.CacheSetResponse{Entry: s.cacheProto(c, s.logTime)}}}
 }
@@ -212,6 +216,7 @@ func (s *state) cacheSet(req *kvpb.CacheSetRequest) *kvpb.CommandResult {
 // until the cache is within its byte bound. An evicted entry that has a
 // lease or waiters stays, without a value, so the fill goes on.
 func (s *state) evict(keep string) {
+	defer s.because(causeEvict)()
 	limit := s.counters.maxBytes
 	for limit > 0 && s.cacheBytes > limit {
 		var victim string

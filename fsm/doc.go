@@ -17,6 +17,17 @@
 // kind sits in one ordered index, so NextDeadline is O(log n) and expiry walks
 // only what is due.
 //
+// ApplyEvents also returns the changes the entry made (fsm.Event), in the
+// order it made them: puts and deletes of keys (TTL expiries marked),
+// session ends, lock grants, releases, handoffs, breaks and line changes,
+// and cache stores, fills, lease changes, invalidations, evictions and
+// expiries, each with the entry's index and log time and the item's new
+// state. Events are output, never state: the node keeps their history, the
+// snapshot does not change, and the same log gives the same events on every
+// replica. Deadlines that only move (keepalives, renewals, a new leader's
+// grace) are not events. WatchState is the matching snapshot of watched
+// items at one index.
+//
 // Invariants:
 //   - A fencing token or fill-lease token is the Raft index of the granting
 //     entry. A lock is granted at most once per applied entry, so tokens are

@@ -53,10 +53,25 @@ func New() *FSM {
 // cmd: a configuration change, a no-op) returns nil but still advances the
 // applied index. The node's raft adapter decides which entries carry commands.
 func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
+	res, _ := f.apply(index, cmd, false)
+	return res
+}
+
+// ApplyEvents is Apply that also returns the changes the entry made, in
+// the order it made them: every change to a key, lock, cache entry or
+// session, the expiries the entry's log time brought included (an entry
+// that changes nothing returns none). The same log gives the same events
+// on every replica. Collecting them changes nothing in the state.
+func (f *FSM) ApplyEvents(index uint64, cmd []byte) (*kvpb.CommandResult, []Event) {
+	return f.apply(index, cmd, true)
+}
+
+func (f *FSM) apply(index uint64, cmd []byte, collect bool) (*kvpb.CommandResult, []Event) {
 	f.mu.Lock()
 	s := f.s
 	s.index = index
 	clear(s.granted)
+	s.collect, s.events, s.cause = collect, nil, causeRequest
 	var res *kvpb.CommandResult
 	if cmd != nil {
 		res = s.applyCommand(cmd)
@@ -66,6 +81,8 @@ func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
 	}
 	touched, handoffs := s.touched, s.handoffs
 	s.touched, s.handoffs = nil, nil
+	events := s.events
+	s.events = nil
 	f.mu.Unlock()
 
 	f.fire(touched)
@@ -74,7 +91,7 @@ func (f *FSM) Apply(index uint64, cmd []byte) *kvpb.CommandResult {
 			f.onHandoff(index, gap)
 		}
 	}
-	return res
+	return res, events
 }
 
 // AppliedIndex is the index of the last applied entry.

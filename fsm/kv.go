@@ -63,6 +63,7 @@ func (s *state) write(key string, old kvItem, exists bool, value []byte, expires
 		it.version = old.version + 1
 	}
 	s.putKey(it)
+	s.keyPut(it, old, exists)
 	return it
 }
 
@@ -104,6 +105,7 @@ func (s *state) delete(req *kvpb.DeleteRequest) *kvpb.CommandResult {
 	var n uint64
 	if s.delKey(key) {
 		n = 1
+		s.keyDeleted(old)
 	}
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Delete{Delete: &kvpb.DeleteResponse{Deleted: n}}}
 }

@@ -213,6 +213,7 @@ func (s *state) breakLock(req *kvpb.BreakRequest) *kvpb.CommandResult {
 	if !ok || l.token == 0 {
 		return fail(kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, "lock %q is not held and has no pending lock-delay", name)
 	}
+	defer s.because(causeBreak)()
 	broken := l.token
 	l.brokenToken, l.brokenAt, l.brokenReason = broken, s.logTime, req.Reason
 	s.releaseLock(&l, true, s.logTime)

@@ -100,6 +100,10 @@ func (s *state) closeSession(req *kvpb.CloseSessionRequest) *kvpb.CommandResult 
 // when closed) and handed to the next waiter, its fill leases pass to the
 // next cache waiter, and its dedup table goes. All in name order.
 func (s *state) endSession(se *session, expired bool) {
+	if expired {
+		defer s.because(causeExpired)()
+	}
+	s.sessionEnded(se)
 	s.delDeadline(deadline{at: se.expiresAt, kind: dlSession, id: se.id})
 	delete(s.sessions, se.id) // from here on it is not live: no grant goes to it
 

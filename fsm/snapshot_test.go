@@ -305,7 +305,12 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-func BenchmarkApplyPut(b *testing.B) {
+func BenchmarkApplyPut(b *testing.B) { benchmarkApplyPut(b, false) }
+
+// BenchmarkApplyPutEvents is the node's path: the put's event is collected.
+func BenchmarkApplyPutEvents(b *testing.B) { benchmarkApplyPut(b, true) }
+
+func benchmarkApplyPut(b *testing.B, events bool) {
 	f := New()
 	cmd := &kvpb.Command{Stamp: t0, Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Key: []byte("key"), Value: bytes.Repeat([]byte("v"), 100)}}}
 	datas := make([][]byte, 1024)
@@ -319,7 +324,11 @@ func BenchmarkApplyPut(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		f.Apply(uint64(i), datas[i%len(datas)])
+		if events {
+			f.ApplyEvents(uint64(i), datas[i%len(datas)])
+		} else {
+			f.Apply(uint64(i), datas[i%len(datas)])
+		}
 	}
 }
 

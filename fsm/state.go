@@ -214,6 +214,9 @@ type state struct {
 	touched     []watchKey      // watches to fire after the entry
 	handoffs    []int64         // log-time gaps of the entry's grants to waiters
 	authChanged bool            // the entry changed auth state: publish a new AuthView
+	collect     bool            // record the entry's events (ApplyEvents)
+	events      []Event         // the entry's events, in the order it made them
+	cause       cause           // why the current step changes what it changes
 }
 
 func newState() *state {
@@ -292,6 +295,7 @@ func (s *state) putLock(l lockItem) {
 	if had {
 		s.unindexLock(old)
 	}
+	s.lockChanged(old, l)
 	if l.token == 0 && len(l.waiters) == 0 && l.delayUntil <= s.logTime {
 		if had {
 			s.locks.Delete(old)
@@ -349,10 +353,12 @@ func (s *state) getCache(key string) (cacheItem, bool) { return s.cache.Get(cach
 // putCache stores a cache entry (deleting it when it has no value, lease or
 // waiters) and keeps the indexes, byte count and sessions' sets in step.
 func (s *state) putCache(c cacheItem) {
-	if old, had := s.cache.Get(cacheItem{key: c.key}); had {
+	old, had := s.cache.Get(cacheItem{key: c.key})
+	if had {
 		s.unindexCache(old)
 		s.cache.Delete(old)
 	}
+	s.cacheChanged(old, c, false)
 	if c.hasValue || c.lease.token != 0 || len(c.waiters) > 0 {
 		s.cache.ReplaceOrInsert(c)
 		s.indexCache(c)
@@ -366,6 +372,7 @@ func (s *state) delCache(key string) bool {
 		s.unindexCache(old)
 		s.cache.Delete(old)
 		s.touch(WatchCache, key)
+		s.cacheChanged(old, old, true)
 	}
 	return had
 }

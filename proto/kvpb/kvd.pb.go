@@ -116,6 +116,16 @@ const (
 	// was proposed: the request was certainly not applied.
 	ErrorCode_ERROR_CODE_DISK_FULL      ErrorCode = 40 // this member's data dir cannot take more: free space, writes resume by themselves
 	ErrorCode_ERROR_CODE_QUOTA_EXCEEDED ErrorCode = 41 // the data dir holds --quota-bytes or more: delete, snapshot, or raise the quota
+	// Watch.
+	// The watch asked to continue after an index this node's history no longer
+	// holds, and asked for this error rather than a snapshot
+	// (out_of_range_error). ErrorInfo.field is "after_index" and
+	// ErrorInfo.limit the oldest after_index the node can continue from.
+	ErrorCode_ERROR_CODE_OUT_OF_RANGE ErrorCode = 45
+	// The watch fell behind its buffer, or the node's history was replaced by
+	// a snapshot it installed: resume after the index of the CANCELED message
+	// (the Go client does so itself).
+	ErrorCode_ERROR_CODE_WATCH_CANCELED ErrorCode = 46
 )
 
 // Enum value maps for ErrorCode.
@@ -145,6 +155,8 @@ var (
 		30: "ERROR_CODE_SEQUENCE_REUSED",
 		40: "ERROR_CODE_DISK_FULL",
 		41: "ERROR_CODE_QUOTA_EXCEEDED",
+		45: "ERROR_CODE_OUT_OF_RANGE",
+		46: "ERROR_CODE_WATCH_CANCELED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_OK":                  0,
@@ -171,6 +183,8 @@ var (
 		"ERROR_CODE_SEQUENCE_REUSED":     30,
 		"ERROR_CODE_DISK_FULL":           40,
 		"ERROR_CODE_QUOTA_EXCEEDED":      41,
+		"ERROR_CODE_OUT_OF_RANGE":        45,
+		"ERROR_CODE_WATCH_CANCELED":      46,
 	}
 )
 
@@ -352,6 +366,230 @@ func (x PermLevel) Number() protoreflect.EnumNumber {
 // Deprecated: Use PermLevel.Descriptor instead.
 func (PermLevel) EnumDescriptor() ([]byte, []int) {
 	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{4}
+}
+
+// WatchTarget is what a watch is on; each has its own namespace of keys.
+type WatchTarget int32
+
+const (
+	WatchTarget_WATCH_TARGET_KEYS     WatchTarget = 0 // KV keys
+	WatchTarget_WATCH_TARGET_LOCKS    WatchTarget = 1 // lock names
+	WatchTarget_WATCH_TARGET_CACHE    WatchTarget = 2 // cache keys
+	WatchTarget_WATCH_TARGET_SESSIONS WatchTarget = 3 // session ids, in decimal ("42")
+)
+
+// Enum value maps for WatchTarget.
+var (
+	WatchTarget_name = map[int32]string{
+		0: "WATCH_TARGET_KEYS",
+		1: "WATCH_TARGET_LOCKS",
+		2: "WATCH_TARGET_CACHE",
+		3: "WATCH_TARGET_SESSIONS",
+	}
+	WatchTarget_value = map[string]int32{
+		"WATCH_TARGET_KEYS":     0,
+		"WATCH_TARGET_LOCKS":    1,
+		"WATCH_TARGET_CACHE":    2,
+		"WATCH_TARGET_SESSIONS": 3,
+	}
+)
+
+func (x WatchTarget) Enum() *WatchTarget {
+	p := new(WatchTarget)
+	*p = x
+	return p
+}
+
+func (x WatchTarget) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchTarget) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[5].Descriptor()
+}
+
+func (WatchTarget) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[5]
+}
+
+func (x WatchTarget) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchTarget.Descriptor instead.
+func (WatchTarget) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{5}
+}
+
+// EventType says what changed. expired on the event marks a change made by
+// expiry in log time (a key's TTL, a session's, a wait's, a lease's, a cache
+// value's) rather than by a request.
+type EventType int32
+
+const (
+	EventType_EVENT_TYPE_UNSPECIFIED EventType = 0
+	// Keys.
+	EventType_EVENT_TYPE_PUT    EventType = 1 // Put or Add: kv is the key after the write
+	EventType_EVENT_TYPE_DELETE EventType = 2 // Delete, or (expired) the TTL ran out
+	// Sessions.
+	EventType_EVENT_TYPE_SESSION_END EventType = 10 // closed, or (expired) not kept alive
+	// Locks: lock is the lock after the change.
+	EventType_EVENT_TYPE_LOCK_GRANT   EventType = 20 // a free lock granted
+	EventType_EVENT_TYPE_LOCK_RELEASE EventType = 21 // the holder let go (release, cancel, session end) and nobody was next
+	EventType_EVENT_TYPE_LOCK_HANDOFF EventType = 22 // the holder let go and the head of the line was granted in the same entry
+	EventType_EVENT_TYPE_LOCK_BREAK   EventType = 23 // an operator broke the lock (lock may show the next holder)
+	EventType_EVENT_TYPE_LOCK_QUEUE   EventType = 24 // only the line of waiters changed
+	// Cache entries: cache is the entry after the change.
+	EventType_EVENT_TYPE_CACHE_STORE      EventType = 30 // a value set directly (Cache.Set)
+	EventType_EVENT_TYPE_CACHE_FILL       EventType = 31 // a value stored by the holder of the fill lease
+	EventType_EVENT_TYPE_CACHE_LEASE      EventType = 32 // the fill lease or the line of waiters changed, not the value
+	EventType_EVENT_TYPE_CACHE_INVALIDATE EventType = 33 // the entry was invalidated (removed)
+	EventType_EVENT_TYPE_CACHE_EVICT      EventType = 34 // the value was evicted by the size bound
+	EventType_EVENT_TYPE_CACHE_EXPIRE     EventType = 35 // the value passed its fresh and stale windows
+	// A snapshot item: what exists at the snapshot's index (not a change).
+	EventType_EVENT_TYPE_STATE EventType = 40
+)
+
+// Enum value maps for EventType.
+var (
+	EventType_name = map[int32]string{
+		0:  "EVENT_TYPE_UNSPECIFIED",
+		1:  "EVENT_TYPE_PUT",
+		2:  "EVENT_TYPE_DELETE",
+		10: "EVENT_TYPE_SESSION_END",
+		20: "EVENT_TYPE_LOCK_GRANT",
+		21: "EVENT_TYPE_LOCK_RELEASE",
+		22: "EVENT_TYPE_LOCK_HANDOFF",
+		23: "EVENT_TYPE_LOCK_BREAK",
+		24: "EVENT_TYPE_LOCK_QUEUE",
+		30: "EVENT_TYPE_CACHE_STORE",
+		31: "EVENT_TYPE_CACHE_FILL",
+		32: "EVENT_TYPE_CACHE_LEASE",
+		33: "EVENT_TYPE_CACHE_INVALIDATE",
+		34: "EVENT_TYPE_CACHE_EVICT",
+		35: "EVENT_TYPE_CACHE_EXPIRE",
+		40: "EVENT_TYPE_STATE",
+	}
+	EventType_value = map[string]int32{
+		"EVENT_TYPE_UNSPECIFIED":      0,
+		"EVENT_TYPE_PUT":              1,
+		"EVENT_TYPE_DELETE":           2,
+		"EVENT_TYPE_SESSION_END":      10,
+		"EVENT_TYPE_LOCK_GRANT":       20,
+		"EVENT_TYPE_LOCK_RELEASE":     21,
+		"EVENT_TYPE_LOCK_HANDOFF":     22,
+		"EVENT_TYPE_LOCK_BREAK":       23,
+		"EVENT_TYPE_LOCK_QUEUE":       24,
+		"EVENT_TYPE_CACHE_STORE":      30,
+		"EVENT_TYPE_CACHE_FILL":       31,
+		"EVENT_TYPE_CACHE_LEASE":      32,
+		"EVENT_TYPE_CACHE_INVALIDATE": 33,
+		"EVENT_TYPE_CACHE_EVICT":      34,
+		"EVENT_TYPE_CACHE_EXPIRE":     35,
+		"EVENT_TYPE_STATE":            40,
+	}
+)
+
+func (x EventType) Enum() *EventType {
+	p := new(EventType)
+	*p = x
+	return p
+}
+
+func (x EventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[6].Descriptor()
+}
+
+func (EventType) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[6]
+}
+
+func (x EventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventType.Descriptor instead.
+func (EventType) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{6}
+}
+
+// WatchMessageKind says what a streamed message is.
+type WatchMessageKind int32
+
+const (
+	WatchMessageKind_WATCH_MESSAGE_KIND_UNSPECIFIED WatchMessageKind = 0
+	// The first message: the stream continues after index (from now: the
+	// read index). snapshot says whether a snapshot comes first.
+	WatchMessageKind_WATCH_MESSAGE_KIND_CREATED WatchMessageKind = 1
+	// Part of a snapshot: STATE events of the watched items as of index.
+	WatchMessageKind_WATCH_MESSAGE_KIND_SNAPSHOT WatchMessageKind = 2
+	// The snapshot is complete; changes after index follow.
+	WatchMessageKind_WATCH_MESSAGE_KIND_SNAPSHOT_END WatchMessageKind = 3
+	// Changes in index order; every change up to index has been sent (the
+	// events may end part way through entry index + 1).
+	WatchMessageKind_WATCH_MESSAGE_KIND_EVENTS WatchMessageKind = 4
+	// No new change: every change up to index has been sent, and the node
+	// confirmed with the leader, after the previous PROGRESS, that it had
+	// applied every entry committed by then.
+	WatchMessageKind_WATCH_MESSAGE_KIND_PROGRESS WatchMessageKind = 5
+	// The last message of a stream that was cancelled (it fell behind its
+	// buffer, or the node installed a snapshot): resume after index (with
+	// skip, the count of events of entry index + 1 received). The status that
+	// follows is WATCH_CANCELED.
+	WatchMessageKind_WATCH_MESSAGE_KIND_CANCELED WatchMessageKind = 6
+)
+
+// Enum value maps for WatchMessageKind.
+var (
+	WatchMessageKind_name = map[int32]string{
+		0: "WATCH_MESSAGE_KIND_UNSPECIFIED",
+		1: "WATCH_MESSAGE_KIND_CREATED",
+		2: "WATCH_MESSAGE_KIND_SNAPSHOT",
+		3: "WATCH_MESSAGE_KIND_SNAPSHOT_END",
+		4: "WATCH_MESSAGE_KIND_EVENTS",
+		5: "WATCH_MESSAGE_KIND_PROGRESS",
+		6: "WATCH_MESSAGE_KIND_CANCELED",
+	}
+	WatchMessageKind_value = map[string]int32{
+		"WATCH_MESSAGE_KIND_UNSPECIFIED":  0,
+		"WATCH_MESSAGE_KIND_CREATED":      1,
+		"WATCH_MESSAGE_KIND_SNAPSHOT":     2,
+		"WATCH_MESSAGE_KIND_SNAPSHOT_END": 3,
+		"WATCH_MESSAGE_KIND_EVENTS":       4,
+		"WATCH_MESSAGE_KIND_PROGRESS":     5,
+		"WATCH_MESSAGE_KIND_CANCELED":     6,
+	}
+)
+
+func (x WatchMessageKind) Enum() *WatchMessageKind {
+	p := new(WatchMessageKind)
+	*p = x
+	return p
+}
+
+func (x WatchMessageKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchMessageKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[7].Descriptor()
+}
+
+func (WatchMessageKind) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[7]
+}
+
+func (x WatchMessageKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchMessageKind.Descriptor instead.
+func (WatchMessageKind) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{7}
 }
 
 // RequestHeader makes a mutating request exactly-once. session is a session
@@ -6840,6 +7078,348 @@ func (x *RoleRevokePermissionResponse) GetRole() *Role {
 	return nil
 }
 
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft index and log time of the entry that made the change (a snapshot
+	// item: the snapshot's).
+	Index   uint64      `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	LogTime int64       `protobuf:"varint,2,opt,name=log_time,json=logTime,proto3" json:"log_time,omitempty"`
+	Target  WatchTarget `protobuf:"varint,3,opt,name=target,proto3,enum=kvd.v1.WatchTarget" json:"target,omitempty"`
+	Type    EventType   `protobuf:"varint,4,opt,name=type,proto3,enum=kvd.v1.EventType" json:"type,omitempty"`
+	Key     []byte      `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
+	Expired bool        `protobuf:"varint,6,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Keys: the key's new metadata and value (PUT); for DELETE only key and
+	// mod_index (the deleting entry).
+	Kv *KeyValue `protobuf:"bytes,7,opt,name=kv,proto3" json:"kv,omitempty"`
+	// Keys, when the watch asked for it (prev_kv): the key before the change;
+	// unset when it did not exist.
+	PrevKv *KeyValue   `protobuf:"bytes,8,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	Lock   *LockInfo   `protobuf:"bytes,9,opt,name=lock,proto3" json:"lock,omitempty"`
+	Cache  *CacheEntry `protobuf:"bytes,10,opt,name=cache,proto3" json:"cache,omitempty"`
+	// SESSION_END: the session as it ended (its locks are released by the
+	// same entry: watch the locks to see them go).
+	Session       *SessionInfo `protobuf:"bytes,11,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *WatchEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetLogTime() int64 {
+	if x != nil {
+		return x.LogTime
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetTarget() WatchTarget {
+	if x != nil {
+		return x.Target
+	}
+	return WatchTarget_WATCH_TARGET_KEYS
+}
+
+func (x *WatchEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *WatchEvent) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetExpired() bool {
+	if x != nil {
+		return x.Expired
+	}
+	return false
+}
+
+func (x *WatchEvent) GetKv() *KeyValue {
+	if x != nil {
+		return x.Kv
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetPrevKv() *KeyValue {
+	if x != nil {
+		return x.PrevKv
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetLock() *LockInfo {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetCache() *CacheEntry {
+	if x != nil {
+		return x.Cache
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+type WatchRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Target WatchTarget            `protobuf:"varint,1,opt,name=target,proto3,enum=kvd.v1.WatchTarget" json:"target,omitempty"`
+	// A key, lock name, cache key or session id; with prefix, every one that
+	// starts with it ("" with prefix: all).
+	Key    []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Prefix bool   `protobuf:"varint,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Unset: from now. The node asks the leader for a read index and watches
+	// from it, so the stream starts at least as new as every write
+	// acknowledged before the call. Set: continue exactly after this index.
+	AfterIndex *uint64 `protobuf:"varint,4,opt,name=after_index,json=afterIndex,proto3,oneof" json:"after_index,omitempty"`
+	// With after_index: the stream that is being resumed already delivered
+	// the first `skip` matching events of entry after_index + 1 (one entry's
+	// events may span messages).
+	Skip uint32 `protobuf:"varint,5,opt,name=skip,proto3" json:"skip,omitempty"`
+	// Keys: send each event's prev_kv.
+	PrevKv bool `protobuf:"varint,6,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	// When after_index is older than this node's history: fail with
+	// OUT_OF_RANGE instead of starting with a snapshot.
+	OutOfRangeError bool `protobuf:"varint,7,opt,name=out_of_range_error,json=outOfRangeError,proto3" json:"out_of_range_error,omitempty"`
+	// Only events of these types (empty: all); STATE items of a snapshot are
+	// always sent.
+	Types []EventType `protobuf:"varint,8,rep,packed,name=types,proto3,enum=kvd.v1.EventType" json:"types,omitempty"`
+	// An idle stream gets a PROGRESS message about this often, once the node
+	// has confirmed with the leader that it is up to date (0: 1000 ms; never
+	// more often than the node's --watch-progress-interval).
+	ProgressMs    int64 `protobuf:"varint,9,opt,name=progress_ms,json=progressMs,proto3" json:"progress_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
+}
+
+func (x *WatchRequest) GetTarget() WatchTarget {
+	if x != nil {
+		return x.Target
+	}
+	return WatchTarget_WATCH_TARGET_KEYS
+}
+
+func (x *WatchRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+func (x *WatchRequest) GetAfterIndex() uint64 {
+	if x != nil && x.AfterIndex != nil {
+		return *x.AfterIndex
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetSkip() uint32 {
+	if x != nil {
+		return x.Skip
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetPrevKv() bool {
+	if x != nil {
+		return x.PrevKv
+	}
+	return false
+}
+
+func (x *WatchRequest) GetOutOfRangeError() bool {
+	if x != nil {
+		return x.OutOfRangeError
+	}
+	return false
+}
+
+func (x *WatchRequest) GetTypes() []EventType {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetProgressMs() int64 {
+	if x != nil {
+		return x.ProgressMs
+	}
+	return 0
+}
+
+type WatchResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Kind   WatchMessageKind       `protobuf:"varint,2,opt,name=kind,proto3,enum=kvd.v1.WatchMessageKind" json:"kind,omitempty"`
+	Index  uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	Events []*WatchEvent          `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
+	// CREATED: a snapshot comes first (after_index was older than the history).
+	Snapshot bool `protobuf:"varint,5,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// CANCELED: the events of entry index + 1 this stream already sent.
+	Skip          uint32 `protobuf:"varint,6,opt,name=skip,proto3" json:"skip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
+}
+
+func (x *WatchResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetKind() WatchMessageKind {
+	if x != nil {
+		return x.Kind
+	}
+	return WatchMessageKind_WATCH_MESSAGE_KIND_UNSPECIFIED
+}
+
+func (x *WatchResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetEvents() []*WatchEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *WatchResponse) GetSkip() uint32 {
+	if x != nil {
+		return x.Skip
+	}
+	return 0
+}
+
 // Command is the data of one Raft log entry. The leader sets stamp and
 // limits; everything else comes from the request.
 // Rule (proto/kvpb/rules_test.go): an op and the CommandResult.result
@@ -6894,7 +7474,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6906,7 +7486,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6919,7 +7499,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *Command) GetStamp() int64 {
@@ -7436,7 +8016,7 @@ type StateLimits struct {
 
 func (x *StateLimits) Reset() {
 	*x = StateLimits{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7448,7 +8028,7 @@ func (x *StateLimits) String() string {
 func (*StateLimits) ProtoMessage() {}
 
 func (x *StateLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7461,7 +8041,7 @@ func (x *StateLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateLimits.ProtoReflect.Descriptor instead.
 func (*StateLimits) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *StateLimits) GetMaxWaitersPerLock() uint32 {
@@ -7525,7 +8105,7 @@ type KeepAliveBatchOp struct {
 
 func (x *KeepAliveBatchOp) Reset() {
 	*x = KeepAliveBatchOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7537,7 +8117,7 @@ func (x *KeepAliveBatchOp) String() string {
 func (*KeepAliveBatchOp) ProtoMessage() {}
 
 func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7550,7 +8130,7 @@ func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *KeepAliveBatchOp) GetIds() []uint64 {
@@ -7571,7 +8151,7 @@ type KeepAliveBatchResult struct {
 
 func (x *KeepAliveBatchResult) Reset() {
 	*x = KeepAliveBatchResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7583,7 +8163,7 @@ func (x *KeepAliveBatchResult) String() string {
 func (*KeepAliveBatchResult) ProtoMessage() {}
 
 func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7596,7 +8176,7 @@ func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
@@ -7615,7 +8195,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7627,7 +8207,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7640,7 +8220,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -7655,7 +8235,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7667,7 +8247,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7680,7 +8260,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -7701,7 +8281,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7713,7 +8293,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7726,7 +8306,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -7759,7 +8339,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7771,7 +8351,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7784,7 +8364,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -7809,7 +8389,7 @@ type AuthEnableOp struct {
 
 func (x *AuthEnableOp) Reset() {
 	*x = AuthEnableOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7821,7 +8401,7 @@ func (x *AuthEnableOp) String() string {
 func (*AuthEnableOp) ProtoMessage() {}
 
 func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7834,7 +8414,7 @@ func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableOp.ProtoReflect.Descriptor instead.
 func (*AuthEnableOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *AuthEnableOp) GetHeader() *RequestHeader {
@@ -7895,7 +8475,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7907,7 +8487,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7920,7 +8500,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -8376,7 +8956,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8388,7 +8968,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8401,7 +8981,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -8422,7 +9002,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8434,7 +9014,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8447,7 +9027,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -8479,7 +9059,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8491,7 +9071,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8504,7 +9084,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
 }
 
 type ReadIndexResponse struct {
@@ -8520,7 +9100,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8532,7 +9112,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8545,7 +9125,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -8577,7 +9157,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8589,7 +9169,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8602,7 +9182,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
 }
 
 // SnapshotChunk is one part of a SnapshotSave stream: first info, then data
@@ -8621,7 +9201,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8633,7 +9213,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8646,7 +9226,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
 }
 
 func (x *SnapshotChunk) GetPart() isSnapshotChunk_Part {
@@ -8719,7 +9299,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8731,7 +9311,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8744,7 +9324,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
 }
 
 func (x *SnapshotInfo) GetHeader() *ResponseHeader {
@@ -8794,7 +9374,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8806,7 +9386,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8819,7 +9399,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
 }
 
 func (x *SnapshotTrailer) GetSha256() []byte {
@@ -8849,7 +9429,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8861,7 +9441,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8874,7 +9454,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -9368,7 +9948,41 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x06prefix\x18\x04 \x01(\fR\x06prefix\"p\n" +
 	"\x1cRoleRevokePermissionResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
-	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\xb6\x0f\n" +
+	"\x04role\x18\x02 \x01(\v2\f.kvd.v1.RoleR\x04role\"\x89\x03\n" +
+	"\n" +
+	"WatchEvent\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x19\n" +
+	"\blog_time\x18\x02 \x01(\x03R\alogTime\x12+\n" +
+	"\x06target\x18\x03 \x01(\x0e2\x13.kvd.v1.WatchTargetR\x06target\x12%\n" +
+	"\x04type\x18\x04 \x01(\x0e2\x11.kvd.v1.EventTypeR\x04type\x12\x10\n" +
+	"\x03key\x18\x05 \x01(\fR\x03key\x12\x18\n" +
+	"\aexpired\x18\x06 \x01(\bR\aexpired\x12 \n" +
+	"\x02kv\x18\a \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\x12)\n" +
+	"\aprev_kv\x18\b \x01(\v2\x10.kvd.v1.KeyValueR\x06prevKv\x12$\n" +
+	"\x04lock\x18\t \x01(\v2\x10.kvd.v1.LockInfoR\x04lock\x12(\n" +
+	"\x05cache\x18\n" +
+	" \x01(\v2\x12.kvd.v1.CacheEntryR\x05cache\x12-\n" +
+	"\asession\x18\v \x01(\v2\x13.kvd.v1.SessionInfoR\asession\"\xbf\x02\n" +
+	"\fWatchRequest\x12+\n" +
+	"\x06target\x18\x01 \x01(\x0e2\x13.kvd.v1.WatchTargetR\x06target\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\bR\x06prefix\x12$\n" +
+	"\vafter_index\x18\x04 \x01(\x04H\x00R\n" +
+	"afterIndex\x88\x01\x01\x12\x12\n" +
+	"\x04skip\x18\x05 \x01(\rR\x04skip\x12\x17\n" +
+	"\aprev_kv\x18\x06 \x01(\bR\x06prevKv\x12+\n" +
+	"\x12out_of_range_error\x18\a \x01(\bR\x0foutOfRangeError\x12'\n" +
+	"\x05types\x18\b \x03(\x0e2\x11.kvd.v1.EventTypeR\x05types\x12\x1f\n" +
+	"\vprogress_ms\x18\t \x01(\x03R\n" +
+	"progressMsB\x0e\n" +
+	"\f_after_index\"\xdf\x01\n" +
+	"\rWatchResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.kvd.v1.WatchMessageKindR\x04kind\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\x12*\n" +
+	"\x06events\x18\x04 \x03(\v2\x12.kvd.v1.WatchEventR\x06events\x12\x1a\n" +
+	"\bsnapshot\x18\x05 \x01(\bR\bsnapshot\x12\x12\n" +
+	"\x04skip\x18\x06 \x01(\rR\x04skip\"\xb6\x0f\n" +
 	"\aCommand\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12+\n" +
 	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12(\n" +
@@ -9513,7 +10127,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\xce\x05\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\x8a\x06\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -9539,7 +10153,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c\x12\x1e\n" +
 	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e\x12\x18\n" +
 	"\x14ERROR_CODE_DISK_FULL\x10(\x12\x1d\n" +
-	"\x19ERROR_CODE_QUOTA_EXCEEDED\x10)*i\n" +
+	"\x19ERROR_CODE_QUOTA_EXCEEDED\x10)\x12\x1b\n" +
+	"\x17ERROR_CODE_OUT_OF_RANGE\x10-\x12\x1d\n" +
+	"\x19ERROR_CODE_WATCH_CANCELED\x10.*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +
@@ -9554,7 +10170,38 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tPermLevel\x12\x1a\n" +
 	"\x16PERM_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPERM_LEVEL_READ\x10\x01\x12\x18\n" +
-	"\x14PERM_LEVEL_READWRITE\x10\x022\x80\x02\n" +
+	"\x14PERM_LEVEL_READWRITE\x10\x02*o\n" +
+	"\vWatchTarget\x12\x15\n" +
+	"\x11WATCH_TARGET_KEYS\x10\x00\x12\x16\n" +
+	"\x12WATCH_TARGET_LOCKS\x10\x01\x12\x16\n" +
+	"\x12WATCH_TARGET_CACHE\x10\x02\x12\x19\n" +
+	"\x15WATCH_TARGET_SESSIONS\x10\x03*\xbc\x03\n" +
+	"\tEventType\x12\x1a\n" +
+	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02\x12\x1a\n" +
+	"\x16EVENT_TYPE_SESSION_END\x10\n" +
+	"\x12\x19\n" +
+	"\x15EVENT_TYPE_LOCK_GRANT\x10\x14\x12\x1b\n" +
+	"\x17EVENT_TYPE_LOCK_RELEASE\x10\x15\x12\x1b\n" +
+	"\x17EVENT_TYPE_LOCK_HANDOFF\x10\x16\x12\x19\n" +
+	"\x15EVENT_TYPE_LOCK_BREAK\x10\x17\x12\x19\n" +
+	"\x15EVENT_TYPE_LOCK_QUEUE\x10\x18\x12\x1a\n" +
+	"\x16EVENT_TYPE_CACHE_STORE\x10\x1e\x12\x19\n" +
+	"\x15EVENT_TYPE_CACHE_FILL\x10\x1f\x12\x1a\n" +
+	"\x16EVENT_TYPE_CACHE_LEASE\x10 \x12\x1f\n" +
+	"\x1bEVENT_TYPE_CACHE_INVALIDATE\x10!\x12\x1a\n" +
+	"\x16EVENT_TYPE_CACHE_EVICT\x10\"\x12\x1b\n" +
+	"\x17EVENT_TYPE_CACHE_EXPIRE\x10#\x12\x14\n" +
+	"\x10EVENT_TYPE_STATE\x10(*\xfd\x01\n" +
+	"\x10WatchMessageKind\x12\"\n" +
+	"\x1eWATCH_MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aWATCH_MESSAGE_KIND_CREATED\x10\x01\x12\x1f\n" +
+	"\x1bWATCH_MESSAGE_KIND_SNAPSHOT\x10\x02\x12#\n" +
+	"\x1fWATCH_MESSAGE_KIND_SNAPSHOT_END\x10\x03\x12\x1d\n" +
+	"\x19WATCH_MESSAGE_KIND_EVENTS\x10\x04\x12\x1f\n" +
+	"\x1bWATCH_MESSAGE_KIND_PROGRESS\x10\x05\x12\x1f\n" +
+	"\x1bWATCH_MESSAGE_KIND_CANCELED\x10\x062\x80\x02\n" +
 	"\x02KV\x12.\n" +
 	"\x03Put\x12\x12.kvd.v1.PutRequest\x1a\x13.kvd.v1.PutResponse\x12.\n" +
 	"\x03Get\x12\x12.kvd.v1.GetRequest\x1a\x13.kvd.v1.GetResponse\x127\n" +
@@ -9614,7 +10261,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\aRoleGet\x12\x16.kvd.v1.RoleGetRequest\x1a\x17.kvd.v1.RoleGetResponse\x12=\n" +
 	"\bRoleList\x12\x17.kvd.v1.RoleListRequest\x1a\x18.kvd.v1.RoleListResponse\x12^\n" +
 	"\x13RoleGrantPermission\x12\".kvd.v1.RoleGrantPermissionRequest\x1a#.kvd.v1.RoleGrantPermissionResponse\x12a\n" +
-	"\x14RoleRevokePermission\x12#.kvd.v1.RoleRevokePermissionRequest\x1a$.kvd.v1.RoleRevokePermissionResponse2\xe6\x02\n" +
+	"\x14RoleRevokePermission\x12#.kvd.v1.RoleRevokePermissionRequest\x1a$.kvd.v1.RoleRevokePermissionResponse2?\n" +
+	"\x05Watch\x126\n" +
+	"\x05Watch\x12\x14.kvd.v1.WatchRequest\x1a\x15.kvd.v1.WatchResponse0\x012\xe6\x02\n" +
 	"\bInternal\x12:\n" +
 	"\aPropose\x12\x16.kvd.v1.ProposeRequest\x1a\x17.kvd.v1.ProposeResponse\x12@\n" +
 	"\tReadIndex\x12\x18.kvd.v1.ReadIndexRequest\x1a\x19.kvd.v1.ReadIndexResponse\x12@\n" +
@@ -9634,440 +10283,460 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 	return file_kvd_v1_kvd_proto_rawDescData
 }
 
-var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 125)
+var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 128)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),                     // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
 	(CacheState)(0),                      // 2: kvd.v1.CacheState
 	(PermKind)(0),                        // 3: kvd.v1.PermKind
 	(PermLevel)(0),                       // 4: kvd.v1.PermLevel
-	(*RequestHeader)(nil),                // 5: kvd.v1.RequestHeader
-	(*ResponseHeader)(nil),               // 6: kvd.v1.ResponseHeader
-	(*Fence)(nil),                        // 7: kvd.v1.Fence
-	(*ErrorInfo)(nil),                    // 8: kvd.v1.ErrorInfo
-	(*KeyValue)(nil),                     // 9: kvd.v1.KeyValue
-	(*PutRequest)(nil),                   // 10: kvd.v1.PutRequest
-	(*PutResponse)(nil),                  // 11: kvd.v1.PutResponse
-	(*GetRequest)(nil),                   // 12: kvd.v1.GetRequest
-	(*GetResponse)(nil),                  // 13: kvd.v1.GetResponse
-	(*DeleteRequest)(nil),                // 14: kvd.v1.DeleteRequest
-	(*DeleteResponse)(nil),               // 15: kvd.v1.DeleteResponse
-	(*ListRequest)(nil),                  // 16: kvd.v1.ListRequest
-	(*ListResponse)(nil),                 // 17: kvd.v1.ListResponse
-	(*AddRequest)(nil),                   // 18: kvd.v1.AddRequest
-	(*AddResponse)(nil),                  // 19: kvd.v1.AddResponse
-	(*SessionInfo)(nil),                  // 20: kvd.v1.SessionInfo
-	(*CreateSessionRequest)(nil),         // 21: kvd.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),        // 22: kvd.v1.CreateSessionResponse
-	(*KeepAliveRequest)(nil),             // 23: kvd.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),            // 24: kvd.v1.KeepAliveResponse
-	(*CloseSessionRequest)(nil),          // 25: kvd.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),         // 26: kvd.v1.CloseSessionResponse
-	(*GetSessionRequest)(nil),            // 27: kvd.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),           // 28: kvd.v1.GetSessionResponse
-	(*LockWaiter)(nil),                   // 29: kvd.v1.LockWaiter
-	(*LockInfo)(nil),                     // 30: kvd.v1.LockInfo
-	(*AcquireRequest)(nil),               // 31: kvd.v1.AcquireRequest
-	(*AcquireResponse)(nil),              // 32: kvd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),               // 33: kvd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),              // 34: kvd.v1.ReleaseResponse
-	(*CancelWaitRequest)(nil),            // 35: kvd.v1.CancelWaitRequest
-	(*CancelWaitResponse)(nil),           // 36: kvd.v1.CancelWaitResponse
-	(*RenewRequest)(nil),                 // 37: kvd.v1.RenewRequest
-	(*RenewResponse)(nil),                // 38: kvd.v1.RenewResponse
-	(*GetLockRequest)(nil),               // 39: kvd.v1.GetLockRequest
-	(*GetLockResponse)(nil),              // 40: kvd.v1.GetLockResponse
-	(*ListLocksRequest)(nil),             // 41: kvd.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),            // 42: kvd.v1.ListLocksResponse
-	(*BreakRequest)(nil),                 // 43: kvd.v1.BreakRequest
-	(*BreakResponse)(nil),                // 44: kvd.v1.BreakResponse
-	(*CheckFenceRequest)(nil),            // 45: kvd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),           // 46: kvd.v1.CheckFenceResponse
-	(*FillLease)(nil),                    // 47: kvd.v1.FillLease
-	(*CacheEntry)(nil),                   // 48: kvd.v1.CacheEntry
-	(*CacheGetRequest)(nil),              // 49: kvd.v1.CacheGetRequest
-	(*CacheGetResponse)(nil),             // 50: kvd.v1.CacheGetResponse
-	(*FillRequest)(nil),                  // 51: kvd.v1.FillRequest
-	(*FillResponse)(nil),                 // 52: kvd.v1.FillResponse
-	(*StoreRequest)(nil),                 // 53: kvd.v1.StoreRequest
-	(*StoreResponse)(nil),                // 54: kvd.v1.StoreResponse
-	(*CacheSetRequest)(nil),              // 55: kvd.v1.CacheSetRequest
-	(*CacheSetResponse)(nil),             // 56: kvd.v1.CacheSetResponse
-	(*InvalidateRequest)(nil),            // 57: kvd.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),           // 58: kvd.v1.InvalidateResponse
-	(*CacheStatsRequest)(nil),            // 59: kvd.v1.CacheStatsRequest
-	(*CacheStatsResponse)(nil),           // 60: kvd.v1.CacheStatsResponse
-	(*Member)(nil),                       // 61: kvd.v1.Member
-	(*StatusRequest)(nil),                // 62: kvd.v1.StatusRequest
-	(*StatusResponse)(nil),               // 63: kvd.v1.StatusResponse
-	(*MembersRequest)(nil),               // 64: kvd.v1.MembersRequest
-	(*MembersResponse)(nil),              // 65: kvd.v1.MembersResponse
-	(*AddMemberRequest)(nil),             // 66: kvd.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),            // 67: kvd.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),          // 68: kvd.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),         // 69: kvd.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),        // 70: kvd.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),       // 71: kvd.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),              // 72: kvd.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),             // 73: kvd.v1.SnapshotResponse
-	(*Permission)(nil),                   // 74: kvd.v1.Permission
-	(*User)(nil),                         // 75: kvd.v1.User
-	(*Role)(nil),                         // 76: kvd.v1.Role
-	(*AuthenticateRequest)(nil),          // 77: kvd.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil),         // 78: kvd.v1.AuthenticateResponse
-	(*AuthEnableRequest)(nil),            // 79: kvd.v1.AuthEnableRequest
-	(*AuthEnableResponse)(nil),           // 80: kvd.v1.AuthEnableResponse
-	(*AuthDisableRequest)(nil),           // 81: kvd.v1.AuthDisableRequest
-	(*AuthDisableResponse)(nil),          // 82: kvd.v1.AuthDisableResponse
-	(*AuthStatusRequest)(nil),            // 83: kvd.v1.AuthStatusRequest
-	(*AuthStatusResponse)(nil),           // 84: kvd.v1.AuthStatusResponse
-	(*UserAddRequest)(nil),               // 85: kvd.v1.UserAddRequest
-	(*UserAddResponse)(nil),              // 86: kvd.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),            // 87: kvd.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),           // 88: kvd.v1.UserDeleteResponse
-	(*UserGetRequest)(nil),               // 89: kvd.v1.UserGetRequest
-	(*UserGetResponse)(nil),              // 90: kvd.v1.UserGetResponse
-	(*UserListRequest)(nil),              // 91: kvd.v1.UserListRequest
-	(*UserListResponse)(nil),             // 92: kvd.v1.UserListResponse
-	(*UserChangePasswordRequest)(nil),    // 93: kvd.v1.UserChangePasswordRequest
-	(*UserChangePasswordResponse)(nil),   // 94: kvd.v1.UserChangePasswordResponse
-	(*UserGrantRoleRequest)(nil),         // 95: kvd.v1.UserGrantRoleRequest
-	(*UserGrantRoleResponse)(nil),        // 96: kvd.v1.UserGrantRoleResponse
-	(*UserRevokeRoleRequest)(nil),        // 97: kvd.v1.UserRevokeRoleRequest
-	(*UserRevokeRoleResponse)(nil),       // 98: kvd.v1.UserRevokeRoleResponse
-	(*RoleAddRequest)(nil),               // 99: kvd.v1.RoleAddRequest
-	(*RoleAddResponse)(nil),              // 100: kvd.v1.RoleAddResponse
-	(*RoleDeleteRequest)(nil),            // 101: kvd.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),           // 102: kvd.v1.RoleDeleteResponse
-	(*RoleGetRequest)(nil),               // 103: kvd.v1.RoleGetRequest
-	(*RoleGetResponse)(nil),              // 104: kvd.v1.RoleGetResponse
-	(*RoleListRequest)(nil),              // 105: kvd.v1.RoleListRequest
-	(*RoleListResponse)(nil),             // 106: kvd.v1.RoleListResponse
-	(*RoleGrantPermissionRequest)(nil),   // 107: kvd.v1.RoleGrantPermissionRequest
-	(*RoleGrantPermissionResponse)(nil),  // 108: kvd.v1.RoleGrantPermissionResponse
-	(*RoleRevokePermissionRequest)(nil),  // 109: kvd.v1.RoleRevokePermissionRequest
-	(*RoleRevokePermissionResponse)(nil), // 110: kvd.v1.RoleRevokePermissionResponse
-	(*Command)(nil),                      // 111: kvd.v1.Command
-	(*StateLimits)(nil),                  // 112: kvd.v1.StateLimits
-	(*KeepAliveBatchOp)(nil),             // 113: kvd.v1.KeepAliveBatchOp
-	(*KeepAliveBatchResult)(nil),         // 114: kvd.v1.KeepAliveBatchResult
-	(*TickOp)(nil),                       // 115: kvd.v1.TickOp
-	(*RecoverOp)(nil),                    // 116: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),                  // 117: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),               // 118: kvd.v1.RemoveMemberOp
-	(*AuthEnableOp)(nil),                 // 119: kvd.v1.AuthEnableOp
-	(*CommandResult)(nil),                // 120: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),               // 121: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),              // 122: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),             // 123: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),            // 124: kvd.v1.ReadIndexResponse
-	(*SnapshotSaveRequest)(nil),          // 125: kvd.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),                // 126: kvd.v1.SnapshotChunk
-	(*SnapshotInfo)(nil),                 // 127: kvd.v1.SnapshotInfo
-	(*SnapshotTrailer)(nil),              // 128: kvd.v1.SnapshotTrailer
-	(*SnapshotHeader)(nil),               // 129: kvd.v1.SnapshotHeader
+	(WatchTarget)(0),                     // 5: kvd.v1.WatchTarget
+	(EventType)(0),                       // 6: kvd.v1.EventType
+	(WatchMessageKind)(0),                // 7: kvd.v1.WatchMessageKind
+	(*RequestHeader)(nil),                // 8: kvd.v1.RequestHeader
+	(*ResponseHeader)(nil),               // 9: kvd.v1.ResponseHeader
+	(*Fence)(nil),                        // 10: kvd.v1.Fence
+	(*ErrorInfo)(nil),                    // 11: kvd.v1.ErrorInfo
+	(*KeyValue)(nil),                     // 12: kvd.v1.KeyValue
+	(*PutRequest)(nil),                   // 13: kvd.v1.PutRequest
+	(*PutResponse)(nil),                  // 14: kvd.v1.PutResponse
+	(*GetRequest)(nil),                   // 15: kvd.v1.GetRequest
+	(*GetResponse)(nil),                  // 16: kvd.v1.GetResponse
+	(*DeleteRequest)(nil),                // 17: kvd.v1.DeleteRequest
+	(*DeleteResponse)(nil),               // 18: kvd.v1.DeleteResponse
+	(*ListRequest)(nil),                  // 19: kvd.v1.ListRequest
+	(*ListResponse)(nil),                 // 20: kvd.v1.ListResponse
+	(*AddRequest)(nil),                   // 21: kvd.v1.AddRequest
+	(*AddResponse)(nil),                  // 22: kvd.v1.AddResponse
+	(*SessionInfo)(nil),                  // 23: kvd.v1.SessionInfo
+	(*CreateSessionRequest)(nil),         // 24: kvd.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),        // 25: kvd.v1.CreateSessionResponse
+	(*KeepAliveRequest)(nil),             // 26: kvd.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),            // 27: kvd.v1.KeepAliveResponse
+	(*CloseSessionRequest)(nil),          // 28: kvd.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),         // 29: kvd.v1.CloseSessionResponse
+	(*GetSessionRequest)(nil),            // 30: kvd.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),           // 31: kvd.v1.GetSessionResponse
+	(*LockWaiter)(nil),                   // 32: kvd.v1.LockWaiter
+	(*LockInfo)(nil),                     // 33: kvd.v1.LockInfo
+	(*AcquireRequest)(nil),               // 34: kvd.v1.AcquireRequest
+	(*AcquireResponse)(nil),              // 35: kvd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),               // 36: kvd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),              // 37: kvd.v1.ReleaseResponse
+	(*CancelWaitRequest)(nil),            // 38: kvd.v1.CancelWaitRequest
+	(*CancelWaitResponse)(nil),           // 39: kvd.v1.CancelWaitResponse
+	(*RenewRequest)(nil),                 // 40: kvd.v1.RenewRequest
+	(*RenewResponse)(nil),                // 41: kvd.v1.RenewResponse
+	(*GetLockRequest)(nil),               // 42: kvd.v1.GetLockRequest
+	(*GetLockResponse)(nil),              // 43: kvd.v1.GetLockResponse
+	(*ListLocksRequest)(nil),             // 44: kvd.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),            // 45: kvd.v1.ListLocksResponse
+	(*BreakRequest)(nil),                 // 46: kvd.v1.BreakRequest
+	(*BreakResponse)(nil),                // 47: kvd.v1.BreakResponse
+	(*CheckFenceRequest)(nil),            // 48: kvd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),           // 49: kvd.v1.CheckFenceResponse
+	(*FillLease)(nil),                    // 50: kvd.v1.FillLease
+	(*CacheEntry)(nil),                   // 51: kvd.v1.CacheEntry
+	(*CacheGetRequest)(nil),              // 52: kvd.v1.CacheGetRequest
+	(*CacheGetResponse)(nil),             // 53: kvd.v1.CacheGetResponse
+	(*FillRequest)(nil),                  // 54: kvd.v1.FillRequest
+	(*FillResponse)(nil),                 // 55: kvd.v1.FillResponse
+	(*StoreRequest)(nil),                 // 56: kvd.v1.StoreRequest
+	(*StoreResponse)(nil),                // 57: kvd.v1.StoreResponse
+	(*CacheSetRequest)(nil),              // 58: kvd.v1.CacheSetRequest
+	(*CacheSetResponse)(nil),             // 59: kvd.v1.CacheSetResponse
+	(*InvalidateRequest)(nil),            // 60: kvd.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),           // 61: kvd.v1.InvalidateResponse
+	(*CacheStatsRequest)(nil),            // 62: kvd.v1.CacheStatsRequest
+	(*CacheStatsResponse)(nil),           // 63: kvd.v1.CacheStatsResponse
+	(*Member)(nil),                       // 64: kvd.v1.Member
+	(*StatusRequest)(nil),                // 65: kvd.v1.StatusRequest
+	(*StatusResponse)(nil),               // 66: kvd.v1.StatusResponse
+	(*MembersRequest)(nil),               // 67: kvd.v1.MembersRequest
+	(*MembersResponse)(nil),              // 68: kvd.v1.MembersResponse
+	(*AddMemberRequest)(nil),             // 69: kvd.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),            // 70: kvd.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),          // 71: kvd.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),         // 72: kvd.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),        // 73: kvd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),       // 74: kvd.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),              // 75: kvd.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),             // 76: kvd.v1.SnapshotResponse
+	(*Permission)(nil),                   // 77: kvd.v1.Permission
+	(*User)(nil),                         // 78: kvd.v1.User
+	(*Role)(nil),                         // 79: kvd.v1.Role
+	(*AuthenticateRequest)(nil),          // 80: kvd.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),         // 81: kvd.v1.AuthenticateResponse
+	(*AuthEnableRequest)(nil),            // 82: kvd.v1.AuthEnableRequest
+	(*AuthEnableResponse)(nil),           // 83: kvd.v1.AuthEnableResponse
+	(*AuthDisableRequest)(nil),           // 84: kvd.v1.AuthDisableRequest
+	(*AuthDisableResponse)(nil),          // 85: kvd.v1.AuthDisableResponse
+	(*AuthStatusRequest)(nil),            // 86: kvd.v1.AuthStatusRequest
+	(*AuthStatusResponse)(nil),           // 87: kvd.v1.AuthStatusResponse
+	(*UserAddRequest)(nil),               // 88: kvd.v1.UserAddRequest
+	(*UserAddResponse)(nil),              // 89: kvd.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),            // 90: kvd.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),           // 91: kvd.v1.UserDeleteResponse
+	(*UserGetRequest)(nil),               // 92: kvd.v1.UserGetRequest
+	(*UserGetResponse)(nil),              // 93: kvd.v1.UserGetResponse
+	(*UserListRequest)(nil),              // 94: kvd.v1.UserListRequest
+	(*UserListResponse)(nil),             // 95: kvd.v1.UserListResponse
+	(*UserChangePasswordRequest)(nil),    // 96: kvd.v1.UserChangePasswordRequest
+	(*UserChangePasswordResponse)(nil),   // 97: kvd.v1.UserChangePasswordResponse
+	(*UserGrantRoleRequest)(nil),         // 98: kvd.v1.UserGrantRoleRequest
+	(*UserGrantRoleResponse)(nil),        // 99: kvd.v1.UserGrantRoleResponse
+	(*UserRevokeRoleRequest)(nil),        // 100: kvd.v1.UserRevokeRoleRequest
+	(*UserRevokeRoleResponse)(nil),       // 101: kvd.v1.UserRevokeRoleResponse
+	(*RoleAddRequest)(nil),               // 102: kvd.v1.RoleAddRequest
+	(*RoleAddResponse)(nil),              // 103: kvd.v1.RoleAddResponse
+	(*RoleDeleteRequest)(nil),            // 104: kvd.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),           // 105: kvd.v1.RoleDeleteResponse
+	(*RoleGetRequest)(nil),               // 106: kvd.v1.RoleGetRequest
+	(*RoleGetResponse)(nil),              // 107: kvd.v1.RoleGetResponse
+	(*RoleListRequest)(nil),              // 108: kvd.v1.RoleListRequest
+	(*RoleListResponse)(nil),             // 109: kvd.v1.RoleListResponse
+	(*RoleGrantPermissionRequest)(nil),   // 110: kvd.v1.RoleGrantPermissionRequest
+	(*RoleGrantPermissionResponse)(nil),  // 111: kvd.v1.RoleGrantPermissionResponse
+	(*RoleRevokePermissionRequest)(nil),  // 112: kvd.v1.RoleRevokePermissionRequest
+	(*RoleRevokePermissionResponse)(nil), // 113: kvd.v1.RoleRevokePermissionResponse
+	(*WatchEvent)(nil),                   // 114: kvd.v1.WatchEvent
+	(*WatchRequest)(nil),                 // 115: kvd.v1.WatchRequest
+	(*WatchResponse)(nil),                // 116: kvd.v1.WatchResponse
+	(*Command)(nil),                      // 117: kvd.v1.Command
+	(*StateLimits)(nil),                  // 118: kvd.v1.StateLimits
+	(*KeepAliveBatchOp)(nil),             // 119: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),         // 120: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                       // 121: kvd.v1.TickOp
+	(*RecoverOp)(nil),                    // 122: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),                  // 123: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),               // 124: kvd.v1.RemoveMemberOp
+	(*AuthEnableOp)(nil),                 // 125: kvd.v1.AuthEnableOp
+	(*CommandResult)(nil),                // 126: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),               // 127: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),              // 128: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),             // 129: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),            // 130: kvd.v1.ReadIndexResponse
+	(*SnapshotSaveRequest)(nil),          // 131: kvd.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),                // 132: kvd.v1.SnapshotChunk
+	(*SnapshotInfo)(nil),                 // 133: kvd.v1.SnapshotInfo
+	(*SnapshotTrailer)(nil),              // 134: kvd.v1.SnapshotTrailer
+	(*SnapshotHeader)(nil),               // 135: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
-	5,   // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
-	7,   // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
-	6,   // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
+	8,   // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
+	10,  // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
+	9,   // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
+	12,  // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
 	0,   // 5: kvd.v1.GetRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
-	5,   // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	7,   // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
-	6,   // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
+	12,  // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
+	8,   // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	10,  // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
+	9,   // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 11: kvd.v1.ListRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 12: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 13: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
-	5,   // 14: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
-	7,   // 15: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
-	6,   // 16: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 17: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
-	6,   // 18: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	20,  // 19: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	6,   // 20: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
-	20,  // 21: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
-	6,   // 22: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 12: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
+	12,  // 13: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
+	8,   // 14: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
+	10,  // 15: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
+	9,   // 16: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
+	12,  // 17: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
+	9,   // 18: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	23,  // 19: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	9,   // 20: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
+	23,  // 21: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
+	9,   // 22: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 23: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 24: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	20,  // 25: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	29,  // 26: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
-	5,   // 27: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 28: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
-	30,  // 29: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
-	5,   // 30: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 31: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 32: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 33: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
-	6,   // 34: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
-	30,  // 35: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
+	9,   // 24: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	23,  // 25: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	32,  // 26: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
+	8,   // 27: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 28: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
+	33,  // 29: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
+	8,   // 30: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 31: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
+	8,   // 32: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 33: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 34: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
+	33,  // 35: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
 	0,   // 36: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 37: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
-	30,  // 38: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
+	9,   // 37: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
+	33,  // 38: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
 	0,   // 39: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 40: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
-	30,  // 41: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
-	5,   // 42: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 43: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 40: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
+	33,  // 41: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
+	8,   // 42: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 43: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 44: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 45: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
-	47,  // 46: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
+	9,   // 45: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
+	50,  // 46: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
 	0,   // 47: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 48: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 48: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
 	2,   // 49: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
-	48,  // 50: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
-	5,   // 51: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
+	51,  // 50: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
+	8,   // 51: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
 	0,   // 52: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 53: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 53: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
 	2,   // 54: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
-	48,  // 55: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
-	5,   // 56: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 57: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
-	48,  // 58: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
-	5,   // 59: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 60: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
-	48,  // 61: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
-	5,   // 62: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 63: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
-	6,   // 64: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
-	6,   // 65: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	6,   // 66: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
-	61,  // 67: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
-	6,   // 68: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	61,  // 69: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
-	6,   // 70: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	61,  // 71: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
-	6,   // 72: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
-	6,   // 73: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
+	51,  // 55: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
+	8,   // 56: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 57: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
+	51,  // 58: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
+	8,   // 59: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 60: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
+	51,  // 61: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
+	8,   // 62: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 63: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 64: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 65: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 66: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
+	64,  // 67: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
+	9,   // 68: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	64,  // 69: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
+	9,   // 70: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	64,  // 71: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
+	9,   // 72: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 73: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
 	3,   // 74: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
 	4,   // 75: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
-	74,  // 76: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
-	6,   // 77: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 78: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 79: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 80: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 81: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
+	77,  // 76: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
+	9,   // 77: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
+	8,   // 78: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 79: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
+	8,   // 80: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 81: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 82: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 83: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 84: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 85: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 86: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
-	5,   // 87: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 88: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 83: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	8,   // 84: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 85: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 86: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
+	8,   // 87: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 88: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 89: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 90: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 91: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
+	9,   // 90: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 91: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
 	0,   // 92: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 93: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 94: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
-	5,   // 95: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 96: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 97: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
-	5,   // 98: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 99: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 100: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
-	5,   // 101: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 102: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 103: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
-	5,   // 104: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 105: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	76,  // 106: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
-	5,   // 107: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	6,   // 108: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 93: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 94: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
+	8,   // 95: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 96: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 97: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
+	8,   // 98: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 99: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 100: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
+	8,   // 101: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 102: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	78,  // 103: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
+	8,   // 104: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 105: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	79,  // 106: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
+	8,   // 107: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 108: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
 	0,   // 109: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 110: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	76,  // 111: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
+	9,   // 110: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	79,  // 111: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
 	0,   // 112: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
-	6,   // 113: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
-	76,  // 114: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
-	5,   // 115: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	74,  // 116: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
-	6,   // 117: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	76,  // 118: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
-	5,   // 119: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	9,   // 113: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
+	79,  // 114: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
+	8,   // 115: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	77,  // 116: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
+	9,   // 117: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	79,  // 118: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
+	8,   // 119: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
 	3,   // 120: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
-	6,   // 121: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	76,  // 122: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
-	112, // 123: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
-	10,  // 124: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
-	14,  // 125: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
-	18,  // 126: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
-	21,  // 127: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
-	23,  // 128: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
-	25,  // 129: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	113, // 130: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
-	31,  // 131: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	33,  // 132: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	35,  // 133: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	37,  // 134: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	43,  // 135: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	51,  // 136: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	53,  // 137: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	55,  // 138: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	57,  // 139: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	115, // 140: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	116, // 141: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	117, // 142: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	118, // 143: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	119, // 144: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
-	81,  // 145: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
-	85,  // 146: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
-	87,  // 147: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
-	93,  // 148: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
-	95,  // 149: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
-	97,  // 150: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
-	99,  // 151: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
-	101, // 152: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
-	107, // 153: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
-	109, // 154: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
-	120, // 155: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
-	5,   // 156: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
-	1,   // 157: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	11,  // 158: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	15,  // 159: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	19,  // 160: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	22,  // 161: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	24,  // 162: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	26,  // 163: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	114, // 164: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
-	32,  // 165: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	34,  // 166: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	36,  // 167: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	38,  // 168: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	44,  // 169: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	52,  // 170: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	54,  // 171: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	56,  // 172: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	58,  // 173: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	80,  // 174: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
-	82,  // 175: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
-	86,  // 176: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
-	88,  // 177: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
-	94,  // 178: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
-	96,  // 179: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
-	98,  // 180: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
-	100, // 181: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
-	102, // 182: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
-	108, // 183: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
-	110, // 184: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
-	111, // 185: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	120, // 186: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	127, // 187: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
-	128, // 188: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
-	6,   // 189: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 190: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	12,  // 191: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	14,  // 192: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	16,  // 193: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	18,  // 194: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	21,  // 195: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	23,  // 196: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	25,  // 197: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	27,  // 198: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	31,  // 199: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	33,  // 200: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	35,  // 201: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	37,  // 202: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	39,  // 203: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	41,  // 204: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	43,  // 205: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	45,  // 206: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	49,  // 207: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	51,  // 208: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	53,  // 209: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	55,  // 210: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	57,  // 211: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	59,  // 212: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	62,  // 213: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	64,  // 214: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	66,  // 215: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	68,  // 216: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	70,  // 217: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	72,  // 218: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	125, // 219: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
-	77,  // 220: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
-	79,  // 221: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
-	81,  // 222: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
-	83,  // 223: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
-	85,  // 224: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
-	87,  // 225: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
-	89,  // 226: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
-	91,  // 227: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
-	93,  // 228: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
-	95,  // 229: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
-	97,  // 230: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
-	99,  // 231: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
-	101, // 232: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
-	103, // 233: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
-	105, // 234: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
-	107, // 235: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
-	109, // 236: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
-	121, // 237: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	123, // 238: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	66,  // 239: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	68,  // 240: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	70,  // 241: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	11,  // 242: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	13,  // 243: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	15,  // 244: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	17,  // 245: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	19,  // 246: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	22,  // 247: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	24,  // 248: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	26,  // 249: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	28,  // 250: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	32,  // 251: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	34,  // 252: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	36,  // 253: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	38,  // 254: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	40,  // 255: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	42,  // 256: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	44,  // 257: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	46,  // 258: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	50,  // 259: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	52,  // 260: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	54,  // 261: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	56,  // 262: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	58,  // 263: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	60,  // 264: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	63,  // 265: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	65,  // 266: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	67,  // 267: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	69,  // 268: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	71,  // 269: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	73,  // 270: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	126, // 271: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
-	78,  // 272: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
-	80,  // 273: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
-	82,  // 274: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
-	84,  // 275: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
-	86,  // 276: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
-	88,  // 277: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
-	90,  // 278: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
-	92,  // 279: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
-	94,  // 280: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
-	96,  // 281: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
-	98,  // 282: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
-	100, // 283: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
-	102, // 284: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
-	104, // 285: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
-	106, // 286: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
-	108, // 287: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
-	110, // 288: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
-	122, // 289: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	124, // 290: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	67,  // 291: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	69,  // 292: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	71,  // 293: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	242, // [242:294] is the sub-list for method output_type
-	190, // [190:242] is the sub-list for method input_type
-	190, // [190:190] is the sub-list for extension type_name
-	190, // [190:190] is the sub-list for extension extendee
-	0,   // [0:190] is the sub-list for field type_name
+	9,   // 121: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	79,  // 122: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
+	5,   // 123: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
+	6,   // 124: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
+	12,  // 125: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
+	12,  // 126: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
+	33,  // 127: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
+	51,  // 128: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
+	23,  // 129: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
+	5,   // 130: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
+	6,   // 131: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
+	9,   // 132: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
+	7,   // 133: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
+	114, // 134: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
+	118, // 135: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
+	13,  // 136: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
+	17,  // 137: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
+	21,  // 138: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
+	24,  // 139: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
+	26,  // 140: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
+	28,  // 141: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
+	119, // 142: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	34,  // 143: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	36,  // 144: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	38,  // 145: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	40,  // 146: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	46,  // 147: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	54,  // 148: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	56,  // 149: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	58,  // 150: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	60,  // 151: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	121, // 152: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	122, // 153: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	123, // 154: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	124, // 155: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	125, // 156: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
+	84,  // 157: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
+	88,  // 158: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
+	90,  // 159: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
+	96,  // 160: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
+	98,  // 161: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
+	100, // 162: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
+	102, // 163: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
+	104, // 164: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
+	110, // 165: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
+	112, // 166: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
+	126, // 167: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	8,   // 168: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
+	1,   // 169: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	14,  // 170: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	18,  // 171: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	22,  // 172: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	25,  // 173: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	27,  // 174: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	29,  // 175: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	120, // 176: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	35,  // 177: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	37,  // 178: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	39,  // 179: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	41,  // 180: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	47,  // 181: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	55,  // 182: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	57,  // 183: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	59,  // 184: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	61,  // 185: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	83,  // 186: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
+	85,  // 187: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
+	89,  // 188: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
+	91,  // 189: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
+	97,  // 190: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
+	99,  // 191: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
+	101, // 192: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
+	103, // 193: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
+	105, // 194: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
+	111, // 195: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
+	113, // 196: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
+	117, // 197: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	126, // 198: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	133, // 199: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
+	134, // 200: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
+	9,   // 201: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
+	13,  // 202: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	15,  // 203: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	17,  // 204: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	19,  // 205: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	21,  // 206: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	24,  // 207: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	26,  // 208: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	28,  // 209: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	30,  // 210: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	34,  // 211: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	36,  // 212: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	38,  // 213: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	40,  // 214: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	42,  // 215: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	44,  // 216: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	46,  // 217: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	48,  // 218: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	52,  // 219: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	54,  // 220: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	56,  // 221: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	58,  // 222: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	60,  // 223: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	62,  // 224: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	65,  // 225: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	67,  // 226: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	69,  // 227: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	71,  // 228: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	73,  // 229: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	75,  // 230: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	131, // 231: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
+	80,  // 232: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	82,  // 233: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	84,  // 234: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	86,  // 235: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	88,  // 236: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	90,  // 237: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	92,  // 238: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	94,  // 239: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	96,  // 240: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	98,  // 241: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	100, // 242: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	102, // 243: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	104, // 244: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	106, // 245: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	108, // 246: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	110, // 247: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	112, // 248: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	115, // 249: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
+	127, // 250: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	129, // 251: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	69,  // 252: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	71,  // 253: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	73,  // 254: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	14,  // 255: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	16,  // 256: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	18,  // 257: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	20,  // 258: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	22,  // 259: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	25,  // 260: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	27,  // 261: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	29,  // 262: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	31,  // 263: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	35,  // 264: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	37,  // 265: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	39,  // 266: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	41,  // 267: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	43,  // 268: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	45,  // 269: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	47,  // 270: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	49,  // 271: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	53,  // 272: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	55,  // 273: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	57,  // 274: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	59,  // 275: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	61,  // 276: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	63,  // 277: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	66,  // 278: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	68,  // 279: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	70,  // 280: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	72,  // 281: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	74,  // 282: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	76,  // 283: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	132, // 284: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
+	81,  // 285: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	83,  // 286: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	85,  // 287: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	87,  // 288: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	89,  // 289: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	91,  // 290: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	93,  // 291: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	95,  // 292: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	97,  // 293: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	99,  // 294: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	101, // 295: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	103, // 296: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	105, // 297: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	107, // 298: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	109, // 299: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	111, // 300: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	113, // 301: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	116, // 302: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
+	128, // 303: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	130, // 304: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	70,  // 305: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	72,  // 306: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	74,  // 307: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	255, // [255:308] is the sub-list for method output_type
+	202, // [202:255] is the sub-list for method input_type
+	202, // [202:202] is the sub-list for extension type_name
+	202, // [202:202] is the sub-list for extension extendee
+	0,   // [0:202] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -10077,7 +10746,8 @@ func file_kvd_v1_kvd_proto_init() {
 	}
 	file_kvd_v1_kvd_proto_msgTypes[5].OneofWrappers = []any{}
 	file_kvd_v1_kvd_proto_msgTypes[9].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[106].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[107].OneofWrappers = []any{}
+	file_kvd_v1_kvd_proto_msgTypes[109].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Add)(nil),
@@ -10110,7 +10780,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_RoleGrantPermission)(nil),
 		(*Command_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[115].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
@@ -10139,7 +10809,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_RoleGrantPermission)(nil),
 		(*CommandResult_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[121].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[124].OneofWrappers = []any{
 		(*SnapshotChunk_Info)(nil),
 		(*SnapshotChunk_Data)(nil),
 		(*SnapshotChunk_Trailer)(nil),
@@ -10149,10 +10819,10 @@ func file_kvd_v1_kvd_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   125,
+			NumEnums:      8,
+			NumMessages:   128,
 			NumExtensions: 0,
-			NumServices:   7,
+			NumServices:   8,
 		},
 		GoTypes:           file_kvd_v1_kvd_proto_goTypes,
 		DependencyIndexes: file_kvd_v1_kvd_proto_depIdxs,

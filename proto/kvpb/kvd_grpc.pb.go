@@ -2217,6 +2217,111 @@ var Auth_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	Watch_Watch_FullMethodName = "/kvd.v1.Watch/Watch"
+)
+
+// WatchClient is the client API for Watch service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type WatchClient interface {
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
+}
+
+type watchClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewWatchClient(cc grpc.ClientConnInterface) WatchClient {
+	return &watchClient{cc}
+}
+
+func (c *watchClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Watch_ServiceDesc.Streams[0], Watch_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Watch_WatchClient = grpc.ServerStreamingClient[WatchResponse]
+
+// WatchServer is the server API for Watch service.
+// All implementations must embed UnimplementedWatchServer
+// for forward compatibility.
+type WatchServer interface {
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
+	mustEmbedUnimplementedWatchServer()
+}
+
+// UnimplementedWatchServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedWatchServer struct{}
+
+func (UnimplementedWatchServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedWatchServer) mustEmbedUnimplementedWatchServer() {}
+func (UnimplementedWatchServer) testEmbeddedByValue()               {}
+
+// UnsafeWatchServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to WatchServer will
+// result in compilation errors.
+type UnsafeWatchServer interface {
+	mustEmbedUnimplementedWatchServer()
+}
+
+func RegisterWatchServer(s grpc.ServiceRegistrar, srv WatchServer) {
+	// If the following call panics, it indicates UnimplementedWatchServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Watch_ServiceDesc, srv)
+}
+
+func _Watch_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(WatchServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Watch_WatchServer = grpc.ServerStreamingServer[WatchResponse]
+
+// Watch_ServiceDesc is the grpc.ServiceDesc for Watch service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Watch_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "kvd.v1.Watch",
+	HandlerType: (*WatchServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _Watch_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "kvd/v1/kvd.proto",
+}
+
+const (
 	Internal_Propose_FullMethodName        = "/kvd.v1.Internal/Propose"
 	Internal_ReadIndex_FullMethodName      = "/kvd.v1.Internal/ReadIndex"
 	Internal_AddMember_FullMethodName      = "/kvd.v1.Internal/AddMember"
