@@ -2,7 +2,9 @@
 // configuration and limits, the Raft log store (raft-wal, or raft-boltdb
 // for data dirs that hold one), snapshots, the fsm adapter, the leader's
 // epoch and time stamping, proposing and forwarding to the leader,
-// ReadIndex reads, waiting for an index to apply, and membership.
+// ReadIndex reads, waiting for an index to apply, membership, and the
+// watch hub (WatchHub): the member's bounded history of the changes its
+// fsm reports, and the watchers it serves from it.
 //
 // The peer port carries Raft and the Internal gRPC service (forwarded
 // proposals, read indexes, membership calls) behind one listener; a header
@@ -22,6 +24,10 @@
 //     proposals only after its barrier and RecoverOp have applied.
 //   - Linearizable reads use ReadIndex with batched VerifyLeader rounds, never
 //     the leader lease.
+//   - Apply never waits for a watcher: events go to history and a
+//     dispatcher fans them out; a watcher that falls behind its buffer is
+//     cancelled with its position, from which its client resumes. Within a
+//     stream, changes come in index order, with no gap and no duplicate.
 //   - Errors the node decides are *Error: NOT_LEADER when nothing was
 //     proposed (safe to retry), INDETERMINATE when a command's outcome is
 //     unknown, DISK_FULL and QUOTA_EXCEEDED when a command that adds data was

@@ -64,7 +64,9 @@ func (a *fsmAdapter) apply(l *raft.Log) interface{} {
 			cmd = []byte{} // a command entry with no data: the fsm refuses it
 		}
 	}
-	if r := a.n.fsm.Apply(l.Index, cmd); r != nil {
+	r, evs := a.n.fsm.ApplyEvents(l.Index, cmd)
+	a.n.watch.Publish(l.Index, evs)
+	if r != nil {
 		return r
 	}
 	return nil
@@ -82,6 +84,8 @@ func (a *fsmAdapter) ApplyBatch(logs []*raft.Log) []interface{} {
 	for i, l := range logs {
 		if l.Type == raft.LogCommand {
 			out[i] = a.apply(l)
+		} else {
+			a.n.watch.Publish(l.Index, nil)
 		}
 		last = l.Index
 	}
@@ -93,6 +97,7 @@ func (a *fsmAdapter) ApplyBatch(logs []*raft.Log) []interface{} {
 }
 
 func (a *fsmAdapter) StoreConfiguration(index uint64, _ raft.Configuration) {
+	a.n.watch.Publish(index, nil)
 	a.advance(index)
 }
 
@@ -142,6 +147,9 @@ func (a *fsmAdapter) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	a.n.metrics.snapshotRestore.Observe(time.Since(start).Seconds())
+	// The changes up to the snapshot's index are not known here: the watch
+	// history starts again after it.
+	a.n.watch.Reset(a.n.fsm.AppliedIndex())
 	a.afterRestore()
 	return nil
 }

@@ -212,6 +212,13 @@ type Config struct {
 	Limits Limits
 	Logger *slog.Logger
 
+	// Watch history and watchers (see WatchConfig; zero fields take its
+	// defaults). The history is this member's own, never replicated.
+	WatchHistoryBytes     int64         // default 64 MiB
+	WatchHistoryEvents    int           // default 100000
+	WatchBuffer           int           // events queued per watcher before it is cancelled, default 4096
+	WatchProgressInterval time.Duration // how often the node confirms it is up to date for its watchers, default 250ms
+
 	// --- Testing hooks. Never set in production: kvd exposes them only
 	// behind flags named --test-*. ---
 
@@ -332,6 +339,9 @@ func (cfg Config) Validate() error {
 	if err := cfg.Limits.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if err := cfg.watchConfig().Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	rc := cfg.raftConfig()
 	if err := raft.ValidateConfig(rc); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -346,6 +356,17 @@ const (
 	minWALSegmentBytes     = 1 << 20
 	maxWALSegmentBytes     = 1 << 30
 )
+
+// watchConfig is the watch hub's configuration from cfg.
+func (cfg Config) watchConfig() WatchConfig {
+	return WatchConfig{
+		HistoryBytes:     cfg.WatchHistoryBytes,
+		HistoryEvents:    cfg.WatchHistoryEvents,
+		Buffer:           cfg.WatchBuffer,
+		ProgressInterval: cfg.WatchProgressInterval,
+		Logger:           cfg.Logger,
+	}
+}
 
 // raftConfig builds raft's configuration from cfg (defaults applied).
 func (cfg Config) raftConfig() *raft.Config {
@@ -384,6 +405,7 @@ type Node struct {
 
 	fsm     *fsm.FSM
 	adapter *fsmAdapter
+	watch   *WatchHub
 
 	raft     *raft.Raft
 	trans    raft.Transport
@@ -456,6 +478,22 @@ func (n *Node) Done() <-chan struct{} { return n.ctx.Done() }
 
 // FSM is the node's state machine: read it, never apply to it.
 func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// WatchHub serves this member's watchers from its history of changes.
+func (n *Node) WatchHub() *WatchHub { return n.watch }
+
+// watchReadIndex is the hub's ReadIndexFunc: a read index from the leader,
+// once this node has applied (and so published) every entry up to it.
+func (n *Node) watchReadIndex(ctx context.Context) (uint64, error) {
+	index, _, _, err := n.readIndex(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := n.WaitApplied(ctx, index); err != nil {
+		return 0, err
+	}
+	return index, nil
+}
 
 // Raft exposes the raft instance (tests).
 func (n *Node) Raft() *raft.Raft { return n.raft }
@@ -559,7 +597,7 @@ func (n *Node) Start() (err error) {
 		internalLis = n.mux.grpc
 	}
 
-	// State machine and raft.
+	// State machine, watch hub and raft.
 	n.fsm = fsm.New()
 	// Entries already in the log at start are replayed: their handoffs were
 	// observed by the process that applied them first.
@@ -572,6 +610,8 @@ func (n *Node) Start() (err error) {
 			n.metrics.lockHandoff.Observe(float64(gap) / 1e9)
 		}
 	})
+	n.watch = NewWatchHub(n.cfg.watchConfig(), n.fsm, n.watchReadIndex)
+	closers = append(closers, n.watch.Close)
 	n.adapter = newFSMAdapter(n)
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
@@ -826,6 +866,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if n.dataLock != nil {
 		n.dataLock.Close()
 	}
+	n.watch.Close()
 	n.peers.close()
 	n.log.Info("kvd node stopped")
 	return errors.Join(errs...)

@@ -71,6 +71,9 @@ type serverFlags struct {
 	testClockOffset                                      time.Duration
 	testPeerDial                                         string
 	devParentFD                                          int
+	watchHistoryBytes                                    int64
+	watchHistoryEvents, watchBuffer                      int
+	watchProgress                                        time.Duration
 }
 
 func newRootCmd(stderr io.Writer) *cobra.Command {
@@ -164,6 +167,11 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.IntVar(&l.MaxConcurrentStreams, "max-concurrent-streams", d.MaxConcurrentStreams, "concurrent calls per client connection")
 	fs.IntVar(&l.MaxUnreadBytes, "max-unread-bytes", d.MaxUnreadBytes, "answers a client connection may leave unread before its reads wait")
 
+	fs.Int64Var(&f.watchHistoryBytes, "watch-history-bytes", node.DefaultWatchHistoryBytes, "memory for the history of recent changes that watches resume from (estimated bytes)")
+	fs.IntVar(&f.watchHistoryEvents, "watch-history-events", node.DefaultWatchHistoryEvents, "most changes the watch history holds")
+	fs.IntVar(&f.watchBuffer, "watch-buffer", node.DefaultWatchBuffer, "changes queued for one watch stream before it is cancelled as too slow (its client resumes)")
+	fs.DurationVar(&f.watchProgress, "watch-progress-interval", node.DefaultWatchProgressInterval, "how often the node confirms with the leader that it is up to date, for its watchers' progress messages")
+
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics), /healthz and /readyz over plain HTTP on this address (e.g. 127.0.0.1:9090); default off")
@@ -198,6 +206,21 @@ func (f *serverFlags) config() (node.Config, error) {
 		TickInterval:      f.tick,
 		Limits:            f.limits,
 		TestClockOffset:   f.testClockOffset,
+
+		WatchHistoryBytes:     f.watchHistoryBytes,
+		WatchHistoryEvents:    f.watchHistoryEvents,
+		WatchBuffer:           f.watchBuffer,
+		WatchProgressInterval: f.watchProgress,
+	}
+	switch {
+	case f.watchHistoryBytes < 1:
+		return cfg, fmt.Errorf("--watch-history-bytes: want at least 1, got %d", f.watchHistoryBytes)
+	case f.watchHistoryEvents < 1:
+		return cfg, fmt.Errorf("--watch-history-events: want at least 1, got %d", f.watchHistoryEvents)
+	case f.watchBuffer < 1:
+		return cfg, fmt.Errorf("--watch-buffer: want at least 1, got %d", f.watchBuffer)
+	case f.watchProgress < time.Millisecond:
+		return cfg, fmt.Errorf("--watch-progress-interval: want at least 1ms, got %v", f.watchProgress)
 	}
 	if f.name == "" {
 		return cfg, errors.New("--name is required")

@@ -36,6 +36,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log level", []string{"--name", "n1", "--data-dir", dir, "--log-level", "loud"}, 2, "--log-level"},
 		{"bad log store", []string{"--name", "n1", "--data-dir", dir, "--log-store", "rocks"}, 2, "--log-store \"rocks\": want wal or bolt"},
 		{"extra arg", []string{"stray"}, 2, "unknown command"},
+		{"watch history", []string{"--name", "n1", "--data-dir", dir, "--watch-history-events", "0"}, 2, "--watch-history-events: want at least 1, got 0"},
+		{"watch buffer", []string{"--name", "n1", "--data-dir", dir, "--watch-buffer", "-3"}, 2, "--watch-buffer: want at least 1, got -3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
