@@ -1,5 +1,5 @@
 // Package api serves kvd's client-facing gRPC services (KV, Session, Lock,
-// Cache, Cluster, plus gRPC health and reflection) in front of a Backend,
+// Cache, Cluster, Auth, Watch, plus gRPC health and reflection) in front of a Backend,
 // which *node.Node implements. It holds request validation and the one
 // error table; it never talks to Raft itself and never serves the Internal
 // service (that is on the peer port, in package node).

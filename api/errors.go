@@ -29,6 +29,9 @@ import (
 //     TOKEN_EXPIRED -> Unauthenticated (TOKEN_EXPIRED: sign in again);
 //     USER_EXISTS, ROLE_EXISTS -> AlreadyExists; NO_ADMIN, AUTH_DISABLED ->
 //     FailedPrecondition.
+//   - OUT_OF_RANGE -> OutOfRange (a watch's after_index is older than the
+//     member's history; ErrorInfo.limit is the oldest it serves);
+//     WATCH_CANCELED -> Aborted (resume the watch).
 //   - INDETERMINATE -> Unavailable (or DeadlineExceeded/Canceled when the
 //     caller's context ended while the command was in flight): the command
 //     may or may not have been applied; retry only with the same
@@ -61,6 +64,9 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 
 	kvpb.ErrorCode_ERROR_CODE_DISK_FULL:      codes.ResourceExhausted,
 	kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED: codes.ResourceExhausted,
+
+	kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE:   codes.OutOfRange,
+	kvpb.ErrorCode_ERROR_CODE_WATCH_CANCELED: codes.Aborted,
 }
 
 // GRPCCode returns the gRPC code kvd uses for an error code.

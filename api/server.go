@@ -40,6 +40,8 @@ type Backend interface {
 	AppliedIndex() uint64
 	// FSM is the local state, for reads and change notifications.
 	FSM() *fsm.FSM
+	// WatchHub serves watches from the member's history of changes.
+	WatchHub() *node.WatchHub
 	// RenewSession renews a session with the next shared keepalive entry.
 	RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error)
 	Leader() (name, clientAddr string)
@@ -83,7 +85,7 @@ type Config struct {
 }
 
 // Server serves the client-facing gRPC services (KV, Session, Lock, Cache,
-// Cluster, Auth, gRPC health and reflection) in front of a Backend. It never
+// Cluster, Auth, Watch, gRPC health and reflection) in front of a Backend. It never
 // serves the Internal service: that lives on the peer port.
 type Server struct {
 	b      Backend
@@ -177,6 +179,7 @@ func New(b Backend, cfg Config) *Server {
 	kvpb.RegisterCacheServer(s.grpc, &cacheService{n: s})
 	kvpb.RegisterClusterServer(s.grpc, &clusterService{n: s})
 	kvpb.RegisterAuthServer(s.grpc, &authService{n: s})
+	kvpb.RegisterWatchServer(s.grpc, &watchService{n: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -26,13 +26,18 @@ import (
 type fakeBackend struct {
 	mu    sync.Mutex
 	f     *fsm.FSM
+	hub   *node.WatchHub
 	index uint64
 	now   int64
 	done  chan struct{}
 }
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{f: fsm.New(), now: time.Now().UnixNano(), done: make(chan struct{})}
+	b := &fakeBackend{f: fsm.New(), now: time.Now().UnixNano(), done: make(chan struct{})}
+	// Its read index is its own applied index: it is the leader of itself.
+	b.hub = node.NewWatchHub(node.WatchConfig{ProgressInterval: 20 * time.Millisecond}, b.f,
+		func(context.Context) (uint64, error) { return b.f.AppliedIndex(), nil })
+	return b
 }
 
 func (b *fakeBackend) Propose(_ context.Context, cmd *kvpb.Command) (*kvpb.CommandResult, node.Applied, error) {
@@ -46,7 +51,8 @@ func (b *fakeBackend) Propose(_ context.Context, cmd *kvpb.Command) (*kvpb.Comma
 		return nil, node.Applied{}, err
 	}
 	b.index++
-	res := b.f.Apply(b.index, data)
+	res, evs := b.f.ApplyEvents(b.index, data)
+	b.hub.Publish(b.index, evs)
 	return res, node.Applied{Index: b.index, LogTime: b.f.LogTime()}, nil
 }
 
@@ -68,8 +74,9 @@ func (b *fakeBackend) WriteHeader(index uint64, logTime int64) *kvpb.ResponseHea
 func (b *fakeBackend) LocalHeader() *kvpb.ResponseHeader {
 	return &kvpb.ResponseHeader{AppliedIndex: b.AppliedIndex(), LogTime: b.f.LogTime(), ServedBy: "fake", Stale: true}
 }
-func (b *fakeBackend) AppliedIndex() uint64 { return b.f.AppliedIndex() }
-func (b *fakeBackend) FSM() *fsm.FSM        { return b.f }
+func (b *fakeBackend) AppliedIndex() uint64     { return b.f.AppliedIndex() }
+func (b *fakeBackend) FSM() *fsm.FSM            { return b.f }
+func (b *fakeBackend) WatchHub() *node.WatchHub { return b.hub }
 func (b *fakeBackend) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error) {
 	res, at, err := b.Propose(ctx, &kvpb.Command{Op: &kvpb.Command_KeepAliveBatch{KeepAliveBatch: &kvpb.KeepAliveBatchOp{Ids: []uint64{id}}}})
 	if err != nil {
@@ -101,20 +108,33 @@ func (b *fakeBackend) ConsistentSnapshot(context.Context) (fsm.Snapshot, error) 
 func serveFake(t *testing.T, cfg Config) (*fakeBackend, *grpc.ClientConn) {
 	t.Helper()
 	b := newFakeBackend()
+	return b, serveBackend(t, b, cfg)
+}
+
+// serveBackend serves b on bufconn and returns a connection to it.
+func serveBackend(t *testing.T, b *fakeBackend, cfg Config) *grpc.ClientConn {
+	t.Helper()
 	if cfg.BcryptCost == 0 {
 		cfg.BcryptCost = bcrypt.MinCost
 	}
 	s := New(b, cfg)
+	t.Cleanup(func() { s.Stop(context.Background()); close(b.done); b.hub.Close() })
+	return serveOn(t, s)
+}
+
+// serveOn serves s on bufconn and returns a connection to it; stopping s
+// is the caller's.
+func serveOn(t *testing.T, s *Server) *grpc.ClientConn {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	go s.Serve(lis)
-	t.Cleanup(func() { s.Stop(context.Background()); close(b.done) })
 	conn, err := grpc.NewClient("passthrough:///fake", grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return b, conn
+	return conn
 }
 
 func codeOf(err error) (codes.Code, kvpb.ErrorCode) {
@@ -305,6 +325,7 @@ func TestAuthRefusals(t *testing.T) {
 
 func TestTokenExpires(t *testing.T) {
 	b := newFakeBackend()
+	t.Cleanup(b.hub.Close)
 	v := func() *fsm.AuthView { return b.f.Auth() }
 	if _, err := issueToken(v(), "x", 1, time.Minute, time.Now()); err == nil {
 		t.Fatal("issueToken with auth disabled succeeded")

@@ -821,7 +821,7 @@ func (w *Watcher) catchUp() (WatchBatch, bool, error) {
 		return WatchBatch{}, false, err
 	}
 	d := h.dispatched.Load()
-	evs, complete, err := w.readHistory(d, watchBatchEvents)
+	evs, complete, err := w.readHistory(d, watchBatchEvents, watchBatchBytes)
 	if err != nil {
 		return WatchBatch{}, false, err
 	}
@@ -837,7 +837,7 @@ func (w *Watcher) catchUp() (WatchBatch, bool, error) {
 		return WatchBatch{}, false, err
 	}
 	d = h.dispatched.Load()
-	evs, _, err = w.readHistory(d, h.cfg.Buffer+1)
+	evs, _, err = w.readHistory(d, h.cfg.Buffer+1, 1<<62)
 	if err != nil {
 		return WatchBatch{}, false, err
 	}
@@ -858,11 +858,11 @@ func (w *Watcher) catchUp() (WatchBatch, bool, error) {
 	return WatchBatch{}, false, nil
 }
 
-// readHistory returns up to limit changes matching w after its position,
-// of entries up to through, and the index up to which every change has
+// readHistory returns up to limit changes (and about maxBytes) matching w
+// after its position, of entries up to through, and the index up to which every change has
 // then been returned. It fails with WATCH_CANCELED when history no longer
 // holds the position.
-func (w *Watcher) readHistory(through uint64, limit int) ([]fsm.Event, uint64, error) {
+func (w *Watcher) readHistory(through uint64, limit int, maxBytes int64) ([]fsm.Event, uint64, error) {
 	h := w.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -871,8 +871,9 @@ func (w *Watcher) readHistory(through uint64, limit int) ([]fsm.Event, uint64, e
 	}
 	var out []fsm.Event
 	seen := uint32(0)
+	size := int64(0)
 	i := h.firstAfterLocked(w.after)
-	for ; i < len(h.hist) && len(out) < limit; i++ {
+	for ; i < len(h.hist) && len(out) < limit && size < maxBytes; i++ {
 		e := h.hist[i].ev
 		idx := e.Change.Index
 		if idx > through {
@@ -886,6 +887,7 @@ func (w *Watcher) readHistory(through uint64, limit int) ([]fsm.Event, uint64, e
 			continue
 		}
 		out = append(out, e)
+		size += h.hist[i].size
 	}
 	// complete: every change up to this index is in out (or before).
 	complete := through
