@@ -24,6 +24,14 @@
 //
 // Reads are linearizable unless WithStale is given, and are retried freely.
 //
+// # Watches
+//
+// Watch is an iterator over the changes to a key, a prefix, a lock, a cache
+// entry or a session, in index order. Any member serves it; the client
+// keeps the position of the last change it delivered and, when the member
+// dies, goes silent (cut off from the leader) or cancels the stream,
+// resumes on another member exactly after it: no gap, no duplicate.
+//
 // # Errors
 //
 // Every kvd answer is an *Error carrying the server's ErrorCode and message;

@@ -91,6 +91,14 @@ var (
 	// the write was refused before it reached the log. Deletes are still
 	// accepted.
 	ErrQuotaExceeded error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED}
+	// ErrOutOfRange: a watch FromIndex older than the member's history,
+	// WithOutOfRangeError. Error.Limit is the oldest index the member can
+	// continue after.
+	ErrOutOfRange error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE}
+	// ErrWatchCanceled: a member cancelled a watch stream (it fell behind,
+	// or the member installed a snapshot). Watch resumes by itself; this is
+	// only seen by callers of the raw RPC.
+	ErrWatchCanceled error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_WATCH_CANCELED}
 
 	// ErrPermissionDenied: the user's roles do not grant the operation.
 	ErrPermissionDenied error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED}
@@ -184,6 +192,9 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	// data dir is full.
 	kvpb.ErrorCode_ERROR_CODE_DISK_FULL:      {ErrDiskFull, classFinal, "kvd: data dir full"},
 	kvpb.ErrorCode_ERROR_CODE_QUOTA_EXCEEDED: {ErrQuotaExceeded, classFinal, "kvd: data dir over its quota"},
+
+	kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE:   {ErrOutOfRange, classFinal, "kvd: watch position is older than the member's history"},
+	kvpb.ErrorCode_ERROR_CODE_WATCH_CANCELED: {ErrWatchCanceled, classRetry, "kvd: watch cancelled; resume it"},
 }
 
 // attemptResult is a classified failed attempt.

@@ -51,11 +51,13 @@ func TestErrorTable(t *testing.T) {
 		{kvpb.ErrorCode_ERROR_CODE_ROLE_EXISTS, codes.AlreadyExists, ErrRoleExists, classFinal},
 		{kvpb.ErrorCode_ERROR_CODE_NO_ADMIN, codes.FailedPrecondition, ErrNoAdmin, classFinal},
 		{kvpb.ErrorCode_ERROR_CODE_AUTH_DISABLED, codes.FailedPrecondition, ErrAuthDisabled, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE, codes.OutOfRange, ErrOutOfRange, classFinal},
+		{kvpb.ErrorCode_ERROR_CODE_WATCH_CANCELED, codes.Aborted, ErrWatchCanceled, classRetry},
 	}
 	all := []error{ErrNotFound, ErrVersionMismatch, ErrFenceFailed, ErrStaleToken, ErrSessionExpired,
 		ErrInvalidArgument, ErrLimitExceeded, ErrNotInteger, ErrStaleSequence, ErrSequenceReused, ErrUnavailable, ErrIndeterminate,
 		ErrPermissionDenied, ErrUnauthenticated, ErrAuthFailed, ErrTokenExpired, ErrUserExists, ErrRoleExists,
-		ErrNoAdmin, ErrAuthDisabled}
+		ErrNoAdmin, ErrAuthDisabled, ErrOutOfRange, ErrWatchCanceled}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%v/%v", tt.code, tt.grpc), func(t *testing.T) {
 			err := kvdStatus(tt.grpc, "some text", &kvpb.ErrorInfo{Code: tt.code})
