@@ -45,12 +45,13 @@ func FromIndex(n uint64) WatchOption { return func(o *watchOptions) { o.from = &
 // (Change.PrevKv; unset when the key did not exist).
 func WithPrevKV() WatchOption { return func(o *watchOptions) { o.prev = true } }
 
-// WithProgressNotify yields EventProgress while the watch is idle: every
-// change up to its Index has been delivered, confirmed with the leader.
+// WithProgressNotify yields EventProgress about once per progress interval
+// (between changes too): every change up to its Index has been delivered,
+// and the member confirmed with the leader that it was up to date.
 func WithProgressNotify() WatchOption { return func(o *watchOptions) { o.progress = true } }
 
-// WithProgressInterval sets how often an idle watch hears from its member
-// (default 1s). The client moves to another member after three intervals
+// WithProgressInterval sets how often a watch hears from its member when
+// nothing changes (default 1s). The client moves to another member after three intervals
 // without a word (plus a second), so this also bounds how long a partitioned
 // member can hold a watch.
 func WithProgressInterval(d time.Duration) WatchOption { return func(o *watchOptions) { o.every = d } }
@@ -121,6 +122,9 @@ type Event struct {
 	Change *kvpb.WatchEvent
 	// ServedBy names the member that sent it.
 	ServedBy string
+	// Header is the header of the message that carried it: the member's
+	// applied index and log time when it sent it.
+	Header *kvpb.ResponseHeader
 }
 
 // Watch watches key (a lock name with OnLocks, a cache key with OnCache,
@@ -181,6 +185,7 @@ var errStalled = errors.New("kvd: watch: the member sent nothing in time (cut of
 func (w *watchRun) run(ctx context.Context, yield func(Event, error) bool) {
 	var delay time.Duration
 	failed := ""
+	refused := false // the last attempt's token was refused
 	for {
 		if err := ctx.Err(); err != nil {
 			yield(Event{}, err)
@@ -203,6 +208,13 @@ func (w *watchRun) run(ctx context.Context, yield func(Event, error) bool) {
 			yield(Event{}, ErrClosed)
 			return
 		}
+		if tokenRefused(err) && (!refused || progressed) {
+			// The stream interceptor dropped the token: the next attempt
+			// signs in again (an open stream outlives its token).
+			refused = true
+			continue
+		}
+		refused = false
 		if final := watchFinal(err); final != nil {
 			yield(Event{}, final)
 			return
@@ -316,18 +328,18 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 			w.snap = nil
 			w.after, w.skip = m.GetIndex(), 0
 			for _, e := range items {
-				if !deliver(Event{Kind: EventState, Index: m.GetIndex(), Change: e, ServedBy: by}) {
+				if !deliver(Event{Kind: EventState, Index: m.GetIndex(), Change: e, ServedBy: by, Header: m.GetHeader()}) {
 					return progressed, true, nil
 				}
 			}
-			if !deliver(Event{Kind: EventSnapshotEnd, Index: m.GetIndex(), ServedBy: by}) {
+			if !deliver(Event{Kind: EventSnapshotEnd, Index: m.GetIndex(), ServedBy: by, Header: m.GetHeader()}) {
 				return progressed, true, nil
 			}
 		case kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_EVENTS:
 			progressed = true
 			for _, e := range m.GetEvents() {
 				w.advance(e.GetIndex())
-				if !deliver(Event{Kind: EventChange, Index: e.GetIndex(), Change: e, ServedBy: by}) {
+				if !deliver(Event{Kind: EventChange, Index: e.GetIndex(), Change: e, ServedBy: by, Header: m.GetHeader()}) {
 					return progressed, true, nil
 				}
 			}
@@ -335,7 +347,7 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 		case kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_PROGRESS:
 			progressed = true
 			w.complete(m.GetIndex())
-			if w.o.progress && !deliver(Event{Kind: EventProgress, Index: w.after, ServedBy: by}) {
+			if w.o.progress && !deliver(Event{Kind: EventProgress, Index: w.after, ServedBy: by, Header: m.GetHeader()}) {
 				return progressed, true, nil
 			}
 		}

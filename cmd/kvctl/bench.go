@@ -142,7 +142,7 @@ member per instance). The run ends after --total requests, or after
 	memo.Flags().Float64Var(&f.hitRatio, "hit-ratio", 0.99, "share of calls that find a fresh value")
 	memo.Flags().StringVar(&f.memoReads, "reads", "linearizable", "how a fresh value is read: linearizable (through the leader) or local (cache.LocalReads: the receiving member's state)")
 	memo.Flags().DurationVar(&f.nearCache, "near-cache", 0, "keep fresh values in the process for up to this long (cache.NearCache); 0: off")
-	cmd.AddCommand(put, get, lk, ka, memo)
+	cmd.AddCommand(put, get, lk, ka, memo, newBenchWatchCmd(a, &f))
 	return cmd
 }
 
