@@ -16,8 +16,8 @@ type lockService struct {
 }
 
 // Acquire proposes the acquire. If the caller is queued and wait_ms > 0, it
-// waits on the local fsm (fsm.Watch, no polling) until the session holds
-// the lock, or has left the line (its wait expired in log time, its session
+// waits on the local fsm (fsm.Watch, no polling; each change is judged by
+// fsm.LockWait, which builds no protobuf) until the session holds the lock, or has left the line (its wait expired in log time, its session
 // ended), or ctx ends, or wait_ms (plus a grace) has passed on this node's
 // clock (log time stands still on a partitioned follower). When the wait
 // ends without an answer it proposes CancelWait{leave_line_only} (header
@@ -70,27 +70,26 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 	for {
 		ch, stop := n.b.FSM().Watch(fsm.WatchLock, name)
 		now := n.b.FSM().LogTime()
-		lock := n.b.FSM().Lock(name, now)
-		held := lock != nil && lock.GetSession() == session && lock.GetToken() != 0
-		queued := false
-		for i, w := range lock.GetWaiters() {
-			if w.GetSession() == session {
-				queued = true
-				resp.Position = uint32(i + 1)
-				break
+		held, token, position := n.b.FSM().LockWait(name, session, now)
+		if held || position == 0 {
+			// The answer: the lock's state is built once, here. A change
+			// between the two reads fires ch: look again.
+			lock := n.b.FSM().Lock(name, now)
+			if held && lock.GetToken() != token {
+				stop()
+				continue
 			}
-		}
-		if held || !queued {
 			stop()
 			// The adapter's index advances after a whole batch: a grant read
 			// from the fsm may be newer, so the header says at least its token.
-			hdr := n.b.WriteHeader(max(n.b.AppliedIndex(), lock.GetToken()), now)
+			hdr := n.b.WriteHeader(max(n.b.AppliedIndex(), token), now)
 			if held {
 				n.metrics.acquireWait.Observe(time.Since(start).Seconds())
-				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: lock.GetToken(), Lock: lock}, nil
+				return &kvpb.AcquireResponse{Header: hdr, Acquired: true, Token: token, Lock: lock}, nil
 			}
 			return &kvpb.AcquireResponse{Header: hdr, Acquired: false, Lock: lock}, nil
 		}
+		resp.Position = uint32(position)
 		select {
 		case <-ch:
 			stop()

@@ -35,8 +35,9 @@ type Session struct {
 	info     *kvpb.SessionInfo
 	err      error
 	done     chan struct{}
-	timer    *time.Timer // fires at deadline
-	closed   bool        // Close was called
+	timer    *time.Timer   // fires at deadline
+	closed   bool          // Close was called
+	acked    chan struct{} // closed and replaced at each acknowledged keepalive
 
 	stop   context.CancelFunc // stops the keepalive goroutine
 	exited chan struct{}      // closed when it has returned
@@ -73,6 +74,7 @@ func (c *Client) NewSession(ctx context.Context, ttl time.Duration, name string)
 		ttl:      ttl,
 		deadline: sent.Add(ttl - leaseMargin(ttl)),
 		info:     info,
+		acked:    make(chan struct{}),
 		done:     make(chan struct{}),
 		stop:     stop,
 		exited:   make(chan struct{}),
@@ -157,6 +159,17 @@ func (s *Session) ack(sent time.Time, info *kvpb.SessionInfo) {
 	if info != nil {
 		s.info = info
 	}
+	close(s.acked)
+	s.acked = make(chan struct{})
+}
+
+// Acked returns a channel closed at the next acknowledged keepalive (then
+// Info holds its answer). It stays open once the session has ended: watch
+// Done as well.
+func (s *Session) Acked() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.acked
 }
 
 // expire closes Done with err (first reason wins) and stops keepalives.

@@ -11,8 +11,10 @@
 // Invariant: a Mutex's Lost channel closes, and its Context is canceled,
 // before the server can have released the lock by expiry: the client's view
 // of the session ends strictly before the server's. It also closes when a
-// keepalive answer shows the lock is no longer held (an operator broke it),
-// and on Unlock. A leader election alone does not lose the lock: the client
+// watch on the lock sees another token (an operator broke it: the holder
+// learns within milliseconds) or a keepalive answer no longer lists it, and
+// on Unlock. Nothing polls: the watch, the keepalive answers and the
+// session's deadline tell the Mutex. A leader election alone does not lose the lock: the client
 // retries keepalives through it within the TTL.
 //
 // The API is stable: new options may be added, nothing is removed.

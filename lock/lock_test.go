@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -375,4 +376,32 @@ func TestLostBeforeServerExpiry(t *testing.T) {
 		t.Fatalf("m1.Err() = %v, want ErrLost", m1.Err())
 	}
 	t.Logf("keepalives cut; holder saw the loss at +%v, next waiter granted at +%v (TTL %v)", lostAt.Sub(cut), grantAt.Sub(cut), ttl)
+}
+
+// TestBreakSeenBeforeAKeepalive: a break reaches the holder through its
+// watch on the lock, long before the next keepalive answer (every TTL/3 =
+// 20s here) could tell it.
+func TestBreakSeenBeforeAKeepalive(t *testing.T) {
+	cl := startCluster(t)
+	c := newClient(t, cl, nil)
+	s := newSession(t, c, time.Minute)
+	m := lock.NewMutex(s, "job")
+	if err := m.Lock(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	info := s.ClientSession().Info()
+	if _, err := c.BreakLock(t.Context(), []byte("job"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Lost() still open 5s after the break; the next keepalive is 20s away")
+	}
+	if s.ClientSession().Info() != info {
+		t.Fatalf("a keepalive answer arrived meanwhile: the test did not isolate the watch")
+	}
+	if err := m.Err(); !errors.Is(err, lock.ErrLost) || !strings.Contains(err.Error(), "lock-break") {
+		t.Errorf("Err() = %v, want ErrLost naming the break", err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -258,8 +259,12 @@ func (m *Mutex) granted(resp *kvpb.AcquireResponse) {
 	go m.watch(h, resp.GetLock().GetExpiresAt())
 }
 
-// watch closes h.lost when the session's view ends, or when a keepalive
-// answer sent after the grant no longer lists the lock.
+// watch closes h.lost when the session's view ends, or when the lock is
+// seen held under another token (broken, released elsewhere, handed on).
+// Two sources tell it, neither polled: a watch on the lock from the
+// granting entry on (it reports a break within milliseconds), and the
+// session's keepalive answers (it lists the locks the session holds; this
+// covers a watch the member refuses, say for lack of read permission).
 //
 // A keepalive answer counts only if the server applied it after the grant:
 // its session expiry is then later than the holder expiry the grant
@@ -268,23 +273,45 @@ func (m *Mutex) granted(resp *kvpb.AcquireResponse) {
 // keepalive at a time, so that one was sent after the grant).
 func (m *Mutex) watch(h *hold, grantExpiry int64) {
 	defer close(h.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	moved := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := m.s.Client()
+		for ev, err := range c.Watch(ctx, m.name, client.OnLocks(), client.FromIndex(h.token)) {
+			if err != nil {
+				return // the keepalive answers and the session still tell
+			}
+			if ev.Change == nil {
+				continue
+			}
+			if tok := ev.Change.GetLock().GetToken(); tok != h.token {
+				moved <- fmt.Errorf("%w: lock %q is now held under token %d (%s at index %d), not %d",
+					ErrLost, m.name, tok, eventName(ev.Change.GetType()), ev.Index, h.token)
+				return
+			}
+		}
+	}()
+
 	first := m.s.info()
 	var changes int
 	last := first
-	t := time.NewTicker(pollInterval(m.s.ttl))
-	defer t.Stop()
 	for {
+		acked := m.s.acked()
 		select {
 		case <-h.stop:
 			return
 		case <-m.s.Done():
 			h.lose(fmt.Errorf("%w: session %d ended: %w", ErrLost, m.s.ID(), m.s.Err()))
 			return
-		case <-t.C:
-		}
-		if d := m.s.deadline(); !d.IsZero() && !time.Now().Before(d) {
-			h.lose(fmt.Errorf("%w: session %d not renewed before its deadline", ErrLost, m.s.ID()))
+		case err := <-moved:
+			h.lose(err)
 			return
+		case <-acked:
 		}
 		info := m.s.info()
 		if info == nil || info == last {
@@ -305,6 +332,11 @@ func (m *Mutex) watch(h *hold, grantExpiry int64) {
 	}
 }
 
+// eventName is "lock-break" for EVENT_TYPE_LOCK_BREAK.
+func eventName(t kvpb.EventType) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(t.String(), "EVENT_TYPE_")), "_", "-")
+}
+
 func containsName(names [][]byte, name []byte) bool {
 	for _, n := range names {
 		if bytes.Equal(n, name) {
@@ -312,12 +344,6 @@ func containsName(names [][]byte, name []byte) bool {
 		}
 	}
 	return false
-}
-
-// pollInterval is how often the watcher looks at the session's last
-// keepalive answer: often compared with the TTL, cheap (no I/O).
-func pollInterval(ttl time.Duration) time.Duration {
-	return min(max(ttl/50, 20*time.Millisecond), 250*time.Millisecond)
 }
 
 // Token is the fencing token of the current grant, 0 when not held. Pass it
@@ -349,8 +375,9 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 
 // Lost is closed when the current grant is lost or given up: when the
 // session's view ends (strictly before the server can expire the session),
-// when a keepalive answer shows the lock is no longer held (broken), or on
-// Unlock. It is closed already when nothing is held.
+// when a watch on the lock sees it held under another token (broken: within
+// milliseconds on a healthy cluster) or a keepalive answer no longer lists
+// it, or on Unlock. It is closed already when nothing is held.
 func (m *Mutex) Lost() <-chan struct{} {
 	m.mu.Lock()
 	defer m.mu.Unlock()

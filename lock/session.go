@@ -96,8 +96,8 @@ func (s *Session) Close(ctx context.Context) error {
 // info is the last keepalive answer: its Locks list the locks held then.
 func (s *Session) info() *kvpb.SessionInfo { return s.cs.Info() }
 
-// deadline is the end of the client's view of the session.
-func (s *Session) deadline() time.Time { return s.cs.Deadline() }
+// acked is closed at the next acknowledged keepalive.
+func (s *Session) acked() <-chan struct{} { return s.cs.Acked() }
 
 // Deadline is when the client's view of the session ends unless a keepalive
 // gets through first: strictly before the server can expire it.
