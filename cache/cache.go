@@ -37,7 +37,7 @@ type Cache struct {
 	name string
 	opts options
 
-	hits, misses, staleServed, fills, deduped, fillErrors, staleRejected, storeErrors atomic.Uint64
+	hits, nearHits, misses, staleServed, fills, deduped, fillErrors, staleRejected, storeErrors atomic.Uint64
 
 	bgMu     sync.Mutex
 	bgCtx    context.Context
@@ -72,6 +72,8 @@ type Stats struct {
 	// Hits: callers served a fresh value without waiting for a fill
 	// (near-cache hits included; a cached error counts as a hit).
 	Hits uint64 `json:"hits"`
+	// NearHits: of the hits, those served from the near-cache.
+	NearHits uint64 `json:"near_hits"`
 	// Misses: callers that found no usable value (they computed, or
 	// waited for whoever did).
 	Misses uint64 `json:"misses"`
@@ -98,6 +100,7 @@ func (cc *Cache) Stats() Stats {
 	return Stats{
 		Name:                cc.name,
 		Hits:                cc.hits.Load(),
+		NearHits:            cc.nearHits.Load(),
 		Misses:              cc.misses.Load(),
 		StaleServed:         cc.staleServed.Load(),
 		Fills:               cc.fills.Load(),
@@ -169,7 +172,7 @@ func (cc *Cache) Memoize(ctx context.Context, key string, ttl time.Duration, fn 
 // near-cache); the next caller computes it again. It waits for the command
 // to be applied and returns ctx's error or the client's.
 func (cc *Cache) Invalidate(ctx context.Context, key string) error {
-	cc.sh.nearDrop(key, false)
+	cc.sh.near.drop(key, false)
 	_, err := cc.sh.c.Invalidate(ctx, []byte(key), false)
 	return err
 }
@@ -177,7 +180,7 @@ func (cc *Cache) Invalidate(ctx context.Context, key string) error {
 // InvalidatePrefix removes every entry whose key starts with prefix, and
 // returns how many there were. Waits and errors as Invalidate.
 func (cc *Cache) InvalidatePrefix(ctx context.Context, prefix string) (uint64, error) {
-	cc.sh.nearDrop(prefix, true)
+	cc.sh.near.drop(prefix, true)
 	resp, err := cc.sh.c.Invalidate(ctx, []byte(prefix), true)
 	return resp.GetInvalidated(), err
 }
@@ -219,8 +222,10 @@ func (cc *Cache) memoize(ctx context.Context, key string, ttl time.Duration, fn 
 		return nil, errors.New("cache: memoize: empty key")
 	}
 	if o.near > 0 {
-		if e, ok := cc.sh.nearGet(key, o.near); ok {
+		cc.sh.near.start()
+		if e, ok := cc.sh.near.get(key, o.near); ok {
 			cc.hits.Add(1)
+			cc.nearHits.Add(1)
 			return e.value, e.err
 		}
 	}
@@ -352,7 +357,7 @@ func (cc *Cache) flight(ctx context.Context, key string, ttl time.Duration, fn f
 				r.outcome = outWaited
 			}
 			if o.near > 0 {
-				cc.sh.nearPut(key, e, resp.GetHeader(), sentAt, r)
+				cc.sh.near.put(key, e, resp.GetHeader(), sentAt, r)
 			}
 			return r
 		case kvpb.CacheState_CACHE_STATE_STALE:
@@ -445,7 +450,7 @@ func (cc *Cache) fill(ctx context.Context, sess *client.Session, key string, tok
 	switch {
 	case err == nil:
 		if o.near > 0 && ferr == nil {
-			cc.sh.nearPut(key, resp.GetEntry(), resp.GetHeader(), sentAt, r)
+			cc.sh.near.put(key, resp.GetEntry(), resp.GetHeader(), sentAt, r)
 		}
 	case errors.Is(err, client.ErrStaleToken):
 		cc.staleRejected.Add(1)
@@ -499,7 +504,7 @@ func (cc *Cache) refresh(sess *client.Session, key string, tok uint64, ttl time.
 		_, err := sess.Store(sctx, req)
 		switch {
 		case err == nil:
-			cc.sh.nearDrop(key, false)
+			cc.sh.near.drop(key, false)
 		case errors.Is(err, client.ErrStaleToken):
 			cc.staleRejected.Add(1)
 		default:

@@ -88,6 +88,8 @@ func LocalReads() Option { return func(o *options) { o.local = true } }
 
 // NearCache keeps fresh values in this process for up to d, and never past
 // the entry's fresh_until (converted from log time through the time the
-// request was sent). An invalidation from another process is seen only
-// after d; from this process at once.
+// request was sent). A watch on the cache keeps it coherent: a store,
+// invalidation or eviction made by any process drops the value within
+// milliseconds on a healthy cluster, and while that watch is down (its
+// member cut off, no leader) every call goes to the server instead.
 func NearCache(d time.Duration) Option { return func(o *options) { o.near = d } }

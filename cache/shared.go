@@ -3,19 +3,16 @@ package cache
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
-	"time"
 
 	"golang.org/x/sync/singleflight"
 
 	"github.com/kvdproject/kvd/client"
-	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 // shared is the process-wide state of one client: the memoize session, the
-// single flight per key, the keys being refreshed and the near-cache. Every
-// Cache of the client uses it.
+// single flight per key, the keys being refreshed and the near-cache (with
+// its watch). Every Cache of the client uses it.
 type shared struct {
 	c *client.Client
 
@@ -24,10 +21,11 @@ type shared struct {
 
 	group singleflight.Group
 
+	near *nearCache
+
 	mu         sync.Mutex
 	flights    map[string]*flightRefs // callers of each key's flight
 	refreshing map[string]*refreshRun // the newest refresh of each key
-	near       map[string]nearEntry
 	caches     map[string]*Cache
 }
 
@@ -45,7 +43,7 @@ func sharedOf(c *client.Client) *shared {
 			c:          c,
 			flights:    map[string]*flightRefs{},
 			refreshing: map[string]*refreshRun{},
-			near:       map[string]nearEntry{},
+			near:       newNearCache(c),
 			caches:     map[string]*Cache{},
 		}
 		registry[c] = sh
@@ -151,6 +149,7 @@ func Close(ctx context.Context, c *client.Client) error {
 	for _, cc := range caches {
 		cc.stopRefreshes()
 	}
+	sh.near.close()
 	sh.sessMu.Lock()
 	s := sh.sess
 	sh.sess = nil
@@ -205,77 +204,4 @@ func (sh *shared) refreshOf(key string) chan struct{} {
 type refreshRun struct {
 	done chan struct{} // closed when it has ended
 	tok  uint64
-}
-
-// nearEntry is a fresh value kept in the process.
-type nearEntry struct {
-	value  []byte
-	err    error
-	until  time.Time // local deadline, before the entry's fresh_until
-	stored time.Time
-}
-
-// maxNearEntries bounds the near-cache; past it, expired entries are swept
-// and, if that is not enough, the whole near-cache is dropped.
-const maxNearEntries = 100000
-
-// nearGet returns a near-cached value not older than d and still fresh.
-func (sh *shared) nearGet(key string, d time.Duration) (nearEntry, bool) {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	e, ok := sh.near[key]
-	if !ok {
-		return nearEntry{}, false
-	}
-	now := time.Now()
-	if !now.Before(e.until) {
-		delete(sh.near, key)
-		return nearEntry{}, false
-	}
-	if !now.Before(e.stored.Add(d)) {
-		return nearEntry{}, false
-	}
-	return e, true
-}
-
-// nearPut keeps a fresh entry served at header, for a request sent at
-// sentAt. The local deadline is sentAt + (fresh_until - header.log_time):
-// log time never advances faster than real time, and a response that is
-// not a stale read was stamped after the request was sent, so log time
-// reaches fresh_until no sooner than that. Stale reads are not kept (their
-// log time may be old).
-func (sh *shared) nearPut(key string, e *kvpb.CacheEntry, h *kvpb.ResponseHeader, sentAt time.Time, r *result) {
-	if h == nil || h.GetStale() || h.GetLogTime() == 0 || e.GetFreshUntil() <= h.GetLogTime() {
-		return
-	}
-	until := sentAt.Add(time.Duration(e.GetFreshUntil() - h.GetLogTime()))
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	now := time.Now()
-	if len(sh.near) >= maxNearEntries {
-		for k, ne := range sh.near {
-			if !now.Before(ne.until) {
-				delete(sh.near, k)
-			}
-		}
-		if len(sh.near) >= maxNearEntries {
-			clear(sh.near)
-		}
-	}
-	sh.near[key] = nearEntry{value: r.value, err: r.err, until: until, stored: now}
-}
-
-// nearDrop forgets key, or every key with the prefix.
-func (sh *shared) nearDrop(key string, prefix bool) {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if !prefix {
-		delete(sh.near, key)
-		return
-	}
-	for k := range sh.near {
-		if strings.HasPrefix(k, key) {
-			delete(sh.near, k)
-		}
-	}
 }

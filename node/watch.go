@@ -548,7 +548,7 @@ type Watcher struct {
 	snapDone  bool // SNAPSHOT_END sent
 
 	lastRound    uint64    // the vouch round last reported
-	lastMessage  time.Time // when Next last returned something
+	lastProgress time.Time // when Next last returned PROGRESS (or the watch began)
 	progressTime *time.Timer
 
 	// Filled by the dispatcher; guarded by qmu.
@@ -609,7 +609,7 @@ func (h *WatchHub) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) 
 		h.startSnapshot(w)
 	}
 	h.watchers.Add(1)
-	w.lastMessage = time.Now()
+	w.lastProgress = time.Now()
 	return w, nil
 }
 
@@ -751,8 +751,8 @@ func (w *Watcher) complete(index uint64) {
 	}
 }
 
-// Next returns the next message: snapshot parts, changes, or (once idle
-// for the progress interval after a new vouch) progress. It waits until
+// Next returns the next message: snapshot parts, changes, or (once per
+// progress interval, after a new vouch) progress. It waits until
 // there is one, or ctx ends (ctx's error), or the watcher is cancelled
 // (*Error WATCH_CANCELED: resume after Position) or the hub stops
 // (ErrStopped).
@@ -768,13 +768,14 @@ func (w *Watcher) Next(ctx context.Context) (WatchBatch, error) {
 			}
 			continue // registered now
 		}
-		if b, ok, err := w.fromQueue(); err != nil || ok {
-			return b, err
-		}
+		// Progress first: a busy stream gets it too (between changes).
 		if b, ok := w.progress(); ok {
 			return b, nil
 		}
-		wait := w.every - time.Since(w.lastMessage)
+		if b, ok, err := w.fromQueue(); err != nil || ok {
+			return b, err
+		}
+		wait := w.every - time.Since(w.lastProgress)
 		if wait <= 0 {
 			wait = w.every // due but no new vouch yet: look again later
 		}
@@ -798,7 +799,6 @@ func (w *Watcher) nextSnapshot() WatchBatch {
 	if len(w.snapItems) == 0 {
 		w.snapDone = true
 		w.after, w.skip = w.snapIndex, 0
-		w.lastMessage = time.Now()
 		return WatchBatch{Kind: kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_SNAPSHOT_END, Index: w.snapIndex}
 	}
 	n, size := 0, 0
@@ -808,7 +808,6 @@ func (w *Watcher) nextSnapshot() WatchBatch {
 	}
 	part := w.snapItems[:n:n]
 	w.snapItems = w.snapItems[n:]
-	w.lastMessage = time.Now()
 	return WatchBatch{Kind: kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_SNAPSHOT, Index: w.snapIndex, State: part}
 }
 
@@ -916,7 +915,6 @@ func (w *Watcher) events(evs []fsm.Event, complete uint64) WatchBatch {
 		w.advance(e.Change.Index)
 	}
 	w.complete(complete)
-	w.lastMessage = time.Now()
 	return WatchBatch{Kind: kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_EVENTS, Index: w.after, Events: evs}
 }
 
@@ -964,27 +962,30 @@ func (w *Watcher) fromQueue() (WatchBatch, bool, error) {
 	return w.events(evs, complete), true, nil
 }
 
-// progress returns a PROGRESS batch when one is due: the watcher has been
-// idle for its interval and a vouch newer than its last report exists.
+// progress returns a PROGRESS batch when one is due: its interval has
+// passed since the last one, a vouch newer than that exists, and every
+// change up to the vouch's index has been returned (nothing at or below it
+// is still queued).
 func (w *Watcher) progress() (WatchBatch, bool) {
-	if time.Since(w.lastMessage) < w.every {
+	if time.Since(w.lastProgress) < w.every {
 		return WatchBatch{}, false
 	}
 	v := w.h.lastVouch()
 	if v.round == 0 || v.round == w.lastRound {
 		return WatchBatch{}, false
 	}
-	// The vouch covers every change up to v.index; the queue was empty
-	// after it was read (fromQueue ran first), so all of them have been
-	// returned.
+	// The vouch was made once every change up to v.index was queued (it
+	// was read before the queue), so a queue empty of them means all have
+	// been returned.
 	w.qmu.Lock()
-	empty := len(w.q) == 0
+	behind := len(w.q) > 0 && w.q[0].Change.Index <= v.index
+	failed := w.err != nil // a cancelled watcher's queue was dropped
 	w.qmu.Unlock()
-	if !empty {
+	if behind || failed {
 		return WatchBatch{}, false
 	}
 	w.lastRound = v.round
 	w.complete(v.index)
-	w.lastMessage = time.Now()
+	w.lastProgress = time.Now()
 	return WatchBatch{Kind: kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_PROGRESS, Index: w.after}, true
 }

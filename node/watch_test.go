@@ -297,6 +297,9 @@ func TestWatchSnapshotWhileWriting(t *testing.T) {
 	for i := range 600 {
 		l.put("s", fmt.Sprint(i))
 	}
+	if err := l.h.waitDispatched(context.Background(), l.f.AppliedIndex()); err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -316,6 +319,9 @@ func TestWatchSnapshotWhileWriting(t *testing.T) {
 	}()
 	for range 20 {
 		w := watch(t, l.h, WatchSpec{Key: []byte("s"), After: 0})
+		if _, snap := w.Start(); !snap {
+			t.Fatalf("a watch after 0 with history past 100 does not start with a snapshot")
+		}
 		var c streamLog
 		for c.snapEnd == 0 {
 			if _, err := c.next(t, w); err != nil {

@@ -532,9 +532,9 @@ const (
 	// Changes in index order; every change up to index has been sent (the
 	// events may end part way through entry index + 1).
 	WatchMessageKind_WATCH_MESSAGE_KIND_EVENTS WatchMessageKind = 4
-	// No new change: every change up to index has been sent, and the node
-	// confirmed with the leader, after the previous PROGRESS, that it had
-	// applied every entry committed by then.
+	// Every change up to index has been sent, and the node confirmed with
+	// the leader, after the previous PROGRESS, that it had applied every
+	// entry committed by then.
 	WatchMessageKind_WATCH_MESSAGE_KIND_PROGRESS WatchMessageKind = 5
 	// The last message of a stream that was cancelled (it fell behind its
 	// buffer, or the node installed a snapshot): resume after index (with
@@ -7233,9 +7233,10 @@ type WatchRequest struct {
 	// Only events of these types (empty: all); STATE items of a snapshot are
 	// always sent.
 	Types []EventType `protobuf:"varint,8,rep,packed,name=types,proto3,enum=kvd.v1.EventType" json:"types,omitempty"`
-	// An idle stream gets a PROGRESS message about this often, once the node
-	// has confirmed with the leader that it is up to date (0: 1000 ms; never
-	// more often than the node's --watch-progress-interval).
+	// The stream gets a PROGRESS message about this often (between changes
+	// too), each after the node confirmed with the leader that it is up to
+	// date (0: 1000 ms; never more often than the node's
+	// --watch-progress-interval).
 	ProgressMs    int64 `protobuf:"varint,9,opt,name=progress_ms,json=progressMs,proto3" json:"progress_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
