@@ -72,12 +72,12 @@ type nearCache struct {
 	// minIndex is the oldest index a value may have been read at to be
 	// kept: changes after it are all seen (or in changed).
 	minIndex uint64
-	fresh   bool              // the watch (re)started: minIndex is set at its first item
-	healthy time.Time         // values may be served until then
-	running bool
-	stop    context.CancelFunc
-	done    chan struct{}
-	log     func(msg string, args ...any)
+	fresh    bool      // the watch (re)started: minIndex is set at its first item
+	healthy  time.Time // values may be served until then
+	running  bool
+	stop     context.CancelFunc
+	done     chan struct{}
+	log      func(msg string, args ...any)
 }
 
 func newNearCache(c *client.Client) *nearCache {
