@@ -11,8 +11,9 @@ import "github.com/kvdproject/kvd/fsm"
 var testBugs = map[string]bool{}
 
 // SetTestBug switches a planted bug on, in node ("stale-read",
-// "ttl-wall-clock", "log-time-fast") and fsm ("lock-ignore-expiry",
-// "unfenced-store", "no-dedup", "ttl-off-by-one", "renewal-keeps-deadline",
+// "ttl-wall-clock", "log-time-fast", "watch-drop-event",
+// "watch-reorder-event") and fsm ("lock-ignore-expiry", "unfenced-store",
+// "no-dedup", "ttl-off-by-one", "renewal-keeps-deadline",
 // "dedup-lost-on-restore", "lock-delay-ignored", "fill-lease-half"). Call
 // it before starting a node.
 func SetTestBug(name string) {

@@ -141,7 +141,8 @@ type WatchHub struct {
 	dispMu     sync.Mutex
 	dispWake   chan struct{} // closed and replaced after each dispatch round
 
-	watchers atomic.Int64 // open watchers (progress runs only while > 0)
+	watchers atomic.Int64  // open watchers (progress runs only while > 0)
+	planted  atomic.Uint64 // counts pushes for the planted watch bugs (kvdbugs builds)
 
 	vouchMu  sync.Mutex
 	vouch    vouch
@@ -561,6 +562,7 @@ type Watcher struct {
 	err        error
 	notify     chan struct{} // capacity 1
 	registered bool          // guarded by the hub's wmu
+	held       *fsm.Event    // planted "watch-reorder-event" (wmu)
 	closed     bool          // Close was called (the Next goroutine's)
 }
 
@@ -662,6 +664,22 @@ func (w *Watcher) wants(e fsm.Event) bool {
 func (w *Watcher) push(e fsm.Event) {
 	if !w.wants(e) {
 		return
+	}
+	if bug("watch-drop-event") && w.h.planted.Add(1)%151 == 0 {
+		return // planted: a change lost on its way to one watcher
+	}
+	if bug("watch-reorder-event") {
+		// Planted: now and then a change is held back and delivered after
+		// the next one.
+		if w.held == nil && w.h.planted.Add(1)%101 == 0 {
+			w.held = &e
+			return
+		}
+		if held := w.held; held != nil {
+			w.held = nil
+			w.push(e)
+			e = *held
+		}
 	}
 	w.qmu.Lock()
 	if w.err != nil {

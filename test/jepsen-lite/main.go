@@ -294,6 +294,16 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	lg("cluster of %d up (seed %d); running workloads for %v; out %s", cfg.Nodes, cfg.Seed, cfg.Duration, cfg.Out)
 
+	// Watchers, one starting on each node, from just before the run.
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	startAt, err := probe.Put(sctx, []byte("wt-start"), []byte("x"))
+	scancel()
+	if err != nil {
+		return nil, fmt.Errorf("watchers' start write: %w", err)
+	}
+	watchers := StartWatchers(wenv, cfg.Nodes, 1000, startAt.GetKv().GetModIndex())
+	defer watchers.Stop()
+
 	// Workloads and nemesis.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Duration)
 	defer cancel()
@@ -304,7 +314,7 @@ func Run(cfg Config) (*Summary, error) {
 	specs := []spec{
 		{RegisterWorker, 20}, {CounterWorker, 3}, {TTLWorker, 2},
 		{LockWorker(true), 2}, {LockWorker(false), 2},
-		{MemoWorker, 3}, {MemoizeWorker, 3},
+		{MemoWorker, 3}, {MemoizeWorker, 3}, {WatchWriter, 2},
 	}
 	var wg sync.WaitGroup
 	id := 0
@@ -362,6 +372,10 @@ func Run(cfg Config) (*Summary, error) {
 		h.SetClockOffset(i, 0)
 	}
 	nm.waitRecovered(context.Background(), 20*time.Second)
+	if !watchers.CaughtUp(wenv.watchWritten.Load(), 30*time.Second) {
+		lg("watchers did not deliver every acknowledged write within 30s of healing; the rest is checked as far as they got")
+	}
+	watchers.Stop()
 	ensureMembers(probe, h, lg)
 	h.KillAll()
 	if err := h.StartAll(); err != nil {
@@ -434,6 +448,7 @@ func checkAll(ops []Op, dir string) []*Verdict {
 		CheckSessionLeases(ops),
 		CheckHostile(ops),
 		CheckMemory(ops),
+		CheckWatch(ops),
 	}
 }
 

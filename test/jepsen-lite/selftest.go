@@ -49,6 +49,10 @@ var plantedBugs = []plantedBug{
 		20 * time.Second, []string{"transfer-leader"}, []string{"ttl"}},
 	{"fill-lease-half", "a fill lease is handed to the next caller once half of it has run",
 		25 * time.Second, []string{"transfer-leader"}, []string{"memoize"}},
+	{"watch-drop-event", "the watch hub loses one change in about 150 on its way to a watcher",
+		15 * time.Second, []string{"transfer-leader", "kill-one"}, []string{"watch"}},
+	{"watch-reorder-event", "the watch hub now and then delivers a change after the one that followed it",
+		15 * time.Second, []string{"transfer-leader", "kill-one"}, []string{"watch"}},
 }
 
 // registerBugFlag defines --bug: one run with one planted bug enabled.

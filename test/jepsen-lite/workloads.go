@@ -49,6 +49,8 @@ type Env struct {
 
 	regOps  atomic.Int64 // register ops so far (key generation)
 	memoOps atomic.Int64
+	// watchWritten is the highest index of an acknowledged watch write.
+	watchWritten atomic.Uint64
 
 	rateMu   sync.Mutex
 	interval time.Duration // between two operations over all workers; 0: none
