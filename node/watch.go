@@ -596,18 +596,18 @@ func (h *WatchHub) Watch(ctx context.Context, spec WatchSpec) (*Watcher, error) 
 		spec.After, spec.Skip = idx, 0
 	}
 	w.after, w.skip, w.start = spec.After, spec.Skip, spec.After
-	h.wmu.Lock()
-	h.all[w] = struct{}{}
-	h.wmu.Unlock()
 
 	h.mu.Lock()
 	compacted := h.compacted
 	h.mu.Unlock()
+	if spec.After < compacted && spec.OutOfRangeError {
+		return nil, &Error{Code: kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE, Field: "after_index", Limit: int64(compacted),
+			Msg: fmt.Sprintf("after_index: %d is older than this node's watch history, which continues after %d at the oldest", spec.After, compacted)}
+	}
+	h.wmu.Lock()
+	h.all[w] = struct{}{} // from here on Close must be called
+	h.wmu.Unlock()
 	if spec.After < compacted {
-		if spec.OutOfRangeError {
-			return nil, &Error{Code: kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE, Field: "after_index", Limit: int64(compacted),
-				Msg: fmt.Sprintf("after_index: %d is older than this node's watch history, which continues after %d at the oldest", spec.After, compacted)}
-		}
 		h.startSnapshot(w)
 	}
 	h.watchers.Add(1)

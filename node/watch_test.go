@@ -256,6 +256,12 @@ func TestWatchOlderThanHistory(t *testing.T) {
 	if !errors.As(err, &ke) || ke.Code != kvpb.ErrorCode_ERROR_CODE_OUT_OF_RANGE || ke.Limit != 20 || ke.Field != "after_index" {
 		t.Fatalf("Watch(after 5, out of range error) = %v, want OUT_OF_RANGE with limit 20", err)
 	}
+	l.h.wmu.Lock()
+	kept := len(l.h.all)
+	l.h.wmu.Unlock()
+	if kept != 0 || l.h.Watchers() != 0 {
+		t.Errorf("a refused watch left %d watchers behind (Watchers() = %d)", kept, l.h.Watchers())
+	}
 	// At the edge history still serves it.
 	if w := watch(t, l.h, WatchSpec{Key: []byte("c/"), Prefix: true, After: 20}); func() bool { _, s := w.Start(); return s }() {
 		t.Errorf("Watch(after 20) starts with a snapshot; history holds everything after 20")
