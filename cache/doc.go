@@ -31,9 +31,14 @@
 // The fill leases belong to one process-wide session per client, created on
 // first use and replaced if it expires; Close(ctx, c) closes it.
 //
-// Invariant: a value is never served past its fresh_until (log time) as
+// Invariants: a value is never served past its fresh_until (log time) as
 // fresh, including from the optional near-cache, whose deadline is converted
-// from log time through the time the request was sent.
+// from log time through the time the request was sent. The near-cache
+// (NearCache) is kept coherent by a watch on every cache entry, one per
+// client, started on first use and stopped by Close: a change to a key by
+// any process drops its near-cached value when the watch delivers it, and
+// values are served only while that watch had a leader-confirmed progress
+// within the last second (otherwise calls go to the server).
 //
 // The API is stable: new options may be added, nothing is removed.
 package cache

@@ -24,6 +24,7 @@ type benchWatchFlags struct {
 	keys     int
 	endpoint string
 	drain    time.Duration
+	progress time.Duration
 }
 
 func newBenchWatchCmd(a *app, f *benchFlags) *cobra.Command {
@@ -60,6 +61,8 @@ should have), deliveries per second, and delivery latency percentiles.`,
 				return &usageError{"--duration: negative"}
 			case f.duration == 0 && f.total < 1:
 				return &usageError{"--total: want at least 1 (or give --duration)"}
+			case w.progress < time.Millisecond:
+				return &usageError{"--progress-interval: want at least 1ms"}
 			}
 			return runBenchWatch(cmd.Context(), a, f, &w)
 		},
@@ -70,6 +73,7 @@ should have), deliveries per second, and delivery latency percentiles.`,
 	fl.IntVar(&w.keys, "keys", 0, "spread watchers and puts over this many keys (0: every watcher sees every put)")
 	fl.StringVar(&w.endpoint, "watch-endpoint", "", "the member every watcher connects to (default: the first endpoint)")
 	fl.DurationVar(&w.drain, "drain", 30*time.Second, "after the last put, how long to wait for every change to arrive")
+	fl.DurationVar(&w.progress, "progress-interval", 10*time.Second, "how often each stream gets a progress message from the member (their cost is part of the member's CPU)")
 	return cmd
 }
 
@@ -136,6 +140,7 @@ type watchBenchReport struct {
 	P99Ms                float64 `json:"latency_p99_ms"`
 	MaxMs                float64 `json:"latency_max_ms"`
 	MemberCPUPerDelivery float64 `json:"member_cpu_us_per_delivery,omitempty"`
+	MemberCPUPercent     float64 `json:"member_cpu_percent,omitempty"` // of one core, while writing and delivering
 	WatchErrors          int64   `json:"watch_errors"`
 }
 
@@ -150,7 +155,7 @@ func (r *watchBenchReport) print(w io.Writer) {
 	fmt.Fprintf(w, "  deliveries: %d of %d (%d missing, %d duplicated), %.0f/s\n", r.Delivered, r.Expected, r.Missing, r.Duplicates, r.PerSecond)
 	fmt.Fprintf(w, "  latency:    p50 %.2fms  p90 %.2fms  p99 %.2fms  max %.2fms  (put sent -> change received)\n", r.P50Ms, r.P90Ms, r.P99Ms, r.MaxMs)
 	if r.MemberCPUPerDelivery > 0 {
-		fmt.Fprintf(w, "  member CPU: %.2f us per delivery (puts included)\n", r.MemberCPUPerDelivery)
+		fmt.Fprintf(w, "  member CPU: %.2f us per delivery (its puts and progress messages included), %.0f%% of a core\n", r.MemberCPUPerDelivery, r.MemberCPUPercent)
 	}
 	if r.PutErrors > 0 || r.WatchErrors > 0 {
 		fmt.Fprintf(w, "  errors:     %d puts, %d watch reconnects\n", r.PutErrors, r.WatchErrors)
@@ -247,7 +252,7 @@ func runBenchWatch(ctx context.Context, a *app, f *benchFlags, o *benchWatchFlag
 		// From just before the first put: no stream can miss a change,
 		// whenever it opens.
 		key, opts := prefix, []client.WatchOption{client.FromIndex(start.GetKv().GetModIndex() - 1),
-			client.WithProgressInterval(10 * time.Second)}
+			client.WithProgressInterval(o.progress)}
 		if o.keys > 0 {
 			key = keyOf(i)
 		} else {
@@ -404,6 +409,7 @@ func runBenchWatch(ctx context.Context, a *app, f *benchFlags, o *benchWatchFlag
 	}
 	if cpu1 > cpu0 && rep.Delivered > 0 {
 		rep.MemberCPUPerDelivery = float64(cpu1-cpu0) / float64(rep.Delivered)
+		rep.MemberCPUPercent = 100 * float64(cpu1-cpu0) / float64(deliverTime.Microseconds())
 	}
 	if a.json() {
 		if err := a.printJSON(rep); err != nil {
