@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -146,7 +147,9 @@ type Event struct {
 //
 // The last item yielded has a non-nil error: ctx's, ErrClosed, or one that
 // retrying cannot fix (ErrInvalidArgument, ErrOutOfRange with
-// WithOutOfRangeError, a permission error). It blocks only while the caller
+// WithOutOfRangeError, a permission error), or ErrUnavailable when, with
+// Config.UnreachableTimeout, no endpoint accepted a connection before any
+// member was reached. It blocks only while the caller
 // is not consuming: a caller slower than the changes for long is cancelled
 // by its member and resumed, which costs a reconnect, not a change.
 func (c *Client) Watch(ctx context.Context, key []byte, opts ...WatchOption) iter.Seq2[Event, error] {
@@ -186,6 +189,10 @@ func (w *watchRun) run(ctx context.Context, yield func(Event, error) bool) {
 	var delay time.Duration
 	failed := ""
 	refused := false // the last attempt's token was refused
+	// Until a member is reached, Config.UnreachableTimeout ends a watch
+	// none of whose endpoints accepts a connection (as it ends a request);
+	// once one was, the watch rides out any outage until ctx ends.
+	began, reached, noConn := time.Now(), false, map[string]bool{}
 	for {
 		if err := ctx.Err(); err != nil {
 			yield(Event{}, err)
@@ -196,9 +203,17 @@ func (w *watchRun) run(ctx context.Context, yield func(Event, error) bool) {
 			return
 		}
 		addr := w.pick(failed)
-		progressed, stopped, err := w.stream(ctx, addr, yield)
+		progressed, connected, stopped, err := w.stream(ctx, addr, yield)
 		if stopped {
 			return
+		}
+		reached = reached || connected
+		if !reached && w.c.cfg.UnreachableTimeout > 0 && ctx.Err() == nil {
+			noConn[addr] = true
+			if len(noConn) >= len(w.c.endpoints) && time.Since(began) >= w.c.cfg.UnreachableTimeout {
+				yield(Event{}, unreachable(w.c.endpoints, err))
+				return
+			}
 		}
 		if ctx.Err() != nil {
 			yield(Event{}, ctx.Err())
@@ -277,13 +292,15 @@ func (w *watchRun) request() *kvpb.WatchRequest {
 const maxWatchMessage = 256 << 20
 
 // stream runs one stream on addr. progressed: it delivered something after
-// CREATED (the next failure starts a fresh backoff); stopped: the caller
-// stopped the iteration.
-func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, error) bool) (progressed, stopped bool, err error) {
+// CREATED (the next failure starts a fresh backoff); connected: the member
+// accepted a connection; stopped: the caller stopped the iteration.
+func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, error) bool) (progressed, connected, stopped bool, err error) {
 	cc, err := w.c.conn(addr)
 	if err != nil {
-		return false, false, err
+		return false, false, false, err
 	}
+	var p peer.Peer
+	defer func() { connected = connected || sentFrom(&p) }()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	idle := 3*w.o.every + time.Second
@@ -291,9 +308,9 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 	timer := time.AfterFunc(idle+w.c.cfg.DialTimeout, func() { stalled.Store(true); cancel() })
 	defer timer.Stop()
 
-	st, err := kvpb.NewWatchClient(cc).Watch(sctx, w.request(), grpc.MaxCallRecvMsgSize(maxWatchMessage))
+	st, err := kvpb.NewWatchClient(cc).Watch(sctx, w.request(), grpc.MaxCallRecvMsgSize(maxWatchMessage), grpc.Peer(&p))
 	if err != nil {
-		return false, false, err
+		return false, false, false, err
 	}
 	w.snap = nil
 	// A caller busy with an item is not a silent member.
@@ -309,8 +326,9 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 			if stalled.Load() && ctx.Err() == nil {
 				err = errStalled
 			}
-			return progressed, false, err
+			return progressed, connected, false, err
 		}
+		connected = true
 		timer.Reset(idle)
 		by := m.GetHeader().GetServedBy()
 		switch m.GetKind() {
@@ -329,18 +347,18 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 			w.after, w.skip = m.GetIndex(), 0
 			for _, e := range items {
 				if !deliver(Event{Kind: EventState, Index: m.GetIndex(), Change: e, ServedBy: by, Header: m.GetHeader()}) {
-					return progressed, true, nil
+					return progressed, connected, true, nil
 				}
 			}
 			if !deliver(Event{Kind: EventSnapshotEnd, Index: m.GetIndex(), ServedBy: by, Header: m.GetHeader()}) {
-				return progressed, true, nil
+				return progressed, connected, true, nil
 			}
 		case kvpb.WatchMessageKind_WATCH_MESSAGE_KIND_EVENTS:
 			progressed = true
 			for _, e := range m.GetEvents() {
 				w.advance(e.GetIndex())
 				if !deliver(Event{Kind: EventChange, Index: e.GetIndex(), Change: e, ServedBy: by, Header: m.GetHeader()}) {
-					return progressed, true, nil
+					return progressed, connected, true, nil
 				}
 			}
 			w.complete(m.GetIndex())
@@ -348,7 +366,7 @@ func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, er
 			progressed = true
 			w.complete(m.GetIndex())
 			if w.o.progress && !deliver(Event{Kind: EventProgress, Index: w.after, ServedBy: by, Header: m.GetHeader()}) {
-				return progressed, true, nil
+				return progressed, connected, true, nil
 			}
 		}
 	}

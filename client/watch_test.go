@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -294,5 +295,26 @@ func TestWatchLocksAndProgress(t *testing.T) {
 		if ev.Kind == client.EventProgress && ev.Index == 0 {
 			t.Errorf("progress at index 0")
 		}
+	}
+}
+
+// TestWatchUnreachable: with Config.UnreachableTimeout, a watch none of
+// whose endpoints accepts a connection ends with ErrUnavailable naming
+// them, instead of waiting for ctx.
+func TestWatchUnreachable(t *testing.T) {
+	tc := testcluster.Start(t, 1)
+	c, err := client.New(client.Config{Endpoints: []string{"127.0.99.1:2379", "127.0.99.2:2379"}, Dialer: tc.Dialer,
+		UnreachableTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for _, err := range c.Watch(ctx, []byte("k")) {
+		if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "127.0.99.2:2379") || ctx.Err() != nil {
+			t.Fatalf("Watch with no endpoint reachable = %v; want ErrUnavailable naming the endpoints before ctx ends", err)
+		}
+		break
 	}
 }
