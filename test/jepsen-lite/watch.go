@@ -100,7 +100,7 @@ func (ws *Watchers) Stop() {
 // run records one watcher's stream; a watch that ends with an error is
 // started again after its position (a new segment of the stream).
 func (ws *Watchers) run(ctx context.Context, e *Env, id int, eps []string, from uint64, pos *atomic.Uint64) {
-	c, err := client.New(client.Config{Endpoints: eps, DialTimeout: time.Second, AttemptTimeout: attemptTimeout, Logger: e.Logger})
+	c, err := e.newClientOn(eps)
 	if err != nil {
 		return
 	}

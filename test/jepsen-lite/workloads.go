@@ -113,8 +113,13 @@ type Security struct {
 }
 
 // NewClient makes a client for one worker.
-func (e *Env) NewClient() (*client.Client, error) {
+func (e *Env) NewClient() (*client.Client, error) { return e.newClientOn(e.Endpoints) }
+
+// newClientOn makes a worker's client whose endpoints are eps, in that
+// order (a watcher starts on the first).
+func (e *Env) newClientOn(eps []string) (*client.Client, error) {
 	cfg := e.clientConfig()
+	cfg.Endpoints = eps
 	if e.Security != nil {
 		cfg.TLS, cfg.Username, cfg.Password = e.Security.WorkerTLS, e.Security.User, e.Security.Password
 	}
