@@ -173,6 +173,16 @@ func TestWatchOlderThanHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Every member has applied the writes and dropped the oldest from its
+	// history (a member still behind would serve index 1 from history).
+	waitFor(t, 10*time.Second, "every member's history to move past index 1", func() bool {
+		for i := range tc.N() {
+			if oldest, _, _, _ := tc.Node(i).WatchHub().HistoryRange(); oldest < 2 {
+				return false
+			}
+		}
+		return true
+	})
 	// Asked for an error: ErrOutOfRange naming the oldest index held.
 	for _, err := range c.Watch(t.Context(), []byte("h/"), client.WithPrefix(), client.FromIndex(1), client.WithOutOfRangeError()) {
 		var e *client.Error

@@ -33,7 +33,7 @@ func newWatchCommand(a *app) *cobra.Command {
 		Use:   "watch [KEY] [--prefix] [--from-index N]",
 		Short: "Print changes to keys, a lock, cache entries or a session as they happen",
 		Long: `watch prints one line per change, in the order the cluster applied them, until
-Ctrl-C (or --count changes). Each line starts with the index of the log entry
+Ctrl-C (or --count lines). Each line starts with the index of the log entry
 that made the change.
 
 It watches KEY (or every key starting with it, with --prefix), or a lock
@@ -61,7 +61,7 @@ by itself when its member fails, missing nothing and printing nothing twice.`,
 	fl.StringVar(&f.lock, "lock", "", "watch this lock (grants, releases, handoffs, breaks, queue changes)")
 	fl.StringVar(&f.cache, "cache", "", "watch this cache key (stores, fills, leases, invalidations, evictions, expiries)")
 	fl.StringVar(&f.session, "session", "", "watch this session id (its end)")
-	fl.IntVar(&f.count, "count", 0, "exit after this many changes (0: until Ctrl-C)")
+	fl.IntVar(&f.count, "count", 0, "exit after printing this many lines (0: until Ctrl-C)")
 	return cmd
 }
 
@@ -128,10 +128,8 @@ func runWatch(cmd *cobra.Command, a *app, f *watchFlags, args []string) error {
 		if err := a.printWatchEvent(ev); err != nil {
 			return err
 		}
-		if ev.Kind == client.EventChange {
-			if n++; f.count > 0 && n >= f.count {
-				return nil
-			}
+		if n++; f.count > 0 && n >= f.count {
+			return nil
 		}
 	}
 	return nil
@@ -161,7 +159,7 @@ func watchObject(ev client.Event) *object {
 	h := ev.Header
 	o := response(h).set("kind", watchKindJSON[ev.Kind]).set("index", ev.Index)
 	if e != nil {
-		o.set("log_time_ns", e.GetLogTime()).set("log_time", rfc3339(e.GetLogTime())).
+		o.instant("log_time", e.GetLogTime()).
 			set("type", eventTypeName(e.GetType())).
 			set("target", targetName(e.GetTarget())).
 			bytes("key", e.GetKey())

@@ -334,6 +334,10 @@ func TestKvctlJSONConventions(t *testing.T) {
 		{name: "bench lock", args: []string{"bench", "lock", "--total", "4", "--lockers", "2"}, noHeader: report, want: []string{"requests"}},
 		{name: "bench keepalive", args: []string{"bench", "keepalive", "--total", "20", "--clients", "2"}, noHeader: report, want: []string{"requests"}},
 		{name: "bench memoize", args: []string{"bench", "memoize", "--total", "20", "--clients", "2"}, noHeader: report, want: []string{"requests"}},
+		{name: "bench watch", args: []string{"bench", "watch", "--watchers", "2", "--rate", "100", "--total", "10"}, noHeader: report, want: []string{"deliveries", "latency_p50_ms"}},
+		// One line of the stream: the first change to "text" (or, had the
+		// member lost that history, the first item of a snapshot).
+		{name: "watch", args: []string{"watch", "text", "--from-index", "0", "--count", "1"}, want: []string{"kind", "index", "key", "log_time_wall", "kv.value"}},
 		// Not JSON: help, and completion (a shell script).
 	}
 

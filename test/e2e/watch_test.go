@@ -272,10 +272,18 @@ func TestWatchOlderThanHistory(t *testing.T) {
 	c := newClient(t, cl.Endpoints())
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	var last uint64
 	for i := range 60 {
-		if _, err := c.Put(ctx, []byte(fmt.Sprintf("h/%d", i%5)), []byte(strconv.Itoa(i))); err != nil {
+		r, err := c.Put(ctx, []byte(fmt.Sprintf("h/%d", i%5)), []byte(strconv.Itoa(i)))
+		if err != nil {
 			t.Fatal(err)
 		}
+		last = r.GetKv().GetModIndex()
+	}
+	// Every member has applied them (one still behind would serve index 1
+	// from its history).
+	if err := cl.WaitApplied(ctx, last); err != nil {
+		t.Fatal(err)
 	}
 	for _, err := range c.Watch(ctx, []byte("h/"), client.WithPrefix(), client.FromIndex(1), client.WithOutOfRangeError()) {
 		var e *client.Error
