@@ -39,8 +39,9 @@ import (
 //
 // Progress: while watchers exist, the hub asks the leader for a read index
 // every ProgressInterval, waits until it has applied and dispatched that
-// far, and records the index: a "vouch". An idle watcher reports the
-// latest vouch as PROGRESS. A node cut off from the leader vouches for
+// far, and records the index: a "vouch". Once per its progress interval a
+// watcher that has returned every change up to the latest vouch reports it
+// as PROGRESS (between changes too). A node cut off from the leader vouches for
 // nothing, so its watchers fall silent and their clients move elsewhere.
 
 // Defaults of the watch settings of Config.
