@@ -127,12 +127,14 @@ type Client struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	conns     map[string]*grpc.ClientConn // by address
-	endpoints []string
-	next      int    // round-robin position
-	leader    string // last known leader's client address, "" if unknown
-	closed    bool
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn // by address (watch connections: by watchConn's key)
+	// watchStreams counts the open watch streams of each watch connection.
+	watchStreams map[string]int
+	endpoints    []string
+	next         int    // round-robin position
+	leader       string // last known leader's client address, "" if unknown
+	closed       bool
 
 	// suspect holds endpoints whose last attempt went unanswered (a timeout,
 	// a broken connection), until when to prefer others: a member that
@@ -218,13 +220,17 @@ func (c *Client) isClosed() bool {
 }
 
 // conn returns the connection to addr, making it (lazily: no I/O) if needed.
-func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) { return c.connKey(addr, addr) }
+
+// connKey returns the connection to addr known as key (addr itself for
+// requests; see watchConn), making it if needed.
+func (c *Client) connKey(key, addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, ErrClosed
 	}
-	if cc, ok := c.conns[addr]; ok {
+	if cc, ok := c.conns[key]; ok {
 		return cc, nil
 	}
 	creds := insecure.NewCredentials()
@@ -257,7 +263,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: endpoint %q: %w", addr, err)
 	}
-	c.conns[addr] = cc
+	c.conns[key] = cc
 	return cc, nil
 }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"sync/atomic"
@@ -291,14 +292,51 @@ func (w *watchRun) request() *kvpb.WatchRequest {
 // with old values can exceed gRPC's default 4 MiB).
 const maxWatchMessage = 256 << 20
 
+// watchStreamsPerConn bounds the watch streams one connection carries: a
+// member serves a bounded number of concurrent calls per connection
+// (kvd --max-concurrent-streams, 256 by default), and a call past it waits.
+const watchStreamsPerConn = 100
+
+// watchConn returns a connection to addr for one more watch stream, and
+// the func that gives its slot back. Watch streams never share a
+// connection with requests, so a process's many watches (a near-cache, a
+// watch per held lock) cannot hold up its keepalives and writes; more
+// connections are made as the streams grow.
+func (c *Client) watchConn(addr string) (*grpc.ClientConn, func(), error) {
+	c.mu.Lock()
+	if c.watchStreams == nil {
+		c.watchStreams = map[string]int{}
+	}
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("%s#watch%d", addr, i); c.watchStreams[k] < watchStreamsPerConn {
+			key = k
+		}
+	}
+	c.watchStreams[key]++
+	c.mu.Unlock()
+	release := func() {
+		c.mu.Lock()
+		c.watchStreams[key]--
+		c.mu.Unlock()
+	}
+	cc, err := c.connKey(key, addr)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return cc, release, nil
+}
+
 // stream runs one stream on addr. progressed: it delivered something after
 // CREATED (the next failure starts a fresh backoff); connected: the member
 // accepted a connection; stopped: the caller stopped the iteration.
 func (w *watchRun) stream(ctx context.Context, addr string, yield func(Event, error) bool) (progressed, connected, stopped bool, err error) {
-	cc, err := w.c.conn(addr)
+	cc, release, err := w.c.watchConn(addr)
 	if err != nil {
 		return false, false, false, err
 	}
+	defer release()
 	var p peer.Peer
 	defer func() { connected = connected || sentFrom(&p) }()
 	sctx, cancel := context.WithCancel(ctx)

@@ -328,3 +328,41 @@ func TestWatchUnreachable(t *testing.T) {
 		break
 	}
 }
+
+// TestManyWatchesDoNotHoldUpRequests: more watches than a member serves
+// calls on one connection (256); every one gets its change, and requests
+// of the same client are not held up behind them.
+func TestManyWatchesDoNotHoldUpRequests(t *testing.T) {
+	tc := testcluster.Start(t, 1)
+	tc.MustLeader()
+	c, err := client.New(client.Config{Endpoints: tc.Endpoints, Dialer: tc.Dialer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	first, err := c.Put(t.Context(), []byte("many"), []byte("0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	ws := make([]*watched, n)
+	for i := range ws {
+		ws[i] = startWatch(t, c, "many", client.FromIndex(first.GetKv().GetModIndex()))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, []byte("many"), []byte("1")); err != nil {
+		t.Fatalf("Put with %d watches open on the client: %v", n, err)
+	}
+	if _, err := c.Get(ctx, []byte("many")); err != nil {
+		t.Fatalf("Get with %d watches open on the client: %v", n, err)
+	}
+	waitFor(t, 10*time.Second, "every watch to get the change", func() bool {
+		for _, w := range ws {
+			if len(w.changes()) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+}
