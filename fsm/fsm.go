@@ -234,10 +234,19 @@ func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	l, ok := f.s.getLock(string(name))
+	lb, broken := f.s.lastBreaks[string(name)]
 	if !ok {
+		if broken {
+			// Free, but broken not long ago: say so.
+			return &kvpb.LockInfo{Name: []byte(lb.name), BrokenToken: lb.token, BrokenAt: lb.at, BrokenReason: lb.reason}
+		}
 		return nil
 	}
-	return f.s.lockProto(l, now)
+	info := f.s.lockProto(l, now)
+	if info.BrokenAt == 0 && broken {
+		info.BrokenToken, info.BrokenAt, info.BrokenReason = lb.token, lb.at, lb.reason
+	}
+	return info
 }
 
 // Locks lists locks with the prefix that are held or have waiters, by

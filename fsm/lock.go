@@ -205,6 +205,7 @@ func (s *state) breakLock(req *kvpb.BreakRequest) *kvpb.CommandResult {
 		cleared := l.delayUntil
 		l.delayUntil = 0
 		l.brokenAt, l.brokenReason = s.logTime, req.Reason
+		s.noteBreak(name, l.brokenToken, req.Reason)
 		s.grantNext(&l)
 		s.putLock(l)
 		return &kvpb.CommandResult{Result: &kvpb.CommandResult_Break{Break: &kvpb.BreakResponse{
@@ -216,6 +217,7 @@ func (s *state) breakLock(req *kvpb.BreakRequest) *kvpb.CommandResult {
 	defer s.because(causeBreak)()
 	broken := l.token
 	l.brokenToken, l.brokenAt, l.brokenReason = broken, s.logTime, req.Reason
+	s.noteBreak(name, broken, req.Reason)
 	s.releaseLock(&l, true, s.logTime)
 	s.putLock(l)
 	resp := &kvpb.BreakResponse{BrokenToken: broken, NextToken: l.token}

@@ -1,6 +1,9 @@
 package fsm
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -262,8 +265,13 @@ func TestLockDelayWithoutWaitersIsDeletedAfter(t *testing.T) {
 		t.Fatalf("Lock(L) = nil during its delay, want the delay shown")
 	}
 	h.at(1000).ok(tick())
-	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l != nil {
-		t.Errorf("Lock(L) = %v after the delay, want nil", l)
+	// The lock's record is gone; only its last break is remembered.
+	if l := h.f.Lock([]byte("L"), h.f.LogTime()); l.GetToken() != 0 || len(l.GetWaiters()) != 0 || l.GetDelayUntil() != 0 ||
+		l.GetBrokenReason() != "x" {
+		t.Errorf("Lock(L) = %v after the delay, want free with only the last break (reason x)", l)
+	}
+	if got, _ := h.f.Locks(nil, nil, 0, 0, h.f.LogTime()); len(got) != 0 {
+		t.Errorf("Locks() = %v after the delay, want none", got)
 	}
 	if d := h.f.NextDeadline(); d != t0+60000*ms {
 		t.Errorf("NextDeadline() = %d, want the session's %d", d, t0+60000*ms)
@@ -372,5 +380,43 @@ func TestSessionAndLockCaps(t *testing.T) {
 	h.session(60000)
 	if n := h.f.SessionCount(); n != 2 {
 		t.Errorf("SessionCount = %d, want 2", n)
+	}
+}
+
+// TestLastBreakIsRemembered: a lock broken with no lock-delay and no waiter
+// is free at once, and still shows who broke it, when and why; the memory
+// is bounded, forgetting the oldest break first, and survives a snapshot.
+func TestLastBreakIsRemembered(t *testing.T) {
+	h := newHarness(t)
+	a := h.session(60000)
+	tok := h.ok(acquire(a, 1, "job", 0, 0)).GetAcquire().GetToken()
+	h.ok(breakLock("job", "stuck job"))
+	l := h.f.Lock([]byte("job"), h.f.LogTime())
+	if l.GetToken() != 0 || l.GetBrokenToken() != tok || l.GetBrokenReason() != "stuck job" || l.GetBrokenAt() == 0 {
+		t.Fatalf("Lock(job) after a break = %v; want free, broken token %d, reason \"stuck job\"", l, tok)
+	}
+	// A new holder on a fresh record still shows the last break.
+	b := h.session(60000)
+	h.ok(acquire(b, 1, "job", 0, 0))
+	if l := h.f.Lock([]byte("job"), h.f.LogTime()); l.GetToken() == 0 || l.GetBrokenReason() != "stuck job" {
+		t.Errorf("Lock(job) held again = %v; want the new holder and the last break", l)
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.f)))); err != nil {
+		t.Fatal(err)
+	}
+	if l := g.Lock([]byte("job"), g.LogTime()); l.GetBrokenReason() != "stuck job" {
+		t.Errorf("after restore Lock(job) = %v; want the last break", l)
+	}
+	for i := 0; i < maxLastBreaks+5; i++ {
+		name := fmt.Sprintf("L%04d", i)
+		h.ok(acquire(b, uint64(10+2*i), name, 0, 0))
+		h.ok(breakLock(name, "r"))
+	}
+	if n := len(h.f.s.lastBreaks); n != maxLastBreaks {
+		t.Errorf("%d breaks remembered; want the bound %d", n, maxLastBreaks)
+	}
+	if l := h.f.Lock([]byte("job"), h.f.LogTime()); l.GetBrokenReason() == "stuck job" {
+		t.Errorf("the oldest break is still remembered after %d newer ones", maxLastBreaks+5)
 	}
 }

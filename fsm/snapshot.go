@@ -37,7 +37,7 @@ import (
 // 4) and remembers results without values (see dedup.go). Results read from
 // an older snapshot are slimmed as they are read and have digest 0: a retry
 // of one of them is answered without comparing bodies.
-const formatVersion = 3
+const formatVersion = 4
 
 // oldestFormatVersion is the oldest snapshot format Restore reads.
 const oldestFormatVersion = 1
@@ -56,6 +56,7 @@ const (
 	recAuth     recordKind = 9  // 1 enabled, 2 token_key, 3 key_index, 4 revision (version 2)
 	recRole     recordKind = 10 // kvpb.Role (version 2)
 	recUser     recordKind = 11 // 1 kvpb.User, 2 password_hash (version 2)
+	recBreak    recordKind = 12 // 1 lock name, 2 broken token, 3 at, 4 reason, 5 index (version 4)
 )
 
 // maxRecord bounds one record's length when reading a snapshot.
@@ -79,6 +80,7 @@ type snapshot struct {
 	locks    *btree.BTreeG[lockItem]
 	cache    *btree.BTreeG[cacheItem]
 	auth     authState
+	breaks   []lastBreak // sorted by lock name
 }
 
 // capture copies the state. The caller holds the write lock.
@@ -93,6 +95,7 @@ func (s *state) capture() *snapshot {
 		locks:    s.locks.Clone(),
 		cache:    s.cache.Clone(),
 		auth:     s.auth.clone(),
+		breaks:   s.sortedBreaks(),
 	}
 	ids := make([]uint64, 0, len(s.sessions))
 	for id := range s.sessions {
@@ -254,6 +257,15 @@ func (snap *snapshot) encode(w io.Writer) error {
 		return rw.err == nil
 	})
 	snap.encodeAuth(rw)
+	for _, lb := range snap.breaks {
+		var b []byte
+		b = appendBytes(b, 1, []byte(lb.name))
+		b = appendUint(b, 2, lb.token)
+		b = appendUint(b, 3, uint64(lb.at))
+		b = appendBytes(b, 4, []byte(lb.reason))
+		b = appendUint(b, 5, lb.index)
+		rw.record(recBreak, b)
+	}
 	return rw.err
 }
 
@@ -523,6 +535,13 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 			return err
 		}
 		s.auth.users.ReplaceOrInsert(userItem{name: u.Name, hash: f.bytes[2], roles: u.Roles, revision: u.Revision})
+	case recBreak:
+		f, err := parseFields(b)
+		if err != nil {
+			return err
+		}
+		lb := lastBreak{name: string(f.bytes[1]), token: f.varints[2], at: int64(f.varints[3]), reason: string(f.bytes[4]), index: f.varints[5]}
+		s.lastBreaks[lb.name] = lb
 	default:
 		return fmt.Errorf("unknown record kind %d", kind)
 	}

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"cmp"
+	"slices"
 	"strings"
 
 	"github.com/google/btree"
@@ -191,8 +192,10 @@ type state struct {
 	locks    *btree.BTreeG[lockItem]
 	cache    *btree.BTreeG[cacheItem]
 	members  map[string]member
-	counters cacheCounters
-	auth     authState
+	// lastBreaks: the last break of each recently broken lock (noteBreak).
+	lastBreaks map[string]lastBreak
+	counters   cacheCounters
+	auth       authState
 
 	// limits are the StateLimits of the last command that carried them.
 	// A zero limit means "no limit".
@@ -231,8 +234,48 @@ func newState() *state {
 		byFill: btree.NewG(btreeDegree, func(a, b fillRef) bool {
 			return cmp.Or(cmp.Compare(a.idx, b.idx), strings.Compare(a.key, b.key)) < 0
 		}),
-		granted: map[string]bool{},
+		granted:    map[string]bool{},
+		lastBreaks: map[string]lastBreak{},
 	}
+}
+
+// lastBreak is the last operator break of a lock, kept after the lock's own
+// record is gone (a broken lock with no waiters and no lock-delay is free),
+// so `lock show` can still say who broke it, when and why.
+type lastBreak struct {
+	name   string
+	token  uint64 // the token the break ended
+	at     int64  // log time
+	reason string
+	index  uint64 // entry of the break: the oldest is forgotten first
+}
+
+// maxLastBreaks bounds the breaks remembered (a few hundred KiB at most).
+const maxLastBreaks = 1024
+
+// noteBreak remembers a break, forgetting the oldest beyond maxLastBreaks.
+func (s *state) noteBreak(name string, token uint64, reason string) {
+	s.lastBreaks[name] = lastBreak{name: name, token: token, at: s.logTime, reason: reason, index: s.index}
+	if len(s.lastBreaks) <= maxLastBreaks {
+		return
+	}
+	oldest := ""
+	for n, b := range s.lastBreaks { // the minimum index is unique: the order does not matter
+		if oldest == "" || b.index < s.lastBreaks[oldest].index || (b.index == s.lastBreaks[oldest].index && n < oldest) {
+			oldest = n
+		}
+	}
+	delete(s.lastBreaks, oldest)
+}
+
+// sortedBreaks returns the remembered breaks by lock name.
+func (s *state) sortedBreaks() []lastBreak {
+	out := make([]lastBreak, 0, len(s.lastBreaks))
+	for _, b := range s.lastBreaks {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b lastBreak) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 func (s *state) addDeadline(d deadline) {
