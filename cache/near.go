@@ -77,7 +77,6 @@ type nearCache struct {
 	running  bool
 	stop     context.CancelFunc
 	done     chan struct{}
-	log      func(msg string, args ...any)
 }
 
 func newNearCache(c *client.Client) *nearCache {
