@@ -101,7 +101,8 @@ func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetRes
 	if _, err := n.reserveAnswer(ctx, n.valueAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	kv := n.b.FSM().Get(req.GetKey(), now)
+	kv, at := n.b.FSM().GetAt(req.GetKey(), now)
+	hdr.LogTime = at // the state read may be newer than the read's preparation
 	if kv == nil {
 		return nil, n.toStatus(&node.Error{Code: kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, Msg: "key not found"})
 	}
@@ -148,7 +149,8 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 	if _, err := n.reserveAnswer(ctx, n.listAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	kvs, more := n.b.FSM().List(req.GetPrefix(), req.GetStartAfter(), limit, n.limits.MaxResponseBytes, req.GetKeysOnly(), now)
+	kvs, more, at := n.b.FSM().ListAt(req.GetPrefix(), req.GetStartAfter(), limit, n.limits.MaxResponseBytes, req.GetKeysOnly(), now)
+	hdr.LogTime = at // the state read may be newer than the read's preparation
 	return &kvpb.ListResponse{Header: hdr, Kvs: kvs, More: more}, nil
 }
 

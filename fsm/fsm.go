@@ -110,13 +110,23 @@ func (f *FSM) LogTime() int64 {
 
 // Get returns the key, or nil when absent or expired at now.
 func (f *FSM) Get(key []byte, now int64) *kvpb.KeyValue {
+	kv, _ := f.GetAt(key, now)
+	return kv
+}
+
+// GetAt is Get judged at max(now, the state's own log time), which it
+// returns: the time a response header must name. A read prepared at now
+// may find state that has since applied later entries (a tick that
+// expired the key); it must not claim an earlier time than that state's.
+func (f *FSM) GetAt(key []byte, now int64) (*kvpb.KeyValue, int64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	now = max(now, f.s.logTime)
 	it, ok := f.s.getKey(string(key))
 	if !ok || !it.live(now) {
-		return nil
+		return nil, now
 	}
-	return it.proto(false)
+	return it.proto(false), now
 }
 
 // ItemOverhead bounds the encoding of one listed item beyond its key and
@@ -130,8 +140,17 @@ const ItemOverhead = 64
 // first key is returned whatever its size, so a page always makes
 // progress. more reports that further keys match.
 func (f *FSM) List(prefix, startAfter []byte, limit, maxBytes int, keysOnly bool, now int64) (kvs []*kvpb.KeyValue, more bool) {
+	kvs, more, _ = f.ListAt(prefix, startAfter, limit, maxBytes, keysOnly, now)
+	return kvs, more
+}
+
+// ListAt is List judged at max(now, the state's own log time), which it
+// returns for the response header (see GetAt).
+func (f *FSM) ListAt(prefix, startAfter []byte, limit, maxBytes int, keysOnly bool, now int64) (kvs []*kvpb.KeyValue, more bool, at int64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	now = max(now, f.s.logTime)
+	at = now
 	p, after := string(prefix), string(startAfter)
 	from := max(p, after)
 	size := 0
@@ -154,7 +173,7 @@ func (f *FSM) List(prefix, startAfter []byte, limit, maxBytes int, keysOnly bool
 		kvs = append(kvs, it.proto(keysOnly))
 		return true
 	})
-	return kvs, more
+	return kvs, more, at
 }
 
 // SessionCount is the number of sessions the fsm holds (live ones, and

@@ -338,3 +338,26 @@ func TestGarbageAndOtherEntries(t *testing.T) {
 		t.Errorf("AppliedIndex() = %d, want 9", h.f.AppliedIndex())
 	}
 }
+
+// TestReadsNameTheTimeTheyJudgedAt: a read prepared at an earlier time
+// than the state's own log time (the state applied more entries since) is
+// judged at the state's time, and says so, so an expired key is never
+// reported absent at a time before its deadline.
+func TestReadsNameTheTimeTheyJudgedAt(t *testing.T) {
+	h := newHarness(t)
+	h.ok(put("k", "v", 1000))
+	deadline := h.f.Get([]byte("k"), h.f.LogTime()).GetExpiresAt()
+	h.at(2000).ok(tick()) // the key expires in this entry
+	early := deadline - int64(500*ms)
+	kv, at := h.f.GetAt([]byte("k"), early)
+	if kv != nil || at < deadline {
+		t.Errorf("GetAt(k, %d) = %v at %d; want absent at a time >= the deadline %d", early, kv, at, deadline)
+	}
+	kvs, _, at := h.f.ListAt(nil, nil, 0, 0, false, early)
+	if len(kvs) != 0 || at < deadline {
+		t.Errorf("ListAt(%d) = %v at %d; want none at a time >= the deadline %d", early, kvs, at, deadline)
+	}
+	if _, at := h.f.GetAt([]byte("k"), h.f.LogTime()+5); at != h.f.LogTime()+5 {
+		t.Errorf("GetAt with a later time answered at %d; want that time", at)
+	}
+}
