@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,10 +132,15 @@ func TestBenchWorkloads(t *testing.T) {
 }
 
 // failingWorkload fails every other request with NOT_FOUND.
-type failingWorkload struct{ putWorkload }
+// failingWorkload fails every other request of the whole run (counted
+// across workers: how the run splits between workers varies).
+type failingWorkload struct {
+	putWorkload
+	n *atomic.Int64
+}
 
-func (failingWorkload) op(ctx context.Context, b *bench, w *worker) error {
-	if w.n%2 == 0 {
+func (f failingWorkload) op(ctx context.Context, b *bench, w *worker) error {
+	if f.n.Add(1)%2 == 0 {
 		return client.ErrNotFound
 	}
 	return nil
@@ -150,7 +156,7 @@ func TestBenchErrorsAreNotClean(t *testing.T) {
 	var out, errb bytes.Buffer
 	a := &app{endpoints: strings.Join(tc.Endpoints, ","), output: "json", timeout: 5 * time.Second, stdout: &out, stderr: &errb}
 	f := &benchFlags{clients: 2, conns: 1, total: 10, keySize: 8, valSize: 8, keySpace: 10}
-	err := runBench(t.Context(), a, f, failingWorkload{})
+	err := runBench(t.Context(), a, f, failingWorkload{n: new(atomic.Int64)})
 	if exitCode(err) != exitFailed {
 		t.Fatalf("runBench = %v (exit %d), want exit %d", err, exitCode(err), exitFailed)
 	}
