@@ -71,6 +71,9 @@ func (l *hubLog) invalidatePrefix(prefix string) uint64 {
 
 // streamLog reads a watcher and records what it got.
 type streamLog struct {
+	// deadline bounds the whole of a test's reads (set on first use), so
+	// that a loop waiting for changes that never come ends.
+	deadline time.Time
 	changes  []*kvpb.WatchEvent
 	state    []*kvpb.WatchEvent
 	snapEnd  uint64
@@ -81,6 +84,12 @@ type streamLog struct {
 // next reads one message (failing the test after a while).
 func (c *streamLog) next(t testing.TB, w *Watcher) (WatchBatch, error) {
 	t.Helper()
+	if c.deadline.IsZero() {
+		c.deadline = time.Now().Add(60 * time.Second)
+	}
+	if time.Now().After(c.deadline) {
+		t.Fatalf("still reading after 60s: %d changes, %d progress messages so far", len(c.changes), len(c.progress))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	b, err := w.Next(ctx)
