@@ -240,8 +240,8 @@ func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return p.dialer.open(ctx, addr, peerHeaderGRPC)
 		}),
-		grpc.WithInitialWindowSize(flowWindow),
-		grpc.WithInitialConnWindowSize(flowConnWindow),
+		grpc.WithInitialWindowSize(FlowWindow),
+		grpc.WithInitialConnWindowSize(FlowConnWindow),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to peer %s: %w", addr, err)
@@ -271,9 +271,6 @@ func (p *peerPool) close() {
 const (
 	FlowWindow     = 1 << 20
 	FlowConnWindow = 4 << 20
-
-	flowWindow     = FlowWindow
-	flowConnWindow = FlowConnWindow
 )
 
 // peerAddr is the address to dial for member name: the test override when
