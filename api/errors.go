@@ -27,7 +27,8 @@ import (
 //   - NOT_LEADER -> Unavailable: nothing was proposed, safe to retry anywhere.
 //   - PERMISSION_DENIED -> PermissionDenied; UNAUTHENTICATED, AUTH_FAILED,
 //     TOKEN_EXPIRED -> Unauthenticated (TOKEN_EXPIRED: sign in again);
-//     USER_EXISTS, ROLE_EXISTS -> AlreadyExists; NO_ADMIN, AUTH_DISABLED ->
+//     USER_EXISTS, ROLE_EXISTS -> AlreadyExists (so does KEY_EXISTS, a
+//     Put with if_absent of a key that exists); NO_ADMIN, AUTH_DISABLED ->
 //     FailedPrecondition.
 //   - OUT_OF_RANGE -> OutOfRange (a watch's after_index is older than the
 //     member's history; ErrorInfo.limit is the oldest it serves);
@@ -50,6 +51,7 @@ var grpcCodes = map[kvpb.ErrorCode]codes.Code{
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       codes.Unavailable,
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    codes.Unavailable,
 	kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED:  codes.FailedPrecondition,
+	kvpb.ErrorCode_ERROR_CODE_KEY_EXISTS:       codes.AlreadyExists,
 
 	kvpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED: codes.PermissionDenied,
 	kvpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:   codes.Unauthenticated,

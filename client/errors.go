@@ -83,6 +83,9 @@ var (
 	// body. The client library never does this; a caller numbering its own
 	// commands has a bug.
 	ErrSequenceReused error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED}
+	// ErrKeyExists: a Put with IfAbsent found the key (bound to another
+	// session, or to none).
+	ErrKeyExists error = &Error{Code: kvpb.ErrorCode_ERROR_CODE_KEY_EXISTS}
 	// ErrDiskFull: a member's data dir is full; the write was refused
 	// before it reached the log. Deletes may still be accepted. Writes
 	// resume by themselves once the member has room again.
@@ -173,6 +176,7 @@ var errorTable = map[kvpb.ErrorCode]tableEntry{
 	kvpb.ErrorCode_ERROR_CODE_NOT_INTEGER:      {ErrNotInteger, classFinal, "kvd: value is not an integer"},
 	kvpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:   {ErrStaleSequence, classFinal, "kvd: stale sequence number"},
 	kvpb.ErrorCode_ERROR_CODE_SEQUENCE_REUSED:  {ErrSequenceReused, classFinal, "kvd: sequence number reused with another command"},
+	kvpb.ErrorCode_ERROR_CODE_KEY_EXISTS:       {ErrKeyExists, classFinal, "kvd: key exists"},
 	kvpb.ErrorCode_ERROR_CODE_NOT_LEADER:       {ErrUnavailable, classRetry, "kvd: no leader"},
 	kvpb.ErrorCode_ERROR_CODE_INDETERMINATE:    {ErrIndeterminate, classMaybe, "kvd: outcome unknown"},
 

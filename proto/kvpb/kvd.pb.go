@@ -112,6 +112,10 @@ const (
 	ErrorCode_ERROR_CODE_AUTH_REVISION_STALE ErrorCode = 28
 	// Hostile or buggy clients.
 	ErrorCode_ERROR_CODE_SEQUENCE_REUSED ErrorCode = 30 // (session, seq) already used by a command with another body
+	// Put with if_absent of a key that exists (and is not bound to the put's
+	// session): ErrorInfo.current_token is not used; the message names the
+	// session that holds the key, if any.
+	ErrorCode_ERROR_CODE_KEY_EXISTS ErrorCode = 47
 	// Storage (docs/design.md "A full disk"). Both are refusals before anything
 	// was proposed: the request was certainly not applied.
 	ErrorCode_ERROR_CODE_DISK_FULL      ErrorCode = 40 // this member's data dir cannot take more: free space, writes resume by themselves
@@ -153,6 +157,7 @@ var (
 		27: "ERROR_CODE_AUTH_DISABLED",
 		28: "ERROR_CODE_AUTH_REVISION_STALE",
 		30: "ERROR_CODE_SEQUENCE_REUSED",
+		47: "ERROR_CODE_KEY_EXISTS",
 		40: "ERROR_CODE_DISK_FULL",
 		41: "ERROR_CODE_QUOTA_EXCEEDED",
 		45: "ERROR_CODE_OUT_OF_RANGE",
@@ -181,6 +186,7 @@ var (
 		"ERROR_CODE_AUTH_DISABLED":       27,
 		"ERROR_CODE_AUTH_REVISION_STALE": 28,
 		"ERROR_CODE_SEQUENCE_REUSED":     30,
+		"ERROR_CODE_KEY_EXISTS":          47,
 		"ERROR_CODE_DISK_FULL":           40,
 		"ERROR_CODE_QUOTA_EXCEEDED":      41,
 		"ERROR_CODE_OUT_OF_RANGE":        45,
@@ -213,6 +219,122 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{1}
+}
+
+// A transaction: every compare is judged, then either the success ops
+// (all compares held) or the failure ops run, in order, all in one log
+// entry. Nothing of a branch applies unless all of it does. Ops see the
+// effects of the ops before them. Limits (refused before proposing):
+// compares and each branch's ops at most --max-txn-ops each, a key written
+// at most once per branch (a put, a delete, or under a delete-prefix).
+type CompareTarget int32
+
+const (
+	CompareTarget_COMPARE_TARGET_VERSION      CompareTarget = 0 // the key's version (absent: 0)
+	CompareTarget_COMPARE_TARGET_VALUE        CompareTarget = 1 // the key's value (absent: empty)
+	CompareTarget_COMPARE_TARGET_CREATE_INDEX CompareTarget = 2 // absent: 0
+	CompareTarget_COMPARE_TARGET_MOD_INDEX    CompareTarget = 3 // absent: 0
+	CompareTarget_COMPARE_TARGET_EXISTS       CompareTarget = 4 // exists (true/false); op EQUAL or NOT_EQUAL
+	CompareTarget_COMPARE_TARGET_LOCK_TOKEN   CompareTarget = 5 // key names a lock or election: its current token (free: 0)
+)
+
+// Enum value maps for CompareTarget.
+var (
+	CompareTarget_name = map[int32]string{
+		0: "COMPARE_TARGET_VERSION",
+		1: "COMPARE_TARGET_VALUE",
+		2: "COMPARE_TARGET_CREATE_INDEX",
+		3: "COMPARE_TARGET_MOD_INDEX",
+		4: "COMPARE_TARGET_EXISTS",
+		5: "COMPARE_TARGET_LOCK_TOKEN",
+	}
+	CompareTarget_value = map[string]int32{
+		"COMPARE_TARGET_VERSION":      0,
+		"COMPARE_TARGET_VALUE":        1,
+		"COMPARE_TARGET_CREATE_INDEX": 2,
+		"COMPARE_TARGET_MOD_INDEX":    3,
+		"COMPARE_TARGET_EXISTS":       4,
+		"COMPARE_TARGET_LOCK_TOKEN":   5,
+	}
+)
+
+func (x CompareTarget) Enum() *CompareTarget {
+	p := new(CompareTarget)
+	*p = x
+	return p
+}
+
+func (x CompareTarget) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CompareTarget) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[2].Descriptor()
+}
+
+func (CompareTarget) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[2]
+}
+
+func (x CompareTarget) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CompareTarget.Descriptor instead.
+func (CompareTarget) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{2}
+}
+
+type CompareOp int32
+
+const (
+	CompareOp_COMPARE_OP_EQUAL     CompareOp = 0
+	CompareOp_COMPARE_OP_NOT_EQUAL CompareOp = 1
+	CompareOp_COMPARE_OP_LESS      CompareOp = 2 // numbers; values compare as bytes
+	CompareOp_COMPARE_OP_GREATER   CompareOp = 3
+)
+
+// Enum value maps for CompareOp.
+var (
+	CompareOp_name = map[int32]string{
+		0: "COMPARE_OP_EQUAL",
+		1: "COMPARE_OP_NOT_EQUAL",
+		2: "COMPARE_OP_LESS",
+		3: "COMPARE_OP_GREATER",
+	}
+	CompareOp_value = map[string]int32{
+		"COMPARE_OP_EQUAL":     0,
+		"COMPARE_OP_NOT_EQUAL": 1,
+		"COMPARE_OP_LESS":      2,
+		"COMPARE_OP_GREATER":   3,
+	}
+)
+
+func (x CompareOp) Enum() *CompareOp {
+	p := new(CompareOp)
+	*p = x
+	return p
+}
+
+func (x CompareOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CompareOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvd_v1_kvd_proto_enumTypes[3].Descriptor()
+}
+
+func (CompareOp) Type() protoreflect.EnumType {
+	return &file_kvd_v1_kvd_proto_enumTypes[3]
+}
+
+func (x CompareOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CompareOp.Descriptor instead.
+func (CompareOp) EnumDescriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{3}
 }
 
 type CacheState int32
@@ -251,11 +373,11 @@ func (x CacheState) String() string {
 }
 
 func (CacheState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[2].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[4].Descriptor()
 }
 
 func (CacheState) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[2]
+	return &file_kvd_v1_kvd_proto_enumTypes[4]
 }
 
 func (x CacheState) Number() protoreflect.EnumNumber {
@@ -264,7 +386,7 @@ func (x CacheState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheState.Descriptor instead.
 func (CacheState) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{2}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{4}
 }
 
 type PermKind int32
@@ -303,11 +425,11 @@ func (x PermKind) String() string {
 }
 
 func (PermKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[3].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[5].Descriptor()
 }
 
 func (PermKind) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[3]
+	return &file_kvd_v1_kvd_proto_enumTypes[5]
 }
 
 func (x PermKind) Number() protoreflect.EnumNumber {
@@ -316,7 +438,7 @@ func (x PermKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PermKind.Descriptor instead.
 func (PermKind) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{3}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{5}
 }
 
 type PermLevel int32
@@ -352,11 +474,11 @@ func (x PermLevel) String() string {
 }
 
 func (PermLevel) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[4].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[6].Descriptor()
 }
 
 func (PermLevel) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[4]
+	return &file_kvd_v1_kvd_proto_enumTypes[6]
 }
 
 func (x PermLevel) Number() protoreflect.EnumNumber {
@@ -365,7 +487,7 @@ func (x PermLevel) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PermLevel.Descriptor instead.
 func (PermLevel) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{4}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{6}
 }
 
 // WatchTarget is what a watch is on; each has its own namespace of keys.
@@ -405,11 +527,11 @@ func (x WatchTarget) String() string {
 }
 
 func (WatchTarget) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[5].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[7].Descriptor()
 }
 
 func (WatchTarget) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[5]
+	return &file_kvd_v1_kvd_proto_enumTypes[7]
 }
 
 func (x WatchTarget) Number() protoreflect.EnumNumber {
@@ -418,7 +540,7 @@ func (x WatchTarget) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchTarget.Descriptor instead.
 func (WatchTarget) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{5}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{7}
 }
 
 // EventType says what changed. expired on the event marks a change made by
@@ -430,7 +552,8 @@ const (
 	EventType_EVENT_TYPE_UNSPECIFIED EventType = 0
 	// Keys.
 	EventType_EVENT_TYPE_PUT    EventType = 1 // Put or Add: kv is the key after the write
-	EventType_EVENT_TYPE_DELETE EventType = 2 // Delete, or (expired) the TTL ran out
+	EventType_EVENT_TYPE_DELETE EventType = 2 // Delete, or (expired) the TTL ran out, or the key's session ended
+	EventType_EVENT_TYPE_TOUCH  EventType = 3 // Touch: kv has the new expires_at; value and version are unchanged (kv has no value)
 	// Sessions.
 	EventType_EVENT_TYPE_SESSION_END EventType = 10 // closed, or (expired) not kept alive
 	// Locks: lock is the lock after the change.
@@ -439,6 +562,7 @@ const (
 	EventType_EVENT_TYPE_LOCK_HANDOFF EventType = 22 // the holder let go and the head of the line was granted in the same entry
 	EventType_EVENT_TYPE_LOCK_BREAK   EventType = 23 // an operator broke the lock (lock may show the next holder)
 	EventType_EVENT_TYPE_LOCK_QUEUE   EventType = 24 // only the line of waiters changed
+	EventType_EVENT_TYPE_LOCK_VALUE   EventType = 25 // the holder proclaimed a new value (same token)
 	// Cache entries: cache is the entry after the change.
 	EventType_EVENT_TYPE_CACHE_STORE      EventType = 30 // a value set directly (Cache.Set)
 	EventType_EVENT_TYPE_CACHE_FILL       EventType = 31 // a value stored by the holder of the fill lease
@@ -456,12 +580,14 @@ var (
 		0:  "EVENT_TYPE_UNSPECIFIED",
 		1:  "EVENT_TYPE_PUT",
 		2:  "EVENT_TYPE_DELETE",
+		3:  "EVENT_TYPE_TOUCH",
 		10: "EVENT_TYPE_SESSION_END",
 		20: "EVENT_TYPE_LOCK_GRANT",
 		21: "EVENT_TYPE_LOCK_RELEASE",
 		22: "EVENT_TYPE_LOCK_HANDOFF",
 		23: "EVENT_TYPE_LOCK_BREAK",
 		24: "EVENT_TYPE_LOCK_QUEUE",
+		25: "EVENT_TYPE_LOCK_VALUE",
 		30: "EVENT_TYPE_CACHE_STORE",
 		31: "EVENT_TYPE_CACHE_FILL",
 		32: "EVENT_TYPE_CACHE_LEASE",
@@ -474,12 +600,14 @@ var (
 		"EVENT_TYPE_UNSPECIFIED":      0,
 		"EVENT_TYPE_PUT":              1,
 		"EVENT_TYPE_DELETE":           2,
+		"EVENT_TYPE_TOUCH":            3,
 		"EVENT_TYPE_SESSION_END":      10,
 		"EVENT_TYPE_LOCK_GRANT":       20,
 		"EVENT_TYPE_LOCK_RELEASE":     21,
 		"EVENT_TYPE_LOCK_HANDOFF":     22,
 		"EVENT_TYPE_LOCK_BREAK":       23,
 		"EVENT_TYPE_LOCK_QUEUE":       24,
+		"EVENT_TYPE_LOCK_VALUE":       25,
 		"EVENT_TYPE_CACHE_STORE":      30,
 		"EVENT_TYPE_CACHE_FILL":       31,
 		"EVENT_TYPE_CACHE_LEASE":      32,
@@ -501,11 +629,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[6].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[8].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[6]
+	return &file_kvd_v1_kvd_proto_enumTypes[8]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -514,7 +642,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{6}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{8}
 }
 
 // WatchMessageKind says what a streamed message is.
@@ -576,11 +704,11 @@ func (x WatchMessageKind) String() string {
 }
 
 func (WatchMessageKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvd_v1_kvd_proto_enumTypes[7].Descriptor()
+	return file_kvd_v1_kvd_proto_enumTypes[9].Descriptor()
 }
 
 func (WatchMessageKind) Type() protoreflect.EnumType {
-	return &file_kvd_v1_kvd_proto_enumTypes[7]
+	return &file_kvd_v1_kvd_proto_enumTypes[9]
 }
 
 func (x WatchMessageKind) Number() protoreflect.EnumNumber {
@@ -589,7 +717,7 @@ func (x WatchMessageKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchMessageKind.Descriptor instead.
 func (WatchMessageKind) EnumDescriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{7}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{9}
 }
 
 // RequestHeader makes a mutating request exactly-once. session is a session
@@ -901,13 +1029,16 @@ func (x *ErrorInfo) GetLimit() int64 {
 }
 
 type KeyValue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,3,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"` // Raft index of the entry that created the key
-	ModIndex      uint64                 `protobuf:"varint,4,opt,name=mod_index,json=modIndex,proto3" json:"mod_index,omitempty"`          // Raft index of the entry that last wrote it
-	Version       uint64                 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`                            // writes since creation, starting at 1
-	ExpiresAt     int64                  `protobuf:"varint,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`       // log time of expiry, 0: no TTL
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Key         []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value       []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,3,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"` // Raft index of the entry that created the key
+	ModIndex    uint64                 `protobuf:"varint,4,opt,name=mod_index,json=modIndex,proto3" json:"mod_index,omitempty"`          // Raft index of the entry that last wrote it
+	Version     uint64                 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`                            // writes since creation, starting at 1
+	ExpiresAt   int64                  `protobuf:"varint,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`       // log time of expiry, 0: no TTL
+	// The session the key is bound to (0: none). The key is deleted in the
+	// entry that ends that session (close or expiry).
+	Session       uint64 `protobuf:"varint,7,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -984,6 +1115,13 @@ func (x *KeyValue) GetExpiresAt() int64 {
 	return 0
 }
 
+func (x *KeyValue) GetSession() uint64 {
+	if x != nil {
+		return x.Session
+	}
+	return 0
+}
+
 type PutRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -995,8 +1133,17 @@ type PutRequest struct {
 	// equals it (0: only if the key does not exist).
 	ExpectedVersion *uint64 `protobuf:"varint,5,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
 	Fence           *Fence  `protobuf:"bytes,6,opt,name=fence,proto3" json:"fence,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Binds the key to this session (a live one): the key is deleted in the
+	// same entry that ends the session, with a DELETE event. 0: the key is
+	// bound to no session, and a put without it unbinds a bound key. A put
+	// naming another session rebinds the key to it. Independent of
+	// header.session, which only makes the put exactly-once.
+	Session uint64 `protobuf:"varint,7,opt,name=session,proto3" json:"session,omitempty"`
+	// Put only if the key does not exist, or (with session) is already bound
+	// to that same session; otherwise refused with KEY_EXISTS.
+	IfAbsent      bool `protobuf:"varint,8,opt,name=if_absent,json=ifAbsent,proto3" json:"if_absent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutRequest) Reset() {
@@ -1069,6 +1216,20 @@ func (x *PutRequest) GetFence() *Fence {
 		return x.Fence
 	}
 	return nil
+}
+
+func (x *PutRequest) GetSession() uint64 {
+	if x != nil {
+		return x.Session
+	}
+	return 0
+}
+
+func (x *PutRequest) GetIfAbsent() bool {
+	if x != nil {
+		return x.IfAbsent
+	}
+	return false
 }
 
 type PutResponse struct {
@@ -1233,8 +1394,11 @@ type DeleteRequest struct {
 	Key             []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	ExpectedVersion *uint64                `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
 	Fence           *Fence                 `protobuf:"bytes,4,opt,name=fence,proto3" json:"fence,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Delete every key that starts with key, in one entry (key "" with
+	// prefix: every key). expected_version must be unset.
+	Prefix        bool `protobuf:"varint,5,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -1295,10 +1459,18 @@ func (x *DeleteRequest) GetFence() *Fence {
 	return nil
 }
 
+func (x *DeleteRequest) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
 type DeleteResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	// 1 when the key existed, 0 when it did not (not an error).
+	// How many keys were deleted: for a single key 1 when it existed, 0 when
+	// it did not (not an error).
 	Deleted       uint64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1348,6 +1520,556 @@ func (x *DeleteResponse) GetDeleted() uint64 {
 	return 0
 }
 
+// TouchRequest gives an existing key a new TTL counted from now, keeping its
+// value, version and mod_index (ttl_ms 0: no TTL). An absent key is
+// NOT_FOUND. Watchers see a TOUCH event.
+type TouchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	TtlMs         int64                  `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Fence         *Fence                 `protobuf:"bytes,4,opt,name=fence,proto3" json:"fence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchRequest) Reset() {
+	*x = TouchRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchRequest) ProtoMessage() {}
+
+func (x *TouchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchRequest.ProtoReflect.Descriptor instead.
+func (*TouchRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TouchRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TouchRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TouchRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *TouchRequest) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
+}
+
+type TouchResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The key after the touch, without its value.
+	Kv            *KeyValue `protobuf:"bytes,2,opt,name=kv,proto3" json:"kv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchResponse) Reset() {
+	*x = TouchResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchResponse) ProtoMessage() {}
+
+func (x *TouchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchResponse.ProtoReflect.Descriptor instead.
+func (*TouchResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TouchResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TouchResponse) GetKv() *KeyValue {
+	if x != nil {
+		return x.Kv
+	}
+	return nil
+}
+
+type Compare struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Key    []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Target CompareTarget          `protobuf:"varint,2,opt,name=target,proto3,enum=kvd.v1.CompareTarget" json:"target,omitempty"`
+	Op     CompareOp              `protobuf:"varint,3,opt,name=op,proto3,enum=kvd.v1.CompareOp" json:"op,omitempty"`
+	// VERSION, CREATE_INDEX, MOD_INDEX, LOCK_TOKEN.
+	Number uint64 `protobuf:"varint,4,opt,name=number,proto3" json:"number,omitempty"`
+	// VALUE.
+	Value []byte `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
+	// EXISTS.
+	Exists        bool `protobuf:"varint,6,opt,name=exists,proto3" json:"exists,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compare) Reset() {
+	*x = Compare{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compare) ProtoMessage() {}
+
+func (x *Compare) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compare.ProtoReflect.Descriptor instead.
+func (*Compare) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Compare) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Compare) GetTarget() CompareTarget {
+	if x != nil {
+		return x.Target
+	}
+	return CompareTarget_COMPARE_TARGET_VERSION
+}
+
+func (x *Compare) GetOp() CompareOp {
+	if x != nil {
+		return x.Op
+	}
+	return CompareOp_COMPARE_OP_EQUAL
+}
+
+func (x *Compare) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Compare) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *Compare) GetExists() bool {
+	if x != nil {
+		return x.Exists
+	}
+	return false
+}
+
+// TxnOp is one op of a branch. The requests' header, expected_version,
+// fence and consistency fields must be unset: a transaction's conditions
+// are its compares, and its reads happen inside its entry.
+type TxnOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*TxnOp_Put
+	//	*TxnOp_Delete
+	//	*TxnOp_Get
+	Op            isTxnOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOp) Reset() {
+	*x = TxnOp{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOp) ProtoMessage() {}
+
+func (x *TxnOp) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
+func (*TxnOp) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TxnOp) GetOp() isTxnOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *TxnOp) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*TxnOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnOp) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*TxnOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *TxnOp) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Op.(*TxnOp_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+type isTxnOp_Op interface {
+	isTxnOp_Op()
+}
+
+type TxnOp_Put struct {
+	Put *PutRequest `protobuf:"bytes,1,opt,name=put,proto3,oneof"` // with ttl_ms, session and if_absent as for Put
+}
+
+type TxnOp_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,2,opt,name=delete,proto3,oneof"` // with prefix: delete-prefix
+}
+
+type TxnOp_Get struct {
+	Get *GetRequest `protobuf:"bytes,3,opt,name=get,proto3,oneof"`
+}
+
+func (*TxnOp_Put) isTxnOp_Op() {}
+
+func (*TxnOp_Delete) isTxnOp_Op() {}
+
+func (*TxnOp_Get) isTxnOp_Op() {}
+
+// TxnOpResult answers one op, in order. The responses' headers are unset.
+type TxnOpResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*TxnOpResult_Put
+	//	*TxnOpResult_Delete
+	//	*TxnOpResult_Get
+	Result isTxnOpResult_Result `protobuf_oneof:"result"`
+	// A retried transaction whose get's key changed since the first answer:
+	// the metadata is the first answer's and the value is no longer known.
+	ValueUnavailable bool `protobuf:"varint,4,opt,name=value_unavailable,json=valueUnavailable,proto3" json:"value_unavailable,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TxnOpResult) Reset() {
+	*x = TxnOpResult{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOpResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOpResult) ProtoMessage() {}
+
+func (x *TxnOpResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOpResult.ProtoReflect.Descriptor instead.
+func (*TxnOpResult) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TxnOpResult) GetResult() isTxnOpResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *TxnOpResult) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Result.(*TxnOpResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnOpResult) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*TxnOpResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *TxnOpResult) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*TxnOpResult_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *TxnOpResult) GetValueUnavailable() bool {
+	if x != nil {
+		return x.ValueUnavailable
+	}
+	return false
+}
+
+type isTxnOpResult_Result interface {
+	isTxnOpResult_Result()
+}
+
+type TxnOpResult_Put struct {
+	Put *PutResponse `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type TxnOpResult_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+type TxnOpResult_Get struct {
+	Get *GetResponse `protobuf:"bytes,3,opt,name=get,proto3,oneof"` // kv unset: the key did not exist
+}
+
+func (*TxnOpResult_Put) isTxnOpResult_Result() {}
+
+func (*TxnOpResult_Delete) isTxnOpResult_Result() {}
+
+func (*TxnOpResult_Get) isTxnOpResult_Result() {}
+
+type TxnRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Compares      []*Compare             `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
+	Success       []*TxnOp               `protobuf:"bytes,3,rep,name=success,proto3" json:"success,omitempty"`
+	Failure       []*TxnOp               `protobuf:"bytes,4,rep,name=failure,proto3" json:"failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequest) Reset() {
+	*x = TxnRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequest) ProtoMessage() {}
+
+func (x *TxnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
+func (*TxnRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TxnRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetCompares() []*Compare {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetSuccess() []*TxnOp {
+	if x != nil {
+		return x.Success
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetFailure() []*TxnOp {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
+type TxnResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// True: every compare held and the success ops ran; false: the failure ops.
+	Succeeded     bool           `protobuf:"varint,2,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Results       []*TxnOpResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponse) Reset() {
+	*x = TxnResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponse) ProtoMessage() {}
+
+func (x *TxnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
+func (*TxnResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TxnResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TxnResponse) GetSucceeded() bool {
+	if x != nil {
+		return x.Succeeded
+	}
+	return false
+}
+
+func (x *TxnResponse) GetResults() []*TxnOpResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // ListRequest lists keys by prefix in key order. An answer stops at limit
 // keys or at the server's response byte budget (--max-response-bytes),
 // whichever comes first, and says more: continue with start_after.
@@ -1366,7 +2088,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[11]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +2100,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[11]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +2113,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{11}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListRequest) GetPrefix() []byte {
@@ -1441,7 +2163,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[12]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +2175,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[12]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +2188,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{12}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListResponse) GetHeader() *ResponseHeader {
@@ -1503,7 +2225,7 @@ type AddRequest struct {
 
 func (x *AddRequest) Reset() {
 	*x = AddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[13]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +2237,7 @@ func (x *AddRequest) String() string {
 func (*AddRequest) ProtoMessage() {}
 
 func (x *AddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[13]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +2250,7 @@ func (x *AddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddRequest.ProtoReflect.Descriptor instead.
 func (*AddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{13}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddRequest) GetHeader() *RequestHeader {
@@ -1570,7 +2292,7 @@ type AddResponse struct {
 
 func (x *AddResponse) Reset() {
 	*x = AddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[14]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +2304,7 @@ func (x *AddResponse) String() string {
 func (*AddResponse) ProtoMessage() {}
 
 func (x *AddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[14]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +2317,7 @@ func (x *AddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddResponse.ProtoReflect.Descriptor instead.
 func (*AddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{14}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddResponse) GetHeader() *ResponseHeader {
@@ -1629,14 +2351,16 @@ type SessionInfo struct {
 	Locks     [][]byte               `protobuf:"bytes,6,rep,name=locks,proto3" json:"locks,omitempty"` // locks it holds, sorted
 	// The user who created it ("" when auth was off). With auth on, only that
 	// user or an admin may renew, close or use it, or release its locks.
-	Owner         string `protobuf:"bytes,7,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner string `protobuf:"bytes,7,opt,name=owner,proto3" json:"owner,omitempty"`
+	// How many keys are bound to it (Put with session).
+	Keys          uint64 `protobuf:"varint,8,opt,name=keys,proto3" json:"keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[15]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +2372,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[15]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +2385,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{15}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SessionInfo) GetId() uint64 {
@@ -1713,6 +2437,13 @@ func (x *SessionInfo) GetOwner() string {
 	return ""
 }
 
+func (x *SessionInfo) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
 type CreateSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	TtlMs int64                  `protobuf:"varint,1,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
@@ -1726,7 +2457,7 @@ type CreateSessionRequest struct {
 
 func (x *CreateSessionRequest) Reset() {
 	*x = CreateSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[16]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +2469,7 @@ func (x *CreateSessionRequest) String() string {
 func (*CreateSessionRequest) ProtoMessage() {}
 
 func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[16]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +2482,7 @@ func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{16}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateSessionRequest) GetTtlMs() int64 {
@@ -1785,7 +2516,7 @@ type CreateSessionResponse struct {
 
 func (x *CreateSessionResponse) Reset() {
 	*x = CreateSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[17]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +2528,7 @@ func (x *CreateSessionResponse) String() string {
 func (*CreateSessionResponse) ProtoMessage() {}
 
 func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[17]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2541,7 @@ func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{17}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateSessionResponse) GetHeader() *ResponseHeader {
@@ -1836,7 +2567,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[18]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +2579,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[18]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +2592,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{18}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KeepAliveRequest) GetId() uint64 {
@@ -1881,7 +2612,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[19]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2624,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[19]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2637,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{19}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KeepAliveResponse) GetHeader() *ResponseHeader {
@@ -1932,7 +2663,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[20]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2675,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[20]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2688,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{20}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CloseSessionRequest) GetId() uint64 {
@@ -1976,7 +2707,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[21]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2719,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[21]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2732,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{21}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CloseSessionResponse) GetHeader() *ResponseHeader {
@@ -2021,7 +2752,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2764,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2777,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{22}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSessionRequest) GetId() uint64 {
@@ -2073,7 +2804,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2816,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2829,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{23}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetSessionResponse) GetHeader() *ResponseHeader {
@@ -2120,13 +2851,14 @@ type LockWaiter struct {
 	Session       uint64                 `protobuf:"varint,1,opt,name=session,proto3" json:"session,omitempty"`
 	QueuedAt      int64                  `protobuf:"varint,2,opt,name=queued_at,json=queuedAt,proto3" json:"queued_at,omitempty"`
 	WaitUntil     int64                  `protobuf:"varint,3,opt,name=wait_until,json=waitUntil,proto3" json:"wait_until,omitempty"` // log time after which the waiter leaves the line
+	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`                           // the value it asked to lead with (elections)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LockWaiter) Reset() {
 	*x = LockWaiter{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2870,7 @@ func (x *LockWaiter) String() string {
 func (*LockWaiter) ProtoMessage() {}
 
 func (x *LockWaiter) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2883,7 @@ func (x *LockWaiter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockWaiter.ProtoReflect.Descriptor instead.
 func (*LockWaiter) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{24}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LockWaiter) GetSession() uint64 {
@@ -2175,6 +2907,13 @@ func (x *LockWaiter) GetWaitUntil() int64 {
 	return 0
 }
 
+func (x *LockWaiter) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 type LockInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2189,17 +2928,20 @@ type LockInfo struct {
 	// After an involuntary release, no grant before this log time.
 	DelayUntil int64 `protobuf:"varint,7,opt,name=delay_until,json=delayUntil,proto3" json:"delay_until,omitempty"`
 	// Last operator break, for people.
-	BrokenToken   uint64 `protobuf:"varint,8,opt,name=broken_token,json=brokenToken,proto3" json:"broken_token,omitempty"`
-	BrokenAt      int64  `protobuf:"varint,9,opt,name=broken_at,json=brokenAt,proto3" json:"broken_at,omitempty"`
-	BrokenReason  string `protobuf:"bytes,10,opt,name=broken_reason,json=brokenReason,proto3" json:"broken_reason,omitempty"`
-	LockDelayMs   int64  `protobuf:"varint,11,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
+	BrokenToken  uint64 `protobuf:"varint,8,opt,name=broken_token,json=brokenToken,proto3" json:"broken_token,omitempty"`
+	BrokenAt     int64  `protobuf:"varint,9,opt,name=broken_at,json=brokenAt,proto3" json:"broken_at,omitempty"`
+	BrokenReason string `protobuf:"bytes,10,opt,name=broken_reason,json=brokenReason,proto3" json:"broken_reason,omitempty"`
+	LockDelayMs  int64  `protobuf:"varint,11,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
+	// The holder's value: an election's leader value (AcquireRequest.value,
+	// then Proclaim). Empty for a plain lock.
+	Value         []byte `protobuf:"bytes,12,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LockInfo) Reset() {
 	*x = LockInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2953,7 @@ func (x *LockInfo) String() string {
 func (*LockInfo) ProtoMessage() {}
 
 func (x *LockInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2966,7 @@ func (x *LockInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockInfo.ProtoReflect.Descriptor instead.
 func (*LockInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{25}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LockInfo) GetName() []byte {
@@ -2304,6 +3046,13 @@ func (x *LockInfo) GetLockDelayMs() int64 {
 	return 0
 }
 
+func (x *LockInfo) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 type AcquireRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// header.session owns the lock; it must be set.
@@ -2312,14 +3061,18 @@ type AcquireRequest struct {
 	// 0: try once. >0: wait in the FIFO line up to this long.
 	WaitMs int64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	// Lock-delay applied after an involuntary release (expiry, break).
-	LockDelayMs   int64 `protobuf:"varint,4,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
+	LockDelayMs int64 `protobuf:"varint,4,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
+	// An election candidate's value: the lock's value while this session
+	// holds it (an election is a lock whose holder has a value; its token is
+	// the term's fencing token).
+	Value         []byte `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +3084,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +3097,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{26}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AcquireRequest) GetHeader() *RequestHeader {
@@ -2375,6 +3128,13 @@ func (x *AcquireRequest) GetLockDelayMs() int64 {
 	return 0
 }
 
+func (x *AcquireRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 type AcquireResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Header   *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -2389,7 +3149,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +3161,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +3174,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{27}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AcquireResponse) GetHeader() *ResponseHeader {
@@ -2463,7 +3223,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +3235,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +3248,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{28}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReleaseRequest) GetHeader() *RequestHeader {
@@ -2523,7 +3283,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +3295,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +3308,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{29}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReleaseResponse) GetHeader() *ResponseHeader {
@@ -2582,7 +3342,7 @@ type CancelWaitRequest struct {
 
 func (x *CancelWaitRequest) Reset() {
 	*x = CancelWaitRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +3354,7 @@ func (x *CancelWaitRequest) String() string {
 func (*CancelWaitRequest) ProtoMessage() {}
 
 func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +3367,7 @@ func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitRequest.ProtoReflect.Descriptor instead.
 func (*CancelWaitRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{30}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CancelWaitRequest) GetHeader() *RequestHeader {
@@ -2640,7 +3400,7 @@ type CancelWaitResponse struct {
 
 func (x *CancelWaitResponse) Reset() {
 	*x = CancelWaitResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +3412,7 @@ func (x *CancelWaitResponse) String() string {
 func (*CancelWaitResponse) ProtoMessage() {}
 
 func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +3425,7 @@ func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitResponse.ProtoReflect.Descriptor instead.
 func (*CancelWaitResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CancelWaitResponse) GetHeader() *ResponseHeader {
@@ -2686,7 +3446,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2698,7 +3458,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2711,7 +3471,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RenewRequest) GetName() []byte {
@@ -2738,7 +3498,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +3510,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +3523,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RenewResponse) GetHeader() *ResponseHeader {
@@ -2790,7 +3550,7 @@ type GetLockRequest struct {
 
 func (x *GetLockRequest) Reset() {
 	*x = GetLockRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3562,7 @@ func (x *GetLockRequest) String() string {
 func (*GetLockRequest) ProtoMessage() {}
 
 func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3575,7 @@ func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockRequest.ProtoReflect.Descriptor instead.
 func (*GetLockRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetLockRequest) GetName() []byte {
@@ -2842,7 +3602,7 @@ type GetLockResponse struct {
 
 func (x *GetLockResponse) Reset() {
 	*x = GetLockResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +3614,7 @@ func (x *GetLockResponse) String() string {
 func (*GetLockResponse) ProtoMessage() {}
 
 func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +3627,7 @@ func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockResponse.ProtoReflect.Descriptor instead.
 func (*GetLockResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetLockResponse) GetHeader() *ResponseHeader {
@@ -2901,7 +3661,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3673,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3686,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListLocksRequest) GetPrefix() []byte {
@@ -2969,7 +3729,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2981,7 +3741,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2994,7 +3754,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListLocksResponse) GetHeader() *ResponseHeader {
@@ -3034,7 +3794,7 @@ type BreakRequest struct {
 
 func (x *BreakRequest) Reset() {
 	*x = BreakRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3806,7 @@ func (x *BreakRequest) String() string {
 func (*BreakRequest) ProtoMessage() {}
 
 func (x *BreakRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3819,7 @@ func (x *BreakRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakRequest.ProtoReflect.Descriptor instead.
 func (*BreakRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BreakRequest) GetHeader() *RequestHeader {
@@ -3098,7 +3858,7 @@ type BreakResponse struct {
 
 func (x *BreakResponse) Reset() {
 	*x = BreakResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3110,7 +3870,7 @@ func (x *BreakResponse) String() string {
 func (*BreakResponse) ProtoMessage() {}
 
 func (x *BreakResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3123,7 +3883,7 @@ func (x *BreakResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakResponse.ProtoReflect.Descriptor instead.
 func (*BreakResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *BreakResponse) GetHeader() *ResponseHeader {
@@ -3161,6 +3921,129 @@ func (x *BreakResponse) GetClearedDelayUntil() int64 {
 	return 0
 }
 
+// ProclaimRequest changes the value of a lock held with token (an election
+// leader announcing new data) without a new grant: the token stays.
+// STALE_TOKEN when token is not the current grant.
+type ProclaimRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          []byte                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Token         uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
+	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProclaimRequest) Reset() {
+	*x = ProclaimRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProclaimRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProclaimRequest) ProtoMessage() {}
+
+func (x *ProclaimRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProclaimRequest.ProtoReflect.Descriptor instead.
+func (*ProclaimRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ProclaimRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ProclaimRequest) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *ProclaimRequest) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *ProclaimRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type ProclaimResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Lock          *LockInfo              `protobuf:"bytes,2,opt,name=lock,proto3" json:"lock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProclaimResponse) Reset() {
+	*x = ProclaimResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProclaimResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProclaimResponse) ProtoMessage() {}
+
+func (x *ProclaimResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProclaimResponse.ProtoReflect.Descriptor instead.
+func (*ProclaimResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ProclaimResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ProclaimResponse) GetLock() *LockInfo {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
 type CheckFenceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Lock          []byte                 `protobuf:"bytes,1,opt,name=lock,proto3" json:"lock,omitempty"`
@@ -3172,7 +4055,7 @@ type CheckFenceRequest struct {
 
 func (x *CheckFenceRequest) Reset() {
 	*x = CheckFenceRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +4067,7 @@ func (x *CheckFenceRequest) String() string {
 func (*CheckFenceRequest) ProtoMessage() {}
 
 func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +4080,7 @@ func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceRequest.ProtoReflect.Descriptor instead.
 func (*CheckFenceRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CheckFenceRequest) GetLock() []byte {
@@ -3232,7 +4115,7 @@ type CheckFenceResponse struct {
 
 func (x *CheckFenceResponse) Reset() {
 	*x = CheckFenceResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +4127,7 @@ func (x *CheckFenceResponse) String() string {
 func (*CheckFenceResponse) ProtoMessage() {}
 
 func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +4140,7 @@ func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceResponse.ProtoReflect.Descriptor instead.
 func (*CheckFenceResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CheckFenceResponse) GetHeader() *ResponseHeader {
@@ -3292,7 +4175,7 @@ type FillLease struct {
 
 func (x *FillLease) Reset() {
 	*x = FillLease{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3304,7 +4187,7 @@ func (x *FillLease) String() string {
 func (*FillLease) ProtoMessage() {}
 
 func (x *FillLease) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3317,7 +4200,7 @@ func (x *FillLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillLease.ProtoReflect.Descriptor instead.
 func (*FillLease) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FillLease) GetSession() uint64 {
@@ -3358,7 +4241,7 @@ type CacheEntry struct {
 
 func (x *CacheEntry) Reset() {
 	*x = CacheEntry{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +4253,7 @@ func (x *CacheEntry) String() string {
 func (*CacheEntry) ProtoMessage() {}
 
 func (x *CacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +4266,7 @@ func (x *CacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEntry.ProtoReflect.Descriptor instead.
 func (*CacheEntry) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CacheEntry) GetKey() []byte {
@@ -3452,7 +4335,7 @@ type CacheGetRequest struct {
 
 func (x *CacheGetRequest) Reset() {
 	*x = CacheGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +4347,7 @@ func (x *CacheGetRequest) String() string {
 func (*CacheGetRequest) ProtoMessage() {}
 
 func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +4360,7 @@ func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetRequest.ProtoReflect.Descriptor instead.
 func (*CacheGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CacheGetRequest) GetKey() []byte {
@@ -3505,7 +4388,7 @@ type CacheGetResponse struct {
 
 func (x *CacheGetResponse) Reset() {
 	*x = CacheGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3517,7 +4400,7 @@ func (x *CacheGetResponse) String() string {
 func (*CacheGetResponse) ProtoMessage() {}
 
 func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3530,7 +4413,7 @@ func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetResponse.ProtoReflect.Descriptor instead.
 func (*CacheGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CacheGetResponse) GetHeader() *ResponseHeader {
@@ -3571,7 +4454,7 @@ type FillRequest struct {
 
 func (x *FillRequest) Reset() {
 	*x = FillRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3583,7 +4466,7 @@ func (x *FillRequest) String() string {
 func (*FillRequest) ProtoMessage() {}
 
 func (x *FillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3596,7 +4479,7 @@ func (x *FillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillRequest.ProtoReflect.Descriptor instead.
 func (*FillRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *FillRequest) GetHeader() *RequestHeader {
@@ -3650,7 +4533,7 @@ type FillResponse struct {
 
 func (x *FillResponse) Reset() {
 	*x = FillResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +4545,7 @@ func (x *FillResponse) String() string {
 func (*FillResponse) ProtoMessage() {}
 
 func (x *FillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +4558,7 @@ func (x *FillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillResponse.ProtoReflect.Descriptor instead.
 func (*FillResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FillResponse) GetHeader() *ResponseHeader {
@@ -3723,7 +4606,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3735,7 +4618,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3748,7 +4631,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *StoreRequest) GetHeader() *RequestHeader {
@@ -3817,7 +4700,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3829,7 +4712,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3842,7 +4725,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *StoreResponse) GetHeader() *ResponseHeader {
@@ -3872,7 +4755,7 @@ type CacheSetRequest struct {
 
 func (x *CacheSetRequest) Reset() {
 	*x = CacheSetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3884,7 +4767,7 @@ func (x *CacheSetRequest) String() string {
 func (*CacheSetRequest) ProtoMessage() {}
 
 func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3897,7 +4780,7 @@ func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetRequest.ProtoReflect.Descriptor instead.
 func (*CacheSetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CacheSetRequest) GetHeader() *RequestHeader {
@@ -3945,7 +4828,7 @@ type CacheSetResponse struct {
 
 func (x *CacheSetResponse) Reset() {
 	*x = CacheSetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3957,7 +4840,7 @@ func (x *CacheSetResponse) String() string {
 func (*CacheSetResponse) ProtoMessage() {}
 
 func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3970,7 +4853,7 @@ func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetResponse.ProtoReflect.Descriptor instead.
 func (*CacheSetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CacheSetResponse) GetHeader() *ResponseHeader {
@@ -3998,7 +4881,7 @@ type InvalidateRequest struct {
 
 func (x *InvalidateRequest) Reset() {
 	*x = InvalidateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4893,7 @@ func (x *InvalidateRequest) String() string {
 func (*InvalidateRequest) ProtoMessage() {}
 
 func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4906,7 @@ func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateRequest.ProtoReflect.Descriptor instead.
 func (*InvalidateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *InvalidateRequest) GetHeader() *RequestHeader {
@@ -4057,7 +4940,7 @@ type InvalidateResponse struct {
 
 func (x *InvalidateResponse) Reset() {
 	*x = InvalidateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4069,7 +4952,7 @@ func (x *InvalidateResponse) String() string {
 func (*InvalidateResponse) ProtoMessage() {}
 
 func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4082,7 +4965,7 @@ func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateResponse.ProtoReflect.Descriptor instead.
 func (*InvalidateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *InvalidateResponse) GetHeader() *ResponseHeader {
@@ -4107,7 +4990,7 @@ type CacheStatsRequest struct {
 
 func (x *CacheStatsRequest) Reset() {
 	*x = CacheStatsRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4119,7 +5002,7 @@ func (x *CacheStatsRequest) String() string {
 func (*CacheStatsRequest) ProtoMessage() {}
 
 func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4132,7 +5015,7 @@ func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsRequest.ProtoReflect.Descriptor instead.
 func (*CacheStatsRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
 }
 
 type CacheStatsResponse struct {
@@ -4158,7 +5041,7 @@ type CacheStatsResponse struct {
 
 func (x *CacheStatsResponse) Reset() {
 	*x = CacheStatsResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4170,7 +5053,7 @@ func (x *CacheStatsResponse) String() string {
 func (*CacheStatsResponse) ProtoMessage() {}
 
 func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4183,7 +5066,7 @@ func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsResponse.ProtoReflect.Descriptor instead.
 func (*CacheStatsResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CacheStatsResponse) GetHeader() *ResponseHeader {
@@ -4290,7 +5173,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4302,7 +5185,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4315,7 +5198,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Member) GetName() string {
@@ -4364,7 +5247,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4376,7 +5259,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4389,7 +5272,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *StatusRequest) GetSkipStateHash() bool {
@@ -4436,7 +5319,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4448,7 +5331,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4461,7 +5344,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -4598,7 +5481,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4610,7 +5493,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4623,7 +5506,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
 }
 
 type MembersResponse struct {
@@ -4636,7 +5519,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4648,7 +5531,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4661,7 +5544,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -4689,7 +5572,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4701,7 +5584,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4714,7 +5597,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *AddMemberRequest) GetName() string {
@@ -4748,7 +5631,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4760,7 +5643,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4773,7 +5656,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *AddMemberResponse) GetHeader() *ResponseHeader {
@@ -4799,7 +5682,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4811,7 +5694,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4824,7 +5707,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RemoveMemberRequest) GetName() string {
@@ -4844,7 +5727,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4856,7 +5739,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4869,7 +5752,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -4895,7 +5778,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4907,7 +5790,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4920,7 +5803,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *TransferLeaderRequest) GetName() string {
@@ -4940,7 +5823,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4952,7 +5835,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4965,7 +5848,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *TransferLeaderResponse) GetHeader() *ResponseHeader {
@@ -4990,7 +5873,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5002,7 +5885,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5015,7 +5898,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
 }
 
 type SnapshotResponse struct {
@@ -5028,7 +5911,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5040,7 +5923,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5053,7 +5936,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *SnapshotResponse) GetHeader() *ResponseHeader {
@@ -5083,7 +5966,7 @@ type Permission struct {
 
 func (x *Permission) Reset() {
 	*x = Permission{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5095,7 +5978,7 @@ func (x *Permission) String() string {
 func (*Permission) ProtoMessage() {}
 
 func (x *Permission) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5108,7 +5991,7 @@ func (x *Permission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Permission.ProtoReflect.Descriptor instead.
 func (*Permission) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *Permission) GetKind() PermKind {
@@ -5147,7 +6030,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5159,7 +6042,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5172,7 +6055,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *User) GetName() string {
@@ -5215,7 +6098,7 @@ type Role struct {
 
 func (x *Role) Reset() {
 	*x = Role{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5227,7 +6110,7 @@ func (x *Role) String() string {
 func (*Role) ProtoMessage() {}
 
 func (x *Role) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5240,7 +6123,7 @@ func (x *Role) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Role.ProtoReflect.Descriptor instead.
 func (*Role) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *Role) GetName() string {
@@ -5276,7 +6159,7 @@ type AuthenticateRequest struct {
 
 func (x *AuthenticateRequest) Reset() {
 	*x = AuthenticateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5288,7 +6171,7 @@ func (x *AuthenticateRequest) String() string {
 func (*AuthenticateRequest) ProtoMessage() {}
 
 func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5301,7 +6184,7 @@ func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *AuthenticateRequest) GetName() string {
@@ -5330,7 +6213,7 @@ type AuthenticateResponse struct {
 
 func (x *AuthenticateResponse) Reset() {
 	*x = AuthenticateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5342,7 +6225,7 @@ func (x *AuthenticateResponse) String() string {
 func (*AuthenticateResponse) ProtoMessage() {}
 
 func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5355,7 +6238,7 @@ func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *AuthenticateResponse) GetHeader() *ResponseHeader {
@@ -5388,7 +6271,7 @@ type AuthEnableRequest struct {
 
 func (x *AuthEnableRequest) Reset() {
 	*x = AuthEnableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5400,7 +6283,7 @@ func (x *AuthEnableRequest) String() string {
 func (*AuthEnableRequest) ProtoMessage() {}
 
 func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5413,7 +6296,7 @@ func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableRequest.ProtoReflect.Descriptor instead.
 func (*AuthEnableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *AuthEnableRequest) GetHeader() *RequestHeader {
@@ -5432,7 +6315,7 @@ type AuthEnableResponse struct {
 
 func (x *AuthEnableResponse) Reset() {
 	*x = AuthEnableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5444,7 +6327,7 @@ func (x *AuthEnableResponse) String() string {
 func (*AuthEnableResponse) ProtoMessage() {}
 
 func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5457,7 +6340,7 @@ func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableResponse.ProtoReflect.Descriptor instead.
 func (*AuthEnableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *AuthEnableResponse) GetHeader() *ResponseHeader {
@@ -5476,7 +6359,7 @@ type AuthDisableRequest struct {
 
 func (x *AuthDisableRequest) Reset() {
 	*x = AuthDisableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5488,7 +6371,7 @@ func (x *AuthDisableRequest) String() string {
 func (*AuthDisableRequest) ProtoMessage() {}
 
 func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5501,7 +6384,7 @@ func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableRequest.ProtoReflect.Descriptor instead.
 func (*AuthDisableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *AuthDisableRequest) GetHeader() *RequestHeader {
@@ -5520,7 +6403,7 @@ type AuthDisableResponse struct {
 
 func (x *AuthDisableResponse) Reset() {
 	*x = AuthDisableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5532,7 +6415,7 @@ func (x *AuthDisableResponse) String() string {
 func (*AuthDisableResponse) ProtoMessage() {}
 
 func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5545,7 +6428,7 @@ func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableResponse.ProtoReflect.Descriptor instead.
 func (*AuthDisableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *AuthDisableResponse) GetHeader() *ResponseHeader {
@@ -5564,7 +6447,7 @@ type AuthStatusRequest struct {
 
 func (x *AuthStatusRequest) Reset() {
 	*x = AuthStatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5576,7 +6459,7 @@ func (x *AuthStatusRequest) String() string {
 func (*AuthStatusRequest) ProtoMessage() {}
 
 func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5589,7 +6472,7 @@ func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusRequest.ProtoReflect.Descriptor instead.
 func (*AuthStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *AuthStatusRequest) GetConsistency() Consistency {
@@ -5611,7 +6494,7 @@ type AuthStatusResponse struct {
 
 func (x *AuthStatusResponse) Reset() {
 	*x = AuthStatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5623,7 +6506,7 @@ func (x *AuthStatusResponse) String() string {
 func (*AuthStatusResponse) ProtoMessage() {}
 
 func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5636,7 +6519,7 @@ func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusResponse.ProtoReflect.Descriptor instead.
 func (*AuthStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *AuthStatusResponse) GetHeader() *ResponseHeader {
@@ -5676,7 +6559,7 @@ type UserAddRequest struct {
 
 func (x *UserAddRequest) Reset() {
 	*x = UserAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5688,7 +6571,7 @@ func (x *UserAddRequest) String() string {
 func (*UserAddRequest) ProtoMessage() {}
 
 func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5701,7 +6584,7 @@ func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
 func (*UserAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *UserAddRequest) GetHeader() *RequestHeader {
@@ -5749,7 +6632,7 @@ type UserAddResponse struct {
 
 func (x *UserAddResponse) Reset() {
 	*x = UserAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5761,7 +6644,7 @@ func (x *UserAddResponse) String() string {
 func (*UserAddResponse) ProtoMessage() {}
 
 func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5774,7 +6657,7 @@ func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
 func (*UserAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *UserAddResponse) GetHeader() *ResponseHeader {
@@ -5801,7 +6684,7 @@ type UserDeleteRequest struct {
 
 func (x *UserDeleteRequest) Reset() {
 	*x = UserDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5813,7 +6696,7 @@ func (x *UserDeleteRequest) String() string {
 func (*UserDeleteRequest) ProtoMessage() {}
 
 func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5826,7 +6709,7 @@ func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
 func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *UserDeleteRequest) GetHeader() *RequestHeader {
@@ -5852,7 +6735,7 @@ type UserDeleteResponse struct {
 
 func (x *UserDeleteResponse) Reset() {
 	*x = UserDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5864,7 +6747,7 @@ func (x *UserDeleteResponse) String() string {
 func (*UserDeleteResponse) ProtoMessage() {}
 
 func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5877,7 +6760,7 @@ func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
 func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *UserDeleteResponse) GetHeader() *ResponseHeader {
@@ -5897,7 +6780,7 @@ type UserGetRequest struct {
 
 func (x *UserGetRequest) Reset() {
 	*x = UserGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5909,7 +6792,7 @@ func (x *UserGetRequest) String() string {
 func (*UserGetRequest) ProtoMessage() {}
 
 func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5922,7 +6805,7 @@ func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetRequest.ProtoReflect.Descriptor instead.
 func (*UserGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *UserGetRequest) GetName() string {
@@ -5949,7 +6832,7 @@ type UserGetResponse struct {
 
 func (x *UserGetResponse) Reset() {
 	*x = UserGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5961,7 +6844,7 @@ func (x *UserGetResponse) String() string {
 func (*UserGetResponse) ProtoMessage() {}
 
 func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5974,7 +6857,7 @@ func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetResponse.ProtoReflect.Descriptor instead.
 func (*UserGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *UserGetResponse) GetHeader() *ResponseHeader {
@@ -6000,7 +6883,7 @@ type UserListRequest struct {
 
 func (x *UserListRequest) Reset() {
 	*x = UserListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6012,7 +6895,7 @@ func (x *UserListRequest) String() string {
 func (*UserListRequest) ProtoMessage() {}
 
 func (x *UserListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6025,7 +6908,7 @@ func (x *UserListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
 func (*UserListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *UserListRequest) GetConsistency() Consistency {
@@ -6045,7 +6928,7 @@ type UserListResponse struct {
 
 func (x *UserListResponse) Reset() {
 	*x = UserListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6057,7 +6940,7 @@ func (x *UserListResponse) String() string {
 func (*UserListResponse) ProtoMessage() {}
 
 func (x *UserListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6070,7 +6953,7 @@ func (x *UserListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
 func (*UserListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *UserListResponse) GetHeader() *ResponseHeader {
@@ -6102,7 +6985,7 @@ type UserChangePasswordRequest struct {
 
 func (x *UserChangePasswordRequest) Reset() {
 	*x = UserChangePasswordRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6114,7 +6997,7 @@ func (x *UserChangePasswordRequest) String() string {
 func (*UserChangePasswordRequest) ProtoMessage() {}
 
 func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6127,7 +7010,7 @@ func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordRequest.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *UserChangePasswordRequest) GetHeader() *RequestHeader {
@@ -6175,7 +7058,7 @@ type UserChangePasswordResponse struct {
 
 func (x *UserChangePasswordResponse) Reset() {
 	*x = UserChangePasswordResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6187,7 +7070,7 @@ func (x *UserChangePasswordResponse) String() string {
 func (*UserChangePasswordResponse) ProtoMessage() {}
 
 func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6200,7 +7083,7 @@ func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordResponse.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *UserChangePasswordResponse) GetHeader() *ResponseHeader {
@@ -6228,7 +7111,7 @@ type UserGrantRoleRequest struct {
 
 func (x *UserGrantRoleRequest) Reset() {
 	*x = UserGrantRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6240,7 +7123,7 @@ func (x *UserGrantRoleRequest) String() string {
 func (*UserGrantRoleRequest) ProtoMessage() {}
 
 func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6253,7 +7136,7 @@ func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *UserGrantRoleRequest) GetHeader() *RequestHeader {
@@ -6287,7 +7170,7 @@ type UserGrantRoleResponse struct {
 
 func (x *UserGrantRoleResponse) Reset() {
 	*x = UserGrantRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6299,7 +7182,7 @@ func (x *UserGrantRoleResponse) String() string {
 func (*UserGrantRoleResponse) ProtoMessage() {}
 
 func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6312,7 +7195,7 @@ func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *UserGrantRoleResponse) GetHeader() *ResponseHeader {
@@ -6340,7 +7223,7 @@ type UserRevokeRoleRequest struct {
 
 func (x *UserRevokeRoleRequest) Reset() {
 	*x = UserRevokeRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6352,7 +7235,7 @@ func (x *UserRevokeRoleRequest) String() string {
 func (*UserRevokeRoleRequest) ProtoMessage() {}
 
 func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6365,7 +7248,7 @@ func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *UserRevokeRoleRequest) GetHeader() *RequestHeader {
@@ -6399,7 +7282,7 @@ type UserRevokeRoleResponse struct {
 
 func (x *UserRevokeRoleResponse) Reset() {
 	*x = UserRevokeRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6411,7 +7294,7 @@ func (x *UserRevokeRoleResponse) String() string {
 func (*UserRevokeRoleResponse) ProtoMessage() {}
 
 func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6424,7 +7307,7 @@ func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *UserRevokeRoleResponse) GetHeader() *ResponseHeader {
@@ -6451,7 +7334,7 @@ type RoleAddRequest struct {
 
 func (x *RoleAddRequest) Reset() {
 	*x = RoleAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6463,7 +7346,7 @@ func (x *RoleAddRequest) String() string {
 func (*RoleAddRequest) ProtoMessage() {}
 
 func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6476,7 +7359,7 @@ func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
 func (*RoleAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *RoleAddRequest) GetHeader() *RequestHeader {
@@ -6503,7 +7386,7 @@ type RoleAddResponse struct {
 
 func (x *RoleAddResponse) Reset() {
 	*x = RoleAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6515,7 +7398,7 @@ func (x *RoleAddResponse) String() string {
 func (*RoleAddResponse) ProtoMessage() {}
 
 func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6528,7 +7411,7 @@ func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddResponse.ProtoReflect.Descriptor instead.
 func (*RoleAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *RoleAddResponse) GetHeader() *ResponseHeader {
@@ -6556,7 +7439,7 @@ type RoleDeleteRequest struct {
 
 func (x *RoleDeleteRequest) Reset() {
 	*x = RoleDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6568,7 +7451,7 @@ func (x *RoleDeleteRequest) String() string {
 func (*RoleDeleteRequest) ProtoMessage() {}
 
 func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6581,7 +7464,7 @@ func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
 func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *RoleDeleteRequest) GetHeader() *RequestHeader {
@@ -6607,7 +7490,7 @@ type RoleDeleteResponse struct {
 
 func (x *RoleDeleteResponse) Reset() {
 	*x = RoleDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6619,7 +7502,7 @@ func (x *RoleDeleteResponse) String() string {
 func (*RoleDeleteResponse) ProtoMessage() {}
 
 func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6632,7 +7515,7 @@ func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
 func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *RoleDeleteResponse) GetHeader() *ResponseHeader {
@@ -6652,7 +7535,7 @@ type RoleGetRequest struct {
 
 func (x *RoleGetRequest) Reset() {
 	*x = RoleGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6664,7 +7547,7 @@ func (x *RoleGetRequest) String() string {
 func (*RoleGetRequest) ProtoMessage() {}
 
 func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6677,7 +7560,7 @@ func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetRequest.ProtoReflect.Descriptor instead.
 func (*RoleGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *RoleGetRequest) GetName() string {
@@ -6704,7 +7587,7 @@ type RoleGetResponse struct {
 
 func (x *RoleGetResponse) Reset() {
 	*x = RoleGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6716,7 +7599,7 @@ func (x *RoleGetResponse) String() string {
 func (*RoleGetResponse) ProtoMessage() {}
 
 func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6729,7 +7612,7 @@ func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetResponse.ProtoReflect.Descriptor instead.
 func (*RoleGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *RoleGetResponse) GetHeader() *ResponseHeader {
@@ -6755,7 +7638,7 @@ type RoleListRequest struct {
 
 func (x *RoleListRequest) Reset() {
 	*x = RoleListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6767,7 +7650,7 @@ func (x *RoleListRequest) String() string {
 func (*RoleListRequest) ProtoMessage() {}
 
 func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6780,7 +7663,7 @@ func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
 func (*RoleListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *RoleListRequest) GetConsistency() Consistency {
@@ -6800,7 +7683,7 @@ type RoleListResponse struct {
 
 func (x *RoleListResponse) Reset() {
 	*x = RoleListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6812,7 +7695,7 @@ func (x *RoleListResponse) String() string {
 func (*RoleListResponse) ProtoMessage() {}
 
 func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6825,7 +7708,7 @@ func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
 func (*RoleListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *RoleListResponse) GetHeader() *ResponseHeader {
@@ -6855,7 +7738,7 @@ type RoleGrantPermissionRequest struct {
 
 func (x *RoleGrantPermissionRequest) Reset() {
 	*x = RoleGrantPermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6867,7 +7750,7 @@ func (x *RoleGrantPermissionRequest) String() string {
 func (*RoleGrantPermissionRequest) ProtoMessage() {}
 
 func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6880,7 +7763,7 @@ func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *RoleGrantPermissionRequest) GetHeader() *RequestHeader {
@@ -6914,7 +7797,7 @@ type RoleGrantPermissionResponse struct {
 
 func (x *RoleGrantPermissionResponse) Reset() {
 	*x = RoleGrantPermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6926,7 +7809,7 @@ func (x *RoleGrantPermissionResponse) String() string {
 func (*RoleGrantPermissionResponse) ProtoMessage() {}
 
 func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6939,7 +7822,7 @@ func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *RoleGrantPermissionResponse) GetHeader() *ResponseHeader {
@@ -6970,7 +7853,7 @@ type RoleRevokePermissionRequest struct {
 
 func (x *RoleRevokePermissionRequest) Reset() {
 	*x = RoleRevokePermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6982,7 +7865,7 @@ func (x *RoleRevokePermissionRequest) String() string {
 func (*RoleRevokePermissionRequest) ProtoMessage() {}
 
 func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6995,7 +7878,7 @@ func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *RoleRevokePermissionRequest) GetHeader() *RequestHeader {
@@ -7036,7 +7919,7 @@ type RoleRevokePermissionResponse struct {
 
 func (x *RoleRevokePermissionResponse) Reset() {
 	*x = RoleRevokePermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7048,7 +7931,7 @@ func (x *RoleRevokePermissionResponse) String() string {
 func (*RoleRevokePermissionResponse) ProtoMessage() {}
 
 func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7061,7 +7944,7 @@ func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *RoleRevokePermissionResponse) GetHeader() *ResponseHeader {
@@ -7105,7 +7988,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7117,7 +8000,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7130,7 +8013,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *WatchEvent) GetIndex() uint64 {
@@ -7244,7 +8127,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7256,7 +8139,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7269,7 +8152,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *WatchRequest) GetTarget() WatchTarget {
@@ -7351,7 +8234,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7363,7 +8246,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7376,7 +8259,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *WatchResponse) GetHeader() *ResponseHeader {
@@ -7440,6 +8323,8 @@ type Command struct {
 	//	*Command_Put
 	//	*Command_Delete
 	//	*Command_Add
+	//	*Command_Touch
+	//	*Command_Txn
 	//	*Command_CreateSession
 	//	*Command_KeepAlive
 	//	*Command_CloseSession
@@ -7449,6 +8334,7 @@ type Command struct {
 	//	*Command_CancelWait
 	//	*Command_Renew
 	//	*Command_Break
+	//	*Command_Proclaim
 	//	*Command_Fill
 	//	*Command_Store
 	//	*Command_CacheSet
@@ -7475,7 +8361,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7487,7 +8373,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7500,7 +8386,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *Command) GetStamp() int64 {
@@ -7553,6 +8439,24 @@ func (x *Command) GetAdd() *AddRequest {
 	if x != nil {
 		if x, ok := x.Op.(*Command_Add); ok {
 			return x.Add
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTouch() *TouchRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Touch); ok {
+			return x.Touch
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Txn); ok {
+			return x.Txn
 		}
 	}
 	return nil
@@ -7634,6 +8538,15 @@ func (x *Command) GetBreak() *BreakRequest {
 	if x != nil {
 		if x, ok := x.Op.(*Command_Break); ok {
 			return x.Break
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetProclaim() *ProclaimRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Proclaim); ok {
+			return x.Proclaim
 		}
 	}
 	return nil
@@ -7826,6 +8739,14 @@ type Command_Add struct {
 	Add *AddRequest `protobuf:"bytes,12,opt,name=add,proto3,oneof"`
 }
 
+type Command_Touch struct {
+	Touch *TouchRequest `protobuf:"bytes,13,opt,name=touch,proto3,oneof"`
+}
+
+type Command_Txn struct {
+	Txn *TxnRequest `protobuf:"bytes,14,opt,name=txn,proto3,oneof"`
+}
+
 type Command_CreateSession struct {
 	CreateSession *CreateSessionRequest `protobuf:"bytes,20,opt,name=create_session,json=createSession,proto3,oneof"`
 }
@@ -7860,6 +8781,10 @@ type Command_Renew struct {
 
 type Command_Break struct {
 	Break *BreakRequest `protobuf:"bytes,34,opt,name=break,proto3,oneof"`
+}
+
+type Command_Proclaim struct {
+	Proclaim *ProclaimRequest `protobuf:"bytes,35,opt,name=proclaim,proto3,oneof"`
 }
 
 type Command_Fill struct {
@@ -7944,6 +8869,10 @@ func (*Command_Delete) isCommand_Op() {}
 
 func (*Command_Add) isCommand_Op() {}
 
+func (*Command_Touch) isCommand_Op() {}
+
+func (*Command_Txn) isCommand_Op() {}
+
 func (*Command_CreateSession) isCommand_Op() {}
 
 func (*Command_KeepAlive) isCommand_Op() {}
@@ -7961,6 +8890,8 @@ func (*Command_CancelWait) isCommand_Op() {}
 func (*Command_Renew) isCommand_Op() {}
 
 func (*Command_Break) isCommand_Op() {}
+
+func (*Command_Proclaim) isCommand_Op() {}
 
 func (*Command_Fill) isCommand_Op() {}
 
@@ -8017,7 +8948,7 @@ type StateLimits struct {
 
 func (x *StateLimits) Reset() {
 	*x = StateLimits{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8029,7 +8960,7 @@ func (x *StateLimits) String() string {
 func (*StateLimits) ProtoMessage() {}
 
 func (x *StateLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8042,7 +8973,7 @@ func (x *StateLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateLimits.ProtoReflect.Descriptor instead.
 func (*StateLimits) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *StateLimits) GetMaxWaitersPerLock() uint32 {
@@ -8106,7 +9037,7 @@ type KeepAliveBatchOp struct {
 
 func (x *KeepAliveBatchOp) Reset() {
 	*x = KeepAliveBatchOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8118,7 +9049,7 @@ func (x *KeepAliveBatchOp) String() string {
 func (*KeepAliveBatchOp) ProtoMessage() {}
 
 func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8131,7 +9062,7 @@ func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *KeepAliveBatchOp) GetIds() []uint64 {
@@ -8152,7 +9083,7 @@ type KeepAliveBatchResult struct {
 
 func (x *KeepAliveBatchResult) Reset() {
 	*x = KeepAliveBatchResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8164,7 +9095,7 @@ func (x *KeepAliveBatchResult) String() string {
 func (*KeepAliveBatchResult) ProtoMessage() {}
 
 func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8177,7 +9108,7 @@ func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
 }
 
 func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
@@ -8196,7 +9127,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8208,7 +9139,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8221,7 +9152,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -8236,7 +9167,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8248,7 +9179,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8261,7 +9192,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -8282,7 +9213,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8294,7 +9225,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8307,7 +9238,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -8340,7 +9271,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8352,7 +9283,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8365,7 +9296,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -8390,7 +9321,7 @@ type AuthEnableOp struct {
 
 func (x *AuthEnableOp) Reset() {
 	*x = AuthEnableOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8402,7 +9333,7 @@ func (x *AuthEnableOp) String() string {
 func (*AuthEnableOp) ProtoMessage() {}
 
 func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8415,7 +9346,7 @@ func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableOp.ProtoReflect.Descriptor instead.
 func (*AuthEnableOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
 }
 
 func (x *AuthEnableOp) GetHeader() *RequestHeader {
@@ -8445,6 +9376,8 @@ type CommandResult struct {
 	//	*CommandResult_Put
 	//	*CommandResult_Delete
 	//	*CommandResult_Add
+	//	*CommandResult_Touch
+	//	*CommandResult_Txn
 	//	*CommandResult_CreateSession
 	//	*CommandResult_KeepAlive
 	//	*CommandResult_CloseSession
@@ -8454,6 +9387,7 @@ type CommandResult struct {
 	//	*CommandResult_CancelWait
 	//	*CommandResult_Renew
 	//	*CommandResult_Break
+	//	*CommandResult_Proclaim
 	//	*CommandResult_Fill
 	//	*CommandResult_Store
 	//	*CommandResult_CacheSet
@@ -8476,7 +9410,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8488,7 +9422,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8501,7 +9435,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -8561,6 +9495,24 @@ func (x *CommandResult) GetAdd() *AddResponse {
 	if x != nil {
 		if x, ok := x.Result.(*CommandResult_Add); ok {
 			return x.Add
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetTouch() *TouchResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Touch); ok {
+			return x.Touch
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Txn); ok {
+			return x.Txn
 		}
 	}
 	return nil
@@ -8642,6 +9594,15 @@ func (x *CommandResult) GetBreak() *BreakResponse {
 	if x != nil {
 		if x, ok := x.Result.(*CommandResult_Break); ok {
 			return x.Break
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetProclaim() *ProclaimResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Proclaim); ok {
+			return x.Proclaim
 		}
 	}
 	return nil
@@ -8798,6 +9759,14 @@ type CommandResult_Add struct {
 	Add *AddResponse `protobuf:"bytes,12,opt,name=add,proto3,oneof"`
 }
 
+type CommandResult_Touch struct {
+	Touch *TouchResponse `protobuf:"bytes,13,opt,name=touch,proto3,oneof"`
+}
+
+type CommandResult_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,14,opt,name=txn,proto3,oneof"`
+}
+
 type CommandResult_CreateSession struct {
 	CreateSession *CreateSessionResponse `protobuf:"bytes,20,opt,name=create_session,json=createSession,proto3,oneof"`
 }
@@ -8832,6 +9801,10 @@ type CommandResult_Renew struct {
 
 type CommandResult_Break struct {
 	Break *BreakResponse `protobuf:"bytes,34,opt,name=break,proto3,oneof"`
+}
+
+type CommandResult_Proclaim struct {
+	Proclaim *ProclaimResponse `protobuf:"bytes,35,opt,name=proclaim,proto3,oneof"`
 }
 
 type CommandResult_Fill struct {
@@ -8900,6 +9873,10 @@ func (*CommandResult_Delete) isCommandResult_Result() {}
 
 func (*CommandResult_Add) isCommandResult_Result() {}
 
+func (*CommandResult_Touch) isCommandResult_Result() {}
+
+func (*CommandResult_Txn) isCommandResult_Result() {}
+
 func (*CommandResult_CreateSession) isCommandResult_Result() {}
 
 func (*CommandResult_KeepAlive) isCommandResult_Result() {}
@@ -8917,6 +9894,8 @@ func (*CommandResult_CancelWait) isCommandResult_Result() {}
 func (*CommandResult_Renew) isCommandResult_Result() {}
 
 func (*CommandResult_Break) isCommandResult_Result() {}
+
+func (*CommandResult_Proclaim) isCommandResult_Result() {}
 
 func (*CommandResult_Fill) isCommandResult_Result() {}
 
@@ -8957,7 +9936,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8969,7 +9948,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8982,7 +9961,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{128}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -9003,7 +9982,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9015,7 +9994,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9028,7 +10007,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{129}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -9060,7 +10039,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9072,7 +10051,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9085,7 +10064,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{130}
 }
 
 type ReadIndexResponse struct {
@@ -9101,7 +10080,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9113,7 +10092,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9126,7 +10105,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{131}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -9158,7 +10137,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9170,7 +10149,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9183,7 +10162,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{132}
 }
 
 // SnapshotChunk is one part of a SnapshotSave stream: first info, then data
@@ -9202,7 +10181,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9214,7 +10193,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9227,7 +10206,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{133}
 }
 
 func (x *SnapshotChunk) GetPart() isSnapshotChunk_Part {
@@ -9300,7 +10279,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9312,7 +10291,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9325,7 +10304,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{134}
 }
 
 func (x *SnapshotInfo) GetHeader() *ResponseHeader {
@@ -9375,7 +10354,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9387,7 +10366,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9400,7 +10379,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{135}
 }
 
 func (x *SnapshotTrailer) GetSha256() []byte {
@@ -9430,7 +10409,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9442,7 +10421,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9455,7 +10434,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{136}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -9506,7 +10485,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"leaderAddr\x12#\n" +
 	"\rcurrent_token\x18\x04 \x01(\x04R\fcurrentToken\x12\x14\n" +
 	"\x05field\x18\x05 \x01(\tR\x05field\x12\x14\n" +
-	"\x05limit\x18\x06 \x01(\x03R\x05limit\"\xab\x01\n" +
+	"\x05limit\x18\x06 \x01(\x03R\x05limit\"\xc5\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12!\n" +
@@ -9514,7 +10493,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tmod_index\x18\x04 \x01(\x04R\bmodIndex\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x06 \x01(\x03R\texpiresAt\"\xe4\x01\n" +
+	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12\x18\n" +
+	"\asession\x18\a \x01(\x04R\asession\"\x9b\x02\n" +
 	"\n" +
 	"PutRequest\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x10\n" +
@@ -9522,7 +10502,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x15\n" +
 	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\x12.\n" +
 	"\x10expected_version\x18\x05 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12#\n" +
-	"\x05fence\x18\x06 \x01(\v2\r.kvd.v1.FenceR\x05fenceB\x13\n" +
+	"\x05fence\x18\x06 \x01(\v2\r.kvd.v1.FenceR\x05fence\x12\x18\n" +
+	"\asession\x18\a \x01(\x04R\asession\x12\x1b\n" +
+	"\tif_absent\x18\b \x01(\bR\bifAbsentB\x13\n" +
 	"\x11_expected_version\"_\n" +
 	"\vPutResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
@@ -9533,16 +10515,53 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"_\n" +
 	"\vGetResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
-	"\x02kv\x18\x02 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xba\x01\n" +
+	"\x02kv\x18\x02 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xd2\x01\n" +
 	"\rDeleteRequest\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12.\n" +
 	"\x10expected_version\x18\x03 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12#\n" +
-	"\x05fence\x18\x04 \x01(\v2\r.kvd.v1.FenceR\x05fenceB\x13\n" +
+	"\x05fence\x18\x04 \x01(\v2\r.kvd.v1.FenceR\x05fence\x12\x16\n" +
+	"\x06prefix\x18\x05 \x01(\bR\x06prefixB\x13\n" +
 	"\x11_expected_version\"Z\n" +
 	"\x0eDeleteResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x18\n" +
-	"\adeleted\x18\x02 \x01(\x04R\adeleted\"\xb0\x01\n" +
+	"\adeleted\x18\x02 \x01(\x04R\adeleted\"\x8b\x01\n" +
+	"\fTouchRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\x12#\n" +
+	"\x05fence\x18\x04 \x01(\v2\r.kvd.v1.FenceR\x05fence\"a\n" +
+	"\rTouchResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12 \n" +
+	"\x02kv\x18\x02 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xb3\x01\n" +
+	"\aCompare\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12-\n" +
+	"\x06target\x18\x02 \x01(\x0e2\x15.kvd.v1.CompareTargetR\x06target\x12!\n" +
+	"\x02op\x18\x03 \x01(\x0e2\x11.kvd.v1.CompareOpR\x02op\x12\x16\n" +
+	"\x06number\x18\x04 \x01(\x04R\x06number\x12\x14\n" +
+	"\x05value\x18\x05 \x01(\fR\x05value\x12\x16\n" +
+	"\x06exists\x18\x06 \x01(\bR\x06exists\"\x8e\x01\n" +
+	"\x05TxnOp\x12&\n" +
+	"\x03put\x18\x01 \x01(\v2\x12.kvd.v1.PutRequestH\x00R\x03put\x12/\n" +
+	"\x06delete\x18\x02 \x01(\v2\x15.kvd.v1.DeleteRequestH\x00R\x06delete\x12&\n" +
+	"\x03get\x18\x03 \x01(\v2\x12.kvd.v1.GetRequestH\x00R\x03getB\x04\n" +
+	"\x02op\"\xc8\x01\n" +
+	"\vTxnOpResult\x12'\n" +
+	"\x03put\x18\x01 \x01(\v2\x13.kvd.v1.PutResponseH\x00R\x03put\x120\n" +
+	"\x06delete\x18\x02 \x01(\v2\x16.kvd.v1.DeleteResponseH\x00R\x06delete\x12'\n" +
+	"\x03get\x18\x03 \x01(\v2\x13.kvd.v1.GetResponseH\x00R\x03get\x12+\n" +
+	"\x11value_unavailable\x18\x04 \x01(\bR\x10valueUnavailableB\b\n" +
+	"\x06result\"\xba\x01\n" +
+	"\n" +
+	"TxnRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12+\n" +
+	"\bcompares\x18\x02 \x03(\v2\x0f.kvd.v1.CompareR\bcompares\x12'\n" +
+	"\asuccess\x18\x03 \x03(\v2\r.kvd.v1.TxnOpR\asuccess\x12'\n" +
+	"\afailure\x18\x04 \x03(\v2\r.kvd.v1.TxnOpR\afailure\"\x8a\x01\n" +
+	"\vTxnResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x1c\n" +
+	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12-\n" +
+	"\aresults\x18\x03 \x03(\v2\x13.kvd.v1.TxnOpResultR\aresults\"\xb0\x01\n" +
 	"\vListRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\fR\x06prefix\x12\x1f\n" +
 	"\vstart_after\x18\x02 \x01(\fR\n" +
@@ -9563,7 +10582,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vAddResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value\x12 \n" +
-	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xb2\x01\n" +
+	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xc6\x01\n" +
 	"\vSessionInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
@@ -9573,7 +10592,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x14\n" +
 	"\x05locks\x18\x06 \x03(\fR\x05locks\x12\x14\n" +
-	"\x05owner\x18\a \x01(\tR\x05owner\"W\n" +
+	"\x05owner\x18\a \x01(\tR\x05owner\x12\x12\n" +
+	"\x04keys\x18\b \x01(\x04R\x04keys\"W\n" +
 	"\x14CreateSessionRequest\x12\x15\n" +
 	"\x06ttl_ms\x18\x01 \x01(\x03R\x05ttlMs\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -9595,13 +10615,14 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"s\n" +
 	"\x12GetSessionResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12-\n" +
-	"\asession\x18\x02 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\"b\n" +
+	"\asession\x18\x02 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\"x\n" +
 	"\n" +
 	"LockWaiter\x12\x18\n" +
 	"\asession\x18\x01 \x01(\x04R\asession\x12\x1b\n" +
 	"\tqueued_at\x18\x02 \x01(\x03R\bqueuedAt\x12\x1d\n" +
 	"\n" +
-	"wait_until\x18\x03 \x01(\x03R\twaitUntil\"\xe4\x02\n" +
+	"wait_until\x18\x03 \x01(\x03R\twaitUntil\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\"\xfa\x02\n" +
 	"\bLockInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x18\n" +
@@ -9617,12 +10638,14 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\tbroken_at\x18\t \x01(\x03R\bbrokenAt\x12#\n" +
 	"\rbroken_reason\x18\n" +
 	" \x01(\tR\fbrokenReason\x12\"\n" +
-	"\rlock_delay_ms\x18\v \x01(\x03R\vlockDelayMs\"\x90\x01\n" +
+	"\rlock_delay_ms\x18\v \x01(\x03R\vlockDelayMs\x12\x14\n" +
+	"\x05value\x18\f \x01(\fR\x05value\"\xa6\x01\n" +
 	"\x0eAcquireRequest\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\fR\x04name\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12\"\n" +
-	"\rlock_delay_ms\x18\x04 \x01(\x03R\vlockDelayMs\"\xb5\x01\n" +
+	"\rlock_delay_ms\x18\x04 \x01(\x03R\vlockDelayMs\x12\x14\n" +
+	"\x05value\x18\x05 \x01(\fR\x05value\"\xb5\x01\n" +
 	"\x0fAcquireResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x1a\n" +
 	"\bacquired\x18\x02 \x01(\bR\bacquired\x12\x14\n" +
@@ -9676,7 +10699,15 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"next_token\x18\x03 \x01(\x04R\tnextToken\x12\x1f\n" +
 	"\vdelay_until\x18\x04 \x01(\x03R\n" +
 	"delayUntil\x12.\n" +
-	"\x13cleared_delay_until\x18\x05 \x01(\x03R\x11clearedDelayUntil\"t\n" +
+	"\x13cleared_delay_until\x18\x05 \x01(\x03R\x11clearedDelayUntil\"\x80\x01\n" +
+	"\x0fProclaimRequest\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\fR\x04name\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\"h\n" +
+	"\x10ProclaimResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12$\n" +
+	"\x04lock\x18\x02 \x01(\v2\x10.kvd.v1.LockInfoR\x04lock\"t\n" +
 	"\x11CheckFenceRequest\x12\x12\n" +
 	"\x04lock\x18\x01 \x01(\fR\x04lock\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x125\n" +
@@ -9983,7 +11014,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x05index\x18\x03 \x01(\x04R\x05index\x12*\n" +
 	"\x06events\x18\x04 \x03(\v2\x12.kvd.v1.WatchEventR\x06events\x12\x1a\n" +
 	"\bsnapshot\x18\x05 \x01(\bR\bsnapshot\x12\x12\n" +
-	"\x04skip\x18\x06 \x01(\rR\x04skip\"\xb6\x0f\n" +
+	"\x04skip\x18\x06 \x01(\rR\x04skip\"\xc3\x10\n" +
 	"\aCommand\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12+\n" +
 	"\x06limits\x18\x02 \x01(\v2\x13.kvd.v1.StateLimitsR\x06limits\x12(\n" +
@@ -9991,7 +11022,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x03put\x18\n" +
 	" \x01(\v2\x12.kvd.v1.PutRequestH\x00R\x03put\x12/\n" +
 	"\x06delete\x18\v \x01(\v2\x15.kvd.v1.DeleteRequestH\x00R\x06delete\x12&\n" +
-	"\x03add\x18\f \x01(\v2\x12.kvd.v1.AddRequestH\x00R\x03add\x12E\n" +
+	"\x03add\x18\f \x01(\v2\x12.kvd.v1.AddRequestH\x00R\x03add\x12,\n" +
+	"\x05touch\x18\r \x01(\v2\x14.kvd.v1.TouchRequestH\x00R\x05touch\x12&\n" +
+	"\x03txn\x18\x0e \x01(\v2\x12.kvd.v1.TxnRequestH\x00R\x03txn\x12E\n" +
 	"\x0ecreate_session\x18\x14 \x01(\v2\x1c.kvd.v1.CreateSessionRequestH\x00R\rcreateSession\x129\n" +
 	"\n" +
 	"keep_alive\x18\x15 \x01(\v2\x18.kvd.v1.KeepAliveRequestH\x00R\tkeepAlive\x12B\n" +
@@ -10002,7 +11035,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vcancel_wait\x18  \x01(\v2\x19.kvd.v1.CancelWaitRequestH\x00R\n" +
 	"cancelWait\x12,\n" +
 	"\x05renew\x18! \x01(\v2\x14.kvd.v1.RenewRequestH\x00R\x05renew\x12,\n" +
-	"\x05break\x18\" \x01(\v2\x14.kvd.v1.BreakRequestH\x00R\x05break\x12)\n" +
+	"\x05break\x18\" \x01(\v2\x14.kvd.v1.BreakRequestH\x00R\x05break\x125\n" +
+	"\bproclaim\x18# \x01(\v2\x17.kvd.v1.ProclaimRequestH\x00R\bproclaim\x12)\n" +
 	"\x04fill\x18( \x01(\v2\x13.kvd.v1.FillRequestH\x00R\x04fill\x12,\n" +
 	"\x05store\x18) \x01(\v2\x14.kvd.v1.StoreRequestH\x00R\x05store\x126\n" +
 	"\tcache_set\x18* \x01(\v2\x17.kvd.v1.CacheSetRequestH\x00R\bcacheSet\x12;\n" +
@@ -10054,7 +11088,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\fAuthEnableOp\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.kvd.v1.RequestHeaderR\x06header\x12\x1b\n" +
-	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"\xa5\x0e\n" +
+	"\ttoken_key\x18\x02 \x01(\fR\btokenKey\"\xb5\x0f\n" +
 	"\rCommandResult\x12%\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x11.kvd.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12#\n" +
@@ -10063,7 +11097,9 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x03put\x18\n" +
 	" \x01(\v2\x13.kvd.v1.PutResponseH\x00R\x03put\x120\n" +
 	"\x06delete\x18\v \x01(\v2\x16.kvd.v1.DeleteResponseH\x00R\x06delete\x12'\n" +
-	"\x03add\x18\f \x01(\v2\x13.kvd.v1.AddResponseH\x00R\x03add\x12F\n" +
+	"\x03add\x18\f \x01(\v2\x13.kvd.v1.AddResponseH\x00R\x03add\x12-\n" +
+	"\x05touch\x18\r \x01(\v2\x15.kvd.v1.TouchResponseH\x00R\x05touch\x12'\n" +
+	"\x03txn\x18\x0e \x01(\v2\x13.kvd.v1.TxnResponseH\x00R\x03txn\x12F\n" +
 	"\x0ecreate_session\x18\x14 \x01(\v2\x1d.kvd.v1.CreateSessionResponseH\x00R\rcreateSession\x12:\n" +
 	"\n" +
 	"keep_alive\x18\x15 \x01(\v2\x19.kvd.v1.KeepAliveResponseH\x00R\tkeepAlive\x12C\n" +
@@ -10074,7 +11110,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vcancel_wait\x18  \x01(\v2\x1a.kvd.v1.CancelWaitResponseH\x00R\n" +
 	"cancelWait\x12-\n" +
 	"\x05renew\x18! \x01(\v2\x15.kvd.v1.RenewResponseH\x00R\x05renew\x12-\n" +
-	"\x05break\x18\" \x01(\v2\x15.kvd.v1.BreakResponseH\x00R\x05break\x12*\n" +
+	"\x05break\x18\" \x01(\v2\x15.kvd.v1.BreakResponseH\x00R\x05break\x126\n" +
+	"\bproclaim\x18# \x01(\v2\x18.kvd.v1.ProclaimResponseH\x00R\bproclaim\x12*\n" +
 	"\x04fill\x18( \x01(\v2\x14.kvd.v1.FillResponseH\x00R\x04fill\x12-\n" +
 	"\x05store\x18) \x01(\v2\x15.kvd.v1.StoreResponseH\x00R\x05store\x127\n" +
 	"\tcache_set\x18* \x01(\v2\x18.kvd.v1.CacheSetResponseH\x00R\bcacheSet\x12<\n" +
@@ -10128,7 +11165,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime*B\n" +
 	"\vConsistency\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n" +
-	"\x11CONSISTENCY_STALE\x10\x01*\x8a\x06\n" +
+	"\x11CONSISTENCY_STALE\x10\x01*\xa5\x06\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -10152,11 +11189,24 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x13ERROR_CODE_NO_ADMIN\x10\x1a\x12\x1c\n" +
 	"\x18ERROR_CODE_AUTH_DISABLED\x10\x1b\x12\"\n" +
 	"\x1eERROR_CODE_AUTH_REVISION_STALE\x10\x1c\x12\x1e\n" +
-	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e\x12\x18\n" +
+	"\x1aERROR_CODE_SEQUENCE_REUSED\x10\x1e\x12\x19\n" +
+	"\x15ERROR_CODE_KEY_EXISTS\x10/\x12\x18\n" +
 	"\x14ERROR_CODE_DISK_FULL\x10(\x12\x1d\n" +
 	"\x19ERROR_CODE_QUOTA_EXCEEDED\x10)\x12\x1b\n" +
 	"\x17ERROR_CODE_OUT_OF_RANGE\x10-\x12\x1d\n" +
-	"\x19ERROR_CODE_WATCH_CANCELED\x10.*i\n" +
+	"\x19ERROR_CODE_WATCH_CANCELED\x10.*\xbe\x01\n" +
+	"\rCompareTarget\x12\x1a\n" +
+	"\x16COMPARE_TARGET_VERSION\x10\x00\x12\x18\n" +
+	"\x14COMPARE_TARGET_VALUE\x10\x01\x12\x1f\n" +
+	"\x1bCOMPARE_TARGET_CREATE_INDEX\x10\x02\x12\x1c\n" +
+	"\x18COMPARE_TARGET_MOD_INDEX\x10\x03\x12\x19\n" +
+	"\x15COMPARE_TARGET_EXISTS\x10\x04\x12\x1d\n" +
+	"\x19COMPARE_TARGET_LOCK_TOKEN\x10\x05*h\n" +
+	"\tCompareOp\x12\x14\n" +
+	"\x10COMPARE_OP_EQUAL\x10\x00\x12\x18\n" +
+	"\x14COMPARE_OP_NOT_EQUAL\x10\x01\x12\x13\n" +
+	"\x0fCOMPARE_OP_LESS\x10\x02\x12\x16\n" +
+	"\x12COMPARE_OP_GREATER\x10\x03*i\n" +
 	"\n" +
 	"CacheState\x12\x14\n" +
 	"\x10CACHE_STATE_MISS\x10\x00\x12\x15\n" +
@@ -10176,18 +11226,20 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x11WATCH_TARGET_KEYS\x10\x00\x12\x16\n" +
 	"\x12WATCH_TARGET_LOCKS\x10\x01\x12\x16\n" +
 	"\x12WATCH_TARGET_CACHE\x10\x02\x12\x19\n" +
-	"\x15WATCH_TARGET_SESSIONS\x10\x03*\xbc\x03\n" +
+	"\x15WATCH_TARGET_SESSIONS\x10\x03*\xed\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x02\x12\x1a\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02\x12\x14\n" +
+	"\x10EVENT_TYPE_TOUCH\x10\x03\x12\x1a\n" +
 	"\x16EVENT_TYPE_SESSION_END\x10\n" +
 	"\x12\x19\n" +
 	"\x15EVENT_TYPE_LOCK_GRANT\x10\x14\x12\x1b\n" +
 	"\x17EVENT_TYPE_LOCK_RELEASE\x10\x15\x12\x1b\n" +
 	"\x17EVENT_TYPE_LOCK_HANDOFF\x10\x16\x12\x19\n" +
 	"\x15EVENT_TYPE_LOCK_BREAK\x10\x17\x12\x19\n" +
-	"\x15EVENT_TYPE_LOCK_QUEUE\x10\x18\x12\x1a\n" +
+	"\x15EVENT_TYPE_LOCK_QUEUE\x10\x18\x12\x19\n" +
+	"\x15EVENT_TYPE_LOCK_VALUE\x10\x19\x12\x1a\n" +
 	"\x16EVENT_TYPE_CACHE_STORE\x10\x1e\x12\x19\n" +
 	"\x15EVENT_TYPE_CACHE_FILL\x10\x1f\x12\x1a\n" +
 	"\x16EVENT_TYPE_CACHE_LEASE\x10 \x12\x1f\n" +
@@ -10202,18 +11254,20 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x1fWATCH_MESSAGE_KIND_SNAPSHOT_END\x10\x03\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_KIND_EVENTS\x10\x04\x12\x1f\n" +
 	"\x1bWATCH_MESSAGE_KIND_PROGRESS\x10\x05\x12\x1f\n" +
-	"\x1bWATCH_MESSAGE_KIND_CANCELED\x10\x062\x80\x02\n" +
+	"\x1bWATCH_MESSAGE_KIND_CANCELED\x10\x062\xe6\x02\n" +
 	"\x02KV\x12.\n" +
 	"\x03Put\x12\x12.kvd.v1.PutRequest\x1a\x13.kvd.v1.PutResponse\x12.\n" +
 	"\x03Get\x12\x12.kvd.v1.GetRequest\x1a\x13.kvd.v1.GetResponse\x127\n" +
 	"\x06Delete\x12\x15.kvd.v1.DeleteRequest\x1a\x16.kvd.v1.DeleteResponse\x121\n" +
 	"\x04List\x12\x13.kvd.v1.ListRequest\x1a\x14.kvd.v1.ListResponse\x12.\n" +
-	"\x03Add\x12\x12.kvd.v1.AddRequest\x1a\x13.kvd.v1.AddResponse2\x94\x02\n" +
+	"\x03Add\x12\x12.kvd.v1.AddRequest\x1a\x13.kvd.v1.AddResponse\x124\n" +
+	"\x05Touch\x12\x14.kvd.v1.TouchRequest\x1a\x15.kvd.v1.TouchResponse\x12.\n" +
+	"\x03Txn\x12\x12.kvd.v1.TxnRequest\x1a\x13.kvd.v1.TxnResponse2\x94\x02\n" +
 	"\aSession\x12E\n" +
 	"\x06Create\x12\x1c.kvd.v1.CreateSessionRequest\x1a\x1d.kvd.v1.CreateSessionResponse\x12@\n" +
 	"\tKeepAlive\x12\x18.kvd.v1.KeepAliveRequest\x1a\x19.kvd.v1.KeepAliveResponse\x12B\n" +
 	"\x05Close\x12\x1b.kvd.v1.CloseSessionRequest\x1a\x1c.kvd.v1.CloseSessionResponse\x12<\n" +
-	"\x03Get\x12\x19.kvd.v1.GetSessionRequest\x1a\x1a.kvd.v1.GetSessionResponse2\xe9\x03\n" +
+	"\x03Get\x12\x19.kvd.v1.GetSessionRequest\x1a\x1a.kvd.v1.GetSessionResponse2\xa8\x04\n" +
 	"\x04Lock\x12:\n" +
 	"\aAcquire\x12\x16.kvd.v1.AcquireRequest\x1a\x17.kvd.v1.AcquireResponse\x12:\n" +
 	"\aRelease\x12\x16.kvd.v1.ReleaseRequest\x1a\x17.kvd.v1.ReleaseResponse\x12C\n" +
@@ -10224,7 +11278,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04List\x12\x18.kvd.v1.ListLocksRequest\x1a\x19.kvd.v1.ListLocksResponse\x124\n" +
 	"\x05Break\x12\x14.kvd.v1.BreakRequest\x1a\x15.kvd.v1.BreakResponse\x12C\n" +
 	"\n" +
-	"CheckFence\x12\x19.kvd.v1.CheckFenceRequest\x1a\x1a.kvd.v1.CheckFenceResponse2\xe9\x02\n" +
+	"CheckFence\x12\x19.kvd.v1.CheckFenceRequest\x1a\x1a.kvd.v1.CheckFenceResponse\x12=\n" +
+	"\bProclaim\x12\x17.kvd.v1.ProclaimRequest\x1a\x18.kvd.v1.ProclaimResponse2\xe9\x02\n" +
 	"\x05Cache\x128\n" +
 	"\x03Get\x12\x17.kvd.v1.CacheGetRequest\x1a\x18.kvd.v1.CacheGetResponse\x121\n" +
 	"\x04Fill\x12\x13.kvd.v1.FillRequest\x1a\x14.kvd.v1.FillResponse\x124\n" +
@@ -10284,460 +11339,504 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 	return file_kvd_v1_kvd_proto_rawDescData
 }
 
-var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 128)
+var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 137)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),                     // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
-	(CacheState)(0),                      // 2: kvd.v1.CacheState
-	(PermKind)(0),                        // 3: kvd.v1.PermKind
-	(PermLevel)(0),                       // 4: kvd.v1.PermLevel
-	(WatchTarget)(0),                     // 5: kvd.v1.WatchTarget
-	(EventType)(0),                       // 6: kvd.v1.EventType
-	(WatchMessageKind)(0),                // 7: kvd.v1.WatchMessageKind
-	(*RequestHeader)(nil),                // 8: kvd.v1.RequestHeader
-	(*ResponseHeader)(nil),               // 9: kvd.v1.ResponseHeader
-	(*Fence)(nil),                        // 10: kvd.v1.Fence
-	(*ErrorInfo)(nil),                    // 11: kvd.v1.ErrorInfo
-	(*KeyValue)(nil),                     // 12: kvd.v1.KeyValue
-	(*PutRequest)(nil),                   // 13: kvd.v1.PutRequest
-	(*PutResponse)(nil),                  // 14: kvd.v1.PutResponse
-	(*GetRequest)(nil),                   // 15: kvd.v1.GetRequest
-	(*GetResponse)(nil),                  // 16: kvd.v1.GetResponse
-	(*DeleteRequest)(nil),                // 17: kvd.v1.DeleteRequest
-	(*DeleteResponse)(nil),               // 18: kvd.v1.DeleteResponse
-	(*ListRequest)(nil),                  // 19: kvd.v1.ListRequest
-	(*ListResponse)(nil),                 // 20: kvd.v1.ListResponse
-	(*AddRequest)(nil),                   // 21: kvd.v1.AddRequest
-	(*AddResponse)(nil),                  // 22: kvd.v1.AddResponse
-	(*SessionInfo)(nil),                  // 23: kvd.v1.SessionInfo
-	(*CreateSessionRequest)(nil),         // 24: kvd.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),        // 25: kvd.v1.CreateSessionResponse
-	(*KeepAliveRequest)(nil),             // 26: kvd.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),            // 27: kvd.v1.KeepAliveResponse
-	(*CloseSessionRequest)(nil),          // 28: kvd.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),         // 29: kvd.v1.CloseSessionResponse
-	(*GetSessionRequest)(nil),            // 30: kvd.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),           // 31: kvd.v1.GetSessionResponse
-	(*LockWaiter)(nil),                   // 32: kvd.v1.LockWaiter
-	(*LockInfo)(nil),                     // 33: kvd.v1.LockInfo
-	(*AcquireRequest)(nil),               // 34: kvd.v1.AcquireRequest
-	(*AcquireResponse)(nil),              // 35: kvd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),               // 36: kvd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),              // 37: kvd.v1.ReleaseResponse
-	(*CancelWaitRequest)(nil),            // 38: kvd.v1.CancelWaitRequest
-	(*CancelWaitResponse)(nil),           // 39: kvd.v1.CancelWaitResponse
-	(*RenewRequest)(nil),                 // 40: kvd.v1.RenewRequest
-	(*RenewResponse)(nil),                // 41: kvd.v1.RenewResponse
-	(*GetLockRequest)(nil),               // 42: kvd.v1.GetLockRequest
-	(*GetLockResponse)(nil),              // 43: kvd.v1.GetLockResponse
-	(*ListLocksRequest)(nil),             // 44: kvd.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),            // 45: kvd.v1.ListLocksResponse
-	(*BreakRequest)(nil),                 // 46: kvd.v1.BreakRequest
-	(*BreakResponse)(nil),                // 47: kvd.v1.BreakResponse
-	(*CheckFenceRequest)(nil),            // 48: kvd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),           // 49: kvd.v1.CheckFenceResponse
-	(*FillLease)(nil),                    // 50: kvd.v1.FillLease
-	(*CacheEntry)(nil),                   // 51: kvd.v1.CacheEntry
-	(*CacheGetRequest)(nil),              // 52: kvd.v1.CacheGetRequest
-	(*CacheGetResponse)(nil),             // 53: kvd.v1.CacheGetResponse
-	(*FillRequest)(nil),                  // 54: kvd.v1.FillRequest
-	(*FillResponse)(nil),                 // 55: kvd.v1.FillResponse
-	(*StoreRequest)(nil),                 // 56: kvd.v1.StoreRequest
-	(*StoreResponse)(nil),                // 57: kvd.v1.StoreResponse
-	(*CacheSetRequest)(nil),              // 58: kvd.v1.CacheSetRequest
-	(*CacheSetResponse)(nil),             // 59: kvd.v1.CacheSetResponse
-	(*InvalidateRequest)(nil),            // 60: kvd.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),           // 61: kvd.v1.InvalidateResponse
-	(*CacheStatsRequest)(nil),            // 62: kvd.v1.CacheStatsRequest
-	(*CacheStatsResponse)(nil),           // 63: kvd.v1.CacheStatsResponse
-	(*Member)(nil),                       // 64: kvd.v1.Member
-	(*StatusRequest)(nil),                // 65: kvd.v1.StatusRequest
-	(*StatusResponse)(nil),               // 66: kvd.v1.StatusResponse
-	(*MembersRequest)(nil),               // 67: kvd.v1.MembersRequest
-	(*MembersResponse)(nil),              // 68: kvd.v1.MembersResponse
-	(*AddMemberRequest)(nil),             // 69: kvd.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),            // 70: kvd.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),          // 71: kvd.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),         // 72: kvd.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),        // 73: kvd.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),       // 74: kvd.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),              // 75: kvd.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),             // 76: kvd.v1.SnapshotResponse
-	(*Permission)(nil),                   // 77: kvd.v1.Permission
-	(*User)(nil),                         // 78: kvd.v1.User
-	(*Role)(nil),                         // 79: kvd.v1.Role
-	(*AuthenticateRequest)(nil),          // 80: kvd.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil),         // 81: kvd.v1.AuthenticateResponse
-	(*AuthEnableRequest)(nil),            // 82: kvd.v1.AuthEnableRequest
-	(*AuthEnableResponse)(nil),           // 83: kvd.v1.AuthEnableResponse
-	(*AuthDisableRequest)(nil),           // 84: kvd.v1.AuthDisableRequest
-	(*AuthDisableResponse)(nil),          // 85: kvd.v1.AuthDisableResponse
-	(*AuthStatusRequest)(nil),            // 86: kvd.v1.AuthStatusRequest
-	(*AuthStatusResponse)(nil),           // 87: kvd.v1.AuthStatusResponse
-	(*UserAddRequest)(nil),               // 88: kvd.v1.UserAddRequest
-	(*UserAddResponse)(nil),              // 89: kvd.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),            // 90: kvd.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),           // 91: kvd.v1.UserDeleteResponse
-	(*UserGetRequest)(nil),               // 92: kvd.v1.UserGetRequest
-	(*UserGetResponse)(nil),              // 93: kvd.v1.UserGetResponse
-	(*UserListRequest)(nil),              // 94: kvd.v1.UserListRequest
-	(*UserListResponse)(nil),             // 95: kvd.v1.UserListResponse
-	(*UserChangePasswordRequest)(nil),    // 96: kvd.v1.UserChangePasswordRequest
-	(*UserChangePasswordResponse)(nil),   // 97: kvd.v1.UserChangePasswordResponse
-	(*UserGrantRoleRequest)(nil),         // 98: kvd.v1.UserGrantRoleRequest
-	(*UserGrantRoleResponse)(nil),        // 99: kvd.v1.UserGrantRoleResponse
-	(*UserRevokeRoleRequest)(nil),        // 100: kvd.v1.UserRevokeRoleRequest
-	(*UserRevokeRoleResponse)(nil),       // 101: kvd.v1.UserRevokeRoleResponse
-	(*RoleAddRequest)(nil),               // 102: kvd.v1.RoleAddRequest
-	(*RoleAddResponse)(nil),              // 103: kvd.v1.RoleAddResponse
-	(*RoleDeleteRequest)(nil),            // 104: kvd.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),           // 105: kvd.v1.RoleDeleteResponse
-	(*RoleGetRequest)(nil),               // 106: kvd.v1.RoleGetRequest
-	(*RoleGetResponse)(nil),              // 107: kvd.v1.RoleGetResponse
-	(*RoleListRequest)(nil),              // 108: kvd.v1.RoleListRequest
-	(*RoleListResponse)(nil),             // 109: kvd.v1.RoleListResponse
-	(*RoleGrantPermissionRequest)(nil),   // 110: kvd.v1.RoleGrantPermissionRequest
-	(*RoleGrantPermissionResponse)(nil),  // 111: kvd.v1.RoleGrantPermissionResponse
-	(*RoleRevokePermissionRequest)(nil),  // 112: kvd.v1.RoleRevokePermissionRequest
-	(*RoleRevokePermissionResponse)(nil), // 113: kvd.v1.RoleRevokePermissionResponse
-	(*WatchEvent)(nil),                   // 114: kvd.v1.WatchEvent
-	(*WatchRequest)(nil),                 // 115: kvd.v1.WatchRequest
-	(*WatchResponse)(nil),                // 116: kvd.v1.WatchResponse
-	(*Command)(nil),                      // 117: kvd.v1.Command
-	(*StateLimits)(nil),                  // 118: kvd.v1.StateLimits
-	(*KeepAliveBatchOp)(nil),             // 119: kvd.v1.KeepAliveBatchOp
-	(*KeepAliveBatchResult)(nil),         // 120: kvd.v1.KeepAliveBatchResult
-	(*TickOp)(nil),                       // 121: kvd.v1.TickOp
-	(*RecoverOp)(nil),                    // 122: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),                  // 123: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),               // 124: kvd.v1.RemoveMemberOp
-	(*AuthEnableOp)(nil),                 // 125: kvd.v1.AuthEnableOp
-	(*CommandResult)(nil),                // 126: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),               // 127: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),              // 128: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),             // 129: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),            // 130: kvd.v1.ReadIndexResponse
-	(*SnapshotSaveRequest)(nil),          // 131: kvd.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),                // 132: kvd.v1.SnapshotChunk
-	(*SnapshotInfo)(nil),                 // 133: kvd.v1.SnapshotInfo
-	(*SnapshotTrailer)(nil),              // 134: kvd.v1.SnapshotTrailer
-	(*SnapshotHeader)(nil),               // 135: kvd.v1.SnapshotHeader
+	(CompareTarget)(0),                   // 2: kvd.v1.CompareTarget
+	(CompareOp)(0),                       // 3: kvd.v1.CompareOp
+	(CacheState)(0),                      // 4: kvd.v1.CacheState
+	(PermKind)(0),                        // 5: kvd.v1.PermKind
+	(PermLevel)(0),                       // 6: kvd.v1.PermLevel
+	(WatchTarget)(0),                     // 7: kvd.v1.WatchTarget
+	(EventType)(0),                       // 8: kvd.v1.EventType
+	(WatchMessageKind)(0),                // 9: kvd.v1.WatchMessageKind
+	(*RequestHeader)(nil),                // 10: kvd.v1.RequestHeader
+	(*ResponseHeader)(nil),               // 11: kvd.v1.ResponseHeader
+	(*Fence)(nil),                        // 12: kvd.v1.Fence
+	(*ErrorInfo)(nil),                    // 13: kvd.v1.ErrorInfo
+	(*KeyValue)(nil),                     // 14: kvd.v1.KeyValue
+	(*PutRequest)(nil),                   // 15: kvd.v1.PutRequest
+	(*PutResponse)(nil),                  // 16: kvd.v1.PutResponse
+	(*GetRequest)(nil),                   // 17: kvd.v1.GetRequest
+	(*GetResponse)(nil),                  // 18: kvd.v1.GetResponse
+	(*DeleteRequest)(nil),                // 19: kvd.v1.DeleteRequest
+	(*DeleteResponse)(nil),               // 20: kvd.v1.DeleteResponse
+	(*TouchRequest)(nil),                 // 21: kvd.v1.TouchRequest
+	(*TouchResponse)(nil),                // 22: kvd.v1.TouchResponse
+	(*Compare)(nil),                      // 23: kvd.v1.Compare
+	(*TxnOp)(nil),                        // 24: kvd.v1.TxnOp
+	(*TxnOpResult)(nil),                  // 25: kvd.v1.TxnOpResult
+	(*TxnRequest)(nil),                   // 26: kvd.v1.TxnRequest
+	(*TxnResponse)(nil),                  // 27: kvd.v1.TxnResponse
+	(*ListRequest)(nil),                  // 28: kvd.v1.ListRequest
+	(*ListResponse)(nil),                 // 29: kvd.v1.ListResponse
+	(*AddRequest)(nil),                   // 30: kvd.v1.AddRequest
+	(*AddResponse)(nil),                  // 31: kvd.v1.AddResponse
+	(*SessionInfo)(nil),                  // 32: kvd.v1.SessionInfo
+	(*CreateSessionRequest)(nil),         // 33: kvd.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),        // 34: kvd.v1.CreateSessionResponse
+	(*KeepAliveRequest)(nil),             // 35: kvd.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),            // 36: kvd.v1.KeepAliveResponse
+	(*CloseSessionRequest)(nil),          // 37: kvd.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),         // 38: kvd.v1.CloseSessionResponse
+	(*GetSessionRequest)(nil),            // 39: kvd.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),           // 40: kvd.v1.GetSessionResponse
+	(*LockWaiter)(nil),                   // 41: kvd.v1.LockWaiter
+	(*LockInfo)(nil),                     // 42: kvd.v1.LockInfo
+	(*AcquireRequest)(nil),               // 43: kvd.v1.AcquireRequest
+	(*AcquireResponse)(nil),              // 44: kvd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),               // 45: kvd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),              // 46: kvd.v1.ReleaseResponse
+	(*CancelWaitRequest)(nil),            // 47: kvd.v1.CancelWaitRequest
+	(*CancelWaitResponse)(nil),           // 48: kvd.v1.CancelWaitResponse
+	(*RenewRequest)(nil),                 // 49: kvd.v1.RenewRequest
+	(*RenewResponse)(nil),                // 50: kvd.v1.RenewResponse
+	(*GetLockRequest)(nil),               // 51: kvd.v1.GetLockRequest
+	(*GetLockResponse)(nil),              // 52: kvd.v1.GetLockResponse
+	(*ListLocksRequest)(nil),             // 53: kvd.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),            // 54: kvd.v1.ListLocksResponse
+	(*BreakRequest)(nil),                 // 55: kvd.v1.BreakRequest
+	(*BreakResponse)(nil),                // 56: kvd.v1.BreakResponse
+	(*ProclaimRequest)(nil),              // 57: kvd.v1.ProclaimRequest
+	(*ProclaimResponse)(nil),             // 58: kvd.v1.ProclaimResponse
+	(*CheckFenceRequest)(nil),            // 59: kvd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),           // 60: kvd.v1.CheckFenceResponse
+	(*FillLease)(nil),                    // 61: kvd.v1.FillLease
+	(*CacheEntry)(nil),                   // 62: kvd.v1.CacheEntry
+	(*CacheGetRequest)(nil),              // 63: kvd.v1.CacheGetRequest
+	(*CacheGetResponse)(nil),             // 64: kvd.v1.CacheGetResponse
+	(*FillRequest)(nil),                  // 65: kvd.v1.FillRequest
+	(*FillResponse)(nil),                 // 66: kvd.v1.FillResponse
+	(*StoreRequest)(nil),                 // 67: kvd.v1.StoreRequest
+	(*StoreResponse)(nil),                // 68: kvd.v1.StoreResponse
+	(*CacheSetRequest)(nil),              // 69: kvd.v1.CacheSetRequest
+	(*CacheSetResponse)(nil),             // 70: kvd.v1.CacheSetResponse
+	(*InvalidateRequest)(nil),            // 71: kvd.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),           // 72: kvd.v1.InvalidateResponse
+	(*CacheStatsRequest)(nil),            // 73: kvd.v1.CacheStatsRequest
+	(*CacheStatsResponse)(nil),           // 74: kvd.v1.CacheStatsResponse
+	(*Member)(nil),                       // 75: kvd.v1.Member
+	(*StatusRequest)(nil),                // 76: kvd.v1.StatusRequest
+	(*StatusResponse)(nil),               // 77: kvd.v1.StatusResponse
+	(*MembersRequest)(nil),               // 78: kvd.v1.MembersRequest
+	(*MembersResponse)(nil),              // 79: kvd.v1.MembersResponse
+	(*AddMemberRequest)(nil),             // 80: kvd.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),            // 81: kvd.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),          // 82: kvd.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),         // 83: kvd.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),        // 84: kvd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),       // 85: kvd.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),              // 86: kvd.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),             // 87: kvd.v1.SnapshotResponse
+	(*Permission)(nil),                   // 88: kvd.v1.Permission
+	(*User)(nil),                         // 89: kvd.v1.User
+	(*Role)(nil),                         // 90: kvd.v1.Role
+	(*AuthenticateRequest)(nil),          // 91: kvd.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),         // 92: kvd.v1.AuthenticateResponse
+	(*AuthEnableRequest)(nil),            // 93: kvd.v1.AuthEnableRequest
+	(*AuthEnableResponse)(nil),           // 94: kvd.v1.AuthEnableResponse
+	(*AuthDisableRequest)(nil),           // 95: kvd.v1.AuthDisableRequest
+	(*AuthDisableResponse)(nil),          // 96: kvd.v1.AuthDisableResponse
+	(*AuthStatusRequest)(nil),            // 97: kvd.v1.AuthStatusRequest
+	(*AuthStatusResponse)(nil),           // 98: kvd.v1.AuthStatusResponse
+	(*UserAddRequest)(nil),               // 99: kvd.v1.UserAddRequest
+	(*UserAddResponse)(nil),              // 100: kvd.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),            // 101: kvd.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),           // 102: kvd.v1.UserDeleteResponse
+	(*UserGetRequest)(nil),               // 103: kvd.v1.UserGetRequest
+	(*UserGetResponse)(nil),              // 104: kvd.v1.UserGetResponse
+	(*UserListRequest)(nil),              // 105: kvd.v1.UserListRequest
+	(*UserListResponse)(nil),             // 106: kvd.v1.UserListResponse
+	(*UserChangePasswordRequest)(nil),    // 107: kvd.v1.UserChangePasswordRequest
+	(*UserChangePasswordResponse)(nil),   // 108: kvd.v1.UserChangePasswordResponse
+	(*UserGrantRoleRequest)(nil),         // 109: kvd.v1.UserGrantRoleRequest
+	(*UserGrantRoleResponse)(nil),        // 110: kvd.v1.UserGrantRoleResponse
+	(*UserRevokeRoleRequest)(nil),        // 111: kvd.v1.UserRevokeRoleRequest
+	(*UserRevokeRoleResponse)(nil),       // 112: kvd.v1.UserRevokeRoleResponse
+	(*RoleAddRequest)(nil),               // 113: kvd.v1.RoleAddRequest
+	(*RoleAddResponse)(nil),              // 114: kvd.v1.RoleAddResponse
+	(*RoleDeleteRequest)(nil),            // 115: kvd.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),           // 116: kvd.v1.RoleDeleteResponse
+	(*RoleGetRequest)(nil),               // 117: kvd.v1.RoleGetRequest
+	(*RoleGetResponse)(nil),              // 118: kvd.v1.RoleGetResponse
+	(*RoleListRequest)(nil),              // 119: kvd.v1.RoleListRequest
+	(*RoleListResponse)(nil),             // 120: kvd.v1.RoleListResponse
+	(*RoleGrantPermissionRequest)(nil),   // 121: kvd.v1.RoleGrantPermissionRequest
+	(*RoleGrantPermissionResponse)(nil),  // 122: kvd.v1.RoleGrantPermissionResponse
+	(*RoleRevokePermissionRequest)(nil),  // 123: kvd.v1.RoleRevokePermissionRequest
+	(*RoleRevokePermissionResponse)(nil), // 124: kvd.v1.RoleRevokePermissionResponse
+	(*WatchEvent)(nil),                   // 125: kvd.v1.WatchEvent
+	(*WatchRequest)(nil),                 // 126: kvd.v1.WatchRequest
+	(*WatchResponse)(nil),                // 127: kvd.v1.WatchResponse
+	(*Command)(nil),                      // 128: kvd.v1.Command
+	(*StateLimits)(nil),                  // 129: kvd.v1.StateLimits
+	(*KeepAliveBatchOp)(nil),             // 130: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),         // 131: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                       // 132: kvd.v1.TickOp
+	(*RecoverOp)(nil),                    // 133: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),                  // 134: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),               // 135: kvd.v1.RemoveMemberOp
+	(*AuthEnableOp)(nil),                 // 136: kvd.v1.AuthEnableOp
+	(*CommandResult)(nil),                // 137: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),               // 138: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),              // 139: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),             // 140: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),            // 141: kvd.v1.ReadIndexResponse
+	(*SnapshotSaveRequest)(nil),          // 142: kvd.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),                // 143: kvd.v1.SnapshotChunk
+	(*SnapshotInfo)(nil),                 // 144: kvd.v1.SnapshotInfo
+	(*SnapshotTrailer)(nil),              // 145: kvd.v1.SnapshotTrailer
+	(*SnapshotHeader)(nil),               // 146: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
-	8,   // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
-	10,  // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
-	9,   // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
-	12,  // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
+	10,  // 1: kvd.v1.PutRequest.header:type_name -> kvd.v1.RequestHeader
+	12,  // 2: kvd.v1.PutRequest.fence:type_name -> kvd.v1.Fence
+	11,  // 3: kvd.v1.PutResponse.header:type_name -> kvd.v1.ResponseHeader
+	14,  // 4: kvd.v1.PutResponse.kv:type_name -> kvd.v1.KeyValue
 	0,   // 5: kvd.v1.GetRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
-	12,  // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
-	8,   // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	10,  // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
-	9,   // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 11: kvd.v1.ListRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 12: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
-	12,  // 13: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
-	8,   // 14: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
-	10,  // 15: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
-	9,   // 16: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
-	12,  // 17: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
-	9,   // 18: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	23,  // 19: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	9,   // 20: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
-	23,  // 21: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
-	9,   // 22: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 23: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 24: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	23,  // 25: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	32,  // 26: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
-	8,   // 27: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 28: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
-	33,  // 29: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
-	8,   // 30: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 31: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
-	8,   // 32: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 33: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 34: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
-	33,  // 35: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 36: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 37: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
-	33,  // 38: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 39: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 40: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
-	33,  // 41: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
-	8,   // 42: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 43: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 44: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 45: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
-	50,  // 46: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
-	0,   // 47: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 48: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	2,   // 49: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
-	51,  // 50: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
-	8,   // 51: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
-	0,   // 52: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 53: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
-	2,   // 54: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
-	51,  // 55: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
-	8,   // 56: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 57: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
-	51,  // 58: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
-	8,   // 59: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 60: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
-	51,  // 61: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
-	8,   // 62: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 63: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 64: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 65: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 66: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
-	64,  // 67: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
-	9,   // 68: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	64,  // 69: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
-	9,   // 70: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	64,  // 71: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
-	9,   // 72: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 73: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
-	3,   // 74: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
-	4,   // 75: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
-	77,  // 76: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
-	9,   // 77: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
-	8,   // 78: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 79: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
-	8,   // 80: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 81: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 82: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 83: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	8,   // 84: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 85: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 86: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
-	8,   // 87: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 88: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 89: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 90: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 91: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
-	0,   // 92: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 93: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 94: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
-	8,   // 95: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 96: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 97: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
-	8,   // 98: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 99: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 100: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
-	8,   // 101: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 102: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	78,  // 103: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
-	8,   // 104: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 105: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	79,  // 106: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
-	8,   // 107: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	9,   // 108: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 109: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 110: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	79,  // 111: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
-	0,   // 112: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
-	9,   // 113: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
-	79,  // 114: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
-	8,   // 115: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	77,  // 116: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
-	9,   // 117: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	79,  // 118: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
-	8,   // 119: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	3,   // 120: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
-	9,   // 121: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	79,  // 122: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
-	5,   // 123: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
-	6,   // 124: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
-	12,  // 125: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
-	12,  // 126: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
-	33,  // 127: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
-	51,  // 128: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
-	23,  // 129: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
-	5,   // 130: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
-	6,   // 131: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
-	9,   // 132: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
-	7,   // 133: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
-	114, // 134: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
-	118, // 135: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
-	13,  // 136: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
-	17,  // 137: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
-	21,  // 138: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
-	24,  // 139: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
-	26,  // 140: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
-	28,  // 141: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	119, // 142: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
-	34,  // 143: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	36,  // 144: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	38,  // 145: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	40,  // 146: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	46,  // 147: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	54,  // 148: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	56,  // 149: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	58,  // 150: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	60,  // 151: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	121, // 152: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	122, // 153: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	123, // 154: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	124, // 155: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	125, // 156: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
-	84,  // 157: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
-	88,  // 158: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
-	90,  // 159: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
-	96,  // 160: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
-	98,  // 161: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
-	100, // 162: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
-	102, // 163: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
-	104, // 164: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
-	110, // 165: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
-	112, // 166: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
-	126, // 167: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
-	8,   // 168: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
-	1,   // 169: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	14,  // 170: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	18,  // 171: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	22,  // 172: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	25,  // 173: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	27,  // 174: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	29,  // 175: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	120, // 176: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
-	35,  // 177: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	37,  // 178: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	39,  // 179: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	41,  // 180: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	47,  // 181: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	55,  // 182: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	57,  // 183: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	59,  // 184: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	61,  // 185: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	83,  // 186: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
-	85,  // 187: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
-	89,  // 188: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
-	91,  // 189: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
-	97,  // 190: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
-	99,  // 191: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
-	101, // 192: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
-	103, // 193: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
-	105, // 194: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
-	111, // 195: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
-	113, // 196: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
-	117, // 197: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	126, // 198: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	133, // 199: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
-	134, // 200: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
-	9,   // 201: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
-	13,  // 202: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	15,  // 203: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	17,  // 204: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	19,  // 205: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	21,  // 206: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	24,  // 207: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	26,  // 208: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	28,  // 209: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	30,  // 210: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	34,  // 211: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	36,  // 212: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	38,  // 213: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	40,  // 214: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	42,  // 215: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	44,  // 216: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	46,  // 217: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	48,  // 218: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	52,  // 219: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	54,  // 220: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	56,  // 221: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	58,  // 222: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	60,  // 223: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	62,  // 224: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	65,  // 225: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	67,  // 226: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	69,  // 227: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	71,  // 228: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	73,  // 229: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	75,  // 230: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	131, // 231: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
-	80,  // 232: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
-	82,  // 233: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
-	84,  // 234: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
-	86,  // 235: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
-	88,  // 236: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
-	90,  // 237: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
-	92,  // 238: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
-	94,  // 239: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
-	96,  // 240: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
-	98,  // 241: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
-	100, // 242: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
-	102, // 243: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
-	104, // 244: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
-	106, // 245: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
-	108, // 246: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
-	110, // 247: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
-	112, // 248: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
-	115, // 249: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
-	127, // 250: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	129, // 251: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	69,  // 252: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	71,  // 253: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	73,  // 254: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	14,  // 255: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	16,  // 256: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	18,  // 257: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	20,  // 258: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	22,  // 259: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	25,  // 260: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	27,  // 261: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	29,  // 262: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	31,  // 263: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	35,  // 264: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	37,  // 265: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	39,  // 266: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	41,  // 267: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	43,  // 268: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	45,  // 269: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	47,  // 270: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	49,  // 271: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	53,  // 272: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	55,  // 273: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	57,  // 274: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	59,  // 275: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	61,  // 276: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	63,  // 277: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	66,  // 278: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	68,  // 279: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	70,  // 280: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	72,  // 281: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	74,  // 282: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	76,  // 283: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	132, // 284: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
-	81,  // 285: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
-	83,  // 286: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
-	85,  // 287: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
-	87,  // 288: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
-	89,  // 289: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
-	91,  // 290: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
-	93,  // 291: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
-	95,  // 292: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
-	97,  // 293: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
-	99,  // 294: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
-	101, // 295: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
-	103, // 296: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
-	105, // 297: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
-	107, // 298: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
-	109, // 299: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
-	111, // 300: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
-	113, // 301: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
-	116, // 302: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
-	128, // 303: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	130, // 304: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	70,  // 305: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	72,  // 306: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	74,  // 307: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	255, // [255:308] is the sub-list for method output_type
-	202, // [202:255] is the sub-list for method input_type
-	202, // [202:202] is the sub-list for extension type_name
-	202, // [202:202] is the sub-list for extension extendee
-	0,   // [0:202] is the sub-list for field type_name
+	11,  // 6: kvd.v1.GetResponse.header:type_name -> kvd.v1.ResponseHeader
+	14,  // 7: kvd.v1.GetResponse.kv:type_name -> kvd.v1.KeyValue
+	10,  // 8: kvd.v1.DeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	12,  // 9: kvd.v1.DeleteRequest.fence:type_name -> kvd.v1.Fence
+	11,  // 10: kvd.v1.DeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 11: kvd.v1.TouchRequest.header:type_name -> kvd.v1.RequestHeader
+	12,  // 12: kvd.v1.TouchRequest.fence:type_name -> kvd.v1.Fence
+	11,  // 13: kvd.v1.TouchResponse.header:type_name -> kvd.v1.ResponseHeader
+	14,  // 14: kvd.v1.TouchResponse.kv:type_name -> kvd.v1.KeyValue
+	2,   // 15: kvd.v1.Compare.target:type_name -> kvd.v1.CompareTarget
+	3,   // 16: kvd.v1.Compare.op:type_name -> kvd.v1.CompareOp
+	15,  // 17: kvd.v1.TxnOp.put:type_name -> kvd.v1.PutRequest
+	19,  // 18: kvd.v1.TxnOp.delete:type_name -> kvd.v1.DeleteRequest
+	17,  // 19: kvd.v1.TxnOp.get:type_name -> kvd.v1.GetRequest
+	16,  // 20: kvd.v1.TxnOpResult.put:type_name -> kvd.v1.PutResponse
+	20,  // 21: kvd.v1.TxnOpResult.delete:type_name -> kvd.v1.DeleteResponse
+	18,  // 22: kvd.v1.TxnOpResult.get:type_name -> kvd.v1.GetResponse
+	10,  // 23: kvd.v1.TxnRequest.header:type_name -> kvd.v1.RequestHeader
+	23,  // 24: kvd.v1.TxnRequest.compares:type_name -> kvd.v1.Compare
+	24,  // 25: kvd.v1.TxnRequest.success:type_name -> kvd.v1.TxnOp
+	24,  // 26: kvd.v1.TxnRequest.failure:type_name -> kvd.v1.TxnOp
+	11,  // 27: kvd.v1.TxnResponse.header:type_name -> kvd.v1.ResponseHeader
+	25,  // 28: kvd.v1.TxnResponse.results:type_name -> kvd.v1.TxnOpResult
+	0,   // 29: kvd.v1.ListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 30: kvd.v1.ListResponse.header:type_name -> kvd.v1.ResponseHeader
+	14,  // 31: kvd.v1.ListResponse.kvs:type_name -> kvd.v1.KeyValue
+	10,  // 32: kvd.v1.AddRequest.header:type_name -> kvd.v1.RequestHeader
+	12,  // 33: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
+	11,  // 34: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
+	14,  // 35: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
+	11,  // 36: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	32,  // 37: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	11,  // 38: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
+	32,  // 39: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
+	11,  // 40: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 41: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 42: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	32,  // 43: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	41,  // 44: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
+	10,  // 45: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 46: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
+	42,  // 47: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
+	10,  // 48: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 49: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 50: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 51: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 52: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
+	42,  // 53: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 54: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 55: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
+	42,  // 56: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 57: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 58: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
+	42,  // 59: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
+	10,  // 60: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 61: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 62: kvd.v1.ProclaimRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 63: kvd.v1.ProclaimResponse.header:type_name -> kvd.v1.ResponseHeader
+	42,  // 64: kvd.v1.ProclaimResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 65: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 66: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
+	61,  // 67: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
+	0,   // 68: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 69: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 70: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
+	62,  // 71: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 72: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
+	0,   // 73: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 74: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 75: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
+	62,  // 76: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 77: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 78: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
+	62,  // 79: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 80: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 81: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
+	62,  // 82: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 83: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 84: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 85: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 86: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 87: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 88: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
+	11,  // 89: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 90: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 91: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	75,  // 92: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 93: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 94: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 95: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
+	6,   // 96: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
+	88,  // 97: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
+	11,  // 98: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 99: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 100: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 101: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 102: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 103: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 104: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 105: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 106: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 107: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
+	10,  // 108: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 109: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 110: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 111: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 112: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
+	0,   // 113: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 114: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 115: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
+	10,  // 116: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 117: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 118: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
+	10,  // 119: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 120: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 121: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 122: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 123: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	89,  // 124: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 125: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 126: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	90,  // 127: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
+	10,  // 128: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 129: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 130: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 131: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	90,  // 132: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
+	0,   // 133: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 134: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
+	90,  // 135: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
+	10,  // 136: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	88,  // 137: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
+	11,  // 138: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	90,  // 139: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
+	10,  // 140: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	5,   // 141: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
+	11,  // 142: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	90,  // 143: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
+	7,   // 144: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
+	8,   // 145: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
+	14,  // 146: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
+	14,  // 147: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
+	42,  // 148: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
+	62,  // 149: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
+	32,  // 150: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
+	7,   // 151: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
+	8,   // 152: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
+	11,  // 153: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 154: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
+	125, // 155: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
+	129, // 156: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
+	15,  // 157: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
+	19,  // 158: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
+	30,  // 159: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
+	21,  // 160: kvd.v1.Command.touch:type_name -> kvd.v1.TouchRequest
+	26,  // 161: kvd.v1.Command.txn:type_name -> kvd.v1.TxnRequest
+	33,  // 162: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
+	35,  // 163: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
+	37,  // 164: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
+	130, // 165: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	43,  // 166: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	45,  // 167: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	47,  // 168: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	49,  // 169: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	55,  // 170: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	57,  // 171: kvd.v1.Command.proclaim:type_name -> kvd.v1.ProclaimRequest
+	65,  // 172: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	67,  // 173: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	69,  // 174: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	71,  // 175: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	132, // 176: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	133, // 177: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	134, // 178: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	135, // 179: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	136, // 180: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
+	95,  // 181: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
+	99,  // 182: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
+	101, // 183: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
+	107, // 184: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
+	109, // 185: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
+	111, // 186: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
+	113, // 187: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
+	115, // 188: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
+	121, // 189: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
+	123, // 190: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
+	137, // 191: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	10,  // 192: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
+	1,   // 193: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	16,  // 194: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	20,  // 195: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	31,  // 196: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	22,  // 197: kvd.v1.CommandResult.touch:type_name -> kvd.v1.TouchResponse
+	27,  // 198: kvd.v1.CommandResult.txn:type_name -> kvd.v1.TxnResponse
+	34,  // 199: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	36,  // 200: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	38,  // 201: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	131, // 202: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	44,  // 203: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	46,  // 204: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	48,  // 205: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	50,  // 206: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	56,  // 207: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	58,  // 208: kvd.v1.CommandResult.proclaim:type_name -> kvd.v1.ProclaimResponse
+	66,  // 209: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	68,  // 210: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	70,  // 211: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	72,  // 212: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	94,  // 213: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
+	96,  // 214: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
+	100, // 215: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
+	102, // 216: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
+	108, // 217: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
+	110, // 218: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
+	112, // 219: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
+	114, // 220: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
+	116, // 221: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
+	122, // 222: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
+	124, // 223: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
+	128, // 224: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	137, // 225: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	144, // 226: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
+	145, // 227: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
+	11,  // 228: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
+	15,  // 229: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	17,  // 230: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	19,  // 231: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	28,  // 232: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	30,  // 233: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	21,  // 234: kvd.v1.KV.Touch:input_type -> kvd.v1.TouchRequest
+	26,  // 235: kvd.v1.KV.Txn:input_type -> kvd.v1.TxnRequest
+	33,  // 236: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	35,  // 237: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	37,  // 238: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	39,  // 239: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	43,  // 240: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	45,  // 241: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	47,  // 242: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	49,  // 243: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	51,  // 244: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	53,  // 245: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	55,  // 246: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	59,  // 247: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	57,  // 248: kvd.v1.Lock.Proclaim:input_type -> kvd.v1.ProclaimRequest
+	63,  // 249: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	65,  // 250: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	67,  // 251: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	69,  // 252: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	71,  // 253: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	73,  // 254: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	76,  // 255: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	78,  // 256: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	80,  // 257: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	82,  // 258: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	84,  // 259: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	86,  // 260: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	142, // 261: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
+	91,  // 262: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	93,  // 263: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	95,  // 264: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	97,  // 265: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	99,  // 266: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	101, // 267: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	103, // 268: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	105, // 269: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	107, // 270: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	109, // 271: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	111, // 272: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	113, // 273: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	115, // 274: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	117, // 275: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	119, // 276: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	121, // 277: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	123, // 278: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	126, // 279: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
+	138, // 280: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	140, // 281: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	80,  // 282: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	82,  // 283: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	84,  // 284: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	16,  // 285: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	18,  // 286: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	20,  // 287: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	29,  // 288: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	31,  // 289: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	22,  // 290: kvd.v1.KV.Touch:output_type -> kvd.v1.TouchResponse
+	27,  // 291: kvd.v1.KV.Txn:output_type -> kvd.v1.TxnResponse
+	34,  // 292: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	36,  // 293: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	38,  // 294: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	40,  // 295: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	44,  // 296: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	46,  // 297: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	48,  // 298: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	50,  // 299: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	52,  // 300: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	54,  // 301: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	56,  // 302: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	60,  // 303: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	58,  // 304: kvd.v1.Lock.Proclaim:output_type -> kvd.v1.ProclaimResponse
+	64,  // 305: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	66,  // 306: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	68,  // 307: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	70,  // 308: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	72,  // 309: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	74,  // 310: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	77,  // 311: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	79,  // 312: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	81,  // 313: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	83,  // 314: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	85,  // 315: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	87,  // 316: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	143, // 317: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
+	92,  // 318: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	94,  // 319: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	96,  // 320: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	98,  // 321: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	100, // 322: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	102, // 323: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	104, // 324: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	106, // 325: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	108, // 326: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	110, // 327: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	112, // 328: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	114, // 329: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	116, // 330: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	118, // 331: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	120, // 332: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	122, // 333: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	124, // 334: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	127, // 335: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
+	139, // 336: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	141, // 337: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	81,  // 338: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	83,  // 339: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	85,  // 340: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	285, // [285:341] is the sub-list for method output_type
+	229, // [229:285] is the sub-list for method input_type
+	229, // [229:229] is the sub-list for extension type_name
+	229, // [229:229] is the sub-list for extension extendee
+	0,   // [0:229] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -10747,11 +11846,23 @@ func file_kvd_v1_kvd_proto_init() {
 	}
 	file_kvd_v1_kvd_proto_msgTypes[5].OneofWrappers = []any{}
 	file_kvd_v1_kvd_proto_msgTypes[9].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[107].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[109].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[14].OneofWrappers = []any{
+		(*TxnOp_Put)(nil),
+		(*TxnOp_Delete)(nil),
+		(*TxnOp_Get)(nil),
+	}
+	file_kvd_v1_kvd_proto_msgTypes[15].OneofWrappers = []any{
+		(*TxnOpResult_Put)(nil),
+		(*TxnOpResult_Delete)(nil),
+		(*TxnOpResult_Get)(nil),
+	}
+	file_kvd_v1_kvd_proto_msgTypes[116].OneofWrappers = []any{}
+	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Add)(nil),
+		(*Command_Touch)(nil),
+		(*Command_Txn)(nil),
 		(*Command_CreateSession)(nil),
 		(*Command_KeepAlive)(nil),
 		(*Command_CloseSession)(nil),
@@ -10761,6 +11872,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_CancelWait)(nil),
 		(*Command_Renew)(nil),
 		(*Command_Break)(nil),
+		(*Command_Proclaim)(nil),
 		(*Command_Fill)(nil),
 		(*Command_Store)(nil),
 		(*Command_CacheSet)(nil),
@@ -10781,10 +11893,12 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_RoleGrantPermission)(nil),
 		(*Command_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[127].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
+		(*CommandResult_Touch)(nil),
+		(*CommandResult_Txn)(nil),
 		(*CommandResult_CreateSession)(nil),
 		(*CommandResult_KeepAlive)(nil),
 		(*CommandResult_CloseSession)(nil),
@@ -10794,6 +11908,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_CancelWait)(nil),
 		(*CommandResult_Renew)(nil),
 		(*CommandResult_Break)(nil),
+		(*CommandResult_Proclaim)(nil),
 		(*CommandResult_Fill)(nil),
 		(*CommandResult_Store)(nil),
 		(*CommandResult_CacheSet)(nil),
@@ -10810,7 +11925,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_RoleGrantPermission)(nil),
 		(*CommandResult_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[124].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[133].OneofWrappers = []any{
 		(*SnapshotChunk_Info)(nil),
 		(*SnapshotChunk_Data)(nil),
 		(*SnapshotChunk_Trailer)(nil),
@@ -10820,8 +11935,8 @@ func file_kvd_v1_kvd_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   128,
+			NumEnums:      10,
+			NumMessages:   137,
 			NumExtensions: 0,
 			NumServices:   8,
 		},
