@@ -358,19 +358,34 @@ func TestWatchSnapshotWhileWriting(t *testing.T) {
 }
 
 func TestWatchSlowConsumerIsCancelled(t *testing.T) {
-	// Skipped: when the dispatcher carries the 20 changes in fewer messages
-	// than the buffer holds, the watcher is never behind and the loop below
-	// reads progress messages until its deadline (seen twice in CI-like
-	// runs under load). The test must force a backlog in messages, not
-	// changes, before it can run again; see the session note.
-	t.Skip("flaky: the backlog it needs depends on how the dispatcher batches changes")
 	l := newHubLog(t, WatchConfig{Buffer: 8})
 	w := watch(t, l.h, WatchSpec{Key: []byte("k"), FromNow: true})
 	var c streamLog
 	l.put("k", "0")
-	c.until(t, w, 1) // live now
+	c.until(t, w, 1)
+	// The first change may have come from history: the watcher registers
+	// with the dispatcher (goes live) on a Next that finds history drained.
+	for i := 0; !isLive(l.h, w); i++ {
+		if i == 100 {
+			t.Fatal("watcher not live after 100 reads")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		b, err := w.Next(ctx)
+		cancel()
+		if err == nil && len(b.Events) > 0 {
+			t.Fatalf("unexpected changes %v", b.Events)
+		}
+	}
+	var last uint64
 	for i := 1; i <= 20; i++ {
-		l.put("k", fmt.Sprint(i))
+		last = l.put("k", fmt.Sprint(i))
+	}
+	// Nobody reads until the dispatcher has pushed all 20 changes: a reader
+	// racing the dispatcher could keep the queue short and never fall behind.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.h.waitDispatched(ctx, last); err != nil {
+		t.Fatalf("dispatcher did not pass index %d: %v", last, err)
 	}
 	// It fell behind by more than its buffer: cancelled, with what it was
 	// given so far as the position to resume from.
@@ -390,6 +405,12 @@ func TestWatchSlowConsumerIsCancelled(t *testing.T) {
 			t.Fatalf("change %d = %s across the cancel and resume; want %d", i, e.Kv.Value, i)
 		}
 	}
+}
+
+func isLive(h *WatchHub, w *Watcher) bool {
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	return w.live
 }
 
 func TestWatchProgress(t *testing.T) {
