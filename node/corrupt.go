@@ -461,3 +461,32 @@ func checkSnapshotDirs(dataDir string, listed []*raft.SnapshotMeta) error {
 	}
 	return nil
 }
+
+// removeUnfinishedSnapshots deletes snapshots/*.tmp: snapshots that were
+// being written when the process stopped. raft renames a snapshot's
+// directory from NAME.tmp to NAME only after its data and meta are synced,
+// so a .tmp directory was never used and never will be; raft's store
+// leaves it in place and warns about it on every List, which the disk
+// guard calls several times a second. It runs before the store opens,
+// under the data-dir lock, so no snapshot is being written.
+func removeUnfinishedSnapshots(dataDir string, log interface{ Info(string, ...any) }) error {
+	dir := filepath.Join(dataDir, "snapshots")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("snapshots %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasSuffix(e.Name(), ".tmp") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove unfinished snapshot %s: %w", p, err)
+		}
+		log.Info("removed a snapshot left unfinished by a stop while it was written", "dir", p)
+	}
+	return nil
+}

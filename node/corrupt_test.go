@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -416,4 +417,32 @@ func TestSealedTailAfterCloseIsRecorded(t *testing.T) {
 	t.Logf("raft-wal alone refused entry %d after a reopen: segment is sealed", stuck)
 	appendTestWAL(t, dir, stuck, stuck+20, 1)
 	checkTestWAL(t, dir, stuck+20)
+}
+
+func TestUnfinishedSnapshotsAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	snaps := filepath.Join(dir, "snapshots")
+	tmp := filepath.Join(snaps, "3-120-1795964497295.tmp")
+	done := filepath.Join(snaps, "3-100-1795964490000")
+	for _, d := range []string{tmp, done} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "state.bin"), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeUnfinishedSnapshots(dir, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tmp); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("unfinished snapshot %s: stat = %v, want it removed", tmp, err)
+	}
+	if _, err := os.Stat(filepath.Join(done, "state.bin")); err != nil {
+		t.Errorf("finished snapshot touched: %v", err)
+	}
+	// No snapshots directory yet (a new member): nothing to do.
+	if err := removeUnfinishedSnapshots(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Errorf("no snapshots dir: %v", err)
+	}
 }

@@ -728,6 +728,10 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, *
 	}
 	closeAll := func() { g.stop(); st.close(); lock.Close() }
 	n.log.Info("raft log store", "kind", kind, "dir", dir)
+	if err := removeUnfinishedSnapshots(dir, n.log); err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
 	fss, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog.Named("snapshot"))
 	if err != nil {
 		closeAll()
