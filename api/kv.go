@@ -198,7 +198,24 @@ func (s *kvService) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnRes
 		func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
+	// Its gets answer with values, as reads do: held to the connection's
+	// unread budget before anything is proposed.
+	if gets := max(countGets(req.GetSuccess()), countGets(req.GetFailure())); gets > 0 {
+		if _, err := n.reserveAnswer(ctx, gets*n.valueAnswerBytes()); err != nil {
+			return nil, n.toStatus(err)
+		}
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Txn{Txn: req}}, (*kvpb.CommandResult).GetTxn)
+}
+
+func countGets(ops []*kvpb.TxnOp) int {
+	n := 0
+	for _, op := range ops {
+		if op.GetGet() != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // authzKeyWrite is the authorization of a write of key (or, for a delete
