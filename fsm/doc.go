@@ -22,8 +22,8 @@
 // order it made them: puts, touches and deletes of keys (expiries, of a
 // TTL or of the key's session, marked), session ends, lock grants,
 // releases, handoffs, breaks and line changes, and cache stores, fills,
-// lease changes, invalidations, evictions and expiries, each with the entry's index and log time and the item's new
-// state. Events are output, never state: the node keeps their history, the
+// lease changes, invalidations, evictions and expiries, each with the
+// entry's index and log time and the item's new state. Events are output, never state: the node keeps their history, the
 // snapshot does not change, and the same log gives the same events on every
 // replica. Deadlines that only move (keepalives, renewals, a new leader's
 // grace) are not events. WatchState is the matching snapshot of watched
