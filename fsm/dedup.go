@@ -69,7 +69,7 @@ func bodyDigest(cmd *kvpb.Command) uint64 {
 const maxRememberedMessage = 256
 
 // slim returns the copy of res a session remembers: res without keys,
-// values, lock names, waiter lists and long messages. res is not changed
+// values, lock names and values, waiter lists and long messages. res is not changed
 // (the big fields are set aside while it is copied, not copied).
 func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 	var restore []func()
@@ -90,6 +90,17 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 			restore = append(restore, func() { e.Waiters = w })
 		}
 	}
+	lockInfo := func(l *kvpb.LockInfo) {
+		if l == nil {
+			return
+		}
+		bytesField(&l.Name)
+		bytesField(&l.Value)
+		if w := l.Waiters; w != nil {
+			l.Waiters = nil
+			restore = append(restore, func() { l.Waiters = w })
+		}
+	}
 	switch r := res.Result.(type) {
 	case *kvpb.CommandResult_Put:
 		if kv := r.Put.GetKv(); kv != nil {
@@ -102,13 +113,9 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 			bytesField(&kv.Value)
 		}
 	case *kvpb.CommandResult_Acquire:
-		if l := r.Acquire.GetLock(); l != nil {
-			bytesField(&l.Name)
-			if w := l.Waiters; w != nil {
-				l.Waiters = nil
-				restore = append(restore, func() { l.Waiters = w })
-			}
-		}
+		lockInfo(r.Acquire.GetLock())
+	case *kvpb.CommandResult_Proclaim:
+		lockInfo(r.Proclaim.GetLock())
 	case *kvpb.CommandResult_Fill:
 		entry(r.Fill.GetEntry())
 	case *kvpb.CommandResult_Store:
@@ -134,7 +141,13 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 //
 //   - Put: key and value are the retried request's (the put wrote exactly
 //     them). Add: the key, and the value from the counter's result.
-//   - Acquire: the lock's name; the waiter list is not kept (empty).
+//   - Acquire: the lock's name; the waiter list is not kept (empty). The
+//     holder's value is the request's when this command granted the lock
+//     (token = the command's index: the grant took the request's value);
+//     otherwise (another holder, or a session that already held the lock
+//     and kept its value) it is left empty.
+//   - Proclaim: the lock's name, and the value the proclaim set (the
+//     request's); the waiter list is not kept (empty).
 //   - Store, CacheSet: key, and the value when this command stored it (the
 //     request's); otherwise the value the entry holds now if it is the same
 //     store (same filled index), else none.
@@ -177,8 +190,17 @@ func (s *state) retryAnswer(r *kvpb.CommandResult, cmd *kvpb.Command) (res *kvpb
 			a.Kv.Key, a.Kv.Value = cloneBytes(o.Add.Key), strconv.AppendInt(nil, a.GetValue(), 10)
 		}
 	case *kvpb.Command_Acquire:
-		if l := out.GetAcquire().GetLock(); l != nil {
+		a := out.GetAcquire()
+		if l := a.GetLock(); l != nil {
 			l.Name = cloneBytes(o.Acquire.Name)
+			if a.Acquired && a.Token != 0 && a.Token == a.GetHeader().GetAppliedIndex() &&
+				l.Token == a.Token && l.Session == o.Acquire.GetHeader().GetSession() {
+				l.Value = cloneBytes(o.Acquire.Value)
+			}
+		}
+	case *kvpb.Command_Proclaim:
+		if l := out.GetProclaim().GetLock(); l != nil {
+			l.Name, l.Value = cloneBytes(o.Proclaim.Name), cloneBytes(o.Proclaim.Value)
 		}
 	case *kvpb.Command_Store:
 		st := out.GetStore()
