@@ -225,7 +225,10 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
-	lock := n.b.FSM().Lock(req.GetName(), now)
+	// The header names the index of the state read (it may be newer than
+	// the read's preparation): a watch from it misses and repeats nothing.
+	lock, at := n.b.FSM().LockAt(req.GetName(), now)
+	hdr.AppliedIndex = max(hdr.GetAppliedIndex(), at)
 	if lock == nil {
 		// A lock nobody holds or waits for: free, not an error.
 		lock = &kvpb.LockInfo{Name: req.GetName()}

@@ -8,11 +8,21 @@ import (
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// lockValue is the holder's value of lock name now, and its waiters' values.
+// lockValue is the holder's value of lock name now (as Lock shows it), and
+// its waiters' values (kept in the state; Lock does not show them).
 func lockValue(h *harness, name string) (value string, waiters []string) {
 	l := h.f.Lock([]byte(name), h.f.LogTime())
 	for _, w := range l.GetWaiters() {
-		waiters = append(waiters, string(w.GetValue()))
+		if w.Value != nil {
+			h.t.Errorf("Lock(%q) shows waiter %d's value %q; waiters' values are not shown", name, w.Session, w.Value)
+		}
+	}
+	if it, ok := h.f.s.getLock(name); ok {
+		for _, w := range it.waiters {
+			if se := h.f.s.sessions[w.session]; se != nil && se.expiresAt > h.f.LogTime() && w.waitUntil > h.f.LogTime() {
+				waiters = append(waiters, string(w.value))
+			}
+		}
 	}
 	return string(l.GetValue()), waiters
 }

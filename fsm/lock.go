@@ -11,7 +11,11 @@ func waiterIndex(ws []lockWaiter, session uint64) int {
 }
 
 // proto renders a lock as seen at now: a holder whose session has expired by
-// now and waiters whose wait or session has ended are left out.
+// now and waiters whose wait or session has ended are left out. The
+// holder's value is shown; the waiters' values are not (they are kept, and
+// written to snapshots): a line of 1024 candidates with 1 MiB values would
+// make every answer and watch event about the lock 1 GiB.
+// Choice: a rendered lock carries at most one value.
 func (s *state) lockProto(l lockItem, now int64) *kvpb.LockInfo {
 	info := &kvpb.LockInfo{
 		Name:         []byte(l.name),
@@ -30,8 +34,7 @@ func (s *state) lockProto(l lockItem, now int64) *kvpb.LockInfo {
 	}
 	for _, w := range l.waiters {
 		if se := s.sessions[w.session]; se != nil && se.expiresAt > now && w.waitUntil > now {
-			info.Waiters = append(info.Waiters, &kvpb.LockWaiter{Session: w.session, QueuedAt: w.queuedAt, WaitUntil: w.waitUntil,
-				Value: cloneBytes(w.value)})
+			info.Waiters = append(info.Waiters, &kvpb.LockWaiter{Session: w.session, QueuedAt: w.queuedAt, WaitUntil: w.waitUntil})
 		}
 	}
 	return info
