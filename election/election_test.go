@@ -4,78 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
-	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/election"
 	"github.com/kvdproject/kvd/internal/testcluster"
 	"github.com/kvdproject/kvd/lock"
 )
-
-func startCluster(t *testing.T) *testcluster.Cluster {
-	t.Helper()
-	cl := testcluster.Start(t, 3)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if _, err := cl.WaitLeader(ctx); err != nil {
-		t.Fatalf("WaitLeader: %v", err)
-	}
-	return cl
-}
-
-func newClient(t *testing.T, cl *testcluster.Cluster, dial func(context.Context, string) (net.Conn, error)) *client.Client {
-	t.Helper()
-	if dial == nil {
-		dial = cl.Dialer
-	}
-	c, err := client.New(client.Config{Endpoints: cl.Endpoints, Dialer: dial})
-	if err != nil {
-		t.Fatalf("client.New: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func newSession(t *testing.T, c *client.Client, ttl time.Duration) *lock.Session {
-	t.Helper()
-	s, err := lock.NewSession(t.Context(), c, lock.WithTTL(ttl))
-	if err != nil {
-		t.Fatalf("NewSession: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s.Close(ctx)
-	})
-	return s
-}
-
-// waitFor polls cond (test scaffolding, not the code under test) until it
-// holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func waiters(t *testing.T, c *client.Client, name string) int {
-	t.Helper()
-	resp, err := c.GetLock(t.Context(), []byte(name))
-	if errors.Is(err, client.ErrNotFound) {
-		return 0
-	}
-	if err != nil {
-		t.Fatalf("GetLock(%q): %v", name, err)
-	}
-	return len(resp.GetLock().GetWaiters())
-}
 
 // campaign starts e's Campaign in the background; the channel gets its
 // result.
@@ -122,12 +57,12 @@ func seen(l election.Leader) string { return fmt.Sprintf("%s@%d", l.Value, l.Tok
 // when the one before resigns; an observer sees each leader and each
 // proclaimed value, in order, with the term's token.
 func TestCampaignFIFOResignAndObserve(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	a := election.New(newSession(t, c, 10*time.Second), "cron")
-	b := election.New(newSession(t, c, 10*time.Second), "cron")
-	d := election.New(newSession(t, newClient(t, cl, nil), 10*time.Second), "cron")
-	watcher := election.New(newSession(t, newClient(t, cl, nil), 10*time.Second), "cron")
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	a := election.New(testcluster.NewSession(t, c, 10*time.Second), "cron")
+	b := election.New(testcluster.NewSession(t, c, 10*time.Second), "cron")
+	d := election.New(testcluster.NewSession(t, cl.NewClient(t, nil), 10*time.Second), "cron")
+	watcher := election.New(testcluster.NewSession(t, cl.NewClient(t, nil), 10*time.Second), "cron")
 
 	if _, err := watcher.Leader(t.Context()); !errors.Is(err, election.ErrNoLeader) {
 		t.Fatalf("Leader before any campaign = %v, want ErrNoLeader", err)
@@ -144,9 +79,9 @@ func TestCampaignFIFOResignAndObserve(t *testing.T) {
 		t.Errorf("second Campaign = %v, want ErrAlreadyLeader", err)
 	}
 	bDone := campaign(t, b, "b")
-	waitFor(t, 5*time.Second, "b in line", func() bool { return waiters(t, c, "cron") == 1 })
+	testcluster.Eventually(t, 5*time.Second, "b in line", func() bool { return testcluster.Waiters(t, c, "cron") == 1 })
 	dDone := campaign(t, d, "d")
-	waitFor(t, 5*time.Second, "d in line", func() bool { return waiters(t, c, "cron") == 2 })
+	testcluster.Eventually(t, 5*time.Second, "d in line", func() bool { return testcluster.Waiters(t, c, "cron") == 2 })
 
 	if l, err := d.Leader(t.Context()); err != nil || string(l.Value) != "a" || l.Token != tokA {
 		t.Fatalf("Leader = %v, %v; want a@%d", seen(l), err, tokA)
@@ -220,12 +155,12 @@ func TestCampaignFIFOResignAndObserve(t *testing.T) {
 // its side (Lost) before the next candidate takes over, which happens
 // once the server expires the session and the lock-delay passes.
 func TestTakeoverOnSessionLoss(t *testing.T) {
-	cl := startCluster(t)
+	cl := testcluster.StartReady(t, 3)
 	sw := testcluster.NewNetSwitch(cl.Dialer)
 	const ttl, delay = 2 * time.Second, 300 * time.Millisecond
-	a := election.New(newSession(t, newClient(t, cl, sw.Dial), ttl), "cron", election.WithLockDelay(delay))
-	c := newClient(t, cl, nil)
-	b := election.New(newSession(t, c, 10*time.Second), "cron", election.WithLockDelay(delay))
+	a := election.New(testcluster.NewSession(t, cl.NewClient(t, sw.Dial), ttl), "cron", election.WithLockDelay(delay))
+	c := cl.NewClient(t, nil)
+	b := election.New(testcluster.NewSession(t, c, 10*time.Second), "cron", election.WithLockDelay(delay))
 	obs := b.Observe(t.Context())
 
 	if err := a.Campaign(t.Context(), []byte("a")); err != nil {
@@ -245,7 +180,7 @@ func TestTakeoverOnSessionLoss(t *testing.T) {
 		}
 		granted <- time.Now()
 	}()
-	waitFor(t, 5*time.Second, "b in line", func() bool { return waiters(t, c, "cron") == 1 })
+	testcluster.Eventually(t, 5*time.Second, "b in line", func() bool { return testcluster.Waiters(t, c, "cron") == 1 })
 	cut := time.Now()
 	sw.Cut()
 
@@ -278,8 +213,8 @@ func TestTakeoverOnSessionLoss(t *testing.T) {
 // Resign on a candidate that never led, and Leader/Proclaim with nobody
 // leading.
 func TestNoLeader(t *testing.T) {
-	cl := startCluster(t)
-	e := election.New(newSession(t, newClient(t, cl, nil), 10*time.Second), "nobody")
+	cl := testcluster.StartReady(t, 3)
+	e := election.New(testcluster.NewSession(t, cl.NewClient(t, nil), 10*time.Second), "nobody")
 	if _, err := e.Leader(t.Context()); !errors.Is(err, election.ErrNoLeader) {
 		t.Errorf("Leader = %v, want ErrNoLeader", err)
 	}

@@ -19,33 +19,9 @@ import (
 	"github.com/kvdproject/kvd/internal/proccluster"
 )
 
-var (
-	appenderOnce sync.Once
-	appenderBin  string
-	appenderErr  error
-)
-
 // fencedAppender builds ./test/e2e/fencedappend once: the test's fenced
 // resource (a file that refuses a token lower than one it holds).
-func fencedAppender(t *testing.T) string {
-	t.Helper()
-	appenderOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kvd-fencedappend-")
-		if err != nil {
-			appenderErr = err
-			return
-		}
-		appenderBin = filepath.Join(dir, "fencedappend")
-		out, err := exec.Command("go", "build", "-o", appenderBin, "./fencedappend").CombinedOutput()
-		if err != nil {
-			appenderErr = fmt.Errorf("go build fencedappend: %v\n%s", err, out)
-		}
-	})
-	if appenderErr != nil {
-		t.Fatal(appenderErr)
-	}
-	return appenderBin
-}
+func fencedAppender(t *testing.T) string { return buildTool(t, "fencedappend") }
 
 // appended is one line of the fenced file (or of its refusals).
 type appended struct {
