@@ -14,6 +14,7 @@ import (
 	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/election"
 	"github.com/kvdproject/kvd/lock"
+	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 func init() { subcommands = append(subcommands, newElectCommand) }
@@ -275,10 +276,15 @@ func (a *app) printElected(e *election.Election, value string) error {
 	return nil
 }
 
-// printLeader prints one leader: a line of text, or a JSON object.
-func (a *app) printLeader(name string, l election.Leader) error {
+// printLeader prints one leader: a line of text, or a JSON object (with the
+// header of the response that said so, when there is one).
+func (a *app) printLeader(name string, l election.Leader, h *kvpb.ResponseHeader) error {
 	if a.json() {
-		return a.printJSON(part(nil).bytes("name", []byte(name)).bytes("value", l.Value).
+		o := part(h)
+		if h != nil {
+			o = response(h)
+		}
+		return a.printJSON(o.bytes("name", []byte(name)).bytes("value", l.Value).
 			set("token", l.Token).set("session", l.Session).instant("held_since", l.HeldSince).set("index", l.Index))
 	}
 	_, err := fmt.Fprintf(a.stdout, "token %d session %d: %s\n", l.Token, l.Session, printable(l.Value))
@@ -291,14 +297,17 @@ func (a *app) electShow(cmd *cobra.Command, name string) error {
 		return err
 	}
 	defer cancel()
-	l, err := election.LeaderOf(ctx, c, name)
-	if errors.Is(err, election.ErrNoLeader) {
+	resp, err := c.GetLock(ctx, []byte(name))
+	li := resp.GetLock()
+	if errors.Is(err, client.ErrNotFound) || (err == nil && li.GetToken() == 0) {
 		return withCode(exitNotFound, fmt.Errorf("elect %q: no leader", name))
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("elect %q --show: %w", name, err)
 	}
-	return a.printLeader(name, l)
+	l := election.Leader{Value: li.GetValue(), Token: li.GetToken(), Session: li.GetSession(),
+		HeldSince: li.GetHeldSince(), Index: resp.GetHeader().GetAppliedIndex()}
+	return a.printLeader(name, l, resp.GetHeader())
 }
 
 func (a *app) electListen(ctx context.Context, name string) error {
@@ -309,7 +318,7 @@ func (a *app) electListen(ctx context.Context, name string) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stop()
 	for l := range election.Observe(ctx, c, name) {
-		if err := a.printLeader(name, l); err != nil {
+		if err := a.printLeader(name, l, nil); err != nil {
 			return err
 		}
 	}
