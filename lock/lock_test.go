@@ -3,7 +3,6 @@ package lock_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,72 +14,8 @@ import (
 	"github.com/kvdproject/kvd/lock"
 )
 
-// startCluster starts a 3-node in-process cluster and waits for a leader.
-func startCluster(t *testing.T) *testcluster.Cluster {
-	t.Helper()
-	cl := testcluster.Start(t, 3)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if _, err := cl.WaitLeader(ctx); err != nil {
-		t.Fatalf("WaitLeader: %v", err)
-	}
-	return cl
-}
-
-func newClient(t *testing.T, cl *testcluster.Cluster, dial func(context.Context, string) (net.Conn, error)) *client.Client {
-	t.Helper()
-	if dial == nil {
-		dial = cl.Dialer
-	}
-	c, err := client.New(client.Config{Endpoints: cl.Endpoints, Dialer: dial})
-	if err != nil {
-		t.Fatalf("client.New: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func newSession(t *testing.T, c *client.Client, ttl time.Duration) *lock.Session {
-	t.Helper()
-	s, err := lock.NewSession(t.Context(), c, lock.WithTTL(ttl))
-	if err != nil {
-		t.Fatalf("NewSession: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s.Close(ctx)
-	})
-	return s
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// waiters is the number of sessions in name's line.
-func waiters(t *testing.T, c *client.Client, name string) int {
-	t.Helper()
-	resp, err := c.GetLock(t.Context(), []byte(name))
-	if err != nil {
-		if errors.Is(err, client.ErrNotFound) {
-			return 0
-		}
-		t.Fatalf("GetLock(%q): %v", name, err)
-	}
-	return len(resp.GetLock().GetWaiters())
-}
-
 func TestMutexesNeverOverlapAndTokensGrow(t *testing.T) {
-	cl := startCluster(t)
+	cl := testcluster.StartReady(t, 3)
 	const lockers, rounds = 3, 4
 	var inside atomic.Int32
 	var mu sync.Mutex
@@ -88,7 +23,7 @@ func TestMutexesNeverOverlapAndTokensGrow(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, lockers*rounds)
 	for i := 0; i < lockers; i++ {
-		m := lock.NewMutex(newSession(t, newClient(t, cl, nil), 5*time.Second), "critical_section")
+		m := lock.NewMutex(testcluster.NewSession(t, cl.NewClient(t, nil), 5*time.Second), "critical_section")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -131,10 +66,10 @@ func TestMutexesNeverOverlapAndTokensGrow(t *testing.T) {
 }
 
 func TestTryLockHeldElsewhere(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	m1 := lock.NewMutex(newSession(t, c, 5*time.Second), "l")
-	m2 := lock.NewMutex(newSession(t, c, 5*time.Second), "l")
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	m1 := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "l")
+	m2 := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "l")
 	if err := m1.TryLock(t.Context()); err != nil {
 		t.Fatalf("TryLock on a free lock: %v", err)
 	}
@@ -150,7 +85,7 @@ func TestTryLockHeldElsewhere(t *testing.T) {
 	if err := m2.Lock(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Lock with a 300ms wait on a held lock = %v, want DeadlineExceeded", err)
 	}
-	waitFor(t, 5*time.Second, "the line to empty", func() bool { return waiters(t, c, "l") == 0 })
+	testcluster.Eventually(t, 5*time.Second, "the line to empty", func() bool { return testcluster.Waiters(t, c, "l") == 0 })
 	if m2.Token() != 0 {
 		t.Fatalf("m2.Token() = %d after a failed Lock, want 0", m2.Token())
 	}
@@ -180,22 +115,22 @@ func TestTryLockHeldElsewhere(t *testing.T) {
 }
 
 func TestCanceledWaitLeavesTheLine(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	m1 := lock.NewMutex(newSession(t, c, 5*time.Second), "l")
-	m2 := lock.NewMutex(newSession(t, c, 5*time.Second), "l")
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	m1 := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "l")
+	m2 := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "l")
 	if err := m1.Lock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- m2.Lock(ctx) }()
-	waitFor(t, 5*time.Second, "m2 in line", func() bool { return waiters(t, c, "l") == 1 })
+	testcluster.Eventually(t, 5*time.Second, "m2 in line", func() bool { return testcluster.Waiters(t, c, "l") == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Lock after cancel = %v, want context.Canceled", err)
 	}
-	waitFor(t, 5*time.Second, "the line to empty", func() bool { return waiters(t, c, "l") == 0 })
+	testcluster.Eventually(t, 5*time.Second, "the line to empty", func() bool { return testcluster.Waiters(t, c, "l") == 0 })
 	if err := m1.Unlock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -209,16 +144,16 @@ func TestCanceledWaitLeavesTheLine(t *testing.T) {
 }
 
 func TestUnlockWithStaleTokenKeepsNewHolder(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	m1 := lock.NewMutex(newSession(t, c, 3*time.Second), "critical_section")
-	m2 := lock.NewMutex(newSession(t, c, 3*time.Second), "critical_section")
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	m1 := lock.NewMutex(testcluster.NewSession(t, c, 3*time.Second), "critical_section")
+	m2 := lock.NewMutex(testcluster.NewSession(t, c, 3*time.Second), "critical_section")
 	if err := m1.Lock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan error, 1)
 	go func() { got <- m2.Lock(t.Context()) }()
-	waitFor(t, 5*time.Second, "m2 in line", func() bool { return waiters(t, c, "critical_section") == 1 })
+	testcluster.Eventually(t, 5*time.Second, "m2 in line", func() bool { return testcluster.Waiters(t, c, "critical_section") == 1 })
 
 	// An operator breaks m1's lock: m2 is granted, m1 notices at its next
 	// keepalive answer.
@@ -259,9 +194,9 @@ func TestUnlockWithStaleTokenKeepsNewHolder(t *testing.T) {
 }
 
 func TestFIFOOrderOfWaiters(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	holder := lock.NewMutex(newSession(t, c, 5*time.Second), "fifo")
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	holder := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "fifo")
 	if err := holder.Lock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +205,7 @@ func TestFIFOOrderOfWaiters(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	for i := 1; i <= 3; i++ {
-		m := lock.NewMutex(newSession(t, c, 5*time.Second), "fifo")
+		m := lock.NewMutex(testcluster.NewSession(t, c, 5*time.Second), "fifo")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -283,7 +218,7 @@ func TestFIFOOrderOfWaiters(t *testing.T) {
 			mu.Unlock()
 			errs <- m.Unlock(t.Context())
 		}()
-		waitFor(t, 5*time.Second, "waiter in line", func() bool { return waiters(t, c, "fifo") == i })
+		testcluster.Eventually(t, 5*time.Second, "waiter in line", func() bool { return testcluster.Waiters(t, c, "fifo") == i })
 	}
 	if err := holder.Unlock(t.Context()); err != nil {
 		t.Fatal(err)
@@ -300,48 +235,17 @@ func TestFIFOOrderOfWaiters(t *testing.T) {
 	}
 }
 
-// flakyDialer is a network that a test can cut: existing connections are
-// closed and new ones refused.
-type flakyDialer struct {
-	dial  func(context.Context, string) (net.Conn, error)
-	mu    sync.Mutex
-	down  bool
-	conns []net.Conn
-}
-
-func (f *flakyDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return nil, errors.New("test: network down")
-	}
-	c, err := f.dial(ctx, addr)
-	if err == nil {
-		f.conns = append(f.conns, c)
-	}
-	return c, err
-}
-
-func (f *flakyDialer) cut() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.down = true
-	for _, c := range f.conns {
-		c.Close()
-	}
-}
-
 // TestLostBeforeServerExpiry: the holder's keepalives stop (its network is
 // cut); Lost closes before the server expires the session and grants the
 // lock to the next waiter.
 func TestLostBeforeServerExpiry(t *testing.T) {
-	cl := startCluster(t)
-	net1 := &flakyDialer{dial: cl.Dialer}
-	c1 := newClient(t, cl, net1.Dial)
-	c2 := newClient(t, cl, nil)
+	cl := testcluster.StartReady(t, 3)
+	net1 := testcluster.NewNetSwitch(cl.Dialer)
+	c1 := cl.NewClient(t, net1.Dial)
+	c2 := cl.NewClient(t, nil)
 	const ttl = 2 * time.Second
-	m1 := lock.NewMutex(newSession(t, c1, ttl), "critical_section")
-	m2 := lock.NewMutex(newSession(t, c2, 10*time.Second), "critical_section")
+	m1 := lock.NewMutex(testcluster.NewSession(t, c1, ttl), "critical_section")
+	m2 := lock.NewMutex(testcluster.NewSession(t, c2, 10*time.Second), "critical_section")
 	if err := m1.Lock(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -354,9 +258,9 @@ func TestLostBeforeServerExpiry(t *testing.T) {
 		}
 		granted <- time.Now()
 	}()
-	waitFor(t, 5*time.Second, "m2 in line", func() bool { return waiters(t, c2, "critical_section") == 1 })
+	testcluster.Eventually(t, 5*time.Second, "m2 in line", func() bool { return testcluster.Waiters(t, c2, "critical_section") == 1 })
 	cut := time.Now()
-	net1.cut()
+	net1.Cut()
 
 	var lostAt time.Time
 	select {
@@ -382,9 +286,9 @@ func TestLostBeforeServerExpiry(t *testing.T) {
 // watch on the lock, long before the next keepalive answer (every TTL/3 =
 // 20s here) could tell it.
 func TestBreakSeenBeforeAKeepalive(t *testing.T) {
-	cl := startCluster(t)
-	c := newClient(t, cl, nil)
-	s := newSession(t, c, time.Minute)
+	cl := testcluster.StartReady(t, 3)
+	c := cl.NewClient(t, nil)
+	s := testcluster.NewSession(t, c, time.Minute)
 	m := lock.NewMutex(s, "job")
 	if err := m.Lock(t.Context()); err != nil {
 		t.Fatal(err)

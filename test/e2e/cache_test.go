@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,32 +17,8 @@ import (
 	"github.com/kvdproject/kvd/internal/proccluster"
 )
 
-var (
-	workerOnce sync.Once
-	workerBin  string
-	workerErr  error
-)
-
 // memoworker builds ./test/e2e/memoworker once.
-func memoworker(t *testing.T) string {
-	t.Helper()
-	workerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kvd-memoworker-")
-		if err != nil {
-			workerErr = err
-			return
-		}
-		workerBin = filepath.Join(dir, "memoworker")
-		out, err := exec.Command("go", "build", "-o", workerBin, "./memoworker").CombinedOutput()
-		if err != nil {
-			workerErr = fmt.Errorf("go build memoworker: %v\n%s", err, out)
-		}
-	})
-	if workerErr != nil {
-		t.Fatal(workerErr)
-	}
-	return workerBin
-}
+func memoworker(t *testing.T) string { return buildTool(t, "memoworker") }
 
 type workerReport struct {
 	Pid    int            `json:"pid"`

@@ -138,6 +138,8 @@ func TestKvctlExitCodes(t *testing.T) {
 		{name: "lock show", args: []string{"lock", "show", "held"}, wantCode: 0},
 		{name: "lock list", args: []string{"lock", "list"}, wantCode: 0},
 		{name: "lock acquire -- CMD: the child's code", args: []string{"lock", "acquire", "job", "--", "sh", "-c", "exit 7"}, wantCode: 7},
+		{name: "elect -- CMD: the child's code", args: []string{"elect", "job", "v", "--", "sh", "-c", "exit 7"}, wantCode: 7},
+		{name: "elect --show: no leader", args: []string{"elect", "nobody", "--show"}, wantCode: 4},
 
 		{name: "cas mismatch", args: []string{"put", "n", "x", "--expect-version", "9"}, wantCode: 1, wantStderr: "version"},
 		{name: "add to a non-integer", args: []string{"add", "n", "1"}, setup: func(t *testing.T) []string { kvctlRun(t, eps, "", "put", "n", "abc"); return nil }, wantCode: 1, wantStderr: "is not a decimal int64"},
@@ -259,6 +261,16 @@ func TestKvctlJSONConventions(t *testing.T) {
 	waitFor(t, 20*time.Second, "a waiter is in L's line", func() bool {
 		return strings.Contains(kvctlRun(t, eps, "", "lock", "show", "L").stdout, "waiters:    1")
 	})
+	// A leader of election E, for elect --show; it resigns when killed
+	// (after the test) or its session expires.
+	leader := exec.Command(mustBinary(t), "--endpoints", strings.Join(eps, ","), "elect", "E", "leader-1", "--ttl", "60s")
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
+	waitFor(t, 20*time.Second, "E has a leader", func() bool {
+		return kvctlRun(t, eps, "", "elect", "E", "--show").code == 0
+	})
 	must("", "cache", "set", "c", "v", "--ttl", "1m", "--stale", "1m")
 	n4 := startJoiner(t, cl)
 	must("", "cache", "set", "gone", "v", "--ttl", "1m")
@@ -300,6 +312,7 @@ func TestKvctlJSONConventions(t *testing.T) {
 		{name: "lock list", args: []string{"lock", "list"}, want: []string{"locks.0.name"}},
 		{name: "lock break", args: []string{"lock", "break", "B", "--reason", "test"}, want: []string{"broken_token", "reason"}},
 		{name: "lock check", args: []string{"lock", "check", "L", "--token", token}, want: []string{"valid", "current_token"}},
+		{name: "elect", args: []string{"elect", "E", "--show"}, want: []string{"name", "value", "token", "session", "held_since_ns", "held_since_wall", "index"}},
 		{name: "cache get", args: []string{"cache", "get", "c"}, want: []string{"fresh_until_ns", "stale_until_in_ms", "value", "state"}},
 		{name: "cache set", args: []string{"cache", "set", "d", "v", "--ttl", "1m"}, want: []string{"fresh_until_wall", "filled_index"}},
 		{name: "cache invalidate", args: []string{"cache", "invalidate", "gone"}, want: []string{"invalidated"}},
