@@ -32,7 +32,9 @@ func CreateIndex(key []byte) CmpTarget {
 
 // ModIndex is the Raft index of the entry that last wrote the key (a
 // missing key: 0).
-func ModIndex(key []byte) CmpTarget { return CmpTarget{key, kvpb.CompareTarget_COMPARE_TARGET_MOD_INDEX} }
+func ModIndex(key []byte) CmpTarget {
+	return CmpTarget{key, kvpb.CompareTarget_COMPARE_TARGET_MOD_INDEX}
+}
 
 // Exists is whether the key exists; compare it with "=" or "!=" to a bool.
 func Exists(key []byte) CmpTarget { return CmpTarget{key, kvpb.CompareTarget_COMPARE_TARGET_EXISTS} }
