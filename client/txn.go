@@ -52,6 +52,11 @@ type Cmp struct {
 	err error
 }
 
+// Err says what is wrong with a Cmp that Compare could not make (nil for
+// a good one): the error Commit would return, without the compare's
+// position.
+func (c Cmp) Err() error { return c.err }
+
 // compareOps are the operators Compare takes.
 var compareOps = map[string]kvpb.CompareOp{
 	"=":  kvpb.CompareOp_COMPARE_OP_EQUAL,
@@ -163,6 +168,10 @@ type Op struct {
 	pb  *kvpb.TxnOp
 	err error
 }
+
+// Err says what is wrong with an Op its constructor could not make (nil
+// for a good one).
+func (op Op) Err() error { return op.err }
 
 // OpPut writes key = value. Options: WithTTL, WithSession and WithIfAbsent,
 // as for Put. WithExpectedVersion and WithFence have no place in a
