@@ -319,7 +319,13 @@ func (t *Txn) Commit(ctx context.Context) (*kvpb.TxnResponse, error) {
 			return nil, err
 		}
 	}
-	return write(ctx, t.c, t.s, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.TxnResponse, error) {
+	binds := false
+	for _, ops := range [][]*kvpb.TxnOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			binds = binds || op.GetPut().GetSession() != 0
+		}
+	}
+	return writeCmd(ctx, t.c, t.s, 0, binds, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.TxnResponse, error) {
 		req.Header = h
 		return kvpb.NewKVClient(cc).Txn(ctx, req, opts...)
 	})
