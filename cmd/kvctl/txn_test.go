@@ -2,8 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kvdproject/kvd/client"
 )
 
 func TestSessionKeysAndPrefixCommands(t *testing.T) {
@@ -165,5 +169,32 @@ func TestTxnCommand(t *testing.T) {
 	}
 	if code, _, _ := kvctl(t, tc, "", "get", "fresh"); code != exitNotFound {
 		t.Errorf("get fresh after the refused transaction: exit %d, want %d (nothing applied)", code, exitNotFound)
+	}
+}
+
+// A touch shows in a watch as the key's new deadline, not an empty value.
+func TestWatchShowsTouch(t *testing.T) {
+	tc, c := lockTestCluster(t)
+	ctx := t.Context()
+	put, err := c.Put(ctx, []byte("hb"), []byte("v"), client.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Touch(ctx, []byte("hb"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Touch(ctx, []byte("hb"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	from := fmt.Sprint(put.GetKv().GetModIndex() - 1)
+	code, out, errs := lockCLI(t, tc, "watch", "hb", "--from-index", from, "--count", "3")
+	if code != exitOK {
+		t.Fatalf("watch = %d, stderr %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasSuffix(lines[0], " put hb = v (version 1)") ||
+		!strings.HasSuffix(lines[1], " touch hb (version 1) no TTL") ||
+		!strings.Contains(lines[2], " touch hb (version 1) expires ") || !strings.HasSuffix(lines[2], ")") {
+		t.Errorf("watch printed\n%s\nwant a put, a touch to no TTL and a touch with an expiry", out)
 	}
 }
