@@ -118,8 +118,14 @@ func TestDeletePrefix(t *testing.T) {
 	if h.get("a") == nil {
 		t.Fatal("a fenced delete-prefix refused by its fence deleted a key")
 	}
-	if n := h.ok(delPrefix("")).GetDelete().Deleted; n != 3 {
-		t.Errorf("delete of prefix \"\" deleted %d, want every key (3)", n)
+	sess := h.session(60000)
+	tok := h.ok(acquire(sess, 0, "L", 0, 0)).GetAcquire().Token
+	if n := h.ok(&kvpb.Command{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Key: []byte("ap"), Prefix: true,
+		Fence: &kvpb.Fence{Lock: []byte("L"), Token: tok}}}}).GetDelete().Deleted; n != 1 {
+		t.Errorf("fenced delete-prefix with the current token deleted %d, want 1 (apq)", n)
+	}
+	if n := h.ok(delPrefix("")).GetDelete().Deleted; n != 2 {
+		t.Errorf("delete of prefix \"\" deleted %d, want every key (2)", n)
 	}
 	if st := h.f.Stats(); st.Keys != 0 || st.KVBytes != 0 {
 		t.Errorf("after deleting every key: %d keys, %d bytes", st.Keys, st.KVBytes)
