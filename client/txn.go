@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc"
@@ -310,6 +311,9 @@ func txnArgError(field string, err error) error {
 // ErrSessionExpired (an OpPut WithSession of a session that is gone),
 // ErrIndeterminate (may have been applied), ErrUnavailable (was not).
 func (t *Txn) Commit(ctx context.Context) (*kvpb.TxnResponse, error) {
+	if t.c == nil {
+		return nil, errors.New("kvd: Txn.Commit: the Txn was not made by Client.Txn or Session.Txn")
+	}
 	req, err := t.Request()
 	if err != nil {
 		return nil, err
