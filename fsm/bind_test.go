@@ -252,3 +252,24 @@ func TestBoundKeysSurviveSnapshot(t *testing.T) {
 		t.Error("closing the session after a restore did not delete exactly its keys")
 	}
 }
+
+func TestDeletePrefixRetryIsAnsweredOnce(t *testing.T) {
+	h := newHarness(t)
+	s := h.session(60000)
+	h.ok(put("p/1", "1", 0))
+	h.ok(put("p/2", "1", 0))
+	cmd := func() *kvpb.Command {
+		return &kvpb.Command{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Header: hdr(s, 1), Key: []byte("p/"), Prefix: true}}}
+	}
+	if n := h.ok(cmd()).GetDelete().Deleted; n != 2 {
+		t.Fatalf("deleted %d, want 2", n)
+	}
+	h.ok(put("p/3", "1", 0)) // a new key under the prefix: a retry must not delete it
+	evs := h.applyEv(cmd())
+	if len(evs) != 0 || h.get("p/3") == nil {
+		t.Errorf("a retried delete-prefix applied again: events %q", describe(evs))
+	}
+	if n := h.ok(cmd()).GetDelete().Deleted; n != 2 {
+		t.Errorf("retry answered deleted %d, want the first answer's 2", n)
+	}
+}
