@@ -388,6 +388,8 @@ type opOptions struct {
 	startAfter      []byte
 	keysOnly        bool
 	skipStateHash   bool
+	session         uint64
+	ifAbsent        bool
 }
 
 func applyOpts(opts []OpOption) opOptions {
@@ -404,6 +406,20 @@ func WithTTL(d time.Duration) OpOption { return func(o *opOptions) { o.ttl = d }
 // WithExpectedVersion makes a put or delete a compare-and-set on the key's
 // version (0: the key must not exist).
 func WithExpectedVersion(v uint64) OpOption { return func(o *opOptions) { o.expectedVersion = &v } }
+
+// WithSession binds a put key to session id (a live session, such as one
+// made with NewSession or CreateSession): the key is deleted, with a DELETE
+// event, in the same entry that ends the session (close or expiry), the way
+// a service registration disappears with its owner. A later put without
+// WithSession unbinds the key; one naming another session rebinds it. This
+// is independent of which session makes the put exactly-once.
+func WithSession(id uint64) OpOption { return func(o *opOptions) { o.session = id } }
+
+// WithIfAbsent makes a put create the key only: if the key exists the put
+// is refused with ErrKeyExists, unless (with WithSession) the key is
+// already bound to that same session, so that a registration can be
+// repeated by its owner.
+func WithIfAbsent() OpOption { return func(o *opOptions) { o.ifAbsent = true } }
 
 // WithFence makes a write conditional on token still holding lock.
 func WithFence(lock []byte, token uint64) OpOption {
@@ -437,7 +453,22 @@ func ms(d time.Duration) int64 {
 // KV
 
 func putRequest(key, value []byte, o opOptions) *kvpb.PutRequest {
-	return &kvpb.PutRequest{Key: key, Value: value, TtlMs: ms(o.ttl), ExpectedVersion: o.expectedVersion, Fence: o.fence}
+	return &kvpb.PutRequest{Key: key, Value: value, TtlMs: ms(o.ttl), ExpectedVersion: o.expectedVersion, Fence: o.fence, Session: o.session, IfAbsent: o.ifAbsent}
+}
+
+func deletePrefixRequest(prefix []byte, o opOptions) *kvpb.DeleteRequest {
+	return &kvpb.DeleteRequest{Key: prefix, Prefix: true, Fence: o.fence}
+}
+
+func touchRequest(key []byte, ttl time.Duration, o opOptions) *kvpb.TouchRequest {
+	return &kvpb.TouchRequest{Key: key, TtlMs: ms(ttl), Fence: o.fence}
+}
+
+func sendTouch(req *kvpb.TouchRequest) writeFunc[*kvpb.TouchResponse] {
+	return func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.TouchResponse, error) {
+		req.Header = h
+		return kvpb.NewKVClient(cc).Touch(ctx, req, opts...)
+	}
 }
 
 func sendPut(req *kvpb.PutRequest) writeFunc[*kvpb.PutResponse] {
@@ -461,11 +492,13 @@ func sendAdd(req *kvpb.AddRequest) writeFunc[*kvpb.AddResponse] {
 	}
 }
 
-// Put writes key = value (options: WithTTL, WithExpectedVersion, WithFence).
-// It is exactly-once through the client's own session: it is retried across
-// leader changes until ctx ends and applied at most once. Errors:
-// ErrVersionMismatch, ErrFenceFailed, ErrInvalidArgument, ErrIndeterminate
-// (may have been applied), ErrUnavailable (was not).
+// Put writes key = value (options: WithTTL, WithExpectedVersion, WithFence,
+// WithSession, WithIfAbsent). It is exactly-once through the client's own
+// session: it is retried across leader changes until ctx ends and applied
+// at most once. Errors: ErrVersionMismatch, ErrFenceFailed, ErrKeyExists
+// (WithIfAbsent), ErrSessionExpired (WithSession of a session that is
+// gone), ErrInvalidArgument, ErrIndeterminate (may have been applied),
+// ErrUnavailable (was not).
 func (c *Client) Put(ctx context.Context, key, value []byte, opts ...OpOption) (*kvpb.PutResponse, error) {
 	return write(ctx, c, nil, 0, sendPut(putRequest(key, value, applyOpts(opts))))
 }
@@ -486,6 +519,23 @@ func (c *Client) Delete(ctx context.Context, key []byte, opts ...OpOption) (*kvp
 	o := applyOpts(opts)
 	req := &kvpb.DeleteRequest{Key: key, ExpectedVersion: o.expectedVersion, Fence: o.fence}
 	return write(ctx, c, nil, 0, sendDelete(req))
+}
+
+// DeletePrefix removes every key that starts with prefix, in one entry
+// (prefix empty: every key), exactly-once like Put; WithFence applies.
+// Deleted in the answer is how many keys went. A watcher sees one DELETE
+// event per key.
+func (c *Client) DeletePrefix(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.DeleteResponse, error) {
+	return write(ctx, c, nil, 0, sendDelete(deletePrefixRequest(prefix, applyOpts(opts))))
+}
+
+// Touch gives the existing key a new TTL counted from now (0: no TTL),
+// keeping its value, version and mod index; WithFence applies. It is
+// exactly-once like Put. A missing or expired key is ErrNotFound. The
+// answer's Kv is the key after the touch, without its value; watchers see a
+// TOUCH event.
+func (c *Client) Touch(ctx context.Context, key []byte, ttl time.Duration, opts ...OpOption) (*kvpb.TouchResponse, error) {
+	return write(ctx, c, nil, 0, sendTouch(touchRequest(key, ttl, applyOpts(opts))))
 }
 
 // List returns one page of keys with prefix, in key order (WithLimit,

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -37,6 +38,10 @@ type fake struct {
 	onAdd func(node string, n int, req *kvpb.AddRequest) error
 	// onKeepAlive decides what a KeepAlive gets; nil: renew.
 	onKeepAlive func(id uint64) error
+
+	txns []*kvpb.TxnRequest // every Txn received, in order
+	// onTxn answers the nth Txn (from 1); nil: succeeded, no results.
+	onTxn func(n int, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error)
 }
 
 func newFake(t *testing.T, nodes ...string) *fake {
@@ -150,6 +155,19 @@ func (n fakeSessions) Close(ctx context.Context, req *kvpb.CloseSessionRequest) 
 	defer n.f.mu.Unlock()
 	delete(n.f.sessions, req.GetId())
 	return &kvpb.CloseSessionResponse{}, nil
+}
+
+func (n *fakeNode) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	f := n.f
+	f.mu.Lock()
+	f.txns = append(f.txns, proto.Clone(req).(*kvpb.TxnRequest))
+	num := len(f.txns)
+	hook := f.onTxn
+	f.mu.Unlock()
+	if hook != nil {
+		return hook(num, req)
+	}
+	return &kvpb.TxnResponse{Succeeded: true}, nil
 }
 
 func notLeader(hint string) error {

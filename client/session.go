@@ -480,6 +480,23 @@ func (s *Session) Delete(ctx context.Context, key []byte, opts ...OpOption) (*kv
 	return write(ctx, s.c, s, 0, sendDelete(req))
 }
 
+// DeletePrefix removes every key under prefix, exactly-once under this
+// session (see Client.DeletePrefix).
+func (s *Session) DeletePrefix(ctx context.Context, prefix []byte, opts ...OpOption) (*kvpb.DeleteResponse, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	return write(ctx, s.c, s, 0, sendDelete(deletePrefixRequest(prefix, applyOpts(opts))))
+}
+
+// Touch gives key a new TTL under this session (see Client.Touch).
+func (s *Session) Touch(ctx context.Context, key []byte, ttl time.Duration, opts ...OpOption) (*kvpb.TouchResponse, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	return write(ctx, s.c, s, 0, sendTouch(touchRequest(key, ttl, applyOpts(opts))))
+}
+
 // Add adds delta to the counter at key under this session (WithFence).
 func (s *Session) Add(ctx context.Context, key []byte, delta int64, opts ...OpOption) (*kvpb.AddResponse, error) {
 	if err := s.checkOpen(); err != nil {

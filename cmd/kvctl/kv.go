@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	subcommands = append(subcommands, newPutCommand, newGetCommand, newDelCommand, newLsCommand, newAddCommand)
+	subcommands = append(subcommands, newPutCommand, newGetCommand, newDelCommand, newLsCommand, newAddCommand, newTouchCommand)
 }
 
 // parseConsistency parses --consistency.
@@ -57,9 +57,11 @@ func rangeArgs(lo, hi int) cobra.PositionalArgs {
 
 func newPutCommand(a *app) *cobra.Command {
 	var (
-		ttl    time.Duration
-		expect uint64
-		fence  string
+		ttl      time.Duration
+		expect   uint64
+		fence    string
+		session  string
+		ifAbsent bool
 	)
 	cmd := &cobra.Command{
 		Use:   "put KEY [VALUE]",
@@ -67,12 +69,19 @@ func newPutCommand(a *app) *cobra.Command {
 		Long: `Write KEY = VALUE. Without VALUE the value is read from stdin, as it is
 (binary-safe, nothing stripped).
 
+--session ID binds the key to a session (kvctl session create): the key is
+deleted when the session is closed or expires. A later put without
+--session unbinds it. --if-absent writes only if the key does not exist
+(or, with --session, is already bound to that session): otherwise it fails,
+naming the session that holds the key, if any.
+
 The write is exactly-once: it is retried across leader changes until
 --timeout and applied at most once. Exit 6 when its outcome is unknown.`,
 		Example: `  kvctl put greeting hello
   kvctl put session-token --ttl 30s < token.bin
   kvctl put config v2 --expect-version 3
-  kvctl put /db/schema v7 --fence db-migrate:1234`,
+  kvctl put /db/schema v7 --fence db-migrate:1234
+  kvctl put services/api/n1 10.0.0.5:8080 --session 1234 --if-absent`,
 		Args: rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var opts []client.OpOption
@@ -91,6 +100,16 @@ The write is exactly-once: it is retried across leader changes until
 					return err
 				}
 				opts = append(opts, f)
+			}
+			if session != "" {
+				id, err := sessionID(session)
+				if err != nil {
+					return &usageError{"--session: " + err.Error()}
+				}
+				opts = append(opts, client.WithSession(id))
+			}
+			if ifAbsent {
+				opts = append(opts, client.WithIfAbsent())
 			}
 			var value []byte
 			if len(args) == 2 {
@@ -121,6 +140,8 @@ The write is exactly-once: it is retried across leader changes until
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "time to live of the key (0: none; a put without --ttl clears an existing TTL)")
 	cmd.Flags().Uint64Var(&expect, "expect-version", 0, "compare-and-set: write only if the key's version is N (0: only if it does not exist)")
 	cmd.Flags().StringVar(&fence, "fence", "", "write only if TOKEN still holds LOCK (LOCK:TOKEN)")
+	cmd.Flags().StringVar(&session, "session", "", "bind the key to session ID: it is deleted when the session ends")
+	cmd.Flags().BoolVar(&ifAbsent, "if-absent", false, "write only if the key does not exist (or is bound to --session already)")
 	return cmd
 }
 
@@ -184,22 +205,128 @@ Exit 4 when the key does not exist.`,
 // del
 
 func newDelCommand(a *app) *cobra.Command {
-	var expect uint64
-	var fence string
+	var (
+		expect         uint64
+		fence          string
+		prefix, dryRun bool
+	)
 	cmd := &cobra.Command{
-		Use:     "del KEY",
+		Use:     "del KEY | del --prefix PREFIX",
 		Aliases: []string{"delete", "rm"},
-		Short:   "Delete a key",
+		Short:   "Delete a key, or every key with a prefix",
 		Long: `Delete KEY and print how many keys were deleted (1, or 0 when it did not
-exist, which is not an error). Exactly-once like put.`,
+exist, which is not an error). Exactly-once like put.
+
+--prefix deletes every key that starts with PREFIX, in one entry, and
+prints how many went (an empty PREFIX, "", is every key). --dry-run lists
+the keys it would delete, one per line, and deletes nothing: it pages
+through them like ls, so a key written between the dry run and the real
+delete is not in the list.`,
 		Example: `  kvctl del greeting
-  kvctl del config --expect-version 4`,
+  kvctl del config --expect-version 4
+  kvctl del --prefix jobs/done/ --dry-run
+  kvctl del --prefix jobs/done/`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var opts []client.OpOption
 			if cmd.Flags().Changed("expect-version") {
+				if prefix {
+					return &usageError{"--expect-version does not go with --prefix"}
+				}
 				opts = append(opts, client.WithExpectedVersion(expect))
 			}
+			if dryRun && !prefix {
+				return &usageError{"--dry-run goes with --prefix"}
+			}
+			if fence != "" {
+				f, err := parseFence(fence)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, f)
+			}
+			key := []byte(args[0])
+			if dryRun {
+				return a.delDryRun(cmd, key)
+			}
+			c, ctx, cancel, err := a.request(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			var resp *kvpb.DeleteResponse
+			if prefix {
+				resp, err = c.DeletePrefix(ctx, key, opts...)
+			} else {
+				resp, err = c.Delete(ctx, key, opts...)
+			}
+			if err != nil {
+				if prefix {
+					return fmt.Errorf("del --prefix %q: %w", args[0], err)
+				}
+				return fmt.Errorf("del %q: %w", args[0], err)
+			}
+			if a.json() {
+				return a.printJSON(response(resp.GetHeader()).set("deleted", resp.GetDeleted()))
+			}
+			fmt.Fprintln(a.stdout, resp.GetDeleted())
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&expect, "expect-version", 0, "delete only if the key's version is N")
+	cmd.Flags().StringVar(&fence, "fence", "", "delete only if TOKEN still holds LOCK (LOCK:TOKEN)")
+	cmd.Flags().BoolVar(&prefix, "prefix", false, "delete every key starting with the argument, in one entry")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --prefix: list the keys that would be deleted, delete nothing")
+	return cmd
+}
+
+// delDryRun lists the keys del --prefix would delete now.
+func (a *app) delDryRun(cmd *cobra.Command, prefix []byte) error {
+	kvs, _, header, err := a.listPages(cmd, prefix, nil, 0, []client.OpOption{client.WithKeysOnly()})
+	if err != nil {
+		return fmt.Errorf("del --prefix %q --dry-run: %w", prefix, err)
+	}
+	if a.json() {
+		keys := []*object{}
+		for _, kv := range kvs {
+			keys = append(keys, part(header).bytes("key", kv.GetKey()))
+		}
+		return a.printJSON(response(header).set("dry_run", true).set("keys", keys).set("would_delete", len(kvs)))
+	}
+	for _, kv := range kvs {
+		fmt.Fprintln(a.stdout, printable(kv.GetKey()))
+	}
+	fmt.Fprintf(a.stderr, "kvctl: dry run: %d key(s) would be deleted; nothing was\n", len(kvs))
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// touch
+
+func newTouchCommand(a *app) *cobra.Command {
+	var (
+		ttl   time.Duration
+		fence string
+	)
+	cmd := &cobra.Command{
+		Use:   "touch KEY --ttl DURATION",
+		Short: "Give an existing key a new TTL, keeping its value and version",
+		Long: `Give KEY a new time to live counted from now, keeping its value, version
+and mod index (a heartbeat for a key written with --ttl). --ttl is
+required: --ttl 0 removes the key's TTL, so that it no longer expires.
+Prints the new expiry. Exactly-once like put. Exit 4 when the key does not
+exist (or has expired).`,
+		Example: `  kvctl touch services/api/n1 --ttl 30s
+  kvctl touch config --ttl 0`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("ttl") {
+				return &usageError{"touch: --ttl is required (--ttl 0 removes the TTL)"}
+			}
+			if ttl < 0 {
+				return &usageError{fmt.Sprintf("--ttl %v is negative", ttl)}
+			}
+			var opts []client.OpOption
 			if fence != "" {
 				f, err := parseFence(fence)
 				if err != nil {
@@ -212,19 +339,26 @@ exist, which is not an error). Exactly-once like put.`,
 				return err
 			}
 			defer cancel()
-			resp, err := c.Delete(ctx, []byte(args[0]), opts...)
+			resp, err := c.Touch(ctx, []byte(args[0]), ttl, opts...)
+			if errors.Is(err, client.ErrNotFound) {
+				return withCode(exitNotFound, fmt.Errorf("touch %q: key not found", args[0]))
+			}
 			if err != nil {
-				return fmt.Errorf("del %q: %w", args[0], err)
+				return fmt.Errorf("touch %q: %w", args[0], err)
 			}
 			if a.json() {
-				return a.printJSON(response(resp.GetHeader()).set("deleted", resp.GetDeleted()))
+				return a.printJSON(response(resp.GetHeader()).set("kv", kvMetaObject(resp.GetKv(), resp.GetHeader())))
 			}
-			fmt.Fprintln(a.stdout, resp.GetDeleted())
+			if exp := resp.GetKv().GetExpiresAt(); exp != 0 {
+				fmt.Fprintf(a.stdout, "OK (expires %s)\n", when(exp, resp.GetHeader()))
+			} else {
+				fmt.Fprintln(a.stdout, "OK (no TTL)")
+			}
 			return nil
 		},
 	}
-	cmd.Flags().Uint64Var(&expect, "expect-version", 0, "delete only if the key's version is N")
-	cmd.Flags().StringVar(&fence, "fence", "", "delete only if TOKEN still holds LOCK (LOCK:TOKEN)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "the new time to live, from now (required; 0: no TTL)")
+	cmd.Flags().StringVar(&fence, "fence", "", "touch only if TOKEN still holds LOCK (LOCK:TOKEN)")
 	return cmd
 }
 
@@ -273,35 +407,9 @@ reads.`,
 			if len(args) == 1 {
 				prefix = []byte(args[0])
 			}
-			c, err := a.Client()
+			kvs, more, header, err := a.listPages(cmd, prefix, []byte(startAfter), limit, opts)
 			if err != nil {
-				return err
-			}
-			var (
-				kvs    []*kvpb.KeyValue
-				more   bool
-				header *kvpb.ResponseHeader
-				after  = []byte(startAfter)
-			)
-			for {
-				want := 0 // the server's default page
-				if limit > 0 {
-					want = limit - len(kvs)
-				}
-				ctx, cancel := a.requestContext(cmd.Context())
-				pageOpts := append(append([]client.OpOption(nil), opts...), client.WithStartAfter(after), client.WithLimit(want))
-				resp, err := c.List(ctx, prefix, pageOpts...)
-				cancel()
-				if err != nil {
-					return fmt.Errorf("ls %q: %w", prefix, err)
-				}
-				header = resp.GetHeader()
-				kvs = append(kvs, resp.GetKvs()...)
-				more = resp.GetMore()
-				if !more || len(resp.GetKvs()) == 0 || (limit > 0 && len(kvs) >= limit) {
-					break
-				}
-				after = resp.GetKvs()[len(resp.GetKvs())-1].GetKey()
+				return fmt.Errorf("ls %q: %w", prefix, err)
 			}
 			if a.json() {
 				out := []*object{}
@@ -328,6 +436,36 @@ reads.`,
 	cmd.Flags().StringVar(&startAfter, "start-after", "", "list keys strictly after this one")
 	cmd.Flags().StringVar(&consistency, "consistency", "linearizable", "linearizable or stale")
 	return cmd
+}
+
+// listPages lists the keys under prefix after after, one server page per
+// read (each its own --timeout), until limit keys (0: all of them) or the
+// last page. header is the last page's; more says keys beyond limit match.
+func (a *app) listPages(cmd *cobra.Command, prefix, after []byte, limit int, opts []client.OpOption) (kvs []*kvpb.KeyValue, more bool, header *kvpb.ResponseHeader, err error) {
+	c, err := a.Client()
+	if err != nil {
+		return nil, false, nil, err
+	}
+	for {
+		want := 0 // the server's default page
+		if limit > 0 {
+			want = limit - len(kvs)
+		}
+		ctx, cancel := a.requestContext(cmd.Context())
+		pageOpts := append(append([]client.OpOption(nil), opts...), client.WithStartAfter(after), client.WithLimit(want))
+		resp, err := c.List(ctx, prefix, pageOpts...)
+		cancel()
+		if err != nil {
+			return nil, false, nil, err
+		}
+		header = resp.GetHeader()
+		kvs = append(kvs, resp.GetKvs()...)
+		more = resp.GetMore()
+		if !more || len(resp.GetKvs()) == 0 || (limit > 0 && len(kvs) >= limit) {
+			return kvs, more, header, nil
+		}
+		after = resp.GetKvs()[len(resp.GetKvs())-1].GetKey()
+	}
 }
 
 // ---------------------------------------------------------------------------

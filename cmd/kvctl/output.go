@@ -133,11 +133,25 @@ func toHeaderJSON(h *kvpb.ResponseHeader) headerJSON {
 }
 
 func kvObject(kv *kvpb.KeyValue, h *kvpb.ResponseHeader) *object {
-	return part(h).bytes("key", kv.GetKey()).bytes("value", kv.GetValue()).
-		set("version", kv.GetVersion()).
+	return kvFields(part(h).bytes("key", kv.GetKey()).bytes("value", kv.GetValue()), kv)
+}
+
+// kvMetaObject is a key without its value (touch answers none).
+func kvMetaObject(kv *kvpb.KeyValue, h *kvpb.ResponseHeader) *object {
+	return kvFields(part(h).bytes("key", kv.GetKey()), kv)
+}
+
+// kvFields sets the fields of a key after its key and value: "session" only
+// when the key is bound to one.
+func kvFields(o *object, kv *kvpb.KeyValue) *object {
+	o.set("version", kv.GetVersion()).
 		set("create_index", kv.GetCreateIndex()).
 		set("mod_index", kv.GetModIndex()).
 		instant("expires_at", kv.GetExpiresAt())
+	if kv.GetSession() != 0 {
+		o.set("session", kv.GetSession())
+	}
+	return o
 }
 
 func sessionObject(s *kvpb.SessionInfo, h *kvpb.ResponseHeader) *object {
@@ -152,7 +166,8 @@ func sessionObject(s *kvpb.SessionInfo, h *kvpb.ResponseHeader) *object {
 	return o.set("ttl_ms", s.GetTtlMs()).
 		instant("expires_at", s.GetExpiresAt()).
 		instant("created_at", s.GetCreatedAt()).
-		set("locks", locks)
+		set("locks", locks).
+		set("keys", s.GetKeys())
 }
 
 func lockObject(li *kvpb.LockInfo, h *kvpb.ResponseHeader) *object {

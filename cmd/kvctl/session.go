@@ -19,7 +19,8 @@ func newSessionCommand(a *app) *cobra.Command {
 		Use:   "session",
 		Short: "Client sessions (leases that own locks and make writes exactly-once)",
 		Long: `Client sessions. A session is a lease with a TTL; locks and cache fill
-leases belong to one and are released when it expires or is closed.
+leases belong to one and are released when it expires or is closed, and
+keys bound to it (put --session) are deleted then.
 
 Exit 4 when the session does not exist (any more).`,
 	})
@@ -56,6 +57,7 @@ func (a *app) printSession(s *kvpb.SessionInfo, h *kvpb.ResponseHeader) error {
 	}
 	fmt.Fprintf(w, "ttl:     %v\n", time.Duration(s.GetTtlMs())*time.Millisecond)
 	fmt.Fprintf(w, "expires: %s\n", when(s.GetExpiresAt(), h))
+	fmt.Fprintf(w, "keys:    %d bound (deleted when the session ends)\n", s.GetKeys())
 	if len(s.GetLocks()) > 0 {
 		fmt.Fprintf(w, "locks:\n")
 		for _, l := range s.GetLocks() {
@@ -205,7 +207,7 @@ func newSessionGetCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "get ID",
 		Aliases: []string{"show"},
-		Short:   "Show a session: TTL, expiry, locks",
+		Short:   "Show a session: TTL, expiry, bound keys, locks",
 		Example: `  kvctl session get 1234`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
