@@ -33,6 +33,7 @@ func (s *lockService) Acquire(ctx context.Context, req *kvpb.AcquireRequest) (*k
 		n.checkHeader(req.GetHeader()),
 		n.checkSession("header.session", req.GetHeader()),
 		n.checkName("name", req.GetName()),
+		n.checkValue("value", req.GetValue()),
 		n.checkDuration("wait_ms", req.GetWaitMs()),
 		n.checkLockDelay(req.GetLockDelayMs()),
 		n.checkLockCap(req.GetName()),
@@ -166,6 +167,32 @@ func (s *lockService) CancelWait(ctx context.Context, req *kvpb.CancelWaitReques
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: req}}, (*kvpb.CommandResult).GetCancelWait)
 }
 
+// Proclaim changes the value of a lock held with token (an election
+// leader's new value) without a new grant. Checked as Release is: the
+// request's session must be the caller's, and so must the session that
+// holds the token; the fsm refuses a token that is not current, or that
+// another session holds (STALE_TOKEN).
+func (s *lockService) Proclaim(ctx context.Context, req *kvpb.ProclaimRequest) (*kvpb.ProclaimResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkSession("header.session", req.GetHeader()),
+		n.checkName("name", req.GetName()),
+		n.checkValue("value", req.GetValue()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if req.GetToken() == 0 {
+		return nil, n.toStatus(invalid("token", 0, "token: required"))
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }, func() error { return n.ownLock(ctx, req.GetName(), req.GetToken()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Proclaim{Proclaim: req}}, (*kvpb.CommandResult).GetProclaim)
+}
+
 func (s *lockService) Renew(ctx context.Context, req *kvpb.RenewRequest) (*kvpb.RenewResponse, error) {
 	n := s.n
 	if err := n.checkName("name", req.GetName()); err != nil {
@@ -198,7 +225,10 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	}); err != nil {
 		return nil, n.toStatus(err)
 	}
-	lock := n.b.FSM().Lock(req.GetName(), now)
+	// The header names the index of the state read (it may be newer than
+	// the read's preparation): a watch from it misses and repeats nothing.
+	lock, at := n.b.FSM().LockAt(req.GetName(), now)
+	hdr.AppliedIndex = max(hdr.GetAppliedIndex(), at)
 	if lock == nil {
 		// A lock nobody holds or waits for: free, not an error.
 		lock = &kvpb.LockInfo{Name: req.GetName()}

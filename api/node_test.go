@@ -329,6 +329,22 @@ func TestValidation(t *testing.T) {
 			_, err := lc.Acquire(ctx, &kvpb.AcquireRequest{Header: &kvpb.RequestHeader{Session: 1}, Name: []byte("l"), WaitMs: -1})
 			return err
 		}},
+		{"lock long value", "value", func() error {
+			_, err := lc.Acquire(ctx, &kvpb.AcquireRequest{Header: &kvpb.RequestHeader{Session: 1}, Name: []byte("l"), Value: big(lim.MaxValueBytes + 1)})
+			return err
+		}},
+		{"proclaim long value", "value", func() error {
+			_, err := lc.Proclaim(ctx, &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: 1}, Name: []byte("l"), Token: 5, Value: big(lim.MaxValueBytes + 1)})
+			return err
+		}},
+		{"proclaim without session", "header.session", func() error {
+			_, err := lc.Proclaim(ctx, &kvpb.ProclaimRequest{Name: []byte("l"), Token: 5})
+			return err
+		}},
+		{"proclaim without token", "token", func() error {
+			_, err := lc.Proclaim(ctx, &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: 1}, Name: []byte("l")})
+			return err
+		}},
 		{"cache negative lease", "lease_ms", func() error {
 			_, err := cc.Fill(ctx, &kvpb.FillRequest{Header: &kvpb.RequestHeader{Session: 1}, Key: []byte("c"), LeaseMs: -5})
 			return err

@@ -285,6 +285,14 @@ func TestAuthRefusals(t *testing.T) {
 			_, err := lk.Release(bctx, &kvpb.ReleaseRequest{Header: &kvpb.RequestHeader{Session: bsr.GetSession().GetId(), Seq: 1}, Name: []byte("a/l"), Token: ar.GetToken()})
 			return err
 		},
+		"proclaim on alice's lock": func() error {
+			_, err := lk.Proclaim(bctx, &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: bsr.GetSession().GetId(), Seq: 2}, Name: []byte("a/l"), Token: ar.GetToken(), Value: []byte("bob")})
+			return err
+		},
+		"proclaim under alice's session": func() error {
+			_, err := lk.Proclaim(bctx, &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: sid, Seq: 2}, Name: []byte("a/l"), Token: ar.GetToken(), Value: []byte("bob")})
+			return err
+		},
 		"renew alice's lock": func() error {
 			_, err := lk.Renew(bctx, &kvpb.RenewRequest{Name: []byte("a/l"), Token: ar.GetToken()})
 			return err
@@ -308,6 +316,10 @@ func TestAuthRefusals(t *testing.T) {
 	}
 	if r, err := lk.Get(actx, &kvpb.GetLockRequest{Name: []byte("a/l")}); err != nil || r.GetLock().GetToken() != ar.GetToken() {
 		t.Errorf("after bob's attempts the lock is %v, %v; want alice's token %d still", r, err, ar.GetToken())
+	}
+	if r, err := lk.Proclaim(actx, &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: sid, Seq: 4}, Name: []byte("a/l"), Token: ar.GetToken(), Value: []byte("alice")}); err != nil ||
+		string(r.GetLock().GetValue()) != "alice" || r.GetLock().GetToken() != ar.GetToken() {
+		t.Errorf("alice Proclaim = %v, %v; want value alice under token %d", r, err, ar.GetToken())
 	}
 	if _, err := lk.Release(actx, &kvpb.ReleaseRequest{Header: &kvpb.RequestHeader{Session: sid, Seq: 3}, Name: []byte("a/l"), Token: ar.GetToken()}); err != nil {
 		t.Errorf("alice Release: %v", err)

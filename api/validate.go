@@ -31,6 +31,9 @@ func (n *Server) checkKeyLen(field string, key []byte) error {
 	return nil
 }
 
+// checkValue bounds a value: a key's, a cache entry's, or a lock's (an
+// election candidate's value in Acquire, a leader's in Proclaim), all by
+// --max-value-bytes.
 func (n *Server) checkValue(field string, v []byte) error {
 	max := n.limits.MaxValueBytes
 	if len(v) > max {

@@ -390,6 +390,7 @@ type opOptions struct {
 	skipStateHash   bool
 	session         uint64
 	ifAbsent        bool
+	lockValue       []byte
 }
 
 func applyOpts(opts []OpOption) opOptions {
@@ -399,6 +400,11 @@ func applyOpts(opts []OpOption) opOptions {
 	}
 	return o
 }
+
+// WithLockValue is the value an Acquire asks to hold the lock with: an
+// election candidate's value, the lock's value while its session holds it
+// (see Session.Proclaim).
+func WithLockValue(v []byte) OpOption { return func(o *opOptions) { o.lockValue = v } }
 
 // WithTTL gives a put key a time to live.
 func WithTTL(d time.Duration) OpOption { return func(o *opOptions) { o.ttl = d } }

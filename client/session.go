@@ -386,17 +386,20 @@ func clampWait(ctx context.Context, wait time.Duration) time.Duration {
 // command, which the server never grants twice. Errors: ErrSessionExpired,
 // ErrLimitExceeded, ErrInvalidArgument, ErrIndeterminate (the session may
 // be queued or hold the lock: CancelWait cleans up), ErrUnavailable.
+// WithLockValue gives the value the session holds the lock with (an
+// election candidate's); a session that already holds the lock keeps its
+// value.
 //
 // The answer says what the server granted. Whether the session's lease
 // still holds in this client's view when the answer arrives (Deadline,
 // Done) is the caller's to check before relying on the lock: lock.Mutex
 // gives such a late grant back.
-func (s *Session) Acquire(ctx context.Context, name []byte, wait, lockDelay time.Duration) (*kvpb.AcquireResponse, error) {
+func (s *Session) Acquire(ctx context.Context, name []byte, wait, lockDelay time.Duration, opts ...OpOption) (*kvpb.AcquireResponse, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
 	wait = clampWait(ctx, wait)
-	req := &kvpb.AcquireRequest{Name: name, WaitMs: ms(wait), LockDelayMs: ms(lockDelay)}
+	req := &kvpb.AcquireRequest{Name: name, WaitMs: ms(wait), LockDelayMs: ms(lockDelay), Value: applyOpts(opts).lockValue}
 	return write(ctx, s.c, s, wait, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.AcquireResponse, error) {
 		req.Header = h
 		return kvpb.NewLockClient(cc).Acquire(ctx, req, opts...)
@@ -413,6 +416,21 @@ func (s *Session) Release(ctx context.Context, name []byte, token uint64) (*kvpb
 	return write(ctx, s.c, s, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.ReleaseResponse, error) {
 		req.Header = h
 		return kvpb.NewLockClient(cc).Release(ctx, req, opts...)
+	})
+}
+
+// Proclaim sets the value of lock name, held by this session with token,
+// without a new grant: the token stays (an election leader announcing new
+// data). Exactly-once. ErrStaleToken when token is not the current grant
+// or another session holds it.
+func (s *Session) Proclaim(ctx context.Context, name []byte, token uint64, value []byte) (*kvpb.ProclaimResponse, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	req := &kvpb.ProclaimRequest{Name: name, Token: token, Value: value}
+	return write(ctx, s.c, s, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.ProclaimResponse, error) {
+		req.Header = h
+		return kvpb.NewLockClient(cc).Proclaim(ctx, req, opts...)
 	})
 }
 

@@ -162,6 +162,8 @@ func (s *state) op(cmd *kvpb.Command) (*kvpb.RequestHeader, bool, func() *kvpb.C
 		return o.Release.GetHeader(), true, func() *kvpb.CommandResult { return s.release(o.Release) }
 	case *kvpb.Command_CancelWait:
 		return o.CancelWait.GetHeader(), true, func() *kvpb.CommandResult { return s.cancelWait(o.CancelWait) }
+	case *kvpb.Command_Proclaim:
+		return o.Proclaim.GetHeader(), true, func() *kvpb.CommandResult { return s.proclaim(o.Proclaim) }
 	case *kvpb.Command_Renew:
 		return nil, false, func() *kvpb.CommandResult { return s.renew(o.Renew) }
 	case *kvpb.Command_Break:

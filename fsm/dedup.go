@@ -69,7 +69,7 @@ func bodyDigest(cmd *kvpb.Command) uint64 {
 const maxRememberedMessage = 256
 
 // slim returns the copy of res a session remembers: res without keys,
-// values, lock names, waiter lists and long messages. res is not changed
+// values, lock names and values, waiter lists and long messages. res is not changed
 // (the big fields are set aside while it is copied, not copied).
 func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 	var restore []func()
@@ -88,6 +88,17 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 		if w := e.Waiters; w != nil {
 			e.Waiters = nil
 			restore = append(restore, func() { e.Waiters = w })
+		}
+	}
+	lockInfo := func(l *kvpb.LockInfo) {
+		if l == nil {
+			return
+		}
+		bytesField(&l.Name)
+		bytesField(&l.Value)
+		if w := l.Waiters; w != nil {
+			l.Waiters = nil
+			restore = append(restore, func() { l.Waiters = w })
 		}
 	}
 	switch r := res.Result.(type) {
@@ -117,13 +128,9 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 			}
 		}
 	case *kvpb.CommandResult_Acquire:
-		if l := r.Acquire.GetLock(); l != nil {
-			bytesField(&l.Name)
-			if w := l.Waiters; w != nil {
-				l.Waiters = nil
-				restore = append(restore, func() { l.Waiters = w })
-			}
-		}
+		lockInfo(r.Acquire.GetLock())
+	case *kvpb.CommandResult_Proclaim:
+		lockInfo(r.Proclaim.GetLock())
 	case *kvpb.CommandResult_Fill:
 		entry(r.Fill.GetEntry())
 	case *kvpb.CommandResult_Store:
@@ -154,7 +161,13 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 //     from the request, and its value from the state when the key still
 //     has the mod_index of the first answer (so the same value), else the
 //     first answer's metadata with value_unavailable set.
-//   - Acquire: the lock's name; the waiter list is not kept (empty).
+//   - Acquire: the lock's name; the waiter list is not kept (empty). The
+//     holder's value is the request's when this command granted the lock
+//     (token = the command's index: the grant took the request's value);
+//     otherwise (another holder, or a session that already held the lock
+//     and kept its value) it is left empty.
+//   - Proclaim: the lock's name, and the value the proclaim set (the
+//     request's); the waiter list is not kept (empty).
 //   - Store, CacheSet: key, and the value when this command stored it (the
 //     request's); otherwise the value the entry holds now if it is the same
 //     store (same filled index), else none.
@@ -203,8 +216,17 @@ func (s *state) retryAnswer(r *kvpb.CommandResult, cmd *kvpb.Command) (res *kvpb
 	case *kvpb.Command_Txn:
 		s.retryTxn(out.GetTxn(), o.Txn)
 	case *kvpb.Command_Acquire:
-		if l := out.GetAcquire().GetLock(); l != nil {
+		a := out.GetAcquire()
+		if l := a.GetLock(); l != nil {
 			l.Name = cloneBytes(o.Acquire.Name)
+			if a.Acquired && a.Token != 0 && a.Token == a.GetHeader().GetAppliedIndex() &&
+				l.Token == a.Token && l.Session == o.Acquire.GetHeader().GetSession() {
+				l.Value = cloneBytes(o.Acquire.Value)
+			}
+		}
+	case *kvpb.Command_Proclaim:
+		if l := out.GetProclaim().GetLock(); l != nil {
+			l.Name, l.Value = cloneBytes(o.Proclaim.Name), cloneBytes(o.Proclaim.Value)
 		}
 	case *kvpb.Command_Store:
 		st := out.GetStore()

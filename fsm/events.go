@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,7 +120,8 @@ func (s *state) sessionEnded(se *session) {
 }
 
 // lockChanged records what putLock changed, judged from the lock before
-// and after: a new holder, a holder gone, or only the line. Deadlines
+// and after: a new holder, a holder gone, the holder's value (Proclaim), or
+// only the line. Deadlines
 // moving (a renewal, a new leader's grace) and the lock-delay are not
 // changes a watch reports.
 func (s *state) lockChanged(old, l lockItem) {
@@ -136,6 +138,8 @@ func (s *state) lockChanged(old, l lockItem) {
 		t = kvpb.EventType_EVENT_TYPE_LOCK_RELEASE
 	case old.token != l.token:
 		t = kvpb.EventType_EVENT_TYPE_LOCK_HANDOFF
+	case l.token != 0 && !bytes.Equal(old.value, l.value):
+		t = kvpb.EventType_EVENT_TYPE_LOCK_VALUE
 	case !slices.EqualFunc(old.waiters, l.waiters, func(a, b lockWaiter) bool { return a.session == b.session }):
 		t = kvpb.EventType_EVENT_TYPE_LOCK_QUEUE
 	default:

@@ -278,9 +278,9 @@ func TestEventsMirrorState(t *testing.T) {
 }
 
 func lockSig(l *kvpb.LockInfo) string {
-	s := fmt.Sprintf("token=%d session=%d", l.GetToken(), l.GetSession())
+	s := fmt.Sprintf("token=%d session=%d value=%q", l.GetToken(), l.GetSession(), l.GetValue())
 	for _, w := range l.GetWaiters() {
-		s += fmt.Sprintf(" w%d", w.Session)
+		s += fmt.Sprintf(" w%d=%q", w.Session, w.Value)
 	}
 	return s
 }

@@ -252,6 +252,18 @@ func (f *FSM) LockHolder(name []byte, token uint64) (session uint64, ok bool) {
 func (f *FSM) Lock(name []byte, now int64) *kvpb.LockInfo {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	return f.lockLocked(name, now)
+}
+
+// LockAt is Lock, with the index of the state it read: a watch from that
+// index continues exactly after it (an election's Observe).
+func (f *FSM) LockAt(name []byte, now int64) (*kvpb.LockInfo, uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.lockLocked(name, now), f.s.index
+}
+
+func (f *FSM) lockLocked(name []byte, now int64) *kvpb.LockInfo {
 	l, ok := f.s.getLock(string(name))
 	lb, broken := f.s.lastBreaks[string(name)]
 	if !ok {

@@ -125,6 +125,16 @@ func cancelWait(sess uint64, name string) *kvpb.Command {
 	return &kvpb.Command{Op: &kvpb.Command_CancelWait{CancelWait: &kvpb.CancelWaitRequest{Header: hdr(sess, 0), Name: []byte(name)}}}
 }
 
+func acquireValue(sess, seq uint64, name string, waitMs, delayMs int64, value string) *kvpb.Command {
+	c := acquire(sess, seq, name, waitMs, delayMs)
+	c.GetAcquire().Value = []byte(value)
+	return c
+}
+
+func proclaim(h *kvpb.RequestHeader, name string, token uint64, value string) *kvpb.Command {
+	return &kvpb.Command{Op: &kvpb.Command_Proclaim{Proclaim: &kvpb.ProclaimRequest{Header: h, Name: []byte(name), Token: token, Value: []byte(value)}}}
+}
+
 func renew(name string, token uint64) *kvpb.Command {
 	return &kvpb.Command{Op: &kvpb.Command_Renew{Renew: &kvpb.RenewRequest{Name: []byte(name), Token: token}}}
 }

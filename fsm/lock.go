@@ -11,7 +11,11 @@ func waiterIndex(ws []lockWaiter, session uint64) int {
 }
 
 // proto renders a lock as seen at now: a holder whose session has expired by
-// now and waiters whose wait or session has ended are left out.
+// now and waiters whose wait or session has ended are left out. The
+// holder's value is shown; the waiters' values are not (they are kept, and
+// written to snapshots): a line of 1024 candidates with 1 MiB values would
+// make every answer and watch event about the lock 1 GiB.
+// Choice: a rendered lock carries at most one value.
 func (s *state) lockProto(l lockItem, now int64) *kvpb.LockInfo {
 	info := &kvpb.LockInfo{
 		Name:         []byte(l.name),
@@ -26,6 +30,7 @@ func (s *state) lockProto(l lockItem, now int64) *kvpb.LockInfo {
 		info.Session = l.session
 		info.HeldSince = l.heldSince
 		info.ExpiresAt = se.expiresAt
+		info.Value = cloneBytes(l.value)
 	}
 	for _, w := range l.waiters {
 		if se := s.sessions[w.session]; se != nil && se.expiresAt > now && w.waitUntil > now {
@@ -35,10 +40,12 @@ func (s *state) lockProto(l lockItem, now int64) *kvpb.LockInfo {
 	return info
 }
 
-// grant gives a free lock to session with token = this entry's index.
-func (s *state) grant(l *lockItem, session uint64, lockDelayMs int64) {
+// grant gives a free lock to session with token = this entry's index, and
+// the holder's value.
+func (s *state) grant(l *lockItem, session uint64, lockDelayMs int64, value []byte) {
 	l.token = s.index
 	l.session = session
+	l.value = value
 	l.heldSince = s.logTime
 	l.lockDelayMs = lockDelayMs
 	l.delayUntil = 0
@@ -77,7 +84,7 @@ func (s *state) grantNext(l *lockItem) {
 		if l.freedAt != 0 {
 			s.handoffs = append(s.handoffs, max(s.logTime-l.freedAt, 0))
 		}
-		s.grant(l, w.session, w.lockDelayMs)
+		s.grant(l, w.session, w.lockDelayMs, w.value)
 		return
 	}
 	l.waiters = nil
@@ -88,7 +95,7 @@ func (s *state) grantNext(l *lockItem) {
 // lock fell free in log time: now, or the deadline of the holder's expired
 // session (expiry runs at the first entry stamped after it).
 func (s *state) releaseLock(l *lockItem, involuntary bool, freedAt int64) {
-	l.token, l.session, l.heldSince = 0, 0, 0
+	l.token, l.session, l.heldSince, l.value = 0, 0, 0, nil
 	l.freedAt = freedAt
 	if involuntary && l.lockDelayMs > 0 && !bug("lock-delay-ignored") {
 		l.delayUntil = s.logTime + l.lockDelayMs*nsPerMs
@@ -128,7 +135,7 @@ func (s *state) acquire(req *kvpb.AcquireRequest) *kvpb.CommandResult {
 	result := &kvpb.CommandResult{Result: &kvpb.CommandResult_Acquire{Acquire: resp}}
 
 	switch {
-	case l.token != 0 && l.session == sess: // idempotent
+	case l.token != 0 && l.session == sess: // idempotent (the value stays: Proclaim changes it)
 		resp.Acquired, resp.Token = true, l.token
 	case waiterIndex(l.waiters, sess) >= 0: // already in line
 		resp.Position = uint32(waiterIndex(l.waiters, sess) + 1)
@@ -136,7 +143,7 @@ func (s *state) acquire(req *kvpb.AcquireRequest) *kvpb.CommandResult {
 		if maxLocks := s.limits.GetMaxLocksPerSession(); maxLocks > 0 && len(s.sessions[sess].locks) >= int(maxLocks) {
 			return fail(kvpb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED, "session %d holds %d locks, the limit", sess, maxLocks)
 		}
-		s.grant(&l, sess, req.LockDelayMs)
+		s.grant(&l, sess, req.LockDelayMs, cloneBytes(req.Value))
 		s.putLock(l)
 		resp.Acquired, resp.Token = true, l.token
 	case req.WaitMs > 0:
@@ -145,6 +152,7 @@ func (s *state) acquire(req *kvpb.AcquireRequest) *kvpb.CommandResult {
 		}
 		l.waiters = append(slices.Clip(l.waiters), lockWaiter{
 			session: sess, queuedAt: s.logTime, waitUntil: s.logTime + req.WaitMs*nsPerMs, lockDelayMs: req.LockDelayMs,
+			value: cloneBytes(req.Value),
 		})
 		s.putLock(l)
 		resp.Position = uint32(len(l.waiters))
@@ -180,6 +188,28 @@ func (s *state) cancelWait(req *kvpb.CancelWaitRequest) *kvpb.CommandResult {
 		s.putLock(l)
 	}
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_CancelWait{CancelWait: &kvpb.CancelWaitResponse{}}}
+}
+
+// proclaim sets the value of a lock held with req.Token by the requesting
+// session, without a new grant: the token (the election's term) stays.
+// STALE_TOKEN when the token is not the current grant, or when another
+// session holds it (a token alone does not let a session speak for the
+// holder).
+func (s *state) proclaim(req *kvpb.ProclaimRequest) *kvpb.CommandResult {
+	name := string(req.Name)
+	l, ok := s.getLock(name)
+	if !ok || l.token == 0 || l.token != req.Token || s.liveSession(l.session) == nil {
+		return staleToken(name, req.Token, l.token)
+	}
+	if sess := req.Header.GetSession(); l.session != sess {
+		r := fail(kvpb.ErrorCode_ERROR_CODE_STALE_TOKEN, "lock %q: token %d is held by session %d, not by session %d",
+			name, req.Token, l.session, sess)
+		r.CurrentToken = l.token
+		return r
+	}
+	l.value = cloneBytes(req.Value)
+	s.putLock(l)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Proclaim{Proclaim: &kvpb.ProclaimResponse{Lock: s.lockProto(l, s.logTime)}}}
 }
 
 func (s *state) renew(req *kvpb.RenewRequest) *kvpb.CommandResult {

@@ -37,7 +37,7 @@ import (
 // 4) and remembers results without values (see dedup.go). Results read from
 // an older snapshot are slimmed as they are read and have digest 0: a retry
 // of one of them is answered without comparing bodies.
-const formatVersion = 4
+const formatVersion = 5 // version 5: keys bound to sessions (KeyValue.session), lock values (LockInfo.value)
 
 // oldestFormatVersion is the oldest snapshot format Restore reads.
 const oldestFormatVersion = 1
@@ -51,7 +51,7 @@ const (
 	recKey      recordKind = 4  // kvpb.KeyValue
 	recSession  recordKind = 5  // 1 kvpb.SessionInfo (no locks), 2 min_pending_seq
 	recDedup    recordKind = 6  // 1 session, 2 seq, 3 kvpb.CommandResult, 4 body digest (version 3)
-	recLock     recordKind = 7  // 1 kvpb.LockInfo (no expires_at), 2 packed waiter lock_delay_ms
+	recLock     recordKind = 7  // 1 kvpb.LockInfo (no expires_at; value and waiters' values from version 5), 2 packed waiter lock_delay_ms
 	recCache    recordKind = 8  // 1 kvpb.CacheEntry, 2 has_value, 3 lease_ms, 4 packed waiter wait_until
 	recAuth     recordKind = 9  // 1 enabled, 2 token_key, 3 key_index, 4 revision (version 2)
 	recRole     recordKind = 10 // kvpb.Role (version 2)
@@ -222,11 +222,11 @@ func (snap *snapshot) encode(w io.Writer) error {
 		info := &kvpb.LockInfo{
 			Name: []byte(l.name), Token: l.token, Session: l.session, HeldSince: l.heldSince,
 			DelayUntil: l.delayUntil, BrokenToken: l.brokenToken, BrokenAt: l.brokenAt,
-			BrokenReason: l.brokenReason, LockDelayMs: l.lockDelayMs,
+			BrokenReason: l.brokenReason, LockDelayMs: l.lockDelayMs, Value: l.value,
 		}
 		var delays []uint64
 		for _, w := range l.waiters {
-			info.Waiters = append(info.Waiters, &kvpb.LockWaiter{Session: w.session, QueuedAt: w.queuedAt, WaitUntil: w.waitUntil})
+			info.Waiters = append(info.Waiters, &kvpb.LockWaiter{Session: w.session, QueuedAt: w.queuedAt, WaitUntil: w.waitUntil, Value: w.value})
 			delays = append(delays, uint64(w.lockDelayMs))
 		}
 		var b []byte
@@ -476,9 +476,9 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 		}
 		l := lockItem{name: string(info.Name), token: info.Token, session: info.Session, heldSince: info.HeldSince,
 			delayUntil: info.DelayUntil, brokenToken: info.BrokenToken, brokenAt: info.BrokenAt,
-			brokenReason: info.BrokenReason, lockDelayMs: info.LockDelayMs}
+			brokenReason: info.BrokenReason, lockDelayMs: info.LockDelayMs, value: info.Value}
 		for i, w := range info.Waiters {
-			lw := lockWaiter{session: w.Session, queuedAt: w.QueuedAt, waitUntil: w.WaitUntil}
+			lw := lockWaiter{session: w.Session, queuedAt: w.QueuedAt, waitUntil: w.WaitUntil, value: w.Value}
 			if i < len(delays) {
 				lw.lockDelayMs = int64(delays[i])
 			}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -22,6 +23,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 	var sessions []uint64
 	seqs := map[uint64]uint64{}
 	tokens := map[string]uint64{}
+	holders := map[string]uint64{} // session of the last grant seen, for Proclaim
 	keys := []string{"a", "b", "c", "d/1", "d/2"}
 	pick := func() string { return keys[rng.IntN(len(keys))] }
 	sess := func() uint64 {
@@ -57,6 +59,9 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 		case 7, 8:
 			s := sess()
 			cmd = acquire(s, next(s).Seq, "L"+pick(), int64(rng.IntN(3))*500, int64(rng.IntN(2))*200)
+			if rng.IntN(2) == 0 {
+				cmd.GetAcquire().Value = fmt.Appendf(nil, "candidate-%d", s)
+			}
 		case 9:
 			name := "L" + pick()
 			cmd = release(sess(), name, tokens[name])
@@ -64,7 +69,15 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 			cmd = cancelWait(sess(), "L"+pick())
 		case 11:
 			name := "L" + pick()
-			cmd = renew(name, tokens[name])
+			if rng.IntN(2) == 0 {
+				s := holders[name]
+				if rng.IntN(4) == 0 {
+					s = sess()
+				}
+				cmd = proclaim(next(s), name, tokens[name], fmt.Sprintf("value-%d", h.index))
+			} else {
+				cmd = renew(name, tokens[name])
+			}
 		case 12:
 			cmd = breakLock("L"+pick(), "test")
 		case 13, 14:
@@ -99,6 +112,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 		}
 		if a := cmd.GetAcquire(); a != nil && res.GetAcquire().GetToken() != 0 {
 			tokens[string(a.Name)] = res.GetAcquire().Token
+			holders[string(a.Name)] = a.GetHeader().GetSession()
 		}
 		if f := cmd.GetFill(); f != nil && res.GetFill().GetLeaseToken() != 0 {
 			tokens["C"+string(f.Key)] = res.GetFill().LeaseToken

@@ -75,7 +75,8 @@ type lockWaiter struct {
 	session     uint64
 	queuedAt    int64
 	waitUntil   int64
-	lockDelayMs int64 // from its Acquire, kept on the lock when granted
+	lockDelayMs int64  // from its Acquire, kept on the lock when granted
+	value       []byte // from its Acquire (an election candidate's value), the lock's value when granted
 }
 
 // lockItem is a lock that is held, has waiters or is within its delay.
@@ -87,6 +88,7 @@ type lockItem struct {
 	waiters      []lockWaiter // FIFO; replaced, never edited in place
 	delayUntil   int64
 	lockDelayMs  int64
+	value        []byte // the holder's value (elections); nil when free
 	brokenToken  uint64
 	brokenAt     int64
 	brokenReason string

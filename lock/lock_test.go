@@ -300,43 +300,12 @@ func TestFIFOOrderOfWaiters(t *testing.T) {
 	}
 }
 
-// flakyDialer is a network that a test can cut: existing connections are
-// closed and new ones refused.
-type flakyDialer struct {
-	dial  func(context.Context, string) (net.Conn, error)
-	mu    sync.Mutex
-	down  bool
-	conns []net.Conn
-}
-
-func (f *flakyDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.down {
-		return nil, errors.New("test: network down")
-	}
-	c, err := f.dial(ctx, addr)
-	if err == nil {
-		f.conns = append(f.conns, c)
-	}
-	return c, err
-}
-
-func (f *flakyDialer) cut() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.down = true
-	for _, c := range f.conns {
-		c.Close()
-	}
-}
-
 // TestLostBeforeServerExpiry: the holder's keepalives stop (its network is
 // cut); Lost closes before the server expires the session and grants the
 // lock to the next waiter.
 func TestLostBeforeServerExpiry(t *testing.T) {
 	cl := startCluster(t)
-	net1 := &flakyDialer{dial: cl.Dialer}
+	net1 := testcluster.NewNetSwitch(cl.Dialer)
 	c1 := newClient(t, cl, net1.Dial)
 	c2 := newClient(t, cl, nil)
 	const ttl = 2 * time.Second
@@ -356,7 +325,7 @@ func TestLostBeforeServerExpiry(t *testing.T) {
 	}()
 	waitFor(t, 5*time.Second, "m2 in line", func() bool { return waiters(t, c2, "critical_section") == 1 })
 	cut := time.Now()
-	net1.cut()
+	net1.Cut()
 
 	var lostAt time.Time
 	select {

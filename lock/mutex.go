@@ -45,6 +45,7 @@ type Mutex struct {
 	s         *Session
 	name      []byte
 	lockDelay time.Duration
+	value     []byte
 
 	mu sync.Mutex
 	h  *hold // current grant, nil when not held
@@ -79,6 +80,11 @@ type MutexOption func(*Mutex)
 // involuntary release (session expiry or break), so that a holder that lost
 // the lock without knowing has time to notice before the next one starts.
 func WithLockDelay(d time.Duration) MutexOption { return func(m *Mutex) { m.lockDelay = d } }
+
+// WithValue is the value the lock is held with while this Mutex holds it
+// (LockInfo.value): an election candidate's value. Package election uses
+// it; a plain lock needs none.
+func WithValue(v []byte) MutexOption { return func(m *Mutex) { m.value = v } }
 
 // NewMutex returns a mutex on the lock name, owned by s. It does no I/O.
 func NewMutex(s *Session, name string, opts ...MutexOption) *Mutex {
@@ -133,7 +139,7 @@ func (m *Mutex) Lock(ctx context.Context) error {
 			wait = time.Millisecond
 		}
 		start := time.Now()
-		resp, err := m.s.cs.Acquire(ctx, m.name, wait, m.lockDelay)
+		resp, err := m.s.cs.Acquire(ctx, m.name, wait, m.lockDelay, client.WithLockValue(m.value))
 		if err != nil {
 			m.cancelWait(ctx)
 			if ctx.Err() != nil {
@@ -181,7 +187,7 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 	if m.held() {
 		return ErrAlreadyLocked
 	}
-	resp, err := m.s.cs.Acquire(ctx, m.name, 0, m.lockDelay)
+	resp, err := m.s.cs.Acquire(ctx, m.name, 0, m.lockDelay, client.WithLockValue(m.value))
 	if err != nil {
 		return fmt.Errorf("lock %q: acquire: %w", m.name, err)
 	}

@@ -4,13 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"os/signal"
 	"strconv"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -192,72 +186,27 @@ func (a *app) lockRun(ctx context.Context, m *lock.Mutex, child []string, o lock
 		s.Close(cctx)
 	}
 
-	cmd := exec.Command(child[0], child[1:]...)
-	cmd.Env = append(os.Environ(),
-		"KVD_LOCK_NAME="+name,
-		"KVD_LOCK_TOKEN="+strconv.FormatUint(token, 10),
-		"KVD_LOCK_SESSION="+strconv.FormatUint(s.ID(), 10),
-	)
-	// kvctl writes its own messages to stderr while the child does; a
-	// stderr that is not a file (tests) is shared under a lock.
-	stderr := a.stderr
-	if _, ok := stderr.(*os.File); !ok {
-		stderr = &syncWriter{w: stderr}
-	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, stderr
-	cmd.WaitDelay = time.Second // a grandchild holding our pipes does not hold us
-	// The child leads a process group of its own, so that losing the lock
-	// stops everything it started (sh -c 'a; b' included), not only itself.
-	// kvctl forwards the signals it receives to that group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	signalGroup := func(sig syscall.Signal) {
-		if err := syscall.Kill(-cmd.Process.Pid, sig); err != nil {
-			cmd.Process.Signal(sig)
-		}
-	}
-
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-
-	if err := cmd.Start(); err != nil {
+	end, err := a.runGuarded(guardedChild{
+		argv: child,
+		env: []string{
+			"KVD_LOCK_NAME=" + name,
+			"KVD_LOCK_TOKEN=" + strconv.FormatUint(token, 10),
+			"KVD_LOCK_SESSION=" + strconv.FormatUint(s.ID(), 10),
+		},
+		lost: m.Lost(),
+		lostGrace: func() (time.Duration, string, error) {
+			lostErr := m.Err()
+			failed := errors.Is(lostErr, client.ErrSessionExpired) || !time.Now().Before(s.Deadline())
+			grace, why := killGrace(o.killGrace, failed, s.ServerDeadline(), m.LockDelay(), "--kill-grace")
+			return grace, why, lostErr
+		},
+		what: fmt.Sprintf("lock %q token %d", name, token),
+	})
+	if err != nil {
 		finish(false)
-		return fmt.Errorf("lock %q: start %s: %w", name, child[0], err)
+		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-
-	lost := m.Lost()
-	var kill <-chan time.Time
-	var lostErr error
-	var waitErr error
-loop:
-	for {
-		select {
-		case sig := <-sigs:
-			signalGroup(sig.(syscall.Signal))
-		case <-lost:
-			lost = nil
-			lostErr = m.Err()
-			grace, why := killGrace(o.killGrace, lostErr, s, m)
-			fmt.Fprintf(stderr, "kvctl: lock %q token %d lost (%v); sending SIGTERM to %s, %s\n",
-				name, token, lostErr, child[0], why)
-			signalGroup(syscall.SIGTERM)
-			if grace <= 0 {
-				signalGroup(syscall.SIGKILL)
-				continue
-			}
-			t := time.NewTimer(grace)
-			defer t.Stop()
-			kill = t.C
-		case <-kill:
-			kill = nil
-			fmt.Fprintf(stderr, "kvctl: %s still running after SIGTERM; sending SIGKILL\n", child[0])
-			signalGroup(syscall.SIGKILL)
-		case waitErr = <-exited:
-			break loop
-		}
-	}
+	lostErr, waitErr := end.lostErr, end.waitErr
 	// The child may have outlived the lock without our noticing yet (a
 	// paused process resumes with every timer due at once): judge by the
 	// session's deadline too.
@@ -275,61 +224,11 @@ loop:
 	if lostErr != nil {
 		return withCode(exitLockLost, fmt.Errorf("lock %q token %d lost while %s ran: %w", name, token, child[0], lostErr))
 	}
-	if waitErr == nil {
-		return nil
-	}
-	var ee *exec.ExitError
-	if errors.As(waitErr, &ee) {
-		code := ee.ExitCode()
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		}
-		return withCode(code, fmt.Errorf("%s exited with code %d", child[0], code))
-	}
-	return fmt.Errorf("lock %q: wait for %s: %w", name, child[0], waitErr)
+	return childExitErr(child[0], waitErr)
 }
 
 // lostCleanup bounds closing the session after the lock was lost.
 const lostCleanup = time.Second
-
-// killGrace is how long the child gets between SIGTERM and SIGKILL once
-// the lock is lost, and the words that say so: --kill-grace, but never
-// longer than until the server may hand the lock on. That is the session's
-// earliest expiry when the session failed, and the lock's lock delay when
-// the lock was broken (none without --lock-delay: at once).
-func killGrace(flag time.Duration, lostErr error, s *lock.Session, m *lock.Mutex) (time.Duration, string) {
-	var limit time.Duration
-	var because string
-	if errors.Is(lostErr, client.ErrSessionExpired) || !time.Now().Before(s.Deadline()) {
-		limit = max(0, time.Until(s.ServerDeadline()))
-		because = "the server may expire the session and grant the lock to another holder"
-	} else {
-		limit = m.LockDelay()
-		because = "the lock was broken and its --lock-delay ends"
-		if limit == 0 {
-			because = "the lock was broken with no --lock-delay, so the server may already have granted it to another holder"
-		}
-	}
-	if flag <= limit {
-		return flag, fmt.Sprintf("SIGKILL in %v (--kill-grace)", flag)
-	}
-	if limit <= 0 {
-		return 0, fmt.Sprintf("SIGKILL at once: %s (--kill-grace %v does not apply)", because, flag)
-	}
-	return limit, fmt.Sprintf("SIGKILL in %v, when %s (sooner than --kill-grace %v)", limit.Round(time.Millisecond), because, flag)
-}
-
-// syncWriter serializes writes to w.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
 
 func newLockReleaseCommand(a *app) *cobra.Command {
 	var token uint64

@@ -61,6 +61,9 @@ type app struct {
 	stderr io.Writer
 
 	client *client.Client
+	// sharedStderr is stderr shared with a child command under a lock
+	// (when stderr is not a file: tests).
+	sharedStderr io.Writer
 }
 
 // exitError carries a specific exit code out of a command.

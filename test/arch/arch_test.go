@@ -1,5 +1,5 @@
 // Package arch holds a test that keeps the import graph as the design draws
-// it: cmd/kvctl -> lock, cache -> client -> proto; cmd/kvd -> api -> node -> fsm -> proto.
+// it: cmd/kvctl -> election -> lock, cache -> client -> proto; cmd/kvd -> api -> node -> fsm -> proto.
 package arch
 
 import (
@@ -16,16 +16,17 @@ const module = "github.com/kvdproject/kvd"
 // forbidden maps a package to the packages (and external prefixes) it must
 // never depend on, directly or not.
 var forbidden = map[string][]string{
-	"proto/kvpb": {module + "/fsm", module + "/node", module + "/api", module + "/client", module + "/lock", module + "/cache"},
+	"proto/kvpb": {module + "/fsm", module + "/node", module + "/api", module + "/client", module + "/lock", module + "/cache", module + "/election"},
 	// The fsm knows nothing of Raft: node's adapter translates entries.
 	// Metrics read the fsm from outside (node.Collector).
 	"fsm": {module + "/node", module + "/api", module + "/client", module + "/lock", module + "/cache", "github.com/hashicorp/raft",
 		"github.com/prometheus"},
-	"node":   {module + "/api", module + "/client", module + "/lock", module + "/cache"},
-	"client": {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"lock":   {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"cache":  {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
-	"api":    {module + "/client", module + "/lock", module + "/cache"},
+	"node":     {module + "/api", module + "/client", module + "/lock", module + "/cache"},
+	"client":   {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"lock":     {module + "/api", module + "/fsm", "github.com/hashicorp/raft", module + "/election"},
+	"election": {module + "/api", module + "/fsm", module + "/node", "github.com/hashicorp/raft"},
+	"cache":    {module + "/api", module + "/fsm", "github.com/hashicorp/raft"},
+	"api":      {module + "/client", module + "/lock", module + "/cache", module + "/election"},
 }
 
 func TestImportDirection(t *testing.T) {
