@@ -237,16 +237,22 @@ func leaderOf(li *kvpb.LockInfo, index uint64) (Leader, bool) {
 // Leader reads who leads the election now (a linearizable read; the
 // client's WithStale for a stale one). ErrNoLeader when nobody does.
 func (e *Election) Leader(ctx context.Context, opts ...client.OpOption) (Leader, error) {
-	resp, err := e.s.Client().GetLock(ctx, []byte(e.name), opts...)
+	return LeaderOf(ctx, e.s.Client(), e.name, opts...)
+}
+
+// LeaderOf is Election.Leader for a reader that does not campaign: it
+// needs no session.
+func LeaderOf(ctx context.Context, c *client.Client, name string, opts ...client.OpOption) (Leader, error) {
+	resp, err := c.GetLock(ctx, []byte(name), opts...)
 	if errors.Is(err, client.ErrNotFound) {
-		return Leader{}, fmt.Errorf("election %q: %w", e.name, ErrNoLeader)
+		return Leader{}, fmt.Errorf("election %q: %w", name, ErrNoLeader)
 	}
 	if err != nil {
-		return Leader{}, fmt.Errorf("election %q: leader: %w", e.name, err)
+		return Leader{}, fmt.Errorf("election %q: leader: %w", name, err)
 	}
 	l, ok := leaderOf(resp.GetLock(), resp.GetHeader().GetAppliedIndex())
 	if !ok {
-		return Leader{}, fmt.Errorf("election %q: %w", e.name, ErrNoLeader)
+		return Leader{}, fmt.Errorf("election %q: %w", name, ErrNoLeader)
 	}
 	return l, nil
 }
@@ -261,10 +267,15 @@ func (e *Election) Leader(ctx context.Context, opts ...client.OpOption) (Leader,
 // watch fails for good (for instance for lack of read permission on the
 // lock). Receive promptly: the watch waits for the receiver.
 func (e *Election) Observe(ctx context.Context) <-chan Leader {
+	return Observe(ctx, e.s.Client(), e.name)
+}
+
+// Observe is Election.Observe for an observer that does not campaign: it
+// needs no session.
+func Observe(ctx context.Context, c *client.Client, name string) <-chan Leader {
 	ch := make(chan Leader)
 	go func() {
 		defer close(ch)
-		c := e.s.Client()
 		var last Leader
 		have := false
 		// emit sends l when it is a change: another term or another value.
@@ -284,7 +295,7 @@ func (e *Election) Observe(ctx context.Context) <-chan Leader {
 				return false
 			}
 		}
-		resp, err := c.GetLock(ctx, []byte(e.name))
+		resp, err := c.GetLock(ctx, []byte(name))
 		if err != nil && !errors.Is(err, client.ErrNotFound) {
 			return
 		}
@@ -294,7 +305,7 @@ func (e *Election) Observe(ctx context.Context) <-chan Leader {
 		}
 		var snap *kvpb.LockInfo // the lock in a snapshot being received
 		var snapIndex uint64
-		for ev, err := range c.Watch(ctx, []byte(e.name), client.OnLocks(), client.FromIndex(from)) {
+		for ev, err := range c.Watch(ctx, []byte(name), client.OnLocks(), client.FromIndex(from)) {
 			if err != nil {
 				return
 			}

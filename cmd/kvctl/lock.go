@@ -549,6 +549,9 @@ func (a *app) printLock(li *kvpb.LockInfo, h *kvpb.ResponseHeader) error {
 		fmt.Fprintf(w, "session:    %d\n", li.GetSession())
 		fmt.Fprintf(w, "held since: %s\n", when(li.GetHeldSince(), h))
 		fmt.Fprintf(w, "expires:    %s\n", when(li.GetExpiresAt(), h))
+		if li.GetValue() != nil {
+			fmt.Fprintf(w, "value:      %s\n", printable(li.GetValue()))
+		}
 	}
 	if li.GetLockDelayMs() != 0 {
 		fmt.Fprintf(w, "lock delay: %v\n", time.Duration(li.GetLockDelayMs())*time.Millisecond)

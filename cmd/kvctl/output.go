@@ -176,6 +176,9 @@ func lockObject(li *kvpb.LockInfo, h *kvpb.ResponseHeader) *object {
 		set("session", li.GetSession()).
 		instant("held_since", li.GetHeldSince()).
 		instant("expires_at", li.GetExpiresAt())
+	if li.GetValue() != nil {
+		o.bytes("value", li.GetValue())
+	}
 	waiters := []*object{}
 	for _, w := range li.GetWaiters() {
 		waiters = append(waiters, part(h).set("session", w.GetSession()).
