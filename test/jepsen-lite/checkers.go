@@ -233,20 +233,42 @@ func CheckRegister(ops []Op, perKey time.Duration, dir string) *Verdict {
 // CheckLocks checks grants, fenced writes and the outside resource.
 func CheckLocks(ops []Op) *Verdict {
 	v := newVerdict("lock")
+	checkGrants(v, ops, lockGrantOps)
+	return v
+}
+
+// grantOps names the operations of a workload built on locks: the lock
+// workload's acquire and release, an election's campaign and resign. Both
+// record the same fenced-put, resource, cancel-wait, close-session and
+// session-end operations.
+type grantOps struct {
+	workload, acquire, release string
+}
+
+var (
+	lockGrantOps     = grantOps{workload: "lock", acquire: "acquire", release: "release"}
+	electionGrantOps = grantOps{workload: "election", acquire: "campaign", release: "resign"}
+)
+
+// checkGrants checks one lock-based workload's grants, fenced writes and
+// its use of the outside resource, into v. A grant whose lock state (log
+// time of the grant, the session's deadline) was not read is judged on
+// what does not need it.
+func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 	end := maxTime(ops)
 	grants := byKey(ops, func(op *Op) bool {
-		return op.Workload == "lock" && op.Type == "acquire" && op.Outcome == OK && op.Token > 0
+		return op.Workload == g0.workload && op.Type == g0.acquire && op.Outcome == OK && op.Token > 0
 	})
 	// Ops that end a session's hold voluntarily, by session.
 	enders := map[uint64][]*Op{}
 	sessionEnd := map[uint64]int64{}
 	for i := range ops {
 		op := &ops[i]
-		if op.Workload != "lock" {
+		if op.Workload != g0.workload {
 			continue
 		}
 		switch op.Type {
-		case "release", "cancel-wait", "close-session":
+		case g0.release, "cancel-wait", "close-session":
 			enders[op.Session] = append(enders[op.Session], op)
 		case "session-end":
 			sessionEnd[op.Session] = op.Invoke
@@ -256,7 +278,7 @@ func CheckLocks(ops []Op) *Verdict {
 		m := map[string]map[uint64][]*Op{}
 		for i := range ops {
 			op := &ops[i]
-			if op.Workload == "lock" && op.Type == typ && op.Outcome == OK {
+			if op.Workload == g0.workload && op.Type == typ && op.Outcome == OK {
 				if m[op.Key] == nil {
 					m[op.Key] = map[uint64][]*Op{}
 				}
@@ -265,7 +287,7 @@ func CheckLocks(ops []Op) *Verdict {
 		}
 		return m
 	}
-	puts, releases, resource := byToken("fenced-put"), byToken("release"), byToken("resource")
+	puts, releases, resource := byToken("fenced-put"), byToken(g0.release), byToken("resource")
 	for _, name := range sortedKeys(grants) {
 		gs := grants[name]
 		sort.Slice(gs, func(i, j int) bool { return gs[i].Token < gs[j].Token })
@@ -292,7 +314,11 @@ func CheckLocks(ops []Op) *Verdict {
 				continue
 			}
 			p := uniq[i-1]
-			if g.HeldSince < p.HeldSince {
+			known := g.HeldSince > 0 && p.HeldSince > 0
+			if !known {
+				v.Counts["grants-without-lock-state"]++
+			}
+			if known && g.HeldSince < p.HeldSince {
 				v.fail("lock %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order",
 					name, g.Token, g.HeldSince, p.Token, p.HeldSince)
 			}
@@ -324,7 +350,7 @@ func CheckLocks(ops []Op) *Verdict {
 			// also kept its lock-delay after that deadline (the deadline
 			// can only have moved later since).
 			delay := p.LockDelayMs * int64(time.Millisecond)
-			if p.Session != g.Session && g.HeldSince < p.ExpiresAt+delay {
+			if known && p.Session != g.Session && g.HeldSince < p.ExpiresAt+delay {
 				given := false
 				for _, e := range enders[p.Session] {
 					if e.Invoke <= g.Complete && (e.Type == "close-session" || e.Key == name) {
@@ -356,8 +382,11 @@ func CheckLocks(ops []Op) *Verdict {
 				// The client's view of the session had ended before the
 				// grant was returned: a careful holder does not use it.
 				recipe := "client.Session.Acquire"
-				if g.Recipe == "mutex" {
+				switch g.Recipe {
+				case "mutex":
 					recipe = "lock.Mutex.Lock"
+				case "election":
+					recipe = "election.Campaign"
 				}
 				v.Counts["grants-returned-after-session-end"]++
 				v.Counts["grants-returned-after-session-end/"+recipe]++
@@ -401,7 +430,7 @@ func CheckLocks(ops []Op) *Verdict {
 		v.Counts["resource-accepted"] += len(acc)
 	}
 	for _, op := range ops {
-		if op.Workload != "lock" {
+		if op.Workload != g0.workload {
 			continue
 		}
 		switch {
@@ -413,7 +442,6 @@ func CheckLocks(ops []Op) *Verdict {
 			v.Counts["resource-rejected"]++
 		}
 	}
-	return v
 }
 
 // ---------------------------------------------------------------------------
