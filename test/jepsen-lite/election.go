@@ -136,11 +136,26 @@ func electionTerm(ctx context.Context, e *Env, c *client.Client, ls *lock.Sessio
 		e.H.OK(cop, nil)
 		return true
 	}
+	// A term the candidate saw end (Lost) may still stand on the server,
+	// until its session expires there: Resign then returns nil without
+	// releasing anything once the Election has forgotten the term. Such a
+	// resign says nothing certain about the server.
+	lost := false
+	select {
+	case <-el.Lost():
+		lost = true
+	default:
+	}
 	rctx, cancel := opCtx(ctx)
 	defer cancel()
 	rop := e.H.Invoke(&Op{Client: id, Workload: "election", Type: "resign", Key: name, Token: token, Session: ls.ID()})
-	if err := el.Resign(rctx); err != nil {
+	err = el.Resign(rctx)
+	switch {
+	case err != nil:
 		e.H.Info(rop, err) // still leading, as far as it knows
+		return false
+	case lost:
+		e.H.Info(rop, errors.New("the term was lost before the resign: its end on the server is the session's"))
 		return false
 	}
 	// Resign gives no header: the term ended, not known where in the log.
