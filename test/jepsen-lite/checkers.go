@@ -296,7 +296,7 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 		for _, g := range gs {
 			if len(uniq) > 0 && uniq[len(uniq)-1].Token == g.Token {
 				if uniq[len(uniq)-1].Session != g.Session {
-					v.fail("lock %s: token %d granted to sessions %d and %d", name, g.Token, uniq[len(uniq)-1].Session, g.Session)
+					v.fail("%s %s: token %d granted to sessions %d and %d", g0.workload, name, g.Token, uniq[len(uniq)-1].Session, g.Session)
 				}
 				continue
 			}
@@ -308,7 +308,7 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 				// The header understates the state that served the grant
 				// (a known api quirk for waiters): reported, not failed on.
 				v.Counts["header-index-below-token"]++
-				v.note("lock %s: acquire answer's header index %d is below its token %d (the granting entry)", name, g.Index, g.Token)
+				v.note("%s %s: acquire answer's header index %d is below its token %d (the granting entry)", g0.workload, name, g.Index, g.Token)
 			}
 			if i == 0 {
 				continue
@@ -319,13 +319,11 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 				v.Counts["grants-without-lock-state"]++
 			}
 			if known && g.HeldSince < p.HeldSince {
-				v.fail("lock %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order",
-					name, g.Token, g.HeldSince, p.Token, p.HeldSince)
+				v.fail("%s %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order", g0.workload, name, g.Token, g.HeldSince, p.Token, p.HeldSince)
 			}
 			for _, w := range puts[name][p.Token] {
 				if w.Effect > g.Token {
-					v.fail("lock %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)",
-						name, p.Token, w.Effect, g.Token)
+					v.fail("%s %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)", g0.workload, name, p.Token, w.Effect, g.Token)
 				}
 			}
 			for _, r := range releases[name][p.Token] {
@@ -334,14 +332,12 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 				// not say where they applied (a retry's header is the
 				// retry's index), so they are not judged here.
 				if r.Effect > g.Token {
-					v.fail("lock %s: grants overlap in log order: token %d released at index %d, after token %d was granted",
-						name, p.Token, r.Effect, g.Token)
+					v.fail("%s %s: grants overlap in log order: token %d released at index %d, after token %d was granted", g0.workload, name, p.Token, r.Effect, g.Token)
 				}
 			}
 			for _, r := range resource[name][p.Token] {
 				if r.Index >= g.Token {
-					v.fail("lock %s: CheckFence said token %d is valid at index %d, after token %d was granted (resource accepted a stale token)",
-						name, p.Token, r.Index, g.Token)
+					v.fail("%s %s: CheckFence said token %d is valid at index %d, after token %d was granted (resource accepted a stale token)", g0.workload, name, p.Token, r.Index, g.Token)
 				}
 			}
 			// The previous holder's session deadline (as of its grant) had
@@ -360,11 +356,9 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 				switch {
 				case given:
 				case g.HeldSince < p.ExpiresAt:
-					v.fail("lock %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release",
-						name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
+					v.fail("%s %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release", g0.workload, name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
 				default:
-					v.fail("lock %s: token %d granted at log time %d, %v after holder of token %d (session %d) expired at %d: inside its lock-delay of %v",
-						name, g.Token, g.HeldSince, time.Duration(g.HeldSince-p.ExpiresAt), p.Token, p.Session, p.ExpiresAt, time.Duration(delay))
+					v.fail("%s %s: token %d granted at log time %d, %v after holder of token %d (session %d) expired at %d: inside its lock-delay of %v", g0.workload, name, g.Token, g.HeldSince, time.Duration(g.HeldSince-p.ExpiresAt), p.Token, p.Session, p.ExpiresAt, time.Duration(delay))
 				}
 			}
 			if delay > 0 {
@@ -390,8 +384,7 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 				}
 				v.Counts["grants-returned-after-session-end"]++
 				v.Counts["grants-returned-after-session-end/"+recipe]++
-				v.note("lock %s: %s returned token %d to session %d %v after the client's view of that session ended",
-					name, recipe, g.Token, g.Session, time.Duration(g.Complete-se))
+				v.note("%s %s: %s returned token %d to session %d %v after the client's view of that session ended", g0.workload, name, recipe, g.Token, g.Session, time.Duration(g.Complete-se))
 				continue
 			}
 			e := end
@@ -409,8 +402,7 @@ func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 			for j := i + 1; j < len(ivs); j++ {
 				if ivs[i].start < ivs[j].end && ivs[j].start < ivs[i].end {
 					v.Counts["wall-clock-overlaps"]++
-					v.note("lock %s: holders of tokens %d and %d both believed they held it for %v",
-						name, ivs[i].tok, ivs[j].tok, time.Duration(min(ivs[i].end, ivs[j].end)-max(ivs[i].start, ivs[j].start)))
+					v.note("%s %s: holders of tokens %d and %d both believed they held it for %v", g0.workload, name, ivs[i].tok, ivs[j].tok, time.Duration(min(ivs[i].end, ivs[j].end)-max(ivs[i].start, ivs[j].start)))
 				}
 			}
 		}
