@@ -321,8 +321,8 @@ func Run(cfg Config) (*Summary, error) {
 		{RegisterWorker, 20}, {CounterWorker, 3}, {TTLWorker, 2},
 		{LockWorker(true), 2}, {LockWorker(false), 2},
 		{MemoWorker, 3}, {MemoizeWorker, 3}, {WatchWriter, 2},
-		{ElectionCandidate, 4}, {ElectionObserver, 2},
-		{BankTransfer, 3}, {BankReader, 1},
+		{ElectionCandidate, 3}, {ElectionObserver, 1},
+		{BankTransfer, 2}, {BankReader, 1},
 	}
 	var wg sync.WaitGroup
 	id := 0
