@@ -247,8 +247,8 @@ func leaderOp(op *Op, l election.Leader) {
 //     T <= I, and no grant made between them (a token in (T, I]): the
 //     state at I could not have had T as leader;
 //   - a leader seen with a token some campaign was granted has that
-//     campaign's session, and its value is the campaign's or one of the
-//     term's proclaims;
+//     campaign's session, and its value is one of the session's campaign
+//     values for the election or one of the term's proclaims;
 //   - Leader is linearizable against the grants: a read invoked after a
 //     campaign returned, a resign returned or another read returned sees
 //     no token below theirs, and not a token that had resigned.
@@ -261,15 +261,34 @@ func CheckElection(ops []Op) *Verdict {
 	}
 	terms := map[string]map[uint64]*term{} // election -> token -> term
 	granted := map[string][]uint64{}       // election -> tokens granted, sorted
+	// A session that campaigns again while it leads (its last campaign's
+	// or resign's outcome was unknown) gets its term back, with the value
+	// that term had: any of the session's campaign values may stand.
+	type candidacy struct {
+		key     string
+		session uint64
+	}
+	campaignValues := map[candidacy][]string{}
 	for i := range ops {
 		op := &ops[i]
-		if op.Workload == "election" && op.Type == "campaign" && op.Outcome == OK && op.Token > 0 {
+		if op.Workload != "election" || op.Type != "campaign" {
+			continue
+		}
+		campaignValues[candidacy{op.Key, op.Session}] = append(campaignValues[candidacy{op.Key, op.Session}], op.Value)
+		if op.Outcome == OK && op.Token > 0 {
 			if terms[op.Key] == nil {
 				terms[op.Key] = map[uint64]*term{}
 			}
 			if terms[op.Key][op.Token] == nil {
-				terms[op.Key][op.Token] = &term{grant: op, values: map[string]bool{op.Value: true}}
+				terms[op.Key][op.Token] = &term{grant: op, values: map[string]bool{}}
 				granted[op.Key] = append(granted[op.Key], op.Token)
+			}
+		}
+	}
+	for key, ts := range terms {
+		for _, t := range ts {
+			for _, val := range campaignValues[candidacy{key, t.grant.Session}] {
+				t.values[val] = true
 			}
 		}
 	}
@@ -306,7 +325,7 @@ func CheckElection(ops []Op) *Verdict {
 				op.Key, op.Type, op.ID, op.Token, op.Session, t.grant.Session)
 		}
 		if !t.values[op.Value] {
-			v.fail("election %s: %s (op %d) saw token %d with value %q, which neither its campaign nor its proclaims set",
+			v.fail("election %s: %s (op %d) saw token %d with value %q, which neither its session's campaigns nor its proclaims set",
 				op.Key, op.Type, op.ID, op.Token, op.Value)
 		}
 	}

@@ -26,6 +26,10 @@ func TestCheckElection(t *testing.T) {
 		// may have been granted.
 		el(Op{ID: 12, Type: "campaign", Session: 3, Value: "c", Invoke: 11, Complete: 20, Outcome: Info}),
 		el(Op{ID: 13, Type: "leader", Client: 51, Token: 15, Session: 3, Value: "c", Index: 15, Found: true, Invoke: 15, Complete: 16}),
+		// The same session campaigns again and gets its term back, with
+		// the value it had (its lock state not read back).
+		el(Op{ID: 14, Type: "campaign", Token: 15, Session: 3, Value: "c2", Invoke: 17, Complete: 18, Recipe: "election"}),
+		el(Op{ID: 15, Type: "observe", Client: 50, Token: 15, Session: 3, Value: "c", Index: 15, Found: true, Invoke: 18, Complete: 18}),
 	}
 	if v := CheckElection(base); !v.Pass {
 		t.Fatalf("CheckElection(good) failed: %v", v.Problems)
