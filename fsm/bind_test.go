@@ -118,8 +118,14 @@ func TestDeletePrefix(t *testing.T) {
 	if h.get("a") == nil {
 		t.Fatal("a fenced delete-prefix refused by its fence deleted a key")
 	}
-	if n := h.ok(delPrefix("")).GetDelete().Deleted; n != 3 {
-		t.Errorf("delete of prefix \"\" deleted %d, want every key (3)", n)
+	sess := h.session(60000)
+	tok := h.ok(acquire(sess, 0, "L", 0, 0)).GetAcquire().Token
+	if n := h.ok(&kvpb.Command{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Key: []byte("ap"), Prefix: true,
+		Fence: &kvpb.Fence{Lock: []byte("L"), Token: tok}}}}).GetDelete().Deleted; n != 1 {
+		t.Errorf("fenced delete-prefix with the current token deleted %d, want 1 (apq)", n)
+	}
+	if n := h.ok(delPrefix("")).GetDelete().Deleted; n != 2 {
+		t.Errorf("delete of prefix \"\" deleted %d, want every key (2)", n)
 	}
 	if st := h.f.Stats(); st.Keys != 0 || st.KVBytes != 0 {
 		t.Errorf("after deleting every key: %d keys, %d bytes", st.Keys, st.KVBytes)
@@ -244,5 +250,26 @@ func TestBoundKeysSurviveSnapshot(t *testing.T) {
 	g.ok(closeSession(s))
 	if g.get("a") != nil || g.get("b") != nil || g.get("c") == nil {
 		t.Error("closing the session after a restore did not delete exactly its keys")
+	}
+}
+
+func TestDeletePrefixRetryIsAnsweredOnce(t *testing.T) {
+	h := newHarness(t)
+	s := h.session(60000)
+	h.ok(put("p/1", "1", 0))
+	h.ok(put("p/2", "1", 0))
+	cmd := func() *kvpb.Command {
+		return &kvpb.Command{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Header: hdr(s, 1), Key: []byte("p/"), Prefix: true}}}
+	}
+	if n := h.ok(cmd()).GetDelete().Deleted; n != 2 {
+		t.Fatalf("deleted %d, want 2", n)
+	}
+	h.ok(put("p/3", "1", 0)) // a new key under the prefix: a retry must not delete it
+	evs := h.applyEv(cmd())
+	if len(evs) != 0 || h.get("p/3") == nil {
+		t.Errorf("a retried delete-prefix applied again: events %q", describe(evs))
+	}
+	if n := h.ok(cmd()).GetDelete().Deleted; n != 2 {
+		t.Errorf("retry answered deleted %d, want the first answer's 2", n)
 	}
 }
