@@ -246,6 +246,14 @@ func once[R any](ctx context.Context, c *Client, send sendFunc[R]) (R, error) {
 // ends. It returns ErrIndeterminate if an attempt may have reached the log
 // and no definite answer came, ErrUnavailable if none can have.
 func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duration, send writeFunc[R]) (R, error) {
+	return writeCmd(ctx, c, s, extra, false, send)
+}
+
+// writeCmd is write for a command that may also name a session in its
+// body (binds names a put's session, WithSession): SESSION_EXPIRED may then
+// be about that session rather than s, and the client asks the server
+// which before it gives s up.
+func writeCmd[R any](ctx context.Context, c *Client, s *Session, extra time.Duration, binds bool, send writeFunc[R]) (R, error) {
 	var zero R
 	own := s == nil
 	if own {
@@ -281,6 +289,14 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 		case classFinal:
 			code := codeOf(r.err)
 			switch {
+			case code == kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED && binds && !c.sessionGone(ctx, s.id):
+				// The session the command binds a key to has ended, not
+				// s. An earlier attempt may have been applied before it
+				// ended (a retry is refused before the log).
+				if maybe {
+					return zero, indeterminate(r.err, nil)
+				}
+				return zero, r.err
 			case code == kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED:
 				s.expire(r.err)
 				if own && !maybe {
@@ -331,6 +347,13 @@ func write[R any](ctx context.Context, c *Client, s *Session, extra time.Duratio
 			return zero, unavailable(last, ctx.Err())
 		}
 	}
+}
+
+// sessionGone reports whether the server says session id has ended; false
+// when it is live or the question got no answer.
+func (c *Client) sessionGone(ctx context.Context, id uint64) bool {
+	_, err := c.GetSession(ctx, id)
+	return isExpired(err)
 }
 
 // codeOf returns the ErrorCode of a kvd answer, OK for any other error.

@@ -506,7 +506,8 @@ func sendAdd(req *kvpb.AddRequest) writeFunc[*kvpb.AddResponse] {
 // gone), ErrInvalidArgument, ErrIndeterminate (may have been applied),
 // ErrUnavailable (was not).
 func (c *Client) Put(ctx context.Context, key, value []byte, opts ...OpOption) (*kvpb.PutResponse, error) {
-	return write(ctx, c, nil, 0, sendPut(putRequest(key, value, applyOpts(opts))))
+	o := applyOpts(opts)
+	return writeCmd(ctx, c, nil, 0, o.session != 0, sendPut(putRequest(key, value, o)))
 }
 
 // Get reads a key (linearizable; WithStale for a local read). A missing or

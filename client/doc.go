@@ -5,10 +5,10 @@
 // # Exactly-once writes
 //
 // Every mutating call carries a RequestHeader (session, seq, min_pending_seq).
-// Plain writes (Client.Put, Delete, Add, CacheSet, Invalidate, BreakLock) run
-// under the client's own session, created on the first write with
-// Config.SessionTTL, kept alive in the background and recreated when it
-// ends. A Session made with NewSession has its own sequence. A command keeps
+// Plain writes (Client.Put, Delete, DeletePrefix, Add, Touch, Txn's Commit,
+// CacheSet, Invalidate, BreakLock) run under the client's own session,
+// created on the first write with Config.SessionTTL, kept alive in the
+// background and recreated when it ends. A Session made with NewSession has its own sequence. A command keeps
 // its seq across every retry, so the server applies it at most once and a
 // retry gets the first result. min_pending_seq is the lowest seq still in
 // flight in the session.
@@ -19,6 +19,19 @@
 // is ErrIndeterminate; if none can have, ErrUnavailable. A write under the
 // client's own session that finds the session expired is rerun under a new
 // session when no earlier attempt can have been applied.
+//
+// A put (or a transaction's put) WithSession names a second session, the
+// one the key is bound to. The server answers SESSION_EXPIRED when either
+// session has ended; the client then asks the server (GetSession) whether
+// its own, the writing session, is still live, and if so returns
+// ErrSessionExpired for the bound one without giving up the writing
+// session.
+//
+// # Transactions
+//
+// Client.Txn and Session.Txn build a transaction in the manner of etcd's
+// clientv3: If(Compare(...)...).Then(OpPut(...)...).Else(...).Commit(ctx).
+// It is one command, exactly-once like any other write.
 //
 // # Reads
 //

@@ -485,7 +485,8 @@ func (s *Session) Put(ctx context.Context, key, value []byte, opts ...OpOption) 
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	return write(ctx, s.c, s, 0, sendPut(putRequest(key, value, applyOpts(opts))))
+	o := applyOpts(opts)
+	return writeCmd(ctx, s.c, s, 0, o.session != 0, sendPut(putRequest(key, value, o)))
 }
 
 // Delete removes key under this session (WithExpectedVersion, WithFence).

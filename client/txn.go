@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc"
@@ -310,6 +311,9 @@ func txnArgError(field string, err error) error {
 // ErrSessionExpired (an OpPut WithSession of a session that is gone),
 // ErrIndeterminate (may have been applied), ErrUnavailable (was not).
 func (t *Txn) Commit(ctx context.Context) (*kvpb.TxnResponse, error) {
+	if t.c == nil {
+		return nil, errors.New("kvd: Txn.Commit: the Txn was not made by Client.Txn or Session.Txn")
+	}
 	req, err := t.Request()
 	if err != nil {
 		return nil, err
@@ -319,7 +323,13 @@ func (t *Txn) Commit(ctx context.Context) (*kvpb.TxnResponse, error) {
 			return nil, err
 		}
 	}
-	return write(ctx, t.c, t.s, 0, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.TxnResponse, error) {
+	binds := false
+	for _, ops := range [][]*kvpb.TxnOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			binds = binds || op.GetPut().GetSession() != 0
+		}
+	}
+	return writeCmd(ctx, t.c, t.s, 0, binds, func(ctx context.Context, cc grpc.ClientConnInterface, h *kvpb.RequestHeader, opts ...grpc.CallOption) (*kvpb.TxnResponse, error) {
 		req.Header = h
 		return kvpb.NewKVClient(cc).Txn(ctx, req, opts...)
 	})

@@ -137,6 +137,13 @@ func TestTxnRetryKeepsSequence(t *testing.T) {
 	}
 }
 
+// A Txn made without a client can build a request but not commit it.
+func TestTxnWithoutClient(t *testing.T) {
+	if _, err := (&Txn{}).Then(OpGet([]byte("k"))).Commit(t.Context()); err == nil || !strings.Contains(err.Error(), "not made by Client.Txn") {
+		t.Errorf("Commit of a zero Txn = %v, want an error saying to use Client.Txn", err)
+	}
+}
+
 // Session.Txn runs under that session, and refuses to once it is closed.
 func TestSessionTxn(t *testing.T) {
 	f := newFake(t, "a")

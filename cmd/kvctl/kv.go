@@ -29,6 +29,18 @@ func parseConsistency(s string) ([]client.OpOption, error) {
 	return nil, &usageError{fmt.Sprintf("--consistency: want linearizable or stale, got %q", s)}
 }
 
+// withFence adds the option of --fence LOCK:TOKEN to opts ("" adds none).
+func withFence(opts []client.OpOption, fence string) ([]client.OpOption, error) {
+	if fence == "" {
+		return opts, nil
+	}
+	f, err := parseFence(fence)
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, f), nil
+}
+
 // parseFence parses --fence LOCK:TOKEN (the lock name may contain ':').
 func parseFence(s string) (client.OpOption, error) {
 	i := strings.LastIndexByte(s, ':')
@@ -94,12 +106,9 @@ The write is exactly-once: it is retried across leader changes until
 			if cmd.Flags().Changed("expect-version") {
 				opts = append(opts, client.WithExpectedVersion(expect))
 			}
-			if fence != "" {
-				f, err := parseFence(fence)
-				if err != nil {
-					return err
-				}
-				opts = append(opts, f)
+			opts, err := withFence(opts, fence)
+			if err != nil {
+				return err
 			}
 			if session != "" {
 				id, err := sessionID(session)
@@ -238,12 +247,9 @@ delete is not in the list.`,
 			if dryRun && !prefix {
 				return &usageError{"--dry-run goes with --prefix"}
 			}
-			if fence != "" {
-				f, err := parseFence(fence)
-				if err != nil {
-					return err
-				}
-				opts = append(opts, f)
+			opts, err := withFence(opts, fence)
+			if err != nil {
+				return err
 			}
 			key := []byte(args[0])
 			if dryRun {
@@ -326,13 +332,9 @@ exist (or has expired).`,
 			if ttl < 0 {
 				return &usageError{fmt.Sprintf("--ttl %v is negative", ttl)}
 			}
-			var opts []client.OpOption
-			if fence != "" {
-				f, err := parseFence(fence)
-				if err != nil {
-					return err
-				}
-				opts = append(opts, f)
+			opts, err := withFence(nil, fence)
+			if err != nil {
+				return err
 			}
 			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {
@@ -488,13 +490,9 @@ A negative DELTA goes after "--", or it reads as a flag.`,
 			if err != nil {
 				return &usageError{fmt.Sprintf("DELTA %q is not an int64", args[1])}
 			}
-			var opts []client.OpOption
-			if fence != "" {
-				f, err := parseFence(fence)
-				if err != nil {
-					return err
-				}
-				opts = append(opts, f)
+			opts, err := withFence(nil, fence)
+			if err != nil {
+				return err
 			}
 			c, ctx, cancel, err := a.request(cmd)
 			if err != nil {

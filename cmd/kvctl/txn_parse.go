@@ -177,6 +177,9 @@ func txnCompare(target string, key []byte, op, value string) (client.Cmp, error)
 	if !ok {
 		return client.Cmp{}, fmt.Errorf("compare target %q: want %s", target, txnTargetNames)
 	}
+	if len(key) == 0 {
+		return client.Cmp{}, fmt.Errorf("%s(\"\"): the key is empty", target)
+	}
 	var v any = value
 	switch target {
 	case "value", "val":
@@ -318,6 +321,9 @@ func parseOpLine(line string) (client.Op, error) {
 		case "--prefix":
 			prefix = true
 		}
+	}
+	if len(args) > 0 && args[0] == "" && !prefix {
+		return client.Op{}, fmt.Errorf("%s: the key is empty (del --prefix \"\" is every key)", name)
 	}
 	switch name {
 	case "put":
@@ -486,6 +492,14 @@ func (o opJSON) op() (client.Op, error) {
 	if err != nil {
 		return client.Op{}, err
 	}
+	switch o.Op {
+	case "put", "del", "delete", "get":
+	default:
+		return client.Op{}, fmt.Errorf("op %q: want put, del or get", o.Op)
+	}
+	if len(key) == 0 && !(o.Prefix && o.Op != "get") {
+		return client.Op{}, fmt.Errorf("%s: the key is empty (a del with \"prefix\": true and key \"\" is every key)", o.Op)
+	}
 	hasValue := o.Value != nil || o.ValueBase64 != nil
 	putOnly := o.TTLMs != 0 || o.Session != 0 || o.IfAbsent
 	switch o.Op {
@@ -501,7 +515,7 @@ func (o opJSON) op() (client.Op, error) {
 			return client.Op{}, err
 		}
 		return txnPut(key, value, time.Duration(o.TTLMs)*time.Millisecond, o.Session, o.IfAbsent), nil
-	case "del", "delete", "get":
+	default: // del, delete, get
 		if o.Op == "get" && (hasValue || putOnly || o.Prefix) {
 			return client.Op{}, errors.New(`get: takes "key" (or "key_base64") and nothing else`)
 		}
@@ -516,7 +530,6 @@ func (o opJSON) op() (client.Op, error) {
 		}
 		return client.OpDelete(key), nil
 	}
-	return client.Op{}, fmt.Errorf("op %q: want put, del or get", o.Op)
 }
 
 // bytesField takes a key or value given as text or as base64 (one of the

@@ -164,6 +164,9 @@ func TestParseTxnTextErrors(t *testing.T) {
 		{"\n\ndel --prefix", `line 3: del: want KEY (or --prefix PREFIX), got 0 argument(s)`},
 		{"\nset k v", `line 2: op "set": want put, del or get`},
 		{"\nput 'k v", `line 2: column 5: unterminated ' quote`},
+		{`version("") = "1"`, `line 1: version(""): the key is empty`},
+		{"\nput '' v", `line 2: put: the key is empty`},
+		{"\n\ndel \"\"", `line 3: del: the key is empty (del --prefix "" is every key)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -235,6 +238,9 @@ func TestParseTxnJSONErrors(t *testing.T) {
 		{`{"failure": [{"op": "get", "key": "k", "prefix": true}]}`, `failure[0]: get: takes "key"`},
 		{`{"failure": [{"op": "del", "key": "k", "ttl_ms": 5}]}`, `failure[0]: del: takes "key" (or "key_base64") and "prefix", nothing else`},
 		{`{"failure": [{"op": "incr", "key": "k"}]}`, `failure[0]: op "incr": want put, del or get`},
+		{`{"compare": [{"target": "mod", "key": "", "op": "=", "number": 1}]}`, `compare[0]: mod(""): the key is empty`},
+		{`{"success": [{"op": "get", "key": ""}]}`, `success[0]: get: the key is empty`},
+		{`{"success": [{"op": "del", "key": ""}]}`, `success[0]: del: the key is empty`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -219,19 +219,27 @@ func (a *app) printWatchEvent(ev client.Event) error {
 	case client.EventProgress:
 		_, err = fmt.Fprintf(a.stdout, "%d progress: every change up to here has been printed\n", ev.Index)
 	default:
-		_, err = fmt.Fprintln(a.stdout, watchLine(ev.Change))
+		_, err = fmt.Fprintln(a.stdout, watchLine(ev.Change, ev.Header))
 	}
 	return err
 }
 
 // watchLine is the text form of a change or snapshot item:
-// "INDEX TYPE KEY detail".
-func watchLine(e *kvpb.WatchEvent) string {
+// "INDEX TYPE KEY detail", instants as of h.
+func watchLine(e *kvpb.WatchEvent, h *kvpb.ResponseHeader) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d %s %s", e.GetIndex(), eventTypeName(e.GetType()), printable(e.GetKey()))
 	switch e.GetTarget() {
 	case kvpb.WatchTarget_WATCH_TARGET_KEYS:
-		if e.GetType() != kvpb.EventType_EVENT_TYPE_DELETE {
+		if e.GetType() == kvpb.EventType_EVENT_TYPE_TOUCH {
+			// A touch carries the key's new deadline, not its value.
+			kv := e.GetKv()
+			if kv.GetExpiresAt() != 0 {
+				fmt.Fprintf(&b, " (version %d) expires %s", kv.GetVersion(), when(kv.GetExpiresAt(), h))
+			} else {
+				fmt.Fprintf(&b, " (version %d) no TTL", kv.GetVersion())
+			}
+		} else if e.GetType() != kvpb.EventType_EVENT_TYPE_DELETE {
 			kv := e.GetKv()
 			fmt.Fprintf(&b, " = %s (version %d)", printable(kv.GetValue()), kv.GetVersion())
 		}
