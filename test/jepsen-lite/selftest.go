@@ -113,7 +113,7 @@ func SelfTest(cfg Config, runs int) error {
 			rc := cfg
 			rc.Kvd, rc.Bug, rc.Duration, rc.Kinds = kvd, b.Name, b.Duration, b.Kinds
 			rc.Seed = cfg.Seed + uint64(r)
-			rc.Out = filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", b.Name, r))
+			rc.Out = filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", strings.ReplaceAll(b.Name, "/", "-"), r))
 			rc.Log = nil
 			s, err := Run(rc)
 			if err != nil {
