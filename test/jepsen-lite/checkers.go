@@ -233,20 +233,42 @@ func CheckRegister(ops []Op, perKey time.Duration, dir string) *Verdict {
 // CheckLocks checks grants, fenced writes and the outside resource.
 func CheckLocks(ops []Op) *Verdict {
 	v := newVerdict("lock")
+	checkGrants(v, ops, lockGrantOps)
+	return v
+}
+
+// grantOps names the operations of a workload built on locks: the lock
+// workload's acquire and release, an election's campaign and resign. Both
+// record the same fenced-put, resource, cancel-wait, close-session and
+// session-end operations.
+type grantOps struct {
+	workload, acquire, release string
+}
+
+var (
+	lockGrantOps     = grantOps{workload: "lock", acquire: "acquire", release: "release"}
+	electionGrantOps = grantOps{workload: "election", acquire: "campaign", release: "resign"}
+)
+
+// checkGrants checks one lock-based workload's grants, fenced writes and
+// its use of the outside resource, into v. A grant whose lock state (log
+// time of the grant, the session's deadline) was not read is judged on
+// what does not need it.
+func checkGrants(v *Verdict, ops []Op, g0 grantOps) {
 	end := maxTime(ops)
 	grants := byKey(ops, func(op *Op) bool {
-		return op.Workload == "lock" && op.Type == "acquire" && op.Outcome == OK && op.Token > 0
+		return op.Workload == g0.workload && op.Type == g0.acquire && op.Outcome == OK && op.Token > 0
 	})
 	// Ops that end a session's hold voluntarily, by session.
 	enders := map[uint64][]*Op{}
 	sessionEnd := map[uint64]int64{}
 	for i := range ops {
 		op := &ops[i]
-		if op.Workload != "lock" {
+		if op.Workload != g0.workload {
 			continue
 		}
 		switch op.Type {
-		case "release", "cancel-wait", "close-session":
+		case g0.release, "cancel-wait", "close-session":
 			enders[op.Session] = append(enders[op.Session], op)
 		case "session-end":
 			sessionEnd[op.Session] = op.Invoke
@@ -256,7 +278,7 @@ func CheckLocks(ops []Op) *Verdict {
 		m := map[string]map[uint64][]*Op{}
 		for i := range ops {
 			op := &ops[i]
-			if op.Workload == "lock" && op.Type == typ && op.Outcome == OK {
+			if op.Workload == g0.workload && op.Type == typ && op.Outcome == OK {
 				if m[op.Key] == nil {
 					m[op.Key] = map[uint64][]*Op{}
 				}
@@ -265,7 +287,7 @@ func CheckLocks(ops []Op) *Verdict {
 		}
 		return m
 	}
-	puts, releases, resource := byToken("fenced-put"), byToken("release"), byToken("resource")
+	puts, releases, resource := byToken("fenced-put"), byToken(g0.release), byToken("resource")
 	for _, name := range sortedKeys(grants) {
 		gs := grants[name]
 		sort.Slice(gs, func(i, j int) bool { return gs[i].Token < gs[j].Token })
@@ -274,7 +296,7 @@ func CheckLocks(ops []Op) *Verdict {
 		for _, g := range gs {
 			if len(uniq) > 0 && uniq[len(uniq)-1].Token == g.Token {
 				if uniq[len(uniq)-1].Session != g.Session {
-					v.fail("lock %s: token %d granted to sessions %d and %d", name, g.Token, uniq[len(uniq)-1].Session, g.Session)
+					v.fail("%s %s: token %d granted to sessions %d and %d", g0.workload, name, g.Token, uniq[len(uniq)-1].Session, g.Session)
 				}
 				continue
 			}
@@ -286,20 +308,22 @@ func CheckLocks(ops []Op) *Verdict {
 				// The header understates the state that served the grant
 				// (a known api quirk for waiters): reported, not failed on.
 				v.Counts["header-index-below-token"]++
-				v.note("lock %s: acquire answer's header index %d is below its token %d (the granting entry)", name, g.Index, g.Token)
+				v.note("%s %s: acquire answer's header index %d is below its token %d (the granting entry)", g0.workload, name, g.Index, g.Token)
 			}
 			if i == 0 {
 				continue
 			}
 			p := uniq[i-1]
-			if g.HeldSince < p.HeldSince {
-				v.fail("lock %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order",
-					name, g.Token, g.HeldSince, p.Token, p.HeldSince)
+			known := g.HeldSince > 0 && p.HeldSince > 0
+			if !known {
+				v.Counts["grants-without-lock-state"]++
+			}
+			if known && g.HeldSince < p.HeldSince {
+				v.fail("%s %s: token %d granted at log time %d, before token %d (%d): tokens not increasing in grant order", g0.workload, name, g.Token, g.HeldSince, p.Token, p.HeldSince)
 			}
 			for _, w := range puts[name][p.Token] {
 				if w.Effect > g.Token {
-					v.fail("lock %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)",
-						name, p.Token, w.Effect, g.Token)
+					v.fail("%s %s: fenced put with token %d applied at index %d, after token %d was granted (store accepted a stale token)", g0.workload, name, p.Token, w.Effect, g.Token)
 				}
 			}
 			for _, r := range releases[name][p.Token] {
@@ -308,14 +332,12 @@ func CheckLocks(ops []Op) *Verdict {
 				// not say where they applied (a retry's header is the
 				// retry's index), so they are not judged here.
 				if r.Effect > g.Token {
-					v.fail("lock %s: grants overlap in log order: token %d released at index %d, after token %d was granted",
-						name, p.Token, r.Effect, g.Token)
+					v.fail("%s %s: grants overlap in log order: token %d released at index %d, after token %d was granted", g0.workload, name, p.Token, r.Effect, g.Token)
 				}
 			}
 			for _, r := range resource[name][p.Token] {
 				if r.Index >= g.Token {
-					v.fail("lock %s: CheckFence said token %d is valid at index %d, after token %d was granted (resource accepted a stale token)",
-						name, p.Token, r.Index, g.Token)
+					v.fail("%s %s: CheckFence said token %d is valid at index %d, after token %d was granted (resource accepted a stale token)", g0.workload, name, p.Token, r.Index, g.Token)
 				}
 			}
 			// The previous holder's session deadline (as of its grant) had
@@ -324,7 +346,7 @@ func CheckLocks(ops []Op) *Verdict {
 			// also kept its lock-delay after that deadline (the deadline
 			// can only have moved later since).
 			delay := p.LockDelayMs * int64(time.Millisecond)
-			if p.Session != g.Session && g.HeldSince < p.ExpiresAt+delay {
+			if known && p.Session != g.Session && g.HeldSince < p.ExpiresAt+delay {
 				given := false
 				for _, e := range enders[p.Session] {
 					if e.Invoke <= g.Complete && (e.Type == "close-session" || e.Key == name) {
@@ -334,11 +356,9 @@ func CheckLocks(ops []Op) *Verdict {
 				switch {
 				case given:
 				case g.HeldSince < p.ExpiresAt:
-					v.fail("lock %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release",
-						name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
+					v.fail("%s %s: token %d granted at log time %d, before holder of token %d (session %d) expired at %d and without a release", g0.workload, name, g.Token, g.HeldSince, p.Token, p.Session, p.ExpiresAt)
 				default:
-					v.fail("lock %s: token %d granted at log time %d, %v after holder of token %d (session %d) expired at %d: inside its lock-delay of %v",
-						name, g.Token, g.HeldSince, time.Duration(g.HeldSince-p.ExpiresAt), p.Token, p.Session, p.ExpiresAt, time.Duration(delay))
+					v.fail("%s %s: token %d granted at log time %d, %v after holder of token %d (session %d) expired at %d: inside its lock-delay of %v", g0.workload, name, g.Token, g.HeldSince, time.Duration(g.HeldSince-p.ExpiresAt), p.Token, p.Session, p.ExpiresAt, time.Duration(delay))
 				}
 			}
 			if delay > 0 {
@@ -356,13 +376,15 @@ func CheckLocks(ops []Op) *Verdict {
 				// The client's view of the session had ended before the
 				// grant was returned: a careful holder does not use it.
 				recipe := "client.Session.Acquire"
-				if g.Recipe == "mutex" {
+				switch g.Recipe {
+				case "mutex":
 					recipe = "lock.Mutex.Lock"
+				case "election":
+					recipe = "election.Campaign"
 				}
 				v.Counts["grants-returned-after-session-end"]++
 				v.Counts["grants-returned-after-session-end/"+recipe]++
-				v.note("lock %s: %s returned token %d to session %d %v after the client's view of that session ended",
-					name, recipe, g.Token, g.Session, time.Duration(g.Complete-se))
+				v.note("%s %s: %s returned token %d to session %d %v after the client's view of that session ended", g0.workload, name, recipe, g.Token, g.Session, time.Duration(g.Complete-se))
 				continue
 			}
 			e := end
@@ -380,8 +402,7 @@ func CheckLocks(ops []Op) *Verdict {
 			for j := i + 1; j < len(ivs); j++ {
 				if ivs[i].start < ivs[j].end && ivs[j].start < ivs[i].end {
 					v.Counts["wall-clock-overlaps"]++
-					v.note("lock %s: holders of tokens %d and %d both believed they held it for %v",
-						name, ivs[i].tok, ivs[j].tok, time.Duration(min(ivs[i].end, ivs[j].end)-max(ivs[i].start, ivs[j].start)))
+					v.note("%s %s: holders of tokens %d and %d both believed they held it for %v", g0.workload, name, ivs[i].tok, ivs[j].tok, time.Duration(min(ivs[i].end, ivs[j].end)-max(ivs[i].start, ivs[j].start)))
 				}
 			}
 		}
@@ -401,7 +422,7 @@ func CheckLocks(ops []Op) *Verdict {
 		v.Counts["resource-accepted"] += len(acc)
 	}
 	for _, op := range ops {
-		if op.Workload != "lock" {
+		if op.Workload != g0.workload {
 			continue
 		}
 		switch {
@@ -413,7 +434,6 @@ func CheckLocks(ops []Op) *Verdict {
 			v.Counts["resource-rejected"]++
 		}
 	}
-	return v
 }
 
 // ---------------------------------------------------------------------------

@@ -35,8 +35,8 @@ const (
 type Op struct {
 	ID       int     `json:"id"`
 	Client   int     `json:"client"`
-	Workload string  `json:"workload"` // register, lock, ttl, memo, counter, final
-	Type     string  `json:"type"`     // read, write, cas, acquire, release, fenced-put, resource, put-ttl, list, fill, store, memoize, add
+	Workload string  `json:"workload"` // register, lock, election, ttl, memo, counter, bank, final
+	Type     string  `json:"type"`     // read, write, cas, acquire, release, campaign, resign, proclaim, observe, leader, fenced-put, resource, put-ttl, list, fill, store, memoize, add, transfer, read-txn, read-list
 	Key      string  `json:"key,omitempty"`
 	Value    string  `json:"value,omitempty"` // written or read value
 	Expected *uint64 `json:"expected,omitempty"`
@@ -85,6 +85,12 @@ type Op struct {
 	Bound int64 `json:"bound,omitempty"`
 	// CallInvoke: for a memoize fn run, when its memoize call was invoked.
 	CallInvoke int64 `json:"call_invoke,omitempty"`
+	// To: a bank transfer's credited account (Key is the debited one,
+	// Delta the amount).
+	To string `json:"to,omitempty"`
+	// Accounts: the balances a bank read saw (or the init wrote), by
+	// account key; an account the read did not find is absent.
+	Accounts map[string]string `json:"accounts,omitempty"`
 }
 
 // History records operations from many goroutines.

@@ -405,7 +405,7 @@ func (nm *Nemesis) contend(ctx context.Context, name string, within time.Duratio
 	op.Session = ls.ID()
 	e.H.OK(op, m.Grant().GetHeader())
 	token := m.Token()
-	useLock(ctx, e, c, ls.ClientSession(), -4, name, token, op.ID)
+	useLock(ctx, e, "lock", c, ls.ClientSession(), -4, name, token, op.ID)
 	rctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	rop := e.H.Invoke(&Op{Client: -4, Workload: "lock", Type: "release", Key: name, Token: token, Session: ls.ID()})

@@ -224,7 +224,7 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	var env []string
 	if cfg.Bug != "" {
-		env = append(env, "KVD_TEST_BUG="+cfg.Bug)
+		env = append(env, "KVD_TEST_BUG="+kvdBug(cfg.Bug))
 	}
 	var certs *pki.DevFiles
 	if cfg.TLS {
@@ -303,6 +303,12 @@ func Run(cfg Config) (*Summary, error) {
 	}
 	watchers := StartWatchers(wenv, cfg.Nodes, 1000, startAt.GetKv().GetModIndex())
 	defer watchers.Stop()
+	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err = InitBank(bctx, wenv, probe)
+	bcancel()
+	if err != nil {
+		return nil, fmt.Errorf("bank accounts: %w", err)
+	}
 
 	// Workloads and nemesis.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Duration)
@@ -315,6 +321,8 @@ func Run(cfg Config) (*Summary, error) {
 		{RegisterWorker, 20}, {CounterWorker, 3}, {TTLWorker, 2},
 		{LockWorker(true), 2}, {LockWorker(false), 2},
 		{MemoWorker, 3}, {MemoizeWorker, 3}, {WatchWriter, 2},
+		{ElectionCandidate, 3}, {ElectionObserver, 1},
+		{BankTransfer, 2}, {BankReader, 1},
 	}
 	var wg sync.WaitGroup
 	id := 0
@@ -441,6 +449,8 @@ func checkAll(ops []Op, dir string) []*Verdict {
 	return []*Verdict{
 		CheckRegister(ops, 20*time.Second, dir),
 		CheckLocks(ops),
+		CheckElection(ops),
+		CheckBank(ops),
 		CheckTTL(ops),
 		CheckMemo(ops),
 		CheckCounters(ops),
@@ -490,8 +500,9 @@ func ensureMembers(c *client.Client, h *Harness, lg func(string, ...any)) {
 }
 
 // finalReads reads every register key and counter linearizably after the
-// final restart, recording them as workload "final". It stops trying after
-// limit: a key it did not read fails the durability checker.
+// final restart, and the bank's accounts in one transaction, recording
+// them as workload "final". It stops trying after limit: a key it did not
+// read fails the durability checker, accounts not read the bank checker.
 func finalReads(e *Env, c *client.Client, limit time.Duration) {
 	all, cancelAll := context.WithTimeout(context.Background(), limit)
 	defer cancelAll()
@@ -533,6 +544,14 @@ func finalReads(e *Env, c *client.Client, limit time.Duration) {
 	}
 	for _, k := range ctr {
 		read(k, "read-counter")
+	}
+	for try := 0; try < 5 && all.Err() == nil; try++ {
+		ctx, cancel := context.WithTimeout(all, 3*time.Second)
+		ok := readBankTxn(ctx, e, c, -1, "final")
+		cancel()
+		if ok {
+			break
+		}
 	}
 }
 

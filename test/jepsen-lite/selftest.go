@@ -24,11 +24,25 @@ type plantedBug struct {
 	Checkers []string // the verdicts of which one must fail
 }
 
+// kvdBug is the name kvd knows a planted bug by: the entry's name up to a
+// "/" (one bug in kvd may have an entry for each checker that must catch
+// it, "lock-ignore-expiry/election" say).
+func kvdBug(name string) string {
+	b, _, _ := strings.Cut(name, "/")
+	return b
+}
+
 var plantedBugs = []plantedBug{
 	{"stale-read", "linearizable reads served from local state, without ReadIndex",
 		25 * time.Second, []string{"isolate-leader", "one-way", "client-cut", "pause-leader", "split"}, []string{"linearizable-register"}},
 	{"lock-ignore-expiry", "acquire grants a held lock without checking that the holder's session expired",
 		15 * time.Second, []string{"transfer-leader", "reset"}, []string{"lock"}},
+	// The same bug, which must show in elections too: a candidate made
+	// leader while the last leader's session lives.
+	{"lock-ignore-expiry/election", "acquire grants a held lock (an election's leader) without checking that the holder's session expired",
+		15 * time.Second, []string{"transfer-leader", "reset"}, []string{"election"}},
+	{"txn-partial", "a transaction applies only the first op of the branch it runs (and answers the others as done)",
+		15 * time.Second, []string{"transfer-leader", "kill-one"}, []string{"bank"}},
 	{"ttl-wall-clock", "reads judge TTL expiry on the node's wall clock instead of log time",
 		25 * time.Second, []string{"clock"}, []string{"ttl"}},
 	{"unfenced-store", "cache Store accepted without checking the fill lease token",
@@ -99,7 +113,7 @@ func SelfTest(cfg Config, runs int) error {
 			rc := cfg
 			rc.Kvd, rc.Bug, rc.Duration, rc.Kinds = kvd, b.Name, b.Duration, b.Kinds
 			rc.Seed = cfg.Seed + uint64(r)
-			rc.Out = filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", b.Name, r))
+			rc.Out = filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", strings.ReplaceAll(b.Name, "/", "-"), r))
 			rc.Log = nil
 			s, err := Run(rc)
 			if err != nil {

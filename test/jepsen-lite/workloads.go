@@ -424,31 +424,9 @@ func LockWorker(raw bool) Worker {
 		defer c.Close()
 		var ls *lock.Session
 		for n := 0; ctx.Err() == nil; n++ {
-			if ls != nil {
-				select {
-				case <-ls.Done():
-					cctx, cancel := context.WithTimeout(ctx, time.Second)
-					op := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "close-session", Session: ls.ID()})
-					if err := ls.Close(cctx); err != nil {
-						e.H.Error(op, err)
-					} else {
-						e.H.OK(op, nil)
-					}
-					cancel()
-					ls = nil
-				default:
-				}
-			}
-			if ls == nil {
-				sctx, cancel := opCtx(ctx)
-				s, err := lock.NewSession(sctx, c, lock.WithTTL(lockSessionTTL), lock.WithName(fmt.Sprintf("jepsen-lock-%d", id)))
-				cancel()
-				if err != nil {
-					sleepCtx(ctx, 100*time.Millisecond)
-					continue
-				}
-				ls = s
-				watchSession(e, id, "lock", s.ClientSession())
+			if ls = keepLockSession(ctx, e, c, ls, id, "lock"); ls == nil {
+				sleepCtx(ctx, 100*time.Millisecond)
+				continue
 			}
 			e.throttle(ctx)
 			name := fmt.Sprintf("lk/%d", rng.IntN(lockNames))
@@ -466,6 +444,37 @@ func LockWorker(raw bool) Worker {
 	}
 }
 
+// keepLockSession returns ls while it lives; once its Done closed it
+// closes it (recorded as a close-session of workload) and makes a new one
+// (TTL lockSessionTTL), watched by watchSession. It returns nil when no
+// session could be made.
+func keepLockSession(ctx context.Context, e *Env, c *client.Client, ls *lock.Session, id int, workload string) *lock.Session {
+	if ls != nil {
+		select {
+		case <-ls.Done():
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			op := e.H.Invoke(&Op{Client: id, Workload: workload, Type: "close-session", Session: ls.ID()})
+			if err := ls.Close(cctx); err != nil {
+				e.H.Error(op, err)
+			} else {
+				e.H.OK(op, nil)
+			}
+			cancel()
+			ls = nil
+		default:
+			return ls
+		}
+	}
+	sctx, cancel := opCtx(ctx)
+	defer cancel()
+	s, err := lock.NewSession(sctx, c, lock.WithTTL(lockSessionTTL), lock.WithName(fmt.Sprintf("jepsen-%s-%d", workload, id)))
+	if err != nil {
+		return nil
+	}
+	watchSession(e, id, workload, s.ClientSession())
+	return s
+}
+
 func recordGrant(op *Op, resp *kvpb.AcquireResponse) {
 	op.Token = resp.GetToken()
 	li := resp.GetLock()
@@ -476,11 +485,11 @@ func recordGrant(op *Op, resp *kvpb.AcquireResponse) {
 }
 
 // useLock does the protected work under token: a fenced put, then the
-// outside resource.
-func useLock(ctx context.Context, e *Env, c *client.Client, s *client.Session, id int, name string, token uint64, n int) {
+// outside resource; both are recorded as operations of workload.
+func useLock(ctx context.Context, e *Env, workload string, c *client.Client, s *client.Session, id int, name string, token uint64, n int) {
 	octx, cancel := opCtx(ctx)
 	defer cancel()
-	op := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "fenced-put", Key: name, Token: token, Session: s.ID(), Value: fmt.Sprintf("%d-%d", token, n)})
+	op := e.H.Invoke(&Op{Client: id, Workload: workload, Type: "fenced-put", Key: name, Token: token, Session: s.ID(), Value: fmt.Sprintf("%d-%d", token, n)})
 	resp, err := s.Put(octx, []byte("lkdata/"+name), []byte(op.Value), client.WithFence([]byte(name), token))
 	if err != nil {
 		e.H.Error(op, err)
@@ -488,7 +497,7 @@ func useLock(ctx context.Context, e *Env, c *client.Client, s *client.Session, i
 	}
 	op.Effect = resp.GetKv().GetModIndex()
 	e.H.OK(op, resp.GetHeader())
-	rop := e.H.Invoke(&Op{Client: id, Workload: "lock", Type: "resource", Key: name, Token: token, Session: s.ID()})
+	rop := e.H.Invoke(&Op{Client: id, Workload: workload, Type: "resource", Key: name, Token: token, Session: s.ID()})
 	e.Resource.Write(octx, c, e.H, rop)
 }
 
@@ -525,7 +534,7 @@ func lockCycleRaw(ctx context.Context, e *Env, c *client.Client, s *client.Sessi
 	op.Session = s.ID()
 	e.H.OK(op, resp.GetHeader())
 	token := op.Token
-	useLock(ctx, e, c, s, id, name, token, int(op.ID))
+	useLock(ctx, e, "lock", c, s, id, name, token, int(op.ID))
 	sleepCtx(ctx, time.Duration(rng.IntN(30))*time.Millisecond)
 	rctx, cancel := opCtx(ctx)
 	defer cancel()
@@ -561,7 +570,7 @@ func lockCycleMutex(ctx context.Context, e *Env, c *client.Client, ls *lock.Sess
 	select {
 	case <-m.Lost():
 	default:
-		useLock(ctx, e, c, ls.ClientSession(), id, name, token, int(op.ID))
+		useLock(ctx, e, "lock", c, ls.ClientSession(), id, name, token, int(op.ID))
 	}
 	sleepCtx(ctx, time.Duration(rng.IntN(30))*time.Millisecond)
 	rctx, cancel := opCtx(ctx)
