@@ -92,8 +92,13 @@ func (e *Election) Session() *lock.Session { return e.s }
 // LockDelay is the election's lock-delay (WithLockDelay).
 func (e *Election) LockDelay() time.Duration { return e.lockDelay }
 
-// term is the current term's mutex, nil when not leading. A term that was
-// lost is forgotten, so that Campaign may be called again.
+// term is the current term's mutex, nil when not leading: a term that was
+// lost counts as none, so that Campaign may be called again. The lost
+// term's mutex is kept until then, so that Resign still releases it on the
+// server: a term lost locally (the session's view ran out, strictly before
+// the server would expire it) may still be held there, and releasing it
+// lets the next candidate in at once instead of after the session's expiry
+// and the lock-delay.
 func (e *Election) term() *lock.Mutex {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -102,7 +107,7 @@ func (e *Election) term() *lock.Mutex {
 	}
 	select {
 	case <-e.m.Lost():
-		e.m = nil
+		return nil
 	default:
 	}
 	return e.m

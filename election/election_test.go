@@ -210,6 +210,45 @@ func TestTakeoverOnSessionLoss(t *testing.T) {
 	t.Logf("network cut; a saw the loss at +%v, b led at +%v (TTL %v, lock-delay %v)", lostAt.Sub(cut), grantAt.Sub(cut), ttl, delay)
 }
 
+// A term lost locally (the client's view of its session ran out while cut
+// off) may still be held on the server until the session expires there.
+// Resign after the loss still releases it, so the next candidate need not
+// wait for the server's expiry and the lock-delay.
+func TestResignAfterLocalLossReleasesOnServer(t *testing.T) {
+	cl := testcluster.StartReady(t, 3)
+	sw := testcluster.NewNetSwitch(cl.Dialer)
+	const ttl = 6 * time.Second
+	a := election.New(testcluster.NewSession(t, cl.NewClient(t, sw.Dial), ttl), "cron", election.WithLockDelay(5*time.Second))
+	if err := a.Campaign(t.Context(), []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	tokA := a.Token()
+	sw.Cut()
+	select {
+	case <-a.Lost():
+	case <-time.After(3 * ttl):
+		t.Fatal("a.Lost() still open 3 TTLs after its network was cut")
+	}
+	if a.Token() != 0 {
+		t.Errorf("Token after the loss = %d, want 0", a.Token())
+	}
+	sw.Heal()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := a.Resign(ctx); err != nil {
+		t.Fatalf("Resign after the local loss = %v", err)
+	}
+	// Released by the Resign, or (when the server's expiry came first)
+	// expired: either way no longer held under a's token.
+	resp, err := cl.NewClient(t, nil).GetLock(ctx, []byte("cron"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetLock().GetToken(); got == tokA {
+		t.Fatalf("after Resign the lock is still held under a's token %d", tokA)
+	}
+}
+
 // Resign on a candidate that never led, and Leader/Proclaim with nobody
 // leading.
 func TestNoLeader(t *testing.T) {

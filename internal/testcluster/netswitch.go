@@ -50,3 +50,10 @@ func (f *NetSwitch) Cut() {
 	}
 	f.conns = nil
 }
+
+// Heal lets Dial connect again after Cut.
+func (f *NetSwitch) Heal() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = false
+}
