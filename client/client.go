@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -153,6 +154,12 @@ type Client struct {
 	own         *Session
 	ownCreating chan struct{} // closed when a running creation ends
 
+	// One KeepAliveStream per connection (keepalive.go), and the
+	// connections whose member does not serve it.
+	kaStreams  map[*grpc.ClientConn]*kaStream
+	kaNoStream map[*grpc.ClientConn]bool
+	kaTag      atomic.Uint64 // the last renewal's tag
+
 	signIn     *signIn
 	handshakes map[string]error // last TLS handshake failure by address; see recordingCreds
 }
@@ -164,12 +171,14 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.setDefaults()
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		conns:     make(map[string]*grpc.ClientConn),
-		endpoints: append([]string(nil), cfg.Endpoints...),
-		signIn:    &signIn{user: cfg.Username, password: cfg.Password},
-		suspect:   make(map[string]time.Time),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		conns:      make(map[string]*grpc.ClientConn),
+		endpoints:  append([]string(nil), cfg.Endpoints...),
+		signIn:     &signIn{user: cfg.Username, password: cfg.Password},
+		suspect:    make(map[string]time.Time),
+		kaStreams:  make(map[*grpc.ClientConn]*kaStream),
+		kaNoStream: make(map[*grpc.ClientConn]bool),
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {
@@ -530,13 +539,11 @@ func (c *Client) CreateSession(ctx context.Context, ttl time.Duration, name stri
 	})
 }
 
-// KeepAlive renews session id once (retried until ctx ends).
+// KeepAlive renews session id once (retried until ctx ends), over the
+// connection's shared keepalive stream, as a Session renews itself.
 // ErrSessionExpired if the server no longer has it.
 func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveResponse, error) {
-	req := &kvpb.KeepAliveRequest{Id: id}
-	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
-		return kvpb.NewSessionClient(cc).KeepAlive(ctx, req, opts...)
-	})
+	return read(ctx, c, 0, "", c.keepAliveSend(id))
 }
 
 // CloseSession closes session id on the server, releasing its locks.
