@@ -203,6 +203,10 @@ func (c *Client) runKAStream(ctx context.Context, cc *grpc.ClientConn, st *kaStr
 	cs, err := kvpb.NewSessionClient(cc).KeepAliveStream(ctx)
 	if err == nil {
 		st.cs = cs
+	} else {
+		st.mu.Lock()
+		st.err = err // before ready: kaStreamFor returns it
+		st.mu.Unlock()
 	}
 	close(st.ready)
 	for err == nil {
