@@ -111,15 +111,27 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	if err != nil {
 		return zero, &attemptResult{class: classFinal, err: err}
 	}
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	var p peer.Peer
-	resp, err := send(actx, cc, grpc.Peer(&p))
-	timedOut := ctx.Err() == nil && actx.Err() != nil
-	cancel()
+	// The attempt's own deadline, unless the caller's comes first (then
+	// the attempt needs no context, timer and goroutine wake-up of its
+	// own: one of the costs of every request).
+	actx, cancel := ctx, context.CancelFunc(nil)
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		actx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	pp := peerPool.Get().(*pooledPeer)
+	pp.p = peer.Peer{}
+	resp, err := send(actx, cc, pp.opt)
+	timedOut := cancel != nil && ctx.Err() == nil && actx.Err() != nil
+	if cancel != nil {
+		cancel()
+	}
+	sent := sentFrom(&pp.p)
+	pp.p = peer.Peer{}
+	peerPool.Put(pp)
 	if err == nil {
 		return resp, nil
 	}
-	r := classify(err, sentFrom(&p))
+	r := classify(err, sent)
 	r.addr = addr
 	if _, isKvd := r.err.(*Error); !isKvd && (timedOut || status.Code(err) == codes.Unavailable) {
 		r.unanswered = true
@@ -132,6 +144,20 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	c.noteFailure(addr, r)
 	return zero, &r
 }
+
+// pooledPeer is the grpc.Peer option of one attempt, kept for reuse: a
+// new peer.Peer and option for every request were two allocations on
+// every call's success path.
+type pooledPeer struct {
+	p   peer.Peer
+	opt grpc.CallOption
+}
+
+var peerPool = sync.Pool{New: func() any {
+	pp := &pooledPeer{}
+	pp.opt = grpc.Peer(&pp.p)
+	return pp
+}}
 
 // reach follows, over one request's attempts, whether any member accepted
 // a connection. While none has and every endpoint the request may use has
