@@ -136,6 +136,8 @@ type Client struct {
 	next         int    // round-robin position
 	leader       string // last known leader's client address, "" if unknown
 	closed       bool
+	// isClosed's copy of closed: read by every request without c.mu.
+	closedFlag atomic.Bool
 
 	// suspect holds endpoints whose last attempt went unanswered (a timeout,
 	// a broken connection), until when to prefer others: a member that
@@ -156,7 +158,7 @@ type Client struct {
 
 	// One KeepAliveStream per connection (keepalive.go), and the
 	// connections whose member does not serve it.
-	kaStreams  map[*grpc.ClientConn]*kaStream
+	kaStreams  sync.Map // *grpc.ClientConn -> *kaStream; added under mu
 	kaNoStream map[*grpc.ClientConn]bool
 	kaTag      atomic.Uint64 // the last renewal's tag
 
@@ -177,7 +179,6 @@ func New(cfg Config) (*Client, error) {
 		endpoints:  append([]string(nil), cfg.Endpoints...),
 		signIn:     &signIn{user: cfg.Username, password: cfg.Password},
 		suspect:    make(map[string]time.Time),
-		kaStreams:  make(map[*grpc.ClientConn]*kaStream),
 		kaNoStream: make(map[*grpc.ClientConn]bool),
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
@@ -208,6 +209,7 @@ func (c *Client) Close() error {
 	}
 	c.mu.Lock()
 	c.closed = true
+	c.closedFlag.Store(true)
 	conns := c.conns
 	c.conns = nil
 	c.mu.Unlock()
@@ -222,11 +224,7 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-func (c *Client) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Client) isClosed() bool { return c.closedFlag.Load() }
 
 // conn returns the connection to addr, making it (lazily: no I/O) if needed.
 func (c *Client) conn(addr string) (*grpc.ClientConn, error) { return c.connKey(addr, addr) }

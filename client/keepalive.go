@@ -165,24 +165,27 @@ func (st *kaStream) brokenErr(sendErr error) error {
 // Opening runs in the background: the caller waits for it at most until
 // ctx ends.
 func (c *Client) kaStreamFor(ctx context.Context, cc *grpc.ClientConn) (*kaStream, error) {
-	c.mu.Lock()
-	if c.closed {
+	v, ok := c.kaStreams.Load(cc)
+	if !ok {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if c.kaNoStream[cc] {
+			c.mu.Unlock()
+			return nil, errNoKAStream
+		}
+		if v, ok = c.kaStreams.Load(cc); !ok {
+			sctx, stop := context.WithCancel(c.bg)
+			v = &kaStream{ready: make(chan struct{}), stop: stop, waiting: make(map[uint64]chan<- kaAnswer)}
+			c.kaStreams.Store(cc, v)
+			c.bgWG.Add(1)
+			go c.runKAStream(sctx, cc, v.(*kaStream))
+		}
 		c.mu.Unlock()
-		return nil, ErrClosed
 	}
-	if c.kaNoStream[cc] {
-		c.mu.Unlock()
-		return nil, errNoKAStream
-	}
-	st := c.kaStreams[cc]
-	if st == nil {
-		sctx, stop := context.WithCancel(c.bg)
-		st = &kaStream{ready: make(chan struct{}), stop: stop, waiting: make(map[uint64]chan<- kaAnswer)}
-		c.kaStreams[cc] = st
-		c.bgWG.Add(1)
-		go c.runKAStream(sctx, cc, st)
-	}
-	c.mu.Unlock()
+	st := v.(*kaStream)
 	select {
 	case <-st.ready:
 	case <-ctx.Done():
@@ -225,11 +228,7 @@ func (c *Client) runKAStream(ctx context.Context, cc *grpc.ClientConn, st *kaStr
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = ErrClosed
 	}
-	c.mu.Lock()
-	if c.kaStreams[cc] == st {
-		delete(c.kaStreams, cc)
-	}
-	c.mu.Unlock()
+	c.kaStreams.CompareAndDelete(cc, st)
 	st.mu.Lock()
 	st.err = err
 	waiting := st.waiting
