@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -67,5 +68,76 @@ func TestSessionRenewedOverStreamSurvivesLeaderTransfers(t *testing.T) {
 	c.mu.Unlock()
 	if streams == 0 || unary != 0 {
 		t.Errorf("%d keepalive streams open and %d members renewed by unary calls; want streams only", streams, unary)
+	}
+}
+
+// TestKeepAliveFallsBackToUnary: a member without KeepAliveStream (the
+// fake serves none) answers Unimplemented; the renewal is made with a
+// unary call, and so are the next ones to that member.
+func TestKeepAliveFallsBackToUnary(t *testing.T) {
+	f := newFake(t, "a")
+	c := f.client(t, "a")
+	cr, err := c.CreateSession(t.Context(), time.Minute, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := c.KeepAlive(t.Context(), cr.GetSession().GetId()); err != nil {
+			t.Fatalf("KeepAlive %d: %v", i, err)
+		}
+	}
+	f.mu.Lock()
+	unaryCalls := f.keepalive
+	f.mu.Unlock()
+	c.mu.Lock()
+	noStream := len(c.kaNoStream)
+	c.mu.Unlock()
+	if unaryCalls != 2 || noStream != 1 {
+		t.Errorf("%d unary KeepAlives, %d members marked streamless; want 2 and 1", unaryCalls, noStream)
+	}
+}
+
+// TestSessionExpiredOverStream: a session closed behind its back gets
+// SESSION_EXPIRED as the answer to its next renewal on the stream, and
+// ends with ErrSessionExpired, while another session renewed over the
+// same stream lives on.
+func TestSessionExpiredOverStream(t *testing.T) {
+	tc := testcluster.Start(t, 3)
+	tc.MustLeader()
+	c, err := New(Config{Endpoints: tc.Endpoints, Dialer: tc.Dialer, AttemptTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := t.Context()
+	const ttl = 1200 * time.Millisecond
+	gone, err := c.NewSession(ctx, ttl, "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := c.NewSession(ctx, ttl, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CloseSession(ctx, gone.ID()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gone.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a session closed on the server still looks alive after 10 s")
+	}
+	// The server's answer, not the local deadline (ErrSessionLost).
+	if err := gone.Err(); !errors.Is(err, ErrSessionExpired) || errors.Is(err, ErrSessionLost) {
+		t.Errorf("Err() = %v, want the server's ErrSessionExpired", err)
+	}
+	for range 2 {
+		select {
+		case <-kept.Acked():
+		case <-kept.Done():
+			t.Fatalf("the other session ended: %v", kept.Err())
+		case <-time.After(ttl):
+			t.Fatal("the other session got no keepalive acknowledged within a TTL")
+		}
 	}
 }
