@@ -541,7 +541,7 @@ func (c *Client) CreateSession(ctx context.Context, ttl time.Duration, name stri
 // connection's shared keepalive stream, as a Session renews itself.
 // ErrSessionExpired if the server no longer has it.
 func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveResponse, error) {
-	return read(ctx, c, 0, "", c.keepAliveSend(id))
+	return read(selfTimed(ctx), c, 0, "", c.keepAliveSend(id))
 }
 
 // CloseSession closes session id on the server, releasing its locks.

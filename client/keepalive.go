@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -45,6 +46,11 @@ type kaAnswer struct {
 func (c *Client) keepAliveSend(id uint64) sendFunc[*kvpb.KeepAliveResponse] {
 	return func(ctx context.Context, cci grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
 		unary := func() (*kvpb.KeepAliveResponse, error) {
+			if d := deadlineOf(opts); d != nil {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithDeadline(ctx, d.at)
+				defer cancel()
+			}
 			return kvpb.NewSessionClient(cci).KeepAlive(ctx, &kvpb.KeepAliveRequest{Id: id}, opts...)
 		}
 		cc, ok := cci.(*grpc.ClientConn)
@@ -103,12 +109,20 @@ func (c *Client) renewOnStream(ctx context.Context, cc *grpc.ClientConn, id uint
 		return nil, st.brokenErr(err)
 	}
 	markSent(opts)
+	var timeUp <-chan time.Time
+	if d := deadlineOf(opts); d != nil {
+		timeUp = d.wait()
+		defer d.stop()
+	}
 	select {
 	case a := <-ch:
 		if a.err != nil {
 			return nil, a.err
 		}
 		return answerOf(a.resp)
+	case <-timeUp:
+		st.forget(tag)
+		return nil, errAttemptTimeout
 	case <-ctx.Done():
 		st.forget(tag)
 		return nil, ctx.Err()

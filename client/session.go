@@ -251,6 +251,7 @@ const minKeepAliveAttempt = 50 * time.Millisecond
 func (s *Session) renew(ctx context.Context, deadline time.Time) (*kvpb.KeepAliveResponse, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	ctx = selfTimed(ctx)
 	send := s.c.keepAliveSend(s.id)
 	var last error
 	var delay time.Duration
