@@ -47,20 +47,28 @@ func (s *sessionService) KeepAliveStream(stream kvpb.Session_KeepAliveStreamServ
 		}
 		return err
 	}
+	// take waits for a free slot; a non-nil error ends the stream with it.
+	take := func() (bool, error) {
+		select {
+		case slots <- struct{}{}:
+			return true, nil
+		case err := <-sendErr: // the sender has ended
+			return false, err
+		case <-ctx.Done():
+			return false, stop(ctx.Err())
+		case <-n.ctx.Done():
+			return false, stop(n.toStatus(errStopping))
+		}
+	}
 
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			// The client sends no more: answer what is in flight.
+			// The client sends no more: taking every slot waits until
+			// what is in flight has been answered.
 			for range window {
-				select {
-				case slots <- struct{}{}:
-				case err := <-sendErr:
+				if ok, err := take(); !ok {
 					return err
-				case <-ctx.Done():
-					return stop(ctx.Err())
-				case <-n.ctx.Done():
-					return stop(n.toStatus(errStopping))
 				}
 			}
 			return stop(nil)
@@ -68,14 +76,8 @@ func (s *sessionService) KeepAliveStream(stream kvpb.Session_KeepAliveStreamServ
 		if err != nil {
 			return stop(err)
 		}
-		select {
-		case slots <- struct{}{}:
-		case err := <-sendErr:
+		if ok, err := take(); !ok {
 			return err
-		case <-ctx.Done():
-			return stop(ctx.Err())
-		case <-n.ctx.Done():
-			return stop(n.toStatus(errStopping))
 		}
 		if err := n.recheckToken(ctx); err != nil {
 			return stop(n.toStatus(err))

@@ -14,18 +14,25 @@ import (
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
-// TestSessionRenewedOverStreamSurvivesLeaderTransfers: a session renewed
-// only through the connections' keepalive streams (no member answered
-// Unimplemented, so no unary KeepAlive was sent) outlives three leader
-// transfers, and the server still holds it afterwards.
-func TestSessionRenewedOverStreamSurvivesLeaderTransfers(t *testing.T) {
+// clusterClient starts a three-node in-process cluster with a leader and
+// a client of it.
+func clusterClient(t *testing.T) (*testcluster.Cluster, *Client) {
 	tc := testcluster.Start(t, 3)
 	tc.MustLeader()
 	c, err := New(Config{Endpoints: tc.Endpoints, Dialer: tc.Dialer, AttemptTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return tc, c
+}
+
+// TestSessionRenewedOverStreamSurvivesLeaderTransfers: a session renewed
+// only through the connections' keepalive streams (no member answered
+// Unimplemented, so no unary KeepAlive was sent) outlives three leader
+// transfers, and the server still holds it afterwards.
+func TestSessionRenewedOverStreamSurvivesLeaderTransfers(t *testing.T) {
+	tc, c := clusterClient(t)
 	ctx := t.Context()
 	const ttl = 2 * time.Second
 	s, err := c.NewSession(ctx, ttl, "stream")
@@ -108,13 +115,7 @@ func TestKeepAliveFallsBackToUnary(t *testing.T) {
 // ends with ErrSessionExpired, while another session renewed over the
 // same stream lives on.
 func TestSessionExpiredOverStream(t *testing.T) {
-	tc := testcluster.Start(t, 3)
-	tc.MustLeader()
-	c, err := New(Config{Endpoints: tc.Endpoints, Dialer: tc.Dialer, AttemptTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c := clusterClient(t)
 	ctx := t.Context()
 	const ttl = 1200 * time.Millisecond
 	gone, err := c.NewSession(ctx, ttl, "gone")
