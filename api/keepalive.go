@@ -121,11 +121,16 @@ func (n *Server) sendRenewals(ctx context.Context, stream kvpb.Session_KeepAlive
 		select {
 		case r := <-done:
 			resp := n.renewalAnswer(r)
+			var size int64
 			if cu != nil {
 				// Counted like a unary answer until its DATA is written.
-				cu.settle(0, int64(proto.Size(resp))+5)
+				size = int64(proto.Size(resp)) + 5
+				cu.settle(0, size)
 			}
 			if err := stream.Send(resp); err != nil {
+				if cu != nil {
+					cu.sent(size) // it will not be written
+				}
 				return err
 			}
 			<-slots

@@ -84,7 +84,12 @@ func (c *Client) keepAliveSend(id uint64) sendFunc[*kvpb.KeepAliveResponse] {
 // or ctx. An answer carrying an error is returned as the status the unary
 // call would have failed with, so that classify treats both alike.
 func (c *Client) renewOnStream(ctx context.Context, cc *grpc.ClientConn, id uint64, opts []grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
-	st, err := c.kaStreamFor(ctx, cc)
+	var timeUp <-chan time.Time // the attempt's deadline
+	if d := deadlineOf(opts); d != nil {
+		timeUp = d.wait()
+		defer d.stop()
+	}
+	st, err := c.kaStreamFor(ctx, timeUp, cc)
 	if err != nil {
 		return nil, err
 	}
@@ -102,18 +107,11 @@ func (c *Client) renewOnStream(ctx context.Context, cc *grpc.ClientConn, id uint
 	st.sendMu.Lock()
 	err = st.cs.Send(&kvpb.KeepAliveStreamRequest{Id: id, Tag: tag})
 	st.sendMu.Unlock()
-	if err != nil {
-		// The stream broke; its receiver has (or will have) the reason.
-		st.forget(tag)
-		<-st.ready
-		return nil, st.brokenErr(err)
+	if err == nil {
+		markSent(opts)
 	}
-	markSent(opts)
-	var timeUp <-chan time.Time
-	if d := deadlineOf(opts); d != nil {
-		timeUp = d.wait()
-		defer d.stop()
-	}
+	// A failed Send means the stream has ended (io.EOF): its receiver
+	// hands every waiter, this one too, the status it ended with.
 	select {
 	case a := <-ch:
 		if a.err != nil {
@@ -165,20 +163,17 @@ func (st *kaStream) forget(tag uint64) {
 	st.mu.Unlock()
 }
 
-// brokenErr is the error that ended the stream, else sendErr.
-func (st *kaStream) brokenErr(sendErr error) error {
+// endErr is the error that ended the stream (nil while it is open).
+func (st *kaStream) endErr() error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.err != nil {
-		return st.err
-	}
-	return sendErr
+	return st.err
 }
 
 // kaStreamFor returns cc's open stream, opening one when there is none.
 // Opening runs in the background: the caller waits for it at most until
-// ctx ends.
-func (c *Client) kaStreamFor(ctx context.Context, cc *grpc.ClientConn) (*kaStream, error) {
+// ctx ends or timeUp fires.
+func (c *Client) kaStreamFor(ctx context.Context, timeUp <-chan time.Time, cc *grpc.ClientConn) (*kaStream, error) {
 	v, ok := c.kaStreams.Load(cc)
 	if !ok {
 		c.mu.Lock()
@@ -202,11 +197,13 @@ func (c *Client) kaStreamFor(ctx context.Context, cc *grpc.ClientConn) (*kaStrea
 	st := v.(*kaStream)
 	select {
 	case <-st.ready:
+	case <-timeUp:
+		return nil, errAttemptTimeout
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	if st.cs == nil {
-		return nil, st.brokenErr(nil)
+		return nil, st.endErr()
 	}
 	return st, nil
 }
