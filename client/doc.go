@@ -20,6 +20,13 @@
 // client's own session that finds the session expired is rerun under a new
 // session when no earlier attempt can have been applied.
 //
+// # Keepalives
+//
+// Sessions (and Client.KeepAlive) renew over one Session.KeepAliveStream per
+// connection, shared by every renewal the client sends to that member; each
+// renewal is still one attempt of the retry loop, with its own deadline. A
+// member that does not serve the stream gets unary KeepAlive calls.
+//
 // # Reads
 //
 // Reads are linearizable unless WithStale is given, and are retried freely.
