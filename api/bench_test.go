@@ -70,3 +70,63 @@ func BenchmarkGet(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKeepAlive: session renewals through the leader, 64 callers
+// with a session each, one renewal in flight per caller: unary KeepAlive
+// calls, or renewals on a KeepAliveStream per caller. Both share the
+// node's KeepAliveBatchOp entries.
+func BenchmarkKeepAlive(b *testing.B) {
+	for _, mode := range []string{"unary", "stream"} {
+		b.Run(mode, func(b *testing.B) {
+			c, l := benchCluster(b)
+			sess := kvpb.NewSessionClient(c.Conn(l))
+			var ids []uint64
+			for range 32 * 2 {
+				r, err := sess.Create(context.Background(), &kvpb.CreateSessionRequest{TtlMs: 600_000})
+				if err != nil {
+					b.Fatalf("Create: %v", err)
+				}
+				ids = append(ids, r.GetSession().GetId())
+			}
+			var next atomic.Int64
+			b.SetParallelism(32)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				id := ids[int(next.Add(1)-1)%len(ids)]
+				if mode == "unary" {
+					for pb.Next() {
+						_, err := sess.KeepAlive(context.Background(), &kvpb.KeepAliveRequest{Id: id})
+						if err != nil && !transient(errInfo(err).GetCode()) {
+							b.Errorf("KeepAlive: %v", err)
+							return
+						}
+					}
+					return
+				}
+				st, err := sess.KeepAliveStream(context.Background())
+				if err != nil {
+					b.Errorf("KeepAliveStream: %v", err)
+					return
+				}
+				defer st.CloseSend()
+				for tag := uint64(1); pb.Next(); tag++ {
+					if err := st.Send(&kvpb.KeepAliveStreamRequest{Id: id, Tag: tag}); err != nil {
+						b.Errorf("Send: %v", err)
+						return
+					}
+					if r, err := st.Recv(); err != nil || (r.GetError() != nil && !transient(r.GetError().GetCode())) {
+						b.Errorf("Recv: %v %v", err, r.GetError())
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// transient: a renewal caught in a leader election on a loaded machine
+// (the in-process cluster's timeouts are short); renewing again is safe.
+func transient(c kvpb.ErrorCode) bool {
+	return c == kvpb.ErrorCode_ERROR_CODE_INDETERMINATE || c == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER
+}

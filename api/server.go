@@ -44,6 +44,9 @@ type Backend interface {
 	WatchHub() *node.WatchHub
 	// RenewSession renews a session with the next shared keepalive entry.
 	RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult, node.Applied, error)
+	// RenewSessionAsync queues the same renewal and answers on done, which
+	// must have room for the answer (KeepAliveStream).
+	RenewSessionAsync(id, tag uint64, done chan<- node.Renewal)
 	Leader() (name, clientAddr string)
 	// WriteHealth says whether the member takes writes that add data: a nil
 	// error, or the refusal they get now (its data dir is full or over
@@ -105,6 +108,9 @@ type Server struct {
 	// (queued acquires, fills) watch it.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// streamRenewals, when positive, replaces maxStreamRenewals (tests).
+	streamRenewals int
 
 	mu       sync.Mutex
 	stopping bool

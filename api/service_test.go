@@ -84,6 +84,10 @@ func (b *fakeBackend) RenewSession(ctx context.Context, id uint64) (*kvpb.Comman
 	}
 	return res.GetKeepAliveBatch().GetResults()[0], at, nil
 }
+func (b *fakeBackend) RenewSessionAsync(id, tag uint64, done chan<- node.Renewal) {
+	res, at, err := b.RenewSession(context.Background(), id)
+	done <- node.Renewal{ID: id, Tag: tag, Res: res, At: at, Err: err}
+}
 func (b *fakeBackend) Leader() (string, string)              { return "fake", "" }
 func (b *fakeBackend) WriteHealth() (<-chan struct{}, error) { return nil, nil }
 func (b *fakeBackend) Limits() node.Limits                   { return node.DefaultLimits() }

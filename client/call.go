@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -111,15 +113,31 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	if err != nil {
 		return zero, &attemptResult{class: classFinal, err: err}
 	}
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	var p peer.Peer
-	resp, err := send(actx, cc, grpc.Peer(&p))
-	timedOut := ctx.Err() == nil && actx.Err() != nil
-	cancel()
+	// The attempt's own deadline, as a context unless the caller's comes
+	// first or the send bounds its own wait (selfTimed): a context and
+	// timer of its own are several allocations on every request.
+	pp := attemptPool.Get().(*attemptOpts)
+	pp.p = peer.Peer{}
+	pp.dl.at = time.Now().Add(timeout)
+	actx, cancel := ctx, context.CancelFunc(nil)
+	dl, ok := ctx.Deadline()
+	if ok && dl.Before(pp.dl.at) {
+		pp.dl.at = dl
+	} else if !isSelfTimed(ctx) {
+		actx, cancel = context.WithDeadline(ctx, pp.dl.at)
+	}
+	resp, err := send(actx, cc, pp.opts...)
+	timedOut := ctx.Err() == nil && (actx.Err() != nil || errors.Is(err, errAttemptTimeout))
+	if cancel != nil {
+		cancel()
+	}
+	sent := sentFrom(&pp.p)
+	pp.p = peer.Peer{}
+	attemptPool.Put(pp)
 	if err == nil {
 		return resp, nil
 	}
-	r := classify(err, sentFrom(&p))
+	r := classify(err, sent)
 	r.addr = addr
 	if _, isKvd := r.err.(*Error); !isKvd && (timedOut || status.Code(err) == codes.Unavailable) {
 		r.unanswered = true
@@ -132,6 +150,68 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	c.noteFailure(addr, r)
 	return zero, &r
 }
+
+// attemptOpts are the call options of one attempt, kept for reuse (new
+// ones were allocations on every call's success path): grpc.Peer, which
+// says whether the call reached a transport stream, and the attempt's
+// deadline, for sends that bound their own wait.
+type attemptOpts struct {
+	p    peer.Peer
+	dl   attemptDeadline
+	opts []grpc.CallOption
+}
+
+var attemptPool = sync.Pool{New: func() any {
+	pp := &attemptOpts{}
+	pp.opts = []grpc.CallOption{grpc.Peer(&pp.p), &pp.dl}
+	return pp
+}}
+
+// attemptDeadline carries an attempt's deadline to its send (gRPC itself
+// ignores it). A selfTimed send waits at most until then, with the timer
+// kept here, and then fails with errAttemptTimeout.
+type attemptDeadline struct {
+	grpc.EmptyCallOption
+	at    time.Time
+	timer *time.Timer
+}
+
+// errAttemptTimeout is a selfTimed send's answer when its attempt's time
+// is up: the attempt went unanswered.
+var errAttemptTimeout = fmt.Errorf("kvd: attempt timed out: %w", context.DeadlineExceeded)
+
+// deadlineOf finds the attempt's deadline among a send's options.
+func deadlineOf(opts []grpc.CallOption) *attemptDeadline {
+	for _, o := range opts {
+		if d, ok := o.(*attemptDeadline); ok {
+			return d
+		}
+	}
+	return nil
+}
+
+// wait returns a channel that fires at the deadline; stop ends it.
+func (d *attemptDeadline) wait() <-chan time.Time {
+	if d.timer == nil {
+		d.timer = time.NewTimer(time.Until(d.at))
+	} else {
+		d.timer.Reset(time.Until(d.at))
+	}
+	return d.timer.C
+}
+
+func (d *attemptDeadline) stop() { d.timer.Stop() }
+
+type selfTimedKey struct{}
+
+// selfTimed marks ctx for attempts whose send bounds its own wait by the
+// attempt's deadline (the keepalive stream), so that attempt makes no
+// context for it.
+func selfTimed(ctx context.Context) context.Context {
+	return context.WithValue(ctx, selfTimedKey{}, true)
+}
+
+func isSelfTimed(ctx context.Context) bool { return ctx.Value(selfTimedKey{}) != nil }
 
 // reach follows, over one request's attempts, whether any member accepted
 // a connection. While none has and every endpoint the request may use has

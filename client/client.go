@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -135,6 +136,8 @@ type Client struct {
 	next         int    // round-robin position
 	leader       string // last known leader's client address, "" if unknown
 	closed       bool
+	// isClosed's copy of closed: read by every request without c.mu.
+	closedFlag atomic.Bool
 
 	// suspect holds endpoints whose last attempt went unanswered (a timeout,
 	// a broken connection), until when to prefer others: a member that
@@ -153,6 +156,12 @@ type Client struct {
 	own         *Session
 	ownCreating chan struct{} // closed when a running creation ends
 
+	// One KeepAliveStream per connection (keepalive.go), and the
+	// connections whose member does not serve it.
+	kaStreams  sync.Map // *grpc.ClientConn -> *kaStream; added under mu
+	kaNoStream map[*grpc.ClientConn]bool
+	kaTag      atomic.Uint64 // the last renewal's tag
+
 	signIn     *signIn
 	handshakes map[string]error // last TLS handshake failure by address; see recordingCreds
 }
@@ -164,12 +173,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.setDefaults()
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		conns:     make(map[string]*grpc.ClientConn),
-		endpoints: append([]string(nil), cfg.Endpoints...),
-		signIn:    &signIn{user: cfg.Username, password: cfg.Password},
-		suspect:   make(map[string]time.Time),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		conns:      make(map[string]*grpc.ClientConn),
+		endpoints:  append([]string(nil), cfg.Endpoints...),
+		signIn:     &signIn{user: cfg.Username, password: cfg.Password},
+		suspect:    make(map[string]time.Time),
+		kaNoStream: make(map[*grpc.ClientConn]bool),
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {
@@ -199,6 +209,7 @@ func (c *Client) Close() error {
 	}
 	c.mu.Lock()
 	c.closed = true
+	c.closedFlag.Store(true)
 	conns := c.conns
 	c.conns = nil
 	c.mu.Unlock()
@@ -213,11 +224,7 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-func (c *Client) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Client) isClosed() bool { return c.closedFlag.Load() }
 
 // conn returns the connection to addr, making it (lazily: no I/O) if needed.
 func (c *Client) conn(addr string) (*grpc.ClientConn, error) { return c.connKey(addr, addr) }
@@ -587,13 +594,11 @@ func (c *Client) CreateSession(ctx context.Context, ttl time.Duration, name stri
 	})
 }
 
-// KeepAlive renews session id once (retried until ctx ends).
+// KeepAlive renews session id once (retried until ctx ends), over the
+// connection's shared keepalive stream, as a Session renews itself.
 // ErrSessionExpired if the server no longer has it.
 func (c *Client) KeepAlive(ctx context.Context, id uint64) (*kvpb.KeepAliveResponse, error) {
-	req := &kvpb.KeepAliveRequest{Id: id}
-	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
-		return kvpb.NewSessionClient(cc).KeepAlive(ctx, req, opts...)
-	})
+	return read(selfTimed(ctx), c, 0, "", c.keepAliveSend(id))
 }
 
 // CloseSession closes session id on the server, releasing its locks.

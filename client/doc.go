@@ -33,6 +33,13 @@
 // clientv3: If(Compare(...)...).Then(OpPut(...)...).Else(...).Commit(ctx).
 // It is one command, exactly-once like any other write.
 //
+// # Keepalives
+//
+// Sessions (and Client.KeepAlive) renew over one Session.KeepAliveStream per
+// connection, shared by every renewal the client sends to that member; each
+// renewal is still one attempt of the retry loop, with its own deadline. A
+// member that does not serve the stream gets unary KeepAlive calls.
+//
 // # Reads
 //
 // Reads are linearizable unless WithStale is given, and are retried freely.

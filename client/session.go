@@ -251,10 +251,8 @@ const minKeepAliveAttempt = 50 * time.Millisecond
 func (s *Session) renew(ctx context.Context, deadline time.Time) (*kvpb.KeepAliveResponse, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	req := &kvpb.KeepAliveRequest{Id: s.id}
-	send := func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.KeepAliveResponse, error) {
-		return kvpb.NewSessionClient(cc).KeepAlive(ctx, req, opts...)
-	}
+	ctx = selfTimed(ctx)
+	send := s.c.keepAliveSend(s.id)
 	var last error
 	var delay time.Duration
 	for {

@@ -22,14 +22,19 @@ type keepAliveBatcher struct {
 }
 
 type keepAliveCall struct {
-	id uint64
-	ch chan keepAliveDone // buffered: the caller may have gone
+	id  uint64
+	tag uint64
+	ch  chan<- Renewal // has room for this call's answer: the caller may have gone
 }
 
-type keepAliveDone struct {
-	res *kvpb.CommandResult
-	at  Applied
-	err error
+// Renewal is the outcome of one renewal queued with RenewSessionAsync.
+type Renewal struct {
+	ID, Tag uint64
+	// Res is the fsm's result for the session (OK with a
+	// KeepAliveResponse, or SESSION_EXPIRED) when Err is nil.
+	Res *kvpb.CommandResult
+	At  Applied // where the batch's entry landed
+	Err error   // the batch's proposal failed (*Error or the context's)
 }
 
 const (
@@ -57,18 +62,32 @@ func (n *Node) RenewSession(ctx context.Context, id uint64) (*kvpb.CommandResult
 	return n.keepAlives.renew(ctx, id)
 }
 
-func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandResult, Applied, error) {
-	ch := make(chan keepAliveDone, 1)
+// RenewSessionAsync queues a renewal of session id with the next batch and
+// returns at once; the batch sends its Renewal, carrying tag, on done.
+// done must have room for it when the batch ends (a stream reserves a
+// slot per renewal it queues): the batcher never waits on a receiver. The
+// batch's proposal is bounded by keepAliveBatchTimeout, so an answer
+// always comes.
+func (n *Node) RenewSessionAsync(id, tag uint64, done chan<- Renewal) {
+	n.keepAlives.enqueue(keepAliveCall{id: id, tag: tag, ch: done})
+}
+
+func (b *keepAliveBatcher) enqueue(c keepAliveCall) {
 	b.mu.Lock()
-	b.queue = append(b.queue, keepAliveCall{id: id, ch: ch})
+	b.queue = append(b.queue, c)
 	if !b.running {
 		b.running = true
 		go b.run()
 	}
 	b.mu.Unlock()
+}
+
+func (b *keepAliveBatcher) renew(ctx context.Context, id uint64) (*kvpb.CommandResult, Applied, error) {
+	ch := make(chan Renewal, 1)
+	b.enqueue(keepAliveCall{id: id, ch: ch})
 	select {
 	case d := <-ch:
-		return d.res, d.at, d.err
+		return d.Res, d.At, d.Err
 	case <-ctx.Done():
 		// The renewal may still apply: the outcome is unknown (and harmless
 		// to retry).
@@ -110,9 +129,9 @@ func (b *keepAliveBatcher) run() {
 				Msg: "keepalive batch: the fsm answered a different number of sessions"}
 		}
 		for i, c := range batch {
-			d := keepAliveDone{at: at, err: err}
+			d := Renewal{ID: c.id, Tag: c.tag, At: at, Err: err}
 			if err == nil {
-				d.res = results[i]
+				d.Res = results[i]
 			}
 			c.ch <- d
 		}

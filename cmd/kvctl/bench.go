@@ -116,7 +116,7 @@ member per instance). The run ends after --total requests, or after
 	lk.Flags().IntVar(&f.lockers, "lockers", 1, "sessions contending for the one lock")
 	ka := &cobra.Command{
 		Use:   "keepalive",
-		Short: "session keepalives: --clients sessions, each renewed in a loop",
+		Short: "session keepalives: --clients sessions, each renewed in a loop over its connection's keepalive stream, as the Go client renews",
 		Args:  noBenchArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd.Context(), a, &f, &keepaliveWorkload{})

@@ -2846,6 +2846,152 @@ func (x *GetSessionResponse) GetSession() *SessionInfo {
 	return nil
 }
 
+// KeepAliveStreamRequest is one renewal sent on a KeepAliveStream.
+type KeepAliveStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // the session to renew
+	// Chosen by the client and carried back in the answer, which may come
+	// out of request order (the Go client numbers its renewals).
+	Tag           uint64 `protobuf:"varint,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveStreamRequest) Reset() {
+	*x = KeepAliveStreamRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveStreamRequest) ProtoMessage() {}
+
+func (x *KeepAliveStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveStreamRequest.ProtoReflect.Descriptor instead.
+func (*KeepAliveStreamRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *KeepAliveStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *KeepAliveStreamRequest) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+// KeepAliveStreamResponse answers one KeepAliveStreamRequest: either the
+// renewal (header and session, as a KeepAliveResponse) or, with error set,
+// why this renewal failed: the ErrorInfo and text the unary KeepAlive
+// would have answered with (SESSION_EXPIRED, INVALID_ARGUMENT for id 0,
+// PERMISSION_DENIED for another user's session, INDETERMINATE when the
+// renewal's entry was not confirmed in time, ...). The stream stays open
+// after such an answer.
+type KeepAliveStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"` // unset when error is set
+	Tag           uint64                 `protobuf:"varint,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	Id            uint64                 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	Session       *SessionInfo           `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	Error         *ErrorInfo             `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,6,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveStreamResponse) Reset() {
+	*x = KeepAliveStreamResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveStreamResponse) ProtoMessage() {}
+
+func (x *KeepAliveStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveStreamResponse.ProtoReflect.Descriptor instead.
+func (*KeepAliveStreamResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *KeepAliveStreamResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *KeepAliveStreamResponse) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *KeepAliveStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *KeepAliveStreamResponse) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *KeepAliveStreamResponse) GetError() *ErrorInfo {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *KeepAliveStreamResponse) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 type LockWaiter struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       uint64                 `protobuf:"varint,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -2858,7 +3004,7 @@ type LockWaiter struct {
 
 func (x *LockWaiter) Reset() {
 	*x = LockWaiter{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +3016,7 @@ func (x *LockWaiter) String() string {
 func (*LockWaiter) ProtoMessage() {}
 
 func (x *LockWaiter) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +3029,7 @@ func (x *LockWaiter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockWaiter.ProtoReflect.Descriptor instead.
 func (*LockWaiter) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LockWaiter) GetSession() uint64 {
@@ -2941,7 +3087,7 @@ type LockInfo struct {
 
 func (x *LockInfo) Reset() {
 	*x = LockInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3099,7 @@ func (x *LockInfo) String() string {
 func (*LockInfo) ProtoMessage() {}
 
 func (x *LockInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3112,7 @@ func (x *LockInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockInfo.ProtoReflect.Descriptor instead.
 func (*LockInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LockInfo) GetName() []byte {
@@ -3072,7 +3218,7 @@ type AcquireRequest struct {
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3230,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3243,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AcquireRequest) GetHeader() *RequestHeader {
@@ -3149,7 +3295,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3161,7 +3307,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3174,7 +3320,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AcquireResponse) GetHeader() *ResponseHeader {
@@ -3223,7 +3369,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3235,7 +3381,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3248,7 +3394,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReleaseRequest) GetHeader() *RequestHeader {
@@ -3283,7 +3429,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3295,7 +3441,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3308,7 +3454,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReleaseResponse) GetHeader() *ResponseHeader {
@@ -3342,7 +3488,7 @@ type CancelWaitRequest struct {
 
 func (x *CancelWaitRequest) Reset() {
 	*x = CancelWaitRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3354,7 +3500,7 @@ func (x *CancelWaitRequest) String() string {
 func (*CancelWaitRequest) ProtoMessage() {}
 
 func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3367,7 +3513,7 @@ func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitRequest.ProtoReflect.Descriptor instead.
 func (*CancelWaitRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CancelWaitRequest) GetHeader() *RequestHeader {
@@ -3400,7 +3546,7 @@ type CancelWaitResponse struct {
 
 func (x *CancelWaitResponse) Reset() {
 	*x = CancelWaitResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3558,7 @@ func (x *CancelWaitResponse) String() string {
 func (*CancelWaitResponse) ProtoMessage() {}
 
 func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3571,7 @@ func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitResponse.ProtoReflect.Descriptor instead.
 func (*CancelWaitResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CancelWaitResponse) GetHeader() *ResponseHeader {
@@ -3446,7 +3592,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3458,7 +3604,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3471,7 +3617,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RenewRequest) GetName() []byte {
@@ -3498,7 +3644,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3510,7 +3656,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3523,7 +3669,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RenewResponse) GetHeader() *ResponseHeader {
@@ -3550,7 +3696,7 @@ type GetLockRequest struct {
 
 func (x *GetLockRequest) Reset() {
 	*x = GetLockRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3562,7 +3708,7 @@ func (x *GetLockRequest) String() string {
 func (*GetLockRequest) ProtoMessage() {}
 
 func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3575,7 +3721,7 @@ func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockRequest.ProtoReflect.Descriptor instead.
 func (*GetLockRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetLockRequest) GetName() []byte {
@@ -3602,7 +3748,7 @@ type GetLockResponse struct {
 
 func (x *GetLockResponse) Reset() {
 	*x = GetLockResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3614,7 +3760,7 @@ func (x *GetLockResponse) String() string {
 func (*GetLockResponse) ProtoMessage() {}
 
 func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3627,7 +3773,7 @@ func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockResponse.ProtoReflect.Descriptor instead.
 func (*GetLockResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetLockResponse) GetHeader() *ResponseHeader {
@@ -3661,7 +3807,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3819,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3832,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListLocksRequest) GetPrefix() []byte {
@@ -3729,7 +3875,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +3887,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +3900,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListLocksResponse) GetHeader() *ResponseHeader {
@@ -3794,7 +3940,7 @@ type BreakRequest struct {
 
 func (x *BreakRequest) Reset() {
 	*x = BreakRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3806,7 +3952,7 @@ func (x *BreakRequest) String() string {
 func (*BreakRequest) ProtoMessage() {}
 
 func (x *BreakRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3819,7 +3965,7 @@ func (x *BreakRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakRequest.ProtoReflect.Descriptor instead.
 func (*BreakRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BreakRequest) GetHeader() *RequestHeader {
@@ -3858,7 +4004,7 @@ type BreakResponse struct {
 
 func (x *BreakResponse) Reset() {
 	*x = BreakResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3870,7 +4016,7 @@ func (x *BreakResponse) String() string {
 func (*BreakResponse) ProtoMessage() {}
 
 func (x *BreakResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3883,7 +4029,7 @@ func (x *BreakResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakResponse.ProtoReflect.Descriptor instead.
 func (*BreakResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *BreakResponse) GetHeader() *ResponseHeader {
@@ -3936,7 +4082,7 @@ type ProclaimRequest struct {
 
 func (x *ProclaimRequest) Reset() {
 	*x = ProclaimRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3948,7 +4094,7 @@ func (x *ProclaimRequest) String() string {
 func (*ProclaimRequest) ProtoMessage() {}
 
 func (x *ProclaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3961,7 +4107,7 @@ func (x *ProclaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProclaimRequest.ProtoReflect.Descriptor instead.
 func (*ProclaimRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ProclaimRequest) GetHeader() *RequestHeader {
@@ -4002,7 +4148,7 @@ type ProclaimResponse struct {
 
 func (x *ProclaimResponse) Reset() {
 	*x = ProclaimResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4014,7 +4160,7 @@ func (x *ProclaimResponse) String() string {
 func (*ProclaimResponse) ProtoMessage() {}
 
 func (x *ProclaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4027,7 +4173,7 @@ func (x *ProclaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProclaimResponse.ProtoReflect.Descriptor instead.
 func (*ProclaimResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ProclaimResponse) GetHeader() *ResponseHeader {
@@ -4055,7 +4201,7 @@ type CheckFenceRequest struct {
 
 func (x *CheckFenceRequest) Reset() {
 	*x = CheckFenceRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4067,7 +4213,7 @@ func (x *CheckFenceRequest) String() string {
 func (*CheckFenceRequest) ProtoMessage() {}
 
 func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4080,7 +4226,7 @@ func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceRequest.ProtoReflect.Descriptor instead.
 func (*CheckFenceRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CheckFenceRequest) GetLock() []byte {
@@ -4115,7 +4261,7 @@ type CheckFenceResponse struct {
 
 func (x *CheckFenceResponse) Reset() {
 	*x = CheckFenceResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4127,7 +4273,7 @@ func (x *CheckFenceResponse) String() string {
 func (*CheckFenceResponse) ProtoMessage() {}
 
 func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +4286,7 @@ func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceResponse.ProtoReflect.Descriptor instead.
 func (*CheckFenceResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CheckFenceResponse) GetHeader() *ResponseHeader {
@@ -4175,7 +4321,7 @@ type FillLease struct {
 
 func (x *FillLease) Reset() {
 	*x = FillLease{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4187,7 +4333,7 @@ func (x *FillLease) String() string {
 func (*FillLease) ProtoMessage() {}
 
 func (x *FillLease) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4200,7 +4346,7 @@ func (x *FillLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillLease.ProtoReflect.Descriptor instead.
 func (*FillLease) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *FillLease) GetSession() uint64 {
@@ -4241,7 +4387,7 @@ type CacheEntry struct {
 
 func (x *CacheEntry) Reset() {
 	*x = CacheEntry{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4253,7 +4399,7 @@ func (x *CacheEntry) String() string {
 func (*CacheEntry) ProtoMessage() {}
 
 func (x *CacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4266,7 +4412,7 @@ func (x *CacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEntry.ProtoReflect.Descriptor instead.
 func (*CacheEntry) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CacheEntry) GetKey() []byte {
@@ -4335,7 +4481,7 @@ type CacheGetRequest struct {
 
 func (x *CacheGetRequest) Reset() {
 	*x = CacheGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4347,7 +4493,7 @@ func (x *CacheGetRequest) String() string {
 func (*CacheGetRequest) ProtoMessage() {}
 
 func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4360,7 +4506,7 @@ func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetRequest.ProtoReflect.Descriptor instead.
 func (*CacheGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CacheGetRequest) GetKey() []byte {
@@ -4388,7 +4534,7 @@ type CacheGetResponse struct {
 
 func (x *CacheGetResponse) Reset() {
 	*x = CacheGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4400,7 +4546,7 @@ func (x *CacheGetResponse) String() string {
 func (*CacheGetResponse) ProtoMessage() {}
 
 func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4413,7 +4559,7 @@ func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetResponse.ProtoReflect.Descriptor instead.
 func (*CacheGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CacheGetResponse) GetHeader() *ResponseHeader {
@@ -4454,7 +4600,7 @@ type FillRequest struct {
 
 func (x *FillRequest) Reset() {
 	*x = FillRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4466,7 +4612,7 @@ func (x *FillRequest) String() string {
 func (*FillRequest) ProtoMessage() {}
 
 func (x *FillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4479,7 +4625,7 @@ func (x *FillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillRequest.ProtoReflect.Descriptor instead.
 func (*FillRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FillRequest) GetHeader() *RequestHeader {
@@ -4533,7 +4679,7 @@ type FillResponse struct {
 
 func (x *FillResponse) Reset() {
 	*x = FillResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4545,7 +4691,7 @@ func (x *FillResponse) String() string {
 func (*FillResponse) ProtoMessage() {}
 
 func (x *FillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4558,7 +4704,7 @@ func (x *FillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillResponse.ProtoReflect.Descriptor instead.
 func (*FillResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FillResponse) GetHeader() *ResponseHeader {
@@ -4606,7 +4752,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4618,7 +4764,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4631,7 +4777,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *StoreRequest) GetHeader() *RequestHeader {
@@ -4700,7 +4846,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4712,7 +4858,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4725,7 +4871,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *StoreResponse) GetHeader() *ResponseHeader {
@@ -4755,7 +4901,7 @@ type CacheSetRequest struct {
 
 func (x *CacheSetRequest) Reset() {
 	*x = CacheSetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4767,7 +4913,7 @@ func (x *CacheSetRequest) String() string {
 func (*CacheSetRequest) ProtoMessage() {}
 
 func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4780,7 +4926,7 @@ func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetRequest.ProtoReflect.Descriptor instead.
 func (*CacheSetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CacheSetRequest) GetHeader() *RequestHeader {
@@ -4828,7 +4974,7 @@ type CacheSetResponse struct {
 
 func (x *CacheSetResponse) Reset() {
 	*x = CacheSetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4840,7 +4986,7 @@ func (x *CacheSetResponse) String() string {
 func (*CacheSetResponse) ProtoMessage() {}
 
 func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4853,7 +4999,7 @@ func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetResponse.ProtoReflect.Descriptor instead.
 func (*CacheSetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CacheSetResponse) GetHeader() *ResponseHeader {
@@ -4881,7 +5027,7 @@ type InvalidateRequest struct {
 
 func (x *InvalidateRequest) Reset() {
 	*x = InvalidateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4893,7 +5039,7 @@ func (x *InvalidateRequest) String() string {
 func (*InvalidateRequest) ProtoMessage() {}
 
 func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4906,7 +5052,7 @@ func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateRequest.ProtoReflect.Descriptor instead.
 func (*InvalidateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *InvalidateRequest) GetHeader() *RequestHeader {
@@ -4940,7 +5086,7 @@ type InvalidateResponse struct {
 
 func (x *InvalidateResponse) Reset() {
 	*x = InvalidateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4952,7 +5098,7 @@ func (x *InvalidateResponse) String() string {
 func (*InvalidateResponse) ProtoMessage() {}
 
 func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4965,7 +5111,7 @@ func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateResponse.ProtoReflect.Descriptor instead.
 func (*InvalidateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *InvalidateResponse) GetHeader() *ResponseHeader {
@@ -4990,7 +5136,7 @@ type CacheStatsRequest struct {
 
 func (x *CacheStatsRequest) Reset() {
 	*x = CacheStatsRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5002,7 +5148,7 @@ func (x *CacheStatsRequest) String() string {
 func (*CacheStatsRequest) ProtoMessage() {}
 
 func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5015,7 +5161,7 @@ func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsRequest.ProtoReflect.Descriptor instead.
 func (*CacheStatsRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
 }
 
 type CacheStatsResponse struct {
@@ -5041,7 +5187,7 @@ type CacheStatsResponse struct {
 
 func (x *CacheStatsResponse) Reset() {
 	*x = CacheStatsResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5053,7 +5199,7 @@ func (x *CacheStatsResponse) String() string {
 func (*CacheStatsResponse) ProtoMessage() {}
 
 func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5066,7 +5212,7 @@ func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsResponse.ProtoReflect.Descriptor instead.
 func (*CacheStatsResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CacheStatsResponse) GetHeader() *ResponseHeader {
@@ -5173,7 +5319,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5185,7 +5331,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5198,7 +5344,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Member) GetName() string {
@@ -5247,7 +5393,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5259,7 +5405,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5272,7 +5418,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *StatusRequest) GetSkipStateHash() bool {
@@ -5319,7 +5465,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5331,7 +5477,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5344,7 +5490,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -5481,7 +5627,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5493,7 +5639,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5506,7 +5652,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
 }
 
 type MembersResponse struct {
@@ -5519,7 +5665,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5531,7 +5677,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5544,7 +5690,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -5572,7 +5718,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5584,7 +5730,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5597,7 +5743,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *AddMemberRequest) GetName() string {
@@ -5631,7 +5777,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5643,7 +5789,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5656,7 +5802,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AddMemberResponse) GetHeader() *ResponseHeader {
@@ -5682,7 +5828,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5694,7 +5840,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5707,7 +5853,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RemoveMemberRequest) GetName() string {
@@ -5727,7 +5873,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5739,7 +5885,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5752,7 +5898,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -5778,7 +5924,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5790,7 +5936,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5803,7 +5949,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *TransferLeaderRequest) GetName() string {
@@ -5823,7 +5969,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5835,7 +5981,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5848,7 +5994,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *TransferLeaderResponse) GetHeader() *ResponseHeader {
@@ -5873,7 +6019,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5885,7 +6031,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5898,7 +6044,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
 }
 
 type SnapshotResponse struct {
@@ -5911,7 +6057,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5923,7 +6069,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5936,7 +6082,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *SnapshotResponse) GetHeader() *ResponseHeader {
@@ -5966,7 +6112,7 @@ type Permission struct {
 
 func (x *Permission) Reset() {
 	*x = Permission{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5978,7 +6124,7 @@ func (x *Permission) String() string {
 func (*Permission) ProtoMessage() {}
 
 func (x *Permission) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5991,7 +6137,7 @@ func (x *Permission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Permission.ProtoReflect.Descriptor instead.
 func (*Permission) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *Permission) GetKind() PermKind {
@@ -6030,7 +6176,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6042,7 +6188,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6055,7 +6201,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *User) GetName() string {
@@ -6098,7 +6244,7 @@ type Role struct {
 
 func (x *Role) Reset() {
 	*x = Role{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6110,7 +6256,7 @@ func (x *Role) String() string {
 func (*Role) ProtoMessage() {}
 
 func (x *Role) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6123,7 +6269,7 @@ func (x *Role) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Role.ProtoReflect.Descriptor instead.
 func (*Role) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *Role) GetName() string {
@@ -6159,7 +6305,7 @@ type AuthenticateRequest struct {
 
 func (x *AuthenticateRequest) Reset() {
 	*x = AuthenticateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6171,7 +6317,7 @@ func (x *AuthenticateRequest) String() string {
 func (*AuthenticateRequest) ProtoMessage() {}
 
 func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6184,7 +6330,7 @@ func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *AuthenticateRequest) GetName() string {
@@ -6213,7 +6359,7 @@ type AuthenticateResponse struct {
 
 func (x *AuthenticateResponse) Reset() {
 	*x = AuthenticateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6225,7 +6371,7 @@ func (x *AuthenticateResponse) String() string {
 func (*AuthenticateResponse) ProtoMessage() {}
 
 func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6238,7 +6384,7 @@ func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *AuthenticateResponse) GetHeader() *ResponseHeader {
@@ -6271,7 +6417,7 @@ type AuthEnableRequest struct {
 
 func (x *AuthEnableRequest) Reset() {
 	*x = AuthEnableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6283,7 +6429,7 @@ func (x *AuthEnableRequest) String() string {
 func (*AuthEnableRequest) ProtoMessage() {}
 
 func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6296,7 +6442,7 @@ func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableRequest.ProtoReflect.Descriptor instead.
 func (*AuthEnableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *AuthEnableRequest) GetHeader() *RequestHeader {
@@ -6315,7 +6461,7 @@ type AuthEnableResponse struct {
 
 func (x *AuthEnableResponse) Reset() {
 	*x = AuthEnableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6327,7 +6473,7 @@ func (x *AuthEnableResponse) String() string {
 func (*AuthEnableResponse) ProtoMessage() {}
 
 func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6340,7 +6486,7 @@ func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableResponse.ProtoReflect.Descriptor instead.
 func (*AuthEnableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *AuthEnableResponse) GetHeader() *ResponseHeader {
@@ -6359,7 +6505,7 @@ type AuthDisableRequest struct {
 
 func (x *AuthDisableRequest) Reset() {
 	*x = AuthDisableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6371,7 +6517,7 @@ func (x *AuthDisableRequest) String() string {
 func (*AuthDisableRequest) ProtoMessage() {}
 
 func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6384,7 +6530,7 @@ func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableRequest.ProtoReflect.Descriptor instead.
 func (*AuthDisableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *AuthDisableRequest) GetHeader() *RequestHeader {
@@ -6403,7 +6549,7 @@ type AuthDisableResponse struct {
 
 func (x *AuthDisableResponse) Reset() {
 	*x = AuthDisableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6415,7 +6561,7 @@ func (x *AuthDisableResponse) String() string {
 func (*AuthDisableResponse) ProtoMessage() {}
 
 func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6428,7 +6574,7 @@ func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableResponse.ProtoReflect.Descriptor instead.
 func (*AuthDisableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *AuthDisableResponse) GetHeader() *ResponseHeader {
@@ -6447,7 +6593,7 @@ type AuthStatusRequest struct {
 
 func (x *AuthStatusRequest) Reset() {
 	*x = AuthStatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6459,7 +6605,7 @@ func (x *AuthStatusRequest) String() string {
 func (*AuthStatusRequest) ProtoMessage() {}
 
 func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6472,7 +6618,7 @@ func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusRequest.ProtoReflect.Descriptor instead.
 func (*AuthStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *AuthStatusRequest) GetConsistency() Consistency {
@@ -6494,7 +6640,7 @@ type AuthStatusResponse struct {
 
 func (x *AuthStatusResponse) Reset() {
 	*x = AuthStatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6506,7 +6652,7 @@ func (x *AuthStatusResponse) String() string {
 func (*AuthStatusResponse) ProtoMessage() {}
 
 func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6519,7 +6665,7 @@ func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusResponse.ProtoReflect.Descriptor instead.
 func (*AuthStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *AuthStatusResponse) GetHeader() *ResponseHeader {
@@ -6559,7 +6705,7 @@ type UserAddRequest struct {
 
 func (x *UserAddRequest) Reset() {
 	*x = UserAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6571,7 +6717,7 @@ func (x *UserAddRequest) String() string {
 func (*UserAddRequest) ProtoMessage() {}
 
 func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6584,7 +6730,7 @@ func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
 func (*UserAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *UserAddRequest) GetHeader() *RequestHeader {
@@ -6632,7 +6778,7 @@ type UserAddResponse struct {
 
 func (x *UserAddResponse) Reset() {
 	*x = UserAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6644,7 +6790,7 @@ func (x *UserAddResponse) String() string {
 func (*UserAddResponse) ProtoMessage() {}
 
 func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6657,7 +6803,7 @@ func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
 func (*UserAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *UserAddResponse) GetHeader() *ResponseHeader {
@@ -6684,7 +6830,7 @@ type UserDeleteRequest struct {
 
 func (x *UserDeleteRequest) Reset() {
 	*x = UserDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6696,7 +6842,7 @@ func (x *UserDeleteRequest) String() string {
 func (*UserDeleteRequest) ProtoMessage() {}
 
 func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6709,7 +6855,7 @@ func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
 func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *UserDeleteRequest) GetHeader() *RequestHeader {
@@ -6735,7 +6881,7 @@ type UserDeleteResponse struct {
 
 func (x *UserDeleteResponse) Reset() {
 	*x = UserDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6747,7 +6893,7 @@ func (x *UserDeleteResponse) String() string {
 func (*UserDeleteResponse) ProtoMessage() {}
 
 func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6760,7 +6906,7 @@ func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
 func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *UserDeleteResponse) GetHeader() *ResponseHeader {
@@ -6780,7 +6926,7 @@ type UserGetRequest struct {
 
 func (x *UserGetRequest) Reset() {
 	*x = UserGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6792,7 +6938,7 @@ func (x *UserGetRequest) String() string {
 func (*UserGetRequest) ProtoMessage() {}
 
 func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6805,7 +6951,7 @@ func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetRequest.ProtoReflect.Descriptor instead.
 func (*UserGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *UserGetRequest) GetName() string {
@@ -6832,7 +6978,7 @@ type UserGetResponse struct {
 
 func (x *UserGetResponse) Reset() {
 	*x = UserGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6844,7 +6990,7 @@ func (x *UserGetResponse) String() string {
 func (*UserGetResponse) ProtoMessage() {}
 
 func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6857,7 +7003,7 @@ func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetResponse.ProtoReflect.Descriptor instead.
 func (*UserGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *UserGetResponse) GetHeader() *ResponseHeader {
@@ -6883,7 +7029,7 @@ type UserListRequest struct {
 
 func (x *UserListRequest) Reset() {
 	*x = UserListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6895,7 +7041,7 @@ func (x *UserListRequest) String() string {
 func (*UserListRequest) ProtoMessage() {}
 
 func (x *UserListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6908,7 +7054,7 @@ func (x *UserListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
 func (*UserListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *UserListRequest) GetConsistency() Consistency {
@@ -6928,7 +7074,7 @@ type UserListResponse struct {
 
 func (x *UserListResponse) Reset() {
 	*x = UserListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6940,7 +7086,7 @@ func (x *UserListResponse) String() string {
 func (*UserListResponse) ProtoMessage() {}
 
 func (x *UserListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6953,7 +7099,7 @@ func (x *UserListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
 func (*UserListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *UserListResponse) GetHeader() *ResponseHeader {
@@ -6985,7 +7131,7 @@ type UserChangePasswordRequest struct {
 
 func (x *UserChangePasswordRequest) Reset() {
 	*x = UserChangePasswordRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6997,7 +7143,7 @@ func (x *UserChangePasswordRequest) String() string {
 func (*UserChangePasswordRequest) ProtoMessage() {}
 
 func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7010,7 +7156,7 @@ func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordRequest.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *UserChangePasswordRequest) GetHeader() *RequestHeader {
@@ -7058,7 +7204,7 @@ type UserChangePasswordResponse struct {
 
 func (x *UserChangePasswordResponse) Reset() {
 	*x = UserChangePasswordResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7070,7 +7216,7 @@ func (x *UserChangePasswordResponse) String() string {
 func (*UserChangePasswordResponse) ProtoMessage() {}
 
 func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7083,7 +7229,7 @@ func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordResponse.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *UserChangePasswordResponse) GetHeader() *ResponseHeader {
@@ -7111,7 +7257,7 @@ type UserGrantRoleRequest struct {
 
 func (x *UserGrantRoleRequest) Reset() {
 	*x = UserGrantRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7123,7 +7269,7 @@ func (x *UserGrantRoleRequest) String() string {
 func (*UserGrantRoleRequest) ProtoMessage() {}
 
 func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7136,7 +7282,7 @@ func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *UserGrantRoleRequest) GetHeader() *RequestHeader {
@@ -7170,7 +7316,7 @@ type UserGrantRoleResponse struct {
 
 func (x *UserGrantRoleResponse) Reset() {
 	*x = UserGrantRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7182,7 +7328,7 @@ func (x *UserGrantRoleResponse) String() string {
 func (*UserGrantRoleResponse) ProtoMessage() {}
 
 func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7195,7 +7341,7 @@ func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *UserGrantRoleResponse) GetHeader() *ResponseHeader {
@@ -7223,7 +7369,7 @@ type UserRevokeRoleRequest struct {
 
 func (x *UserRevokeRoleRequest) Reset() {
 	*x = UserRevokeRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7235,7 +7381,7 @@ func (x *UserRevokeRoleRequest) String() string {
 func (*UserRevokeRoleRequest) ProtoMessage() {}
 
 func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7248,7 +7394,7 @@ func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *UserRevokeRoleRequest) GetHeader() *RequestHeader {
@@ -7282,7 +7428,7 @@ type UserRevokeRoleResponse struct {
 
 func (x *UserRevokeRoleResponse) Reset() {
 	*x = UserRevokeRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7294,7 +7440,7 @@ func (x *UserRevokeRoleResponse) String() string {
 func (*UserRevokeRoleResponse) ProtoMessage() {}
 
 func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7307,7 +7453,7 @@ func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *UserRevokeRoleResponse) GetHeader() *ResponseHeader {
@@ -7334,7 +7480,7 @@ type RoleAddRequest struct {
 
 func (x *RoleAddRequest) Reset() {
 	*x = RoleAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7346,7 +7492,7 @@ func (x *RoleAddRequest) String() string {
 func (*RoleAddRequest) ProtoMessage() {}
 
 func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7359,7 +7505,7 @@ func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
 func (*RoleAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *RoleAddRequest) GetHeader() *RequestHeader {
@@ -7386,7 +7532,7 @@ type RoleAddResponse struct {
 
 func (x *RoleAddResponse) Reset() {
 	*x = RoleAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7398,7 +7544,7 @@ func (x *RoleAddResponse) String() string {
 func (*RoleAddResponse) ProtoMessage() {}
 
 func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7411,7 +7557,7 @@ func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddResponse.ProtoReflect.Descriptor instead.
 func (*RoleAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *RoleAddResponse) GetHeader() *ResponseHeader {
@@ -7439,7 +7585,7 @@ type RoleDeleteRequest struct {
 
 func (x *RoleDeleteRequest) Reset() {
 	*x = RoleDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7451,7 +7597,7 @@ func (x *RoleDeleteRequest) String() string {
 func (*RoleDeleteRequest) ProtoMessage() {}
 
 func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7464,7 +7610,7 @@ func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
 func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *RoleDeleteRequest) GetHeader() *RequestHeader {
@@ -7490,7 +7636,7 @@ type RoleDeleteResponse struct {
 
 func (x *RoleDeleteResponse) Reset() {
 	*x = RoleDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7502,7 +7648,7 @@ func (x *RoleDeleteResponse) String() string {
 func (*RoleDeleteResponse) ProtoMessage() {}
 
 func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7515,7 +7661,7 @@ func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
 func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *RoleDeleteResponse) GetHeader() *ResponseHeader {
@@ -7535,7 +7681,7 @@ type RoleGetRequest struct {
 
 func (x *RoleGetRequest) Reset() {
 	*x = RoleGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7547,7 +7693,7 @@ func (x *RoleGetRequest) String() string {
 func (*RoleGetRequest) ProtoMessage() {}
 
 func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7560,7 +7706,7 @@ func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetRequest.ProtoReflect.Descriptor instead.
 func (*RoleGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *RoleGetRequest) GetName() string {
@@ -7587,7 +7733,7 @@ type RoleGetResponse struct {
 
 func (x *RoleGetResponse) Reset() {
 	*x = RoleGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7599,7 +7745,7 @@ func (x *RoleGetResponse) String() string {
 func (*RoleGetResponse) ProtoMessage() {}
 
 func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7612,7 +7758,7 @@ func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetResponse.ProtoReflect.Descriptor instead.
 func (*RoleGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *RoleGetResponse) GetHeader() *ResponseHeader {
@@ -7638,7 +7784,7 @@ type RoleListRequest struct {
 
 func (x *RoleListRequest) Reset() {
 	*x = RoleListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7650,7 +7796,7 @@ func (x *RoleListRequest) String() string {
 func (*RoleListRequest) ProtoMessage() {}
 
 func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7663,7 +7809,7 @@ func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
 func (*RoleListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *RoleListRequest) GetConsistency() Consistency {
@@ -7683,7 +7829,7 @@ type RoleListResponse struct {
 
 func (x *RoleListResponse) Reset() {
 	*x = RoleListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7695,7 +7841,7 @@ func (x *RoleListResponse) String() string {
 func (*RoleListResponse) ProtoMessage() {}
 
 func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7708,7 +7854,7 @@ func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
 func (*RoleListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *RoleListResponse) GetHeader() *ResponseHeader {
@@ -7738,7 +7884,7 @@ type RoleGrantPermissionRequest struct {
 
 func (x *RoleGrantPermissionRequest) Reset() {
 	*x = RoleGrantPermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7750,7 +7896,7 @@ func (x *RoleGrantPermissionRequest) String() string {
 func (*RoleGrantPermissionRequest) ProtoMessage() {}
 
 func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7763,7 +7909,7 @@ func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *RoleGrantPermissionRequest) GetHeader() *RequestHeader {
@@ -7797,7 +7943,7 @@ type RoleGrantPermissionResponse struct {
 
 func (x *RoleGrantPermissionResponse) Reset() {
 	*x = RoleGrantPermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7809,7 +7955,7 @@ func (x *RoleGrantPermissionResponse) String() string {
 func (*RoleGrantPermissionResponse) ProtoMessage() {}
 
 func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7822,7 +7968,7 @@ func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *RoleGrantPermissionResponse) GetHeader() *ResponseHeader {
@@ -7853,7 +7999,7 @@ type RoleRevokePermissionRequest struct {
 
 func (x *RoleRevokePermissionRequest) Reset() {
 	*x = RoleRevokePermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7865,7 +8011,7 @@ func (x *RoleRevokePermissionRequest) String() string {
 func (*RoleRevokePermissionRequest) ProtoMessage() {}
 
 func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7878,7 +8024,7 @@ func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *RoleRevokePermissionRequest) GetHeader() *RequestHeader {
@@ -7919,7 +8065,7 @@ type RoleRevokePermissionResponse struct {
 
 func (x *RoleRevokePermissionResponse) Reset() {
 	*x = RoleRevokePermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7931,7 +8077,7 @@ func (x *RoleRevokePermissionResponse) String() string {
 func (*RoleRevokePermissionResponse) ProtoMessage() {}
 
 func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7944,7 +8090,7 @@ func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *RoleRevokePermissionResponse) GetHeader() *ResponseHeader {
@@ -7988,7 +8134,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8000,7 +8146,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8013,7 +8159,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *WatchEvent) GetIndex() uint64 {
@@ -8127,7 +8273,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8139,7 +8285,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8152,7 +8298,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *WatchRequest) GetTarget() WatchTarget {
@@ -8234,7 +8380,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8246,7 +8392,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8259,7 +8405,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *WatchResponse) GetHeader() *ResponseHeader {
@@ -8361,7 +8507,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8373,7 +8519,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8386,7 +8532,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *Command) GetStamp() int64 {
@@ -8948,7 +9094,7 @@ type StateLimits struct {
 
 func (x *StateLimits) Reset() {
 	*x = StateLimits{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8960,7 +9106,7 @@ func (x *StateLimits) String() string {
 func (*StateLimits) ProtoMessage() {}
 
 func (x *StateLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8973,7 +9119,7 @@ func (x *StateLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateLimits.ProtoReflect.Descriptor instead.
 func (*StateLimits) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
 }
 
 func (x *StateLimits) GetMaxWaitersPerLock() uint32 {
@@ -9037,7 +9183,7 @@ type KeepAliveBatchOp struct {
 
 func (x *KeepAliveBatchOp) Reset() {
 	*x = KeepAliveBatchOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9049,7 +9195,7 @@ func (x *KeepAliveBatchOp) String() string {
 func (*KeepAliveBatchOp) ProtoMessage() {}
 
 func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9062,7 +9208,7 @@ func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
 }
 
 func (x *KeepAliveBatchOp) GetIds() []uint64 {
@@ -9083,7 +9229,7 @@ type KeepAliveBatchResult struct {
 
 func (x *KeepAliveBatchResult) Reset() {
 	*x = KeepAliveBatchResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9095,7 +9241,7 @@ func (x *KeepAliveBatchResult) String() string {
 func (*KeepAliveBatchResult) ProtoMessage() {}
 
 func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9108,7 +9254,7 @@ func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
 }
 
 func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
@@ -9127,7 +9273,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9139,7 +9285,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9152,7 +9298,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -9167,7 +9313,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9179,7 +9325,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9192,7 +9338,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -9213,7 +9359,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9225,7 +9371,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9238,7 +9384,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -9271,7 +9417,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9283,7 +9429,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9296,7 +9442,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -9321,7 +9467,7 @@ type AuthEnableOp struct {
 
 func (x *AuthEnableOp) Reset() {
 	*x = AuthEnableOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9333,7 +9479,7 @@ func (x *AuthEnableOp) String() string {
 func (*AuthEnableOp) ProtoMessage() {}
 
 func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9346,7 +9492,7 @@ func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableOp.ProtoReflect.Descriptor instead.
 func (*AuthEnableOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{128}
 }
 
 func (x *AuthEnableOp) GetHeader() *RequestHeader {
@@ -9410,7 +9556,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9422,7 +9568,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9435,7 +9581,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{129}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -9936,7 +10082,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9948,7 +10094,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9961,7 +10107,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{128}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{130}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -9982,7 +10128,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9994,7 +10140,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10007,7 +10153,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{129}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{131}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -10039,7 +10185,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10051,7 +10197,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10064,7 +10210,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{130}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{132}
 }
 
 type ReadIndexResponse struct {
@@ -10080,7 +10226,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10092,7 +10238,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10105,7 +10251,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{131}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{133}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -10137,7 +10283,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10149,7 +10295,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10162,7 +10308,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{132}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{134}
 }
 
 // SnapshotChunk is one part of a SnapshotSave stream: first info, then data
@@ -10181,7 +10327,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10193,7 +10339,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10206,7 +10352,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{133}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{135}
 }
 
 func (x *SnapshotChunk) GetPart() isSnapshotChunk_Part {
@@ -10279,7 +10425,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10291,7 +10437,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10304,7 +10450,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{134}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{136}
 }
 
 func (x *SnapshotInfo) GetHeader() *ResponseHeader {
@@ -10354,7 +10500,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10366,7 +10512,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10379,7 +10525,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{135}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{137}
 }
 
 func (x *SnapshotTrailer) GetSha256() []byte {
@@ -10409,7 +10555,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10421,7 +10567,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10434,7 +10580,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{136}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{138}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -10615,7 +10761,17 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x13.kvd.v1.ConsistencyR\vconsistency\"s\n" +
 	"\x12GetSessionResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12-\n" +
-	"\asession\x18\x02 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\"x\n" +
+	"\asession\x18\x02 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\":\n" +
+	"\x16KeepAliveStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\x04R\x03tag\"\xe8\x01\n" +
+	"\x17KeepAliveStreamResponse\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\x04R\x03tag\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id\x12-\n" +
+	"\asession\x18\x04 \x01(\v2\x13.kvd.v1.SessionInfoR\asession\x12'\n" +
+	"\x05error\x18\x05 \x01(\v2\x11.kvd.v1.ErrorInfoR\x05error\x12#\n" +
+	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\"x\n" +
 	"\n" +
 	"LockWaiter\x12\x18\n" +
 	"\asession\x18\x01 \x01(\x04R\asession\x12\x1b\n" +
@@ -11262,10 +11418,11 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04List\x12\x13.kvd.v1.ListRequest\x1a\x14.kvd.v1.ListResponse\x12.\n" +
 	"\x03Add\x12\x12.kvd.v1.AddRequest\x1a\x13.kvd.v1.AddResponse\x124\n" +
 	"\x05Touch\x12\x14.kvd.v1.TouchRequest\x1a\x15.kvd.v1.TouchResponse\x12.\n" +
-	"\x03Txn\x12\x12.kvd.v1.TxnRequest\x1a\x13.kvd.v1.TxnResponse2\x94\x02\n" +
+	"\x03Txn\x12\x12.kvd.v1.TxnRequest\x1a\x13.kvd.v1.TxnResponse2\xec\x02\n" +
 	"\aSession\x12E\n" +
 	"\x06Create\x12\x1c.kvd.v1.CreateSessionRequest\x1a\x1d.kvd.v1.CreateSessionResponse\x12@\n" +
-	"\tKeepAlive\x12\x18.kvd.v1.KeepAliveRequest\x1a\x19.kvd.v1.KeepAliveResponse\x12B\n" +
+	"\tKeepAlive\x12\x18.kvd.v1.KeepAliveRequest\x1a\x19.kvd.v1.KeepAliveResponse\x12V\n" +
+	"\x0fKeepAliveStream\x12\x1e.kvd.v1.KeepAliveStreamRequest\x1a\x1f.kvd.v1.KeepAliveStreamResponse(\x010\x01\x12B\n" +
 	"\x05Close\x12\x1b.kvd.v1.CloseSessionRequest\x1a\x1c.kvd.v1.CloseSessionResponse\x12<\n" +
 	"\x03Get\x12\x19.kvd.v1.GetSessionRequest\x1a\x1a.kvd.v1.GetSessionResponse2\xa8\x04\n" +
 	"\x04Lock\x12:\n" +
@@ -11340,7 +11497,7 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 }
 
 var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 137)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 139)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),                     // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
@@ -11383,112 +11540,114 @@ var file_kvd_v1_kvd_proto_goTypes = []any{
 	(*CloseSessionResponse)(nil),         // 38: kvd.v1.CloseSessionResponse
 	(*GetSessionRequest)(nil),            // 39: kvd.v1.GetSessionRequest
 	(*GetSessionResponse)(nil),           // 40: kvd.v1.GetSessionResponse
-	(*LockWaiter)(nil),                   // 41: kvd.v1.LockWaiter
-	(*LockInfo)(nil),                     // 42: kvd.v1.LockInfo
-	(*AcquireRequest)(nil),               // 43: kvd.v1.AcquireRequest
-	(*AcquireResponse)(nil),              // 44: kvd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),               // 45: kvd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),              // 46: kvd.v1.ReleaseResponse
-	(*CancelWaitRequest)(nil),            // 47: kvd.v1.CancelWaitRequest
-	(*CancelWaitResponse)(nil),           // 48: kvd.v1.CancelWaitResponse
-	(*RenewRequest)(nil),                 // 49: kvd.v1.RenewRequest
-	(*RenewResponse)(nil),                // 50: kvd.v1.RenewResponse
-	(*GetLockRequest)(nil),               // 51: kvd.v1.GetLockRequest
-	(*GetLockResponse)(nil),              // 52: kvd.v1.GetLockResponse
-	(*ListLocksRequest)(nil),             // 53: kvd.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),            // 54: kvd.v1.ListLocksResponse
-	(*BreakRequest)(nil),                 // 55: kvd.v1.BreakRequest
-	(*BreakResponse)(nil),                // 56: kvd.v1.BreakResponse
-	(*ProclaimRequest)(nil),              // 57: kvd.v1.ProclaimRequest
-	(*ProclaimResponse)(nil),             // 58: kvd.v1.ProclaimResponse
-	(*CheckFenceRequest)(nil),            // 59: kvd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),           // 60: kvd.v1.CheckFenceResponse
-	(*FillLease)(nil),                    // 61: kvd.v1.FillLease
-	(*CacheEntry)(nil),                   // 62: kvd.v1.CacheEntry
-	(*CacheGetRequest)(nil),              // 63: kvd.v1.CacheGetRequest
-	(*CacheGetResponse)(nil),             // 64: kvd.v1.CacheGetResponse
-	(*FillRequest)(nil),                  // 65: kvd.v1.FillRequest
-	(*FillResponse)(nil),                 // 66: kvd.v1.FillResponse
-	(*StoreRequest)(nil),                 // 67: kvd.v1.StoreRequest
-	(*StoreResponse)(nil),                // 68: kvd.v1.StoreResponse
-	(*CacheSetRequest)(nil),              // 69: kvd.v1.CacheSetRequest
-	(*CacheSetResponse)(nil),             // 70: kvd.v1.CacheSetResponse
-	(*InvalidateRequest)(nil),            // 71: kvd.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),           // 72: kvd.v1.InvalidateResponse
-	(*CacheStatsRequest)(nil),            // 73: kvd.v1.CacheStatsRequest
-	(*CacheStatsResponse)(nil),           // 74: kvd.v1.CacheStatsResponse
-	(*Member)(nil),                       // 75: kvd.v1.Member
-	(*StatusRequest)(nil),                // 76: kvd.v1.StatusRequest
-	(*StatusResponse)(nil),               // 77: kvd.v1.StatusResponse
-	(*MembersRequest)(nil),               // 78: kvd.v1.MembersRequest
-	(*MembersResponse)(nil),              // 79: kvd.v1.MembersResponse
-	(*AddMemberRequest)(nil),             // 80: kvd.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),            // 81: kvd.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),          // 82: kvd.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),         // 83: kvd.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),        // 84: kvd.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),       // 85: kvd.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),              // 86: kvd.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),             // 87: kvd.v1.SnapshotResponse
-	(*Permission)(nil),                   // 88: kvd.v1.Permission
-	(*User)(nil),                         // 89: kvd.v1.User
-	(*Role)(nil),                         // 90: kvd.v1.Role
-	(*AuthenticateRequest)(nil),          // 91: kvd.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil),         // 92: kvd.v1.AuthenticateResponse
-	(*AuthEnableRequest)(nil),            // 93: kvd.v1.AuthEnableRequest
-	(*AuthEnableResponse)(nil),           // 94: kvd.v1.AuthEnableResponse
-	(*AuthDisableRequest)(nil),           // 95: kvd.v1.AuthDisableRequest
-	(*AuthDisableResponse)(nil),          // 96: kvd.v1.AuthDisableResponse
-	(*AuthStatusRequest)(nil),            // 97: kvd.v1.AuthStatusRequest
-	(*AuthStatusResponse)(nil),           // 98: kvd.v1.AuthStatusResponse
-	(*UserAddRequest)(nil),               // 99: kvd.v1.UserAddRequest
-	(*UserAddResponse)(nil),              // 100: kvd.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),            // 101: kvd.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),           // 102: kvd.v1.UserDeleteResponse
-	(*UserGetRequest)(nil),               // 103: kvd.v1.UserGetRequest
-	(*UserGetResponse)(nil),              // 104: kvd.v1.UserGetResponse
-	(*UserListRequest)(nil),              // 105: kvd.v1.UserListRequest
-	(*UserListResponse)(nil),             // 106: kvd.v1.UserListResponse
-	(*UserChangePasswordRequest)(nil),    // 107: kvd.v1.UserChangePasswordRequest
-	(*UserChangePasswordResponse)(nil),   // 108: kvd.v1.UserChangePasswordResponse
-	(*UserGrantRoleRequest)(nil),         // 109: kvd.v1.UserGrantRoleRequest
-	(*UserGrantRoleResponse)(nil),        // 110: kvd.v1.UserGrantRoleResponse
-	(*UserRevokeRoleRequest)(nil),        // 111: kvd.v1.UserRevokeRoleRequest
-	(*UserRevokeRoleResponse)(nil),       // 112: kvd.v1.UserRevokeRoleResponse
-	(*RoleAddRequest)(nil),               // 113: kvd.v1.RoleAddRequest
-	(*RoleAddResponse)(nil),              // 114: kvd.v1.RoleAddResponse
-	(*RoleDeleteRequest)(nil),            // 115: kvd.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),           // 116: kvd.v1.RoleDeleteResponse
-	(*RoleGetRequest)(nil),               // 117: kvd.v1.RoleGetRequest
-	(*RoleGetResponse)(nil),              // 118: kvd.v1.RoleGetResponse
-	(*RoleListRequest)(nil),              // 119: kvd.v1.RoleListRequest
-	(*RoleListResponse)(nil),             // 120: kvd.v1.RoleListResponse
-	(*RoleGrantPermissionRequest)(nil),   // 121: kvd.v1.RoleGrantPermissionRequest
-	(*RoleGrantPermissionResponse)(nil),  // 122: kvd.v1.RoleGrantPermissionResponse
-	(*RoleRevokePermissionRequest)(nil),  // 123: kvd.v1.RoleRevokePermissionRequest
-	(*RoleRevokePermissionResponse)(nil), // 124: kvd.v1.RoleRevokePermissionResponse
-	(*WatchEvent)(nil),                   // 125: kvd.v1.WatchEvent
-	(*WatchRequest)(nil),                 // 126: kvd.v1.WatchRequest
-	(*WatchResponse)(nil),                // 127: kvd.v1.WatchResponse
-	(*Command)(nil),                      // 128: kvd.v1.Command
-	(*StateLimits)(nil),                  // 129: kvd.v1.StateLimits
-	(*KeepAliveBatchOp)(nil),             // 130: kvd.v1.KeepAliveBatchOp
-	(*KeepAliveBatchResult)(nil),         // 131: kvd.v1.KeepAliveBatchResult
-	(*TickOp)(nil),                       // 132: kvd.v1.TickOp
-	(*RecoverOp)(nil),                    // 133: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),                  // 134: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),               // 135: kvd.v1.RemoveMemberOp
-	(*AuthEnableOp)(nil),                 // 136: kvd.v1.AuthEnableOp
-	(*CommandResult)(nil),                // 137: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),               // 138: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),              // 139: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),             // 140: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),            // 141: kvd.v1.ReadIndexResponse
-	(*SnapshotSaveRequest)(nil),          // 142: kvd.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),                // 143: kvd.v1.SnapshotChunk
-	(*SnapshotInfo)(nil),                 // 144: kvd.v1.SnapshotInfo
-	(*SnapshotTrailer)(nil),              // 145: kvd.v1.SnapshotTrailer
-	(*SnapshotHeader)(nil),               // 146: kvd.v1.SnapshotHeader
+	(*KeepAliveStreamRequest)(nil),       // 41: kvd.v1.KeepAliveStreamRequest
+	(*KeepAliveStreamResponse)(nil),      // 42: kvd.v1.KeepAliveStreamResponse
+	(*LockWaiter)(nil),                   // 43: kvd.v1.LockWaiter
+	(*LockInfo)(nil),                     // 44: kvd.v1.LockInfo
+	(*AcquireRequest)(nil),               // 45: kvd.v1.AcquireRequest
+	(*AcquireResponse)(nil),              // 46: kvd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),               // 47: kvd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),              // 48: kvd.v1.ReleaseResponse
+	(*CancelWaitRequest)(nil),            // 49: kvd.v1.CancelWaitRequest
+	(*CancelWaitResponse)(nil),           // 50: kvd.v1.CancelWaitResponse
+	(*RenewRequest)(nil),                 // 51: kvd.v1.RenewRequest
+	(*RenewResponse)(nil),                // 52: kvd.v1.RenewResponse
+	(*GetLockRequest)(nil),               // 53: kvd.v1.GetLockRequest
+	(*GetLockResponse)(nil),              // 54: kvd.v1.GetLockResponse
+	(*ListLocksRequest)(nil),             // 55: kvd.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),            // 56: kvd.v1.ListLocksResponse
+	(*BreakRequest)(nil),                 // 57: kvd.v1.BreakRequest
+	(*BreakResponse)(nil),                // 58: kvd.v1.BreakResponse
+	(*ProclaimRequest)(nil),              // 59: kvd.v1.ProclaimRequest
+	(*ProclaimResponse)(nil),             // 60: kvd.v1.ProclaimResponse
+	(*CheckFenceRequest)(nil),            // 61: kvd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),           // 62: kvd.v1.CheckFenceResponse
+	(*FillLease)(nil),                    // 63: kvd.v1.FillLease
+	(*CacheEntry)(nil),                   // 64: kvd.v1.CacheEntry
+	(*CacheGetRequest)(nil),              // 65: kvd.v1.CacheGetRequest
+	(*CacheGetResponse)(nil),             // 66: kvd.v1.CacheGetResponse
+	(*FillRequest)(nil),                  // 67: kvd.v1.FillRequest
+	(*FillResponse)(nil),                 // 68: kvd.v1.FillResponse
+	(*StoreRequest)(nil),                 // 69: kvd.v1.StoreRequest
+	(*StoreResponse)(nil),                // 70: kvd.v1.StoreResponse
+	(*CacheSetRequest)(nil),              // 71: kvd.v1.CacheSetRequest
+	(*CacheSetResponse)(nil),             // 72: kvd.v1.CacheSetResponse
+	(*InvalidateRequest)(nil),            // 73: kvd.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),           // 74: kvd.v1.InvalidateResponse
+	(*CacheStatsRequest)(nil),            // 75: kvd.v1.CacheStatsRequest
+	(*CacheStatsResponse)(nil),           // 76: kvd.v1.CacheStatsResponse
+	(*Member)(nil),                       // 77: kvd.v1.Member
+	(*StatusRequest)(nil),                // 78: kvd.v1.StatusRequest
+	(*StatusResponse)(nil),               // 79: kvd.v1.StatusResponse
+	(*MembersRequest)(nil),               // 80: kvd.v1.MembersRequest
+	(*MembersResponse)(nil),              // 81: kvd.v1.MembersResponse
+	(*AddMemberRequest)(nil),             // 82: kvd.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),            // 83: kvd.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),          // 84: kvd.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),         // 85: kvd.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),        // 86: kvd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),       // 87: kvd.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),              // 88: kvd.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),             // 89: kvd.v1.SnapshotResponse
+	(*Permission)(nil),                   // 90: kvd.v1.Permission
+	(*User)(nil),                         // 91: kvd.v1.User
+	(*Role)(nil),                         // 92: kvd.v1.Role
+	(*AuthenticateRequest)(nil),          // 93: kvd.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),         // 94: kvd.v1.AuthenticateResponse
+	(*AuthEnableRequest)(nil),            // 95: kvd.v1.AuthEnableRequest
+	(*AuthEnableResponse)(nil),           // 96: kvd.v1.AuthEnableResponse
+	(*AuthDisableRequest)(nil),           // 97: kvd.v1.AuthDisableRequest
+	(*AuthDisableResponse)(nil),          // 98: kvd.v1.AuthDisableResponse
+	(*AuthStatusRequest)(nil),            // 99: kvd.v1.AuthStatusRequest
+	(*AuthStatusResponse)(nil),           // 100: kvd.v1.AuthStatusResponse
+	(*UserAddRequest)(nil),               // 101: kvd.v1.UserAddRequest
+	(*UserAddResponse)(nil),              // 102: kvd.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),            // 103: kvd.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),           // 104: kvd.v1.UserDeleteResponse
+	(*UserGetRequest)(nil),               // 105: kvd.v1.UserGetRequest
+	(*UserGetResponse)(nil),              // 106: kvd.v1.UserGetResponse
+	(*UserListRequest)(nil),              // 107: kvd.v1.UserListRequest
+	(*UserListResponse)(nil),             // 108: kvd.v1.UserListResponse
+	(*UserChangePasswordRequest)(nil),    // 109: kvd.v1.UserChangePasswordRequest
+	(*UserChangePasswordResponse)(nil),   // 110: kvd.v1.UserChangePasswordResponse
+	(*UserGrantRoleRequest)(nil),         // 111: kvd.v1.UserGrantRoleRequest
+	(*UserGrantRoleResponse)(nil),        // 112: kvd.v1.UserGrantRoleResponse
+	(*UserRevokeRoleRequest)(nil),        // 113: kvd.v1.UserRevokeRoleRequest
+	(*UserRevokeRoleResponse)(nil),       // 114: kvd.v1.UserRevokeRoleResponse
+	(*RoleAddRequest)(nil),               // 115: kvd.v1.RoleAddRequest
+	(*RoleAddResponse)(nil),              // 116: kvd.v1.RoleAddResponse
+	(*RoleDeleteRequest)(nil),            // 117: kvd.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),           // 118: kvd.v1.RoleDeleteResponse
+	(*RoleGetRequest)(nil),               // 119: kvd.v1.RoleGetRequest
+	(*RoleGetResponse)(nil),              // 120: kvd.v1.RoleGetResponse
+	(*RoleListRequest)(nil),              // 121: kvd.v1.RoleListRequest
+	(*RoleListResponse)(nil),             // 122: kvd.v1.RoleListResponse
+	(*RoleGrantPermissionRequest)(nil),   // 123: kvd.v1.RoleGrantPermissionRequest
+	(*RoleGrantPermissionResponse)(nil),  // 124: kvd.v1.RoleGrantPermissionResponse
+	(*RoleRevokePermissionRequest)(nil),  // 125: kvd.v1.RoleRevokePermissionRequest
+	(*RoleRevokePermissionResponse)(nil), // 126: kvd.v1.RoleRevokePermissionResponse
+	(*WatchEvent)(nil),                   // 127: kvd.v1.WatchEvent
+	(*WatchRequest)(nil),                 // 128: kvd.v1.WatchRequest
+	(*WatchResponse)(nil),                // 129: kvd.v1.WatchResponse
+	(*Command)(nil),                      // 130: kvd.v1.Command
+	(*StateLimits)(nil),                  // 131: kvd.v1.StateLimits
+	(*KeepAliveBatchOp)(nil),             // 132: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),         // 133: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                       // 134: kvd.v1.TickOp
+	(*RecoverOp)(nil),                    // 135: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),                  // 136: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),               // 137: kvd.v1.RemoveMemberOp
+	(*AuthEnableOp)(nil),                 // 138: kvd.v1.AuthEnableOp
+	(*CommandResult)(nil),                // 139: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),               // 140: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),              // 141: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),             // 142: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),            // 143: kvd.v1.ReadIndexResponse
+	(*SnapshotSaveRequest)(nil),          // 144: kvd.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),                // 145: kvd.v1.SnapshotChunk
+	(*SnapshotInfo)(nil),                 // 146: kvd.v1.SnapshotInfo
+	(*SnapshotTrailer)(nil),              // 147: kvd.v1.SnapshotTrailer
+	(*SnapshotHeader)(nil),               // 148: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
@@ -11535,308 +11694,313 @@ var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	0,   // 41: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
 	11,  // 42: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
 	32,  // 43: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	41,  // 44: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
-	10,  // 45: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 46: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
-	42,  // 47: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
-	10,  // 48: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 49: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 50: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 51: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 52: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
-	42,  // 53: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 54: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 55: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
-	42,  // 56: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 57: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 58: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
-	42,  // 59: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
-	10,  // 60: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 61: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 62: kvd.v1.ProclaimRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 63: kvd.v1.ProclaimResponse.header:type_name -> kvd.v1.ResponseHeader
-	42,  // 64: kvd.v1.ProclaimResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 65: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 66: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
-	61,  // 67: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
-	0,   // 68: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 69: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 70: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
-	62,  // 71: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 72: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
-	0,   // 73: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 74: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 75: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
-	62,  // 76: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 77: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 78: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
-	62,  // 79: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 80: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 81: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
-	62,  // 82: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 83: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 84: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 85: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 86: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 87: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 88: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
-	11,  // 89: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 90: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
-	11,  // 91: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	75,  // 92: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
-	11,  // 93: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 94: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 95: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
-	6,   // 96: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
-	88,  // 97: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
-	11,  // 98: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 99: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 100: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 101: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 102: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 103: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 104: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 105: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 106: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 107: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
-	10,  // 108: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 109: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 110: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 111: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 112: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
-	0,   // 113: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 114: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 115: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
-	10,  // 116: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 117: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 118: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
-	10,  // 119: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 120: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 121: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
-	10,  // 122: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 123: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	89,  // 124: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
-	10,  // 125: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 126: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	90,  // 127: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
-	10,  // 128: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 129: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 130: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 131: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	90,  // 132: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
-	0,   // 133: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 134: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
-	90,  // 135: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
-	10,  // 136: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	88,  // 137: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
-	11,  // 138: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	90,  // 139: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
-	10,  // 140: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	5,   // 141: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
-	11,  // 142: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	90,  // 143: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
-	7,   // 144: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
-	8,   // 145: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
-	14,  // 146: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
-	14,  // 147: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
-	42,  // 148: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
-	62,  // 149: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
-	32,  // 150: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
-	7,   // 151: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
-	8,   // 152: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
-	11,  // 153: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 154: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
-	125, // 155: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
-	129, // 156: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
-	15,  // 157: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
-	19,  // 158: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
-	30,  // 159: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
-	21,  // 160: kvd.v1.Command.touch:type_name -> kvd.v1.TouchRequest
-	26,  // 161: kvd.v1.Command.txn:type_name -> kvd.v1.TxnRequest
-	33,  // 162: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
-	35,  // 163: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
-	37,  // 164: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	130, // 165: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
-	43,  // 166: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	45,  // 167: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	47,  // 168: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	49,  // 169: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	55,  // 170: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	57,  // 171: kvd.v1.Command.proclaim:type_name -> kvd.v1.ProclaimRequest
-	65,  // 172: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	67,  // 173: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	69,  // 174: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	71,  // 175: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	132, // 176: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	133, // 177: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	134, // 178: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	135, // 179: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	136, // 180: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
-	95,  // 181: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
-	99,  // 182: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
-	101, // 183: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
-	107, // 184: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
-	109, // 185: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
-	111, // 186: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
-	113, // 187: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
-	115, // 188: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
-	121, // 189: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
-	123, // 190: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
-	137, // 191: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
-	10,  // 192: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
-	1,   // 193: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	16,  // 194: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	20,  // 195: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	31,  // 196: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	22,  // 197: kvd.v1.CommandResult.touch:type_name -> kvd.v1.TouchResponse
-	27,  // 198: kvd.v1.CommandResult.txn:type_name -> kvd.v1.TxnResponse
-	34,  // 199: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	36,  // 200: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	38,  // 201: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	131, // 202: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
-	44,  // 203: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	46,  // 204: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	48,  // 205: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	50,  // 206: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	56,  // 207: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	58,  // 208: kvd.v1.CommandResult.proclaim:type_name -> kvd.v1.ProclaimResponse
-	66,  // 209: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	68,  // 210: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	70,  // 211: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	72,  // 212: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	94,  // 213: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
-	96,  // 214: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
-	100, // 215: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
-	102, // 216: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
-	108, // 217: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
-	110, // 218: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
-	112, // 219: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
-	114, // 220: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
-	116, // 221: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
-	122, // 222: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
-	124, // 223: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
-	128, // 224: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	137, // 225: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	144, // 226: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
-	145, // 227: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
-	11,  // 228: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
-	15,  // 229: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	17,  // 230: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	19,  // 231: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	28,  // 232: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	30,  // 233: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	21,  // 234: kvd.v1.KV.Touch:input_type -> kvd.v1.TouchRequest
-	26,  // 235: kvd.v1.KV.Txn:input_type -> kvd.v1.TxnRequest
-	33,  // 236: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	35,  // 237: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	37,  // 238: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	39,  // 239: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	43,  // 240: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	45,  // 241: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	47,  // 242: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	49,  // 243: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	51,  // 244: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	53,  // 245: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	55,  // 246: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	59,  // 247: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	57,  // 248: kvd.v1.Lock.Proclaim:input_type -> kvd.v1.ProclaimRequest
-	63,  // 249: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	65,  // 250: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	67,  // 251: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	69,  // 252: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	71,  // 253: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	73,  // 254: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	76,  // 255: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	78,  // 256: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	80,  // 257: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	82,  // 258: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	84,  // 259: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	86,  // 260: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	142, // 261: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
-	91,  // 262: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
-	93,  // 263: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
-	95,  // 264: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
-	97,  // 265: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
-	99,  // 266: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
-	101, // 267: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
-	103, // 268: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
-	105, // 269: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
-	107, // 270: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
-	109, // 271: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
-	111, // 272: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
-	113, // 273: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
-	115, // 274: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
-	117, // 275: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
-	119, // 276: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
-	121, // 277: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
-	123, // 278: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
-	126, // 279: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
-	138, // 280: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	140, // 281: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	80,  // 282: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	82,  // 283: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	84,  // 284: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	16,  // 285: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	18,  // 286: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	20,  // 287: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	29,  // 288: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	31,  // 289: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	22,  // 290: kvd.v1.KV.Touch:output_type -> kvd.v1.TouchResponse
-	27,  // 291: kvd.v1.KV.Txn:output_type -> kvd.v1.TxnResponse
-	34,  // 292: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	36,  // 293: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	38,  // 294: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	40,  // 295: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	44,  // 296: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	46,  // 297: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	48,  // 298: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	50,  // 299: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	52,  // 300: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	54,  // 301: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	56,  // 302: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	60,  // 303: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	58,  // 304: kvd.v1.Lock.Proclaim:output_type -> kvd.v1.ProclaimResponse
-	64,  // 305: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	66,  // 306: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	68,  // 307: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	70,  // 308: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	72,  // 309: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	74,  // 310: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	77,  // 311: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	79,  // 312: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	81,  // 313: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	83,  // 314: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	85,  // 315: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	87,  // 316: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	143, // 317: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
-	92,  // 318: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
-	94,  // 319: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
-	96,  // 320: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
-	98,  // 321: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
-	100, // 322: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
-	102, // 323: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
-	104, // 324: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
-	106, // 325: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
-	108, // 326: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
-	110, // 327: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
-	112, // 328: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
-	114, // 329: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
-	116, // 330: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
-	118, // 331: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
-	120, // 332: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
-	122, // 333: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
-	124, // 334: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
-	127, // 335: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
-	139, // 336: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	141, // 337: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	81,  // 338: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	83,  // 339: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	85,  // 340: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	285, // [285:341] is the sub-list for method output_type
-	229, // [229:285] is the sub-list for method input_type
-	229, // [229:229] is the sub-list for extension type_name
-	229, // [229:229] is the sub-list for extension extendee
-	0,   // [0:229] is the sub-list for field type_name
+	11,  // 44: kvd.v1.KeepAliveStreamResponse.header:type_name -> kvd.v1.ResponseHeader
+	32,  // 45: kvd.v1.KeepAliveStreamResponse.session:type_name -> kvd.v1.SessionInfo
+	13,  // 46: kvd.v1.KeepAliveStreamResponse.error:type_name -> kvd.v1.ErrorInfo
+	43,  // 47: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
+	10,  // 48: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 49: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
+	44,  // 50: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
+	10,  // 51: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 52: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 53: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 54: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 55: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
+	44,  // 56: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 57: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 58: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
+	44,  // 59: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 60: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 61: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
+	44,  // 62: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
+	10,  // 63: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 64: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 65: kvd.v1.ProclaimRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 66: kvd.v1.ProclaimResponse.header:type_name -> kvd.v1.ResponseHeader
+	44,  // 67: kvd.v1.ProclaimResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 68: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 69: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
+	63,  // 70: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
+	0,   // 71: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 72: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 73: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
+	64,  // 74: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 75: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
+	0,   // 76: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 77: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 78: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
+	64,  // 79: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 80: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 81: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
+	64,  // 82: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 83: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 84: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
+	64,  // 85: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 86: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 87: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 88: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 89: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 90: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
+	77,  // 91: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
+	11,  // 92: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	77,  // 93: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 94: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	77,  // 95: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 96: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 97: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 98: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
+	6,   // 99: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
+	90,  // 100: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
+	11,  // 101: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 102: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 103: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 104: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 105: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 106: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 107: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 108: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 109: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 110: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
+	10,  // 111: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 112: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 113: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 114: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 115: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
+	0,   // 116: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 117: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 118: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
+	10,  // 119: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 120: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 121: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
+	10,  // 122: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 123: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 124: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 125: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 126: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	91,  // 127: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 128: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 129: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	92,  // 130: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
+	10,  // 131: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 132: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 133: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 134: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	92,  // 135: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
+	0,   // 136: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 137: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
+	92,  // 138: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
+	10,  // 139: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	90,  // 140: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
+	11,  // 141: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	92,  // 142: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
+	10,  // 143: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	5,   // 144: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
+	11,  // 145: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	92,  // 146: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
+	7,   // 147: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
+	8,   // 148: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
+	14,  // 149: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
+	14,  // 150: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
+	44,  // 151: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
+	64,  // 152: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
+	32,  // 153: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
+	7,   // 154: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
+	8,   // 155: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
+	11,  // 156: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 157: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
+	127, // 158: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
+	131, // 159: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
+	15,  // 160: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
+	19,  // 161: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
+	30,  // 162: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
+	21,  // 163: kvd.v1.Command.touch:type_name -> kvd.v1.TouchRequest
+	26,  // 164: kvd.v1.Command.txn:type_name -> kvd.v1.TxnRequest
+	33,  // 165: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
+	35,  // 166: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
+	37,  // 167: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
+	132, // 168: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	45,  // 169: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	47,  // 170: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	49,  // 171: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	51,  // 172: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	57,  // 173: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	59,  // 174: kvd.v1.Command.proclaim:type_name -> kvd.v1.ProclaimRequest
+	67,  // 175: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	69,  // 176: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	71,  // 177: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	73,  // 178: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	134, // 179: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	135, // 180: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	136, // 181: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	137, // 182: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	138, // 183: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
+	97,  // 184: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
+	101, // 185: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
+	103, // 186: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
+	109, // 187: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
+	111, // 188: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
+	113, // 189: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
+	115, // 190: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
+	117, // 191: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
+	123, // 192: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
+	125, // 193: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
+	139, // 194: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	10,  // 195: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
+	1,   // 196: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	16,  // 197: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	20,  // 198: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	31,  // 199: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	22,  // 200: kvd.v1.CommandResult.touch:type_name -> kvd.v1.TouchResponse
+	27,  // 201: kvd.v1.CommandResult.txn:type_name -> kvd.v1.TxnResponse
+	34,  // 202: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	36,  // 203: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	38,  // 204: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	133, // 205: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	46,  // 206: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	48,  // 207: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	50,  // 208: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	52,  // 209: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	58,  // 210: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	60,  // 211: kvd.v1.CommandResult.proclaim:type_name -> kvd.v1.ProclaimResponse
+	68,  // 212: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	70,  // 213: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	72,  // 214: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	74,  // 215: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	96,  // 216: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
+	98,  // 217: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
+	102, // 218: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
+	104, // 219: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
+	110, // 220: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
+	112, // 221: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
+	114, // 222: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
+	116, // 223: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
+	118, // 224: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
+	124, // 225: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
+	126, // 226: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
+	130, // 227: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	139, // 228: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	146, // 229: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
+	147, // 230: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
+	11,  // 231: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
+	15,  // 232: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	17,  // 233: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	19,  // 234: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	28,  // 235: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	30,  // 236: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	21,  // 237: kvd.v1.KV.Touch:input_type -> kvd.v1.TouchRequest
+	26,  // 238: kvd.v1.KV.Txn:input_type -> kvd.v1.TxnRequest
+	33,  // 239: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	35,  // 240: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	41,  // 241: kvd.v1.Session.KeepAliveStream:input_type -> kvd.v1.KeepAliveStreamRequest
+	37,  // 242: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	39,  // 243: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	45,  // 244: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	47,  // 245: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	49,  // 246: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	51,  // 247: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	53,  // 248: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	55,  // 249: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	57,  // 250: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	61,  // 251: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	59,  // 252: kvd.v1.Lock.Proclaim:input_type -> kvd.v1.ProclaimRequest
+	65,  // 253: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	67,  // 254: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	69,  // 255: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	71,  // 256: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	73,  // 257: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	75,  // 258: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	78,  // 259: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	80,  // 260: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	82,  // 261: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	84,  // 262: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	86,  // 263: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	88,  // 264: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	144, // 265: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
+	93,  // 266: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	95,  // 267: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	97,  // 268: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	99,  // 269: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	101, // 270: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	103, // 271: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	105, // 272: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	107, // 273: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	109, // 274: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	111, // 275: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	113, // 276: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	115, // 277: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	117, // 278: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	119, // 279: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	121, // 280: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	123, // 281: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	125, // 282: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	128, // 283: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
+	140, // 284: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	142, // 285: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	82,  // 286: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	84,  // 287: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	86,  // 288: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	16,  // 289: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	18,  // 290: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	20,  // 291: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	29,  // 292: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	31,  // 293: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	22,  // 294: kvd.v1.KV.Touch:output_type -> kvd.v1.TouchResponse
+	27,  // 295: kvd.v1.KV.Txn:output_type -> kvd.v1.TxnResponse
+	34,  // 296: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	36,  // 297: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	42,  // 298: kvd.v1.Session.KeepAliveStream:output_type -> kvd.v1.KeepAliveStreamResponse
+	38,  // 299: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	40,  // 300: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	46,  // 301: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	48,  // 302: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	50,  // 303: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	52,  // 304: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	54,  // 305: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	56,  // 306: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	58,  // 307: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	62,  // 308: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	60,  // 309: kvd.v1.Lock.Proclaim:output_type -> kvd.v1.ProclaimResponse
+	66,  // 310: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	68,  // 311: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	70,  // 312: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	72,  // 313: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	74,  // 314: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	76,  // 315: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	79,  // 316: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	81,  // 317: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	83,  // 318: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	85,  // 319: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	87,  // 320: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	89,  // 321: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	145, // 322: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
+	94,  // 323: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	96,  // 324: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	98,  // 325: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	100, // 326: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	102, // 327: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	104, // 328: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	106, // 329: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	108, // 330: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	110, // 331: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	112, // 332: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	114, // 333: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	116, // 334: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	118, // 335: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	120, // 336: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	122, // 337: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	124, // 338: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	126, // 339: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	129, // 340: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
+	141, // 341: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	143, // 342: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	83,  // 343: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	85,  // 344: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	87,  // 345: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	289, // [289:346] is the sub-list for method output_type
+	232, // [232:289] is the sub-list for method input_type
+	232, // [232:232] is the sub-list for extension type_name
+	232, // [232:232] is the sub-list for extension extendee
+	0,   // [0:232] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -11856,8 +12020,8 @@ func file_kvd_v1_kvd_proto_init() {
 		(*TxnOpResult_Delete)(nil),
 		(*TxnOpResult_Get)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[116].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{}
+	file_kvd_v1_kvd_proto_msgTypes[120].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Add)(nil),
@@ -11893,7 +12057,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_RoleGrantPermission)(nil),
 		(*Command_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[127].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[129].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
@@ -11925,7 +12089,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_RoleGrantPermission)(nil),
 		(*CommandResult_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[133].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[135].OneofWrappers = []any{
 		(*SnapshotChunk_Info)(nil),
 		(*SnapshotChunk_Data)(nil),
 		(*SnapshotChunk_Trailer)(nil),
@@ -11936,7 +12100,7 @@ func file_kvd_v1_kvd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   137,
+			NumMessages:   139,
 			NumExtensions: 0,
 			NumServices:   8,
 		},

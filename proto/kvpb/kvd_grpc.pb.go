@@ -359,10 +359,11 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Session_Create_FullMethodName    = "/kvd.v1.Session/Create"
-	Session_KeepAlive_FullMethodName = "/kvd.v1.Session/KeepAlive"
-	Session_Close_FullMethodName     = "/kvd.v1.Session/Close"
-	Session_Get_FullMethodName       = "/kvd.v1.Session/Get"
+	Session_Create_FullMethodName          = "/kvd.v1.Session/Create"
+	Session_KeepAlive_FullMethodName       = "/kvd.v1.Session/KeepAlive"
+	Session_KeepAliveStream_FullMethodName = "/kvd.v1.Session/KeepAliveStream"
+	Session_Close_FullMethodName           = "/kvd.v1.Session/Close"
+	Session_Get_FullMethodName             = "/kvd.v1.Session/Get"
 )
 
 // SessionClient is the client API for Session service.
@@ -371,6 +372,21 @@ const (
 type SessionClient interface {
 	Create(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
 	KeepAlive(ctx context.Context, in *KeepAliveRequest, opts ...grpc.CallOption) (*KeepAliveResponse, error)
+	// KeepAliveStream renews sessions over one long-lived stream: a client
+	// sends a KeepAliveStreamRequest per renewal, for any session it may
+	// renew, and gets one KeepAliveStreamResponse for each, matched by tag.
+	// Renewals from every stream and every unary KeepAlive share the same
+	// KeepAliveBatchOp entries, so deadlines live in the log as with
+	// KeepAlive; a follower forwards them to the leader the same way.
+	// A stream holds at most a bounded number of renewals in flight (read
+	// but not yet answered and sent): past that the server stops reading it
+	// until answers leave, so a client that never reads cannot make the
+	// server hold more. Ownership (auth) is checked for every renewal, and
+	// the caller's token again for every renewal while auth is enabled: a
+	// token that expired or was revoked ends the stream with UNAUTHENTICATED
+	// (the renewals in flight on it are then unanswered: send them again on
+	// a new stream). The stream also ends when the server stops.
+	KeepAliveStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveStreamRequest, KeepAliveStreamResponse], error)
 	Close(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error)
 	Get(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 }
@@ -403,6 +419,19 @@ func (c *sessionClient) KeepAlive(ctx context.Context, in *KeepAliveRequest, opt
 	return out, nil
 }
 
+func (c *sessionClient) KeepAliveStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveStreamRequest, KeepAliveStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Session_ServiceDesc.Streams[0], Session_KeepAliveStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[KeepAliveStreamRequest, KeepAliveStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Session_KeepAliveStreamClient = grpc.BidiStreamingClient[KeepAliveStreamRequest, KeepAliveStreamResponse]
+
 func (c *sessionClient) Close(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CloseSessionResponse)
@@ -429,6 +458,21 @@ func (c *sessionClient) Get(ctx context.Context, in *GetSessionRequest, opts ...
 type SessionServer interface {
 	Create(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
 	KeepAlive(context.Context, *KeepAliveRequest) (*KeepAliveResponse, error)
+	// KeepAliveStream renews sessions over one long-lived stream: a client
+	// sends a KeepAliveStreamRequest per renewal, for any session it may
+	// renew, and gets one KeepAliveStreamResponse for each, matched by tag.
+	// Renewals from every stream and every unary KeepAlive share the same
+	// KeepAliveBatchOp entries, so deadlines live in the log as with
+	// KeepAlive; a follower forwards them to the leader the same way.
+	// A stream holds at most a bounded number of renewals in flight (read
+	// but not yet answered and sent): past that the server stops reading it
+	// until answers leave, so a client that never reads cannot make the
+	// server hold more. Ownership (auth) is checked for every renewal, and
+	// the caller's token again for every renewal while auth is enabled: a
+	// token that expired or was revoked ends the stream with UNAUTHENTICATED
+	// (the renewals in flight on it are then unanswered: send them again on
+	// a new stream). The stream also ends when the server stops.
+	KeepAliveStream(grpc.BidiStreamingServer[KeepAliveStreamRequest, KeepAliveStreamResponse]) error
 	Close(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error)
 	Get(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	mustEmbedUnimplementedSessionServer()
@@ -446,6 +490,9 @@ func (UnimplementedSessionServer) Create(context.Context, *CreateSessionRequest)
 }
 func (UnimplementedSessionServer) KeepAlive(context.Context, *KeepAliveRequest) (*KeepAliveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method KeepAlive not implemented")
+}
+func (UnimplementedSessionServer) KeepAliveStream(grpc.BidiStreamingServer[KeepAliveStreamRequest, KeepAliveStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method KeepAliveStream not implemented")
 }
 func (UnimplementedSessionServer) Close(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Close not implemented")
@@ -510,6 +557,13 @@ func _Session_KeepAlive_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Session_KeepAliveStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SessionServer).KeepAliveStream(&grpc.GenericServerStream[KeepAliveStreamRequest, KeepAliveStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Session_KeepAliveStreamServer = grpc.BidiStreamingServer[KeepAliveStreamRequest, KeepAliveStreamResponse]
+
 func _Session_Close_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CloseSessionRequest)
 	if err := dec(in); err != nil {
@@ -570,7 +624,14 @@ var Session_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Session_Get_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "KeepAliveStream",
+			Handler:       _Session_KeepAliveStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "kvd/v1/kvd.proto",
 }
 
