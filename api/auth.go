@@ -319,6 +319,48 @@ func (s *Server) allowFence(ctx context.Context, f *kvpb.Fence) error {
 	return s.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, f.GetLock(), kvpb.PermLevel_PERM_LEVEL_READ)
 }
 
+// allowTxn checks every key a transaction may touch, in both branches
+// (which one runs is decided in its entry): read on what it compares or
+// gets (a LOCK_TOKEN compare reads a lock), readwrite on what it puts or
+// deletes (a delete-prefix on the prefix), and ownership of every session
+// a put binds a key to.
+func (s *Server) allowTxn(ctx context.Context, req *kvpb.TxnRequest) error {
+	const read, write = kvpb.PermLevel_PERM_LEVEL_READ, kvpb.PermLevel_PERM_LEVEL_READWRITE
+	keys := kvpb.PermKind_PERM_KIND_KEYS
+	if _, enforced, err := s.identity(ctx); err != nil || !enforced {
+		return err
+	}
+	for _, c := range req.GetCompares() {
+		kind := keys
+		if c.GetTarget() == kvpb.CompareTarget_COMPARE_TARGET_LOCK_TOKEN {
+			kind = kvpb.PermKind_PERM_KIND_LOCKS
+		}
+		if err := s.allow(ctx, kind, c.GetKey(), read); err != nil {
+			return err
+		}
+	}
+	for _, ops := range [][]*kvpb.TxnOp{req.GetSuccess(), req.GetFailure()} {
+		for _, op := range ops {
+			var err error
+			switch o := op.GetOp().(type) {
+			case *kvpb.TxnOp_Put:
+				err = s.allow(ctx, keys, o.Put.GetKey(), write)
+				if err == nil {
+					err = s.ownSession(ctx, o.Put.GetSession())
+				}
+			case *kvpb.TxnOp_Delete:
+				err = s.allow(ctx, keys, o.Delete.GetKey(), write)
+			case *kvpb.TxnOp_Get:
+				err = s.allow(ctx, keys, o.Get.GetKey(), read)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // ownSession refuses a request that uses a session the user did not create
 // (an admin may use any). Sessions made while auth was off have no owner:
 // only an admin may use them once it is on.

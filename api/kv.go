@@ -76,7 +76,13 @@ func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRes
 	}
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
-	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) },
+		func() error { return n.ownSession(ctx, req.GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
+	// The session the key is bound to must be live: refused here when this
+	// member knows it has ended (the log decides otherwise).
+	if err := n.checkSessionLive(req.GetSession()); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Put{Put: req}}, (*kvpb.CommandResult).GetPut)
@@ -113,11 +119,13 @@ func (s *kvService) Delete(ctx context.Context, req *kvpb.DeleteRequest) (*kvpb.
 	n := s.n
 	if err := firstErr(
 		n.checkHeader(req.GetHeader()),
-		n.checkKey("key", req.GetKey()),
+		n.checkDeleteKey("", req),
 		n.checkFence(req.GetFence()),
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
+	// With prefix, key is the prefix: readwrite on it covers every key
+	// that starts with it (permissions are prefixes too).
 	if err := n.authz(func() error {
 		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
 	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
@@ -169,6 +177,36 @@ func (s *kvService) Add(ctx context.Context, req *kvpb.AddRequest) (*kvpb.AddRes
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}}, (*kvpb.CommandResult).GetAdd)
+}
+
+func (s *kvService) Touch(ctx context.Context, req *kvpb.TouchRequest) (*kvpb.TouchResponse, error) {
+	n := s.n
+	if err := firstErr(
+		n.checkHeader(req.GetHeader()),
+		n.checkKey("key", req.GetKey()),
+		n.checkTTL("ttl_ms", req.GetTtlMs(), false),
+		n.checkFence(req.GetFence()),
+	); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Touch{Touch: req}}, (*kvpb.CommandResult).GetTouch)
+}
+
+func (s *kvService) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error) {
+	n := s.n
+	if err := firstErr(n.checkHeader(req.GetHeader()), n.checkTxn(req)); err != nil {
+		return nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error { return n.allowTxn(ctx, req) },
+		func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+		return nil, n.toStatus(err)
+	}
+	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Txn{Txn: req}}, (*kvpb.CommandResult).GetTxn)
 }
 
 func firstErr(errs ...error) error {

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/kvdproject/kvd/fsm"
@@ -188,3 +189,155 @@ func (n *Server) listLimit(field string, limit uint32) (int, error) {
 }
 
 func msDuration(ms int64) time.Duration { return time.Duration(ms) * time.Millisecond }
+
+// checkDeleteKey checks a delete's key (or, with prefix, its prefix: ""
+// deletes every key); path is "" or the op's place in a transaction
+// ("success[1].delete.").
+func (n *Server) checkDeleteKey(path string, req *kvpb.DeleteRequest) error {
+	if !req.GetPrefix() {
+		return n.checkKey(path+"key", req.GetKey())
+	}
+	if req.ExpectedVersion != nil {
+		return invalid(path+"expected_version", 0, "%sexpected_version: must be unset with prefix (a prefix names many keys)", path)
+	}
+	return n.checkKeyLen(path+"key", req.GetKey())
+}
+
+// checkTxn validates a transaction before it is proposed: counts within
+// --max-txn-ops, every compare and op well formed and within the key and
+// value limits, no field set in an op that only a lone request has, and
+// no key written twice in one branch.
+func (n *Server) checkTxn(req *kvpb.TxnRequest) error {
+	max := n.limits.MaxTxnOps
+	for _, c := range []struct {
+		field string
+		n     int
+	}{{"compares", len(req.GetCompares())}, {"success", len(req.GetSuccess())}, {"failure", len(req.GetFailure())}} {
+		if c.n > max {
+			return invalid(c.field, int64(max), "%s: %d exceeds the limit of %d per transaction (--max-txn-ops)", c.field, c.n, max)
+		}
+	}
+	for i, c := range req.GetCompares() {
+		if err := n.checkCompare(fmt.Sprintf("compares[%d].", i), c); err != nil {
+			return err
+		}
+	}
+	if err := n.checkBranch("success", req.GetSuccess()); err != nil {
+		return err
+	}
+	return n.checkBranch("failure", req.GetFailure())
+}
+
+func (n *Server) checkCompare(path string, c *kvpb.Compare) error {
+	if _, ok := kvpb.CompareTarget_name[int32(c.GetTarget())]; !ok {
+		return invalid(path+"target", 0, "%starget: unknown compare target %d", path, c.GetTarget())
+	}
+	if _, ok := kvpb.CompareOp_name[int32(c.GetOp())]; !ok {
+		return invalid(path+"op", 0, "%sop: unknown compare op %d", path, c.GetOp())
+	}
+	switch c.GetTarget() {
+	case kvpb.CompareTarget_COMPARE_TARGET_EXISTS:
+		if op := c.GetOp(); op != kvpb.CompareOp_COMPARE_OP_EQUAL && op != kvpb.CompareOp_COMPARE_OP_NOT_EQUAL {
+			return invalid(path+"op", 0, "%sop: EXISTS compares with EQUAL or NOT_EQUAL only, got %v", path, op)
+		}
+	case kvpb.CompareTarget_COMPARE_TARGET_LOCK_TOKEN:
+		return n.checkName(path+"key", c.GetKey())
+	case kvpb.CompareTarget_COMPARE_TARGET_VALUE:
+		if err := n.checkValue(path+"value", c.GetValue()); err != nil {
+			return err
+		}
+	}
+	return n.checkKey(path+"key", c.GetKey())
+}
+
+// txnWrite is a key (or, prefix, every key under it) an op of a branch writes.
+type txnWrite struct {
+	key    string
+	prefix bool
+	op     string // "success[2]"
+}
+
+// overlaps reports whether a and b write a common key.
+func (a txnWrite) overlaps(b txnWrite) bool {
+	switch {
+	case a.prefix && b.prefix:
+		return strings.HasPrefix(a.key, b.key) || strings.HasPrefix(b.key, a.key)
+	case a.prefix:
+		return strings.HasPrefix(b.key, a.key)
+	case b.prefix:
+		return strings.HasPrefix(a.key, b.key)
+	}
+	return a.key == b.key
+}
+
+// checkBranch checks a branch's ops in order, and that no two of them
+// write the same key (two puts, a put and a delete, or either under a
+// delete-prefix): the result of a branch then does not hang on the order
+// of its writes, and every write's watch event is its key's only one.
+func (n *Server) checkBranch(branch string, ops []*kvpb.TxnOp) error {
+	var writes []txnWrite
+	for i, op := range ops {
+		at := fmt.Sprintf("%s[%d]", branch, i)
+		var w txnWrite
+		var field string
+		switch o := op.GetOp().(type) {
+		case *kvpb.TxnOp_Put:
+			p := o.Put
+			path := at + ".put."
+			if err := firstErr(
+				unsetInTxnOp(path, p.GetHeader(), p.ExpectedVersion != nil, p.GetFence()),
+				n.checkKey(path+"key", p.GetKey()),
+				n.checkValue(path+"value", p.GetValue()),
+				n.checkTTL(path+"ttl_ms", p.GetTtlMs(), false),
+			); err != nil {
+				return err
+			}
+			w, field = txnWrite{key: string(p.GetKey()), op: at}, path+"key"
+		case *kvpb.TxnOp_Delete:
+			d := o.Delete
+			path := at + ".delete."
+			if err := firstErr(
+				unsetInTxnOp(path, d.GetHeader(), d.ExpectedVersion != nil, d.GetFence()),
+				n.checkDeleteKey(path, d),
+			); err != nil {
+				return err
+			}
+			w, field = txnWrite{key: string(d.GetKey()), prefix: d.GetPrefix(), op: at}, path+"key"
+		case *kvpb.TxnOp_Get:
+			g := o.Get
+			path := at + ".get."
+			if g.GetConsistency() != kvpb.Consistency_CONSISTENCY_LINEARIZABLE {
+				return invalid(path+"consistency", 0, "%sconsistency: must be unset in a transaction (its reads happen in its entry)", path)
+			}
+			if err := n.checkKey(path+"key", g.GetKey()); err != nil {
+				return err
+			}
+			continue
+		default:
+			return invalid(at, 0, "%s: no op set (put, delete or get)", at)
+		}
+		for _, prev := range writes {
+			if w.overlaps(prev) {
+				return invalid(field, 0, "%s: %q is also written by %s of the same branch; a transaction writes a key at most once per branch", field, w.key, prev.op)
+			}
+		}
+		writes = append(writes, w)
+	}
+	return nil
+}
+
+// unsetInTxnOp refuses the fields of an op that only a lone request may
+// set: a transaction's conditions are its compares (a fence is a
+// LOCK_TOKEN compare, expected_version a VERSION compare), and it is
+// exactly-once as a whole, under its own header.
+func unsetInTxnOp(path string, h *kvpb.RequestHeader, expectedVersion bool, f *kvpb.Fence) error {
+	switch {
+	case h != nil:
+		return invalid(path+"header", 0, "%sheader: must be unset in a transaction (the transaction's header counts)", path)
+	case expectedVersion:
+		return invalid(path+"expected_version", 0, "%sexpected_version: must be unset in a transaction (use a VERSION compare)", path)
+	case f != nil:
+		return invalid(path+"fence", 0, "%sfence: must be unset in a transaction (use a LOCK_TOKEN compare)", path)
+	}
+	return nil
+}

@@ -144,6 +144,10 @@ func (s *state) op(cmd *kvpb.Command) (*kvpb.RequestHeader, bool, func() *kvpb.C
 		return o.Delete.GetHeader(), false, func() *kvpb.CommandResult { return s.delete(o.Delete) }
 	case *kvpb.Command_Add:
 		return o.Add.GetHeader(), false, func() *kvpb.CommandResult { return s.add(o.Add) }
+	case *kvpb.Command_Touch:
+		return o.Touch.GetHeader(), false, func() *kvpb.CommandResult { return s.touchKey(o.Touch) }
+	case *kvpb.Command_Txn:
+		return o.Txn.GetHeader(), false, func() *kvpb.CommandResult { return s.txn(o.Txn) }
 	case *kvpb.Command_CreateSession:
 		return nil, false, func() *kvpb.CommandResult { return s.createSession(o.CreateSession) }
 	case *kvpb.Command_KeepAlive:

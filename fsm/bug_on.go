@@ -15,7 +15,9 @@ var testBugs = map[string]bool{}
 // (remembered results are dropped when a snapshot is restored) or
 // "lock-delay-ignored" (an involuntary release starts no lock-delay) or
 // "fill-lease-half" (a fill lease is handed to the next caller once half of
-// it has run). Call it before the first Apply.
+// it has run) or "txn-partial" (a transaction that is not refused applies
+// only the first op of the branch it runs, and answers the others as if
+// they had run). Call it before the first Apply.
 func SetTestBug(name string) { testBugs[name] = true }
 
 func bug(name string) bool { return testBugs[name] }

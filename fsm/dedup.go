@@ -101,6 +101,21 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 			bytesField(&kv.Key)
 			bytesField(&kv.Value)
 		}
+	case *kvpb.CommandResult_Touch:
+		if kv := r.Touch.GetKv(); kv != nil {
+			bytesField(&kv.Key)
+		}
+	case *kvpb.CommandResult_Txn:
+		for _, op := range r.Txn.GetResults() {
+			kv := op.GetPut().GetKv()
+			if kv == nil {
+				kv = op.GetGet().GetKv()
+			}
+			if kv != nil {
+				bytesField(&kv.Key)
+				bytesField(&kv.Value)
+			}
+		}
 	case *kvpb.CommandResult_Acquire:
 		if l := r.Acquire.GetLock(); l != nil {
 			bytesField(&l.Name)
@@ -133,7 +148,12 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 // which applies it at most once all the same.
 //
 //   - Put: key and value are the retried request's (the put wrote exactly
-//     them). Add: the key, and the value from the counter's result.
+//     them). Add: the key, and the value from the counter's result. Touch:
+//     the key (its answer has no value).
+//   - Txn: a put's key and value from the request, as for Put; a get's key
+//     from the request, and its value from the state when the key still
+//     has the mod_index of the first answer (so the same value), else the
+//     first answer's metadata with value_unavailable set.
 //   - Acquire: the lock's name; the waiter list is not kept (empty).
 //   - Store, CacheSet: key, and the value when this command stored it (the
 //     request's); otherwise the value the entry holds now if it is the same
@@ -176,6 +196,12 @@ func (s *state) retryAnswer(r *kvpb.CommandResult, cmd *kvpb.Command) (res *kvpb
 		if a := out.GetAdd(); a.GetKv() != nil {
 			a.Kv.Key, a.Kv.Value = cloneBytes(o.Add.Key), strconv.AppendInt(nil, a.GetValue(), 10)
 		}
+	case *kvpb.Command_Touch:
+		if kv := out.GetTouch().GetKv(); kv != nil {
+			kv.Key = cloneBytes(o.Touch.Key)
+		}
+	case *kvpb.Command_Txn:
+		s.retryTxn(out.GetTxn(), o.Txn)
 	case *kvpb.Command_Acquire:
 		if l := out.GetAcquire().GetLock(); l != nil {
 			l.Name = cloneBytes(o.Acquire.Name)
@@ -207,6 +233,37 @@ func (s *state) retryAnswer(r *kvpb.CommandResult, cmd *kvpb.Command) (res *kvpb
 		f.State = kvpb.CacheState_CACHE_STATE_MISS
 	}
 	return out, false
+}
+
+// retryTxn puts back into a remembered txn answer r (a copy) the keys and
+// values slim left out (see retryAnswer).
+func (s *state) retryTxn(r *kvpb.TxnResponse, req *kvpb.TxnRequest) {
+	ops := req.GetSuccess()
+	if !r.GetSucceeded() {
+		ops = req.GetFailure()
+	}
+	for i, res := range r.GetResults() {
+		if i >= len(ops) {
+			break
+		}
+		switch o := ops[i].GetOp().(type) {
+		case *kvpb.TxnOp_Put:
+			if kv := res.GetPut().GetKv(); kv != nil {
+				kv.Key, kv.Value = cloneBytes(o.Put.Key), nonNil(cloneBytes(o.Put.Value))
+			}
+		case *kvpb.TxnOp_Get:
+			kv := res.GetGet().GetKv()
+			if kv == nil {
+				break
+			}
+			kv.Key = cloneBytes(o.Get.Key)
+			if it, ok := s.getKey(string(o.Get.Key)); ok && it.modIdx == kv.ModIndex {
+				kv.Value = nonNil(cloneBytes(it.value))
+			} else {
+				res.ValueUnavailable = true
+			}
+		}
+	}
 }
 
 func nonNil(b []byte) []byte {

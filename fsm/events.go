@@ -64,6 +64,7 @@ func (it kvItem) sharedProto(key []byte) *kvpb.KeyValue {
 		ModIndex:    it.modIdx,
 		Version:     it.version,
 		ExpiresAt:   it.expiresAt,
+		Session:     it.session,
 	}
 }
 
@@ -81,7 +82,21 @@ func (s *state) keyPut(it kvItem, old kvItem, existed bool) {
 		Key: k, Kv: it.sharedProto(k)}, prev)
 }
 
-// keyDeleted records the removal of key (Delete, or its TTL).
+// keyTouched records a new deadline of key (Touch): the kv without its
+// value; prev is the key before, with its old deadline.
+func (s *state) keyTouched(it, old kvItem) {
+	if !s.collect {
+		return
+	}
+	k := []byte(it.key)
+	kv := it.sharedProto(k)
+	kv.Value = nil
+	s.emit(&kvpb.WatchEvent{Target: kvpb.WatchTarget_WATCH_TARGET_KEYS, Type: kvpb.EventType_EVENT_TYPE_TOUCH,
+		Key: k, Kv: kv}, old.sharedProto(k))
+}
+
+// keyDeleted records the removal of key (Delete, its TTL, or the end of the
+// session it is bound to).
 func (s *state) keyDeleted(old kvItem) {
 	if !s.collect {
 		return

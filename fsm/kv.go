@@ -3,6 +3,7 @@ package fsm
 import (
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -14,6 +15,7 @@ func (it kvItem) proto(keysOnly bool) *kvpb.KeyValue {
 		ModIndex:    it.modIdx,
 		Version:     it.version,
 		ExpiresAt:   it.expiresAt,
+		Session:     it.session,
 	}
 	if !keysOnly {
 		kv.Value = cloneBytes(it.value)
@@ -55,9 +57,10 @@ func checkVersion(key string, cur uint64, expected *uint64) *kvpb.CommandResult 
 	return fail(kvpb.ErrorCode_ERROR_CODE_VERSION_MISMATCH, "key %q: version is %d, expected %d", key, cur, *expected)
 }
 
-// write stores a new value for key, creating it or bumping its version.
-func (s *state) write(key string, old kvItem, exists bool, value []byte, expiresAt int64) kvItem {
-	it := kvItem{key: key, value: value, createIdx: s.index, modIdx: s.index, version: 1, expiresAt: expiresAt}
+// write stores a new value for key, creating it or bumping its version,
+// bound to session (0: none).
+func (s *state) write(key string, old kvItem, exists bool, value []byte, expiresAt int64, session uint64) kvItem {
+	it := kvItem{key: key, value: value, createIdx: s.index, modIdx: s.index, version: 1, expiresAt: expiresAt, session: session}
 	if exists {
 		it.createIdx = old.createIdx
 		it.version = old.version + 1
@@ -65,6 +68,30 @@ func (s *state) write(key string, old kvItem, exists bool, value []byte, expires
 	s.putKey(it)
 	s.keyPut(it, old, exists)
 	return it
+}
+
+// ttlDeadline is the log time a TTL given now ends (0: no TTL).
+func (s *state) ttlDeadline(ttlMs int64) int64 {
+	if ttlMs > 0 {
+		return s.logTime + ttlMs*nsPerMs
+	}
+	return 0
+}
+
+// checkPutBinding checks what a put's session and if_absent ask of the
+// key's current state (old, exists): the session must be live, and with
+// if_absent the key must not exist unless it is bound to that session.
+func (s *state) checkPutBinding(req *kvpb.PutRequest, old kvItem, exists bool) *kvpb.CommandResult {
+	if req.Session != 0 && s.liveSession(req.Session) == nil {
+		return fail(kvpb.ErrorCode_ERROR_CODE_SESSION_EXPIRED, "session: session %d is unknown or expired", req.Session)
+	}
+	if req.IfAbsent && exists && (req.Session == 0 || old.session != req.Session) {
+		if old.session != 0 {
+			return fail(kvpb.ErrorCode_ERROR_CODE_KEY_EXISTS, "if_absent: key %q exists, bound to session %d", old.key, old.session)
+		}
+		return fail(kvpb.ErrorCode_ERROR_CODE_KEY_EXISTS, "if_absent: key %q exists", old.key)
+	}
+	return nil
 }
 
 func (s *state) put(req *kvpb.PutRequest) *kvpb.CommandResult {
@@ -82,36 +109,89 @@ func (s *state) put(req *kvpb.PutRequest) *kvpb.CommandResult {
 	if r := checkVersion(key, old.version, req.ExpectedVersion); r != nil {
 		return r
 	}
-	var exp int64
-	if req.TtlMs > 0 {
-		exp = s.logTime + req.TtlMs*nsPerMs
+	if r := s.checkPutBinding(req, old, exists); r != nil {
+		return r
 	}
-	it := s.write(key, old, exists, req.Value, exp)
+	it := s.write(key, old, exists, req.Value, s.ttlDeadline(req.TtlMs), req.Session)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Put{Put: &kvpb.PutResponse{Kv: it.proto(false)}}}
 }
 
 func (s *state) delete(req *kvpb.DeleteRequest) *kvpb.CommandResult {
-	if len(req.Key) == 0 {
+	if len(req.Key) == 0 && !req.Prefix {
 		return invalid("key: must not be empty")
+	}
+	if req.Prefix && req.ExpectedVersion != nil {
+		return invalid("expected_version: must be unset with prefix")
 	}
 	if r := s.checkFence(req.Fence); r != nil {
 		return r
 	}
 	key := string(req.Key)
+	if req.Prefix {
+		return &kvpb.CommandResult{Result: &kvpb.CommandResult_Delete{Delete: &kvpb.DeleteResponse{Deleted: s.deletePrefix(key)}}}
+	}
 	old, _ := s.getKey(key)
 	if r := checkVersion(key, old.version, req.ExpectedVersion); r != nil {
 		return r
 	}
-	var n uint64
-	if s.delKey(key) {
-		n = 1
-		s.keyDeleted(old)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Delete{Delete: &kvpb.DeleteResponse{Deleted: s.deleteKey(key)}}}
+}
+
+// deleteKey deletes key with its DELETE event: 1 when it existed, else 0.
+func (s *state) deleteKey(key string) uint64 {
+	old, ok := s.getKey(key)
+	if !ok {
+		return 0
 	}
-	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Delete{Delete: &kvpb.DeleteResponse{Deleted: n}}}
+	s.delKey(key)
+	s.keyDeleted(old)
+	return 1
+}
+
+// deletePrefix deletes every key that starts with prefix, in key order,
+// with a DELETE event each, and returns how many.
+func (s *state) deletePrefix(prefix string) uint64 {
+	var keys []string
+	s.kv.AscendGreaterOrEqual(kvItem{key: prefix}, func(it kvItem) bool {
+		if !strings.HasPrefix(it.key, prefix) {
+			return false
+		}
+		keys = append(keys, it.key)
+		return true
+	})
+	var n uint64
+	for _, k := range keys {
+		n += s.deleteKey(k)
+	}
+	return n
+}
+
+// touchKey gives an existing key a new TTL from now (0: none), keeping its
+// value, version, mod_index and session.
+func (s *state) touchKey(req *kvpb.TouchRequest) *kvpb.CommandResult {
+	if len(req.Key) == 0 {
+		return invalid("key: must not be empty")
+	}
+	if req.TtlMs < 0 {
+		return invalid("ttl_ms: must not be negative, got %d", req.TtlMs)
+	}
+	if r := s.checkFence(req.Fence); r != nil {
+		return r
+	}
+	key := string(req.Key)
+	it, ok := s.getKey(key)
+	if !ok {
+		return fail(kvpb.ErrorCode_ERROR_CODE_NOT_FOUND, "key %q not found", truncate(req.Key))
+	}
+	old := it
+	it.expiresAt = s.ttlDeadline(req.TtlMs)
+	s.putKey(it)
+	s.keyTouched(it, old)
+	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Touch{Touch: &kvpb.TouchResponse{Kv: it.proto(true)}}}
 }
 
 // add adds to a decimal int64 counter. Choice: the key keeps its TTL (like
-// Redis INCR); a fresh counter has none.
+// Redis INCR) and its session binding; a fresh counter has neither.
 func (s *state) add(req *kvpb.AddRequest) *kvpb.CommandResult {
 	if len(req.Key) == 0 {
 		return invalid("key: must not be empty")
@@ -134,7 +214,7 @@ func (s *state) add(req *kvpb.AddRequest) *kvpb.CommandResult {
 		return invalid("delta: key %q: %d + %d overflows int64", key, n, d)
 	}
 	n += d
-	it := s.write(key, old, exists, []byte(strconv.FormatInt(n, 10)), old.expiresAt)
+	it := s.write(key, old, exists, []byte(strconv.FormatInt(n, 10)), old.expiresAt, old.session)
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_Add{Add: &kvpb.AddResponse{Value: n, Kv: it.proto(false)}}}
 }
 

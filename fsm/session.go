@@ -14,6 +14,7 @@ func (se *session) proto() *kvpb.SessionInfo {
 		Name:      se.name,
 		CreatedAt: se.createdAt,
 		Owner:     se.owner,
+		Keys:      uint64(len(se.keys)),
 	}
 	for _, name := range sortedKeys(se.locks) {
 		info.Locks = append(info.Locks, []byte(name))
@@ -95,16 +96,24 @@ func (s *state) closeSession(req *kvpb.CloseSessionRequest) *kvpb.CommandResult 
 	return &kvpb.CommandResult{Result: &kvpb.CommandResult_CloseSession{CloseSession: &kvpb.CloseSessionResponse{}}}
 }
 
-// endSession removes a session and everything it owns: it leaves every lock
-// and cache line, its locks are released (with lock-delay when expired, not
-// when closed) and handed to the next waiter, its fill leases pass to the
-// next cache waiter, and its dedup table goes. All in name order.
+// endSession removes a session and everything it owns: the keys bound to
+// it are deleted (a DELETE event each, expired when the session expired),
+// it leaves every lock and cache line, its locks are released (with
+// lock-delay when expired, not when closed) and handed to the next waiter,
+// its fill leases pass to the next cache waiter, and its dedup table goes.
+// All in name order. Every way a session ends comes through here.
 func (s *state) endSession(se *session, expired bool) {
 	if expired {
 		defer s.because(causeExpired)()
 	}
 	s.sessionEnded(se)
 	s.delDeadline(deadline{at: se.expiresAt, kind: dlSession, id: se.id})
+	for _, key := range sortedKeys(se.keys) {
+		if it, ok := s.getKey(key); ok && it.session == se.id {
+			s.delKey(key)
+			s.keyDeleted(it)
+		}
+	}
 	delete(s.sessions, se.id) // from here on it is not live: no grant goes to it
 
 	for _, name := range sortedKeys(se.lockWaits) {

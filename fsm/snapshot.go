@@ -202,8 +202,10 @@ func (snap *snapshot) encode(w io.Writer) error {
 		return rw.err == nil
 	})
 	for _, se := range snap.sessions {
+		info := se.proto()
+		info.Keys = 0 // derived: rebuilt from the keys' sessions on restore
 		var b []byte
-		b = appendMsg(b, 1, se.proto())
+		b = appendMsg(b, 1, info)
 		b = appendUint(b, 2, se.minPending)
 		rw.record(recSession, b)
 		se.dedup.Ascend(func(d dedupEntry) bool {
@@ -428,7 +430,7 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 			return err
 		}
 		s.kv.ReplaceOrInsert(kvItem{key: string(kv.Key), value: kv.Value, createIdx: kv.CreateIndex,
-			modIdx: kv.ModIndex, version: kv.Version, expiresAt: kv.ExpiresAt})
+			modIdx: kv.ModIndex, version: kv.Version, expiresAt: kv.ExpiresAt, session: kv.Session})
 	case recSession:
 		f, err := parseFields(b)
 		if err != nil {

@@ -25,7 +25,8 @@ type kvItem struct {
 	createIdx uint64
 	modIdx    uint64
 	version   uint64
-	expiresAt int64 // 0: no TTL
+	expiresAt int64  // 0: no TTL
+	session   uint64 // the session the key is bound to (0: none): deleted when it ends
 }
 
 // session is a client session. The held/waiting sets are derived from the
@@ -46,6 +47,7 @@ type session struct {
 	lockWaits  map[string]struct{} // lock lines it stands in
 	leases     map[string]struct{} // cache keys whose fill lease it holds
 	cacheWaits map[string]struct{} // cache keys it waits on
+	keys       map[string]struct{} // keys bound to it (Put with session)
 }
 
 func newSession(id uint64) *session {
@@ -56,6 +58,7 @@ func newSession(id uint64) *session {
 		lockWaits:  map[string]struct{}{},
 		leases:     map[string]struct{}{},
 		cacheWaits: map[string]struct{}{},
+		keys:       map[string]struct{}{},
 	}
 }
 
@@ -300,9 +303,11 @@ func (s *state) putKey(it kvItem) {
 	if old, ok := s.kv.ReplaceOrInsert(it); ok {
 		s.delDeadline(deadline{at: old.expiresAt, kind: dlKey, name: old.key})
 		s.kvBytes -= old.size()
+		s.unbindKey(old)
 	}
 	s.addDeadline(deadline{at: it.expiresAt, kind: dlKey, name: it.key})
 	s.kvBytes += it.size()
+	s.bindKey(it)
 }
 
 func (s *state) delKey(key string) bool {
@@ -310,8 +315,23 @@ func (s *state) delKey(key string) bool {
 	if ok {
 		s.delDeadline(deadline{at: old.expiresAt, kind: dlKey, name: key})
 		s.kvBytes -= old.size()
+		s.unbindKey(old)
 	}
 	return ok
+}
+
+// bindKey and unbindKey keep the sessions' sets of bound keys in step with
+// the keys (every write and delete of a key goes through putKey or delKey).
+func (s *state) bindKey(it kvItem) {
+	if se := s.sessions[it.session]; se != nil && it.session != 0 {
+		se.keys[it.key] = struct{}{}
+	}
+}
+
+func (s *state) unbindKey(it kvItem) {
+	if se := s.sessions[it.session]; se != nil && it.session != 0 {
+		delete(se.keys, it.key)
+	}
 }
 
 func (s *state) setSessionExpiry(se *session, at int64) {
@@ -476,10 +496,12 @@ func (s *state) rebuild() {
 	s.locksHeld, s.lockWaiters, s.cacheWaiters, s.fillLeases = 0, 0, 0, 0
 	for _, se := range s.sessions {
 		s.addDeadline(deadline{at: se.expiresAt, kind: dlSession, id: se.id})
+		clear(se.keys)
 	}
 	s.kv.Ascend(func(it kvItem) bool {
 		s.addDeadline(deadline{at: it.expiresAt, kind: dlKey, name: it.key})
 		s.kvBytes += it.size()
+		s.bindKey(it)
 		return true
 	})
 	s.locks.Ascend(func(l lockItem) bool { s.indexLock(l); return true })

@@ -59,6 +59,9 @@ type Limits struct {
 	// built but not yet sent because its client does not read: reads that
 	// would build more wait, default 8 MiB.
 	MaxUnreadBytes int
+	// MaxTxnOps bounds a transaction's compares, and the ops of each of
+	// its branches, default 128 (etcd's --max-txn-ops).
+	MaxTxnOps int
 }
 
 // MaxClientResponseBytes is the largest answer the Go client accepts, and
@@ -87,6 +90,7 @@ func DefaultLimits() Limits {
 		MaxLockDelay:         time.Minute,
 		MaxConcurrentStreams: 256,
 		MaxUnreadBytes:       8 << 20,
+		MaxTxnOps:            128,
 	}
 }
 
@@ -112,6 +116,7 @@ func (l Limits) withDefaults() Limits {
 	setInt(&l.MaxLocks, d.MaxLocks)
 	setInt(&l.MaxConcurrentStreams, d.MaxConcurrentStreams)
 	setInt(&l.MaxUnreadBytes, d.MaxUnreadBytes)
+	setInt(&l.MaxTxnOps, d.MaxTxnOps)
 	if l.MaxLockDelay == 0 {
 		l.MaxLockDelay = d.MaxLockDelay
 	}
@@ -135,7 +140,7 @@ func (l Limits) Validate() error {
 		l.DefaultListLimit < 0, l.MaxNameBytes < 0, l.MaxWaitersPerLock < 0,
 		l.MaxLocksPerSession < 0, l.CacheMaxBytes < 0, l.MaxDedupResults < 0, l.MinTTL < 0, l.MaxTTL < 0,
 		l.MaxResponseBytes < 0, l.MaxSessions < 0, l.MaxLocks < 0, l.MaxLockDelay < 0,
-		l.MaxConcurrentStreams < 0, l.MaxUnreadBytes < 0:
+		l.MaxConcurrentStreams < 0, l.MaxUnreadBytes < 0, l.MaxTxnOps < 0:
 		return errors.New("limits: negative value")
 	case l.MinTTL > l.MaxTTL:
 		return fmt.Errorf("limits: min-ttl %v exceeds max-ttl %v", l.MinTTL, l.MaxTTL)
@@ -150,7 +155,7 @@ func (l Limits) Validate() error {
 	case l.MaxResponseBytes > MaxClientResponseBytes:
 		return fmt.Errorf("limits: max-response-bytes %d exceeds %d, the largest answer the Go client accepts", l.MaxResponseBytes, MaxClientResponseBytes)
 	case l.MaxWaitersPerLock > 1<<31, l.MaxLocksPerSession > 1<<31, l.MaxDedupResults > 1<<31,
-		l.MaxSessions > 1<<31, l.MaxLocks > 1<<31, l.MaxConcurrentStreams > 1<<31:
+		l.MaxSessions > 1<<31, l.MaxLocks > 1<<31, l.MaxConcurrentStreams > 1<<31, l.MaxTxnOps > 1<<31:
 		return errors.New("limits: value too large")
 	case l.MaxLockDelay < time.Millisecond:
 		return fmt.Errorf("limits: max-lock-delay %v is below 1ms", l.MaxLockDelay)

@@ -166,6 +166,7 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.DurationVar(&l.MaxLockDelay, "max-lock-delay", d.MaxLockDelay, "longest lock-delay an acquire may ask for; longer is refused, never shortened")
 	fs.IntVar(&l.MaxConcurrentStreams, "max-concurrent-streams", d.MaxConcurrentStreams, "concurrent calls per client connection")
 	fs.IntVar(&l.MaxUnreadBytes, "max-unread-bytes", d.MaxUnreadBytes, "answers a client connection may leave unread before its reads wait")
+	fs.IntVar(&l.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, "most compares in a transaction, and most ops in each of its branches")
 
 	fs.Int64Var(&f.watchHistoryBytes, "watch-history-bytes", node.DefaultWatchHistoryBytes, "memory for the history of recent changes that watches resume from (estimated bytes)")
 	fs.IntVar(&f.watchHistoryEvents, "watch-history-events", node.DefaultWatchHistoryEvents, "most changes the watch history holds")
