@@ -75,7 +75,7 @@ type snapshot struct {
 	limits   *kvpb.StateLimits
 	counters cacheCounters
 	members  []*kvpb.Member
-	kv       *btree.BTreeG[kvItem]
+	kv       *btree.BTreeG[*kvItem]
 	sessions []session // sorted by id; only the replicated fields and dedup
 	locks    *btree.BTreeG[lockItem]
 	cache    *btree.BTreeG[cacheItem]
@@ -197,7 +197,7 @@ func (snap *snapshot) encode(w io.Writer) error {
 	for _, m := range snap.members {
 		rw.msg(recMember, m)
 	}
-	snap.kv.Ascend(func(it kvItem) bool {
+	snap.kv.Ascend(func(it *kvItem) bool {
 		rw.msg(recKey, it.proto(false))
 		return rw.err == nil
 	})
@@ -429,7 +429,7 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 		if err := proto.Unmarshal(b, &kv); err != nil {
 			return err
 		}
-		s.kv.ReplaceOrInsert(kvItem{key: string(kv.Key), value: kv.Value, createIdx: kv.CreateIndex,
+		s.kv.ReplaceOrInsert(&kvItem{key: string(kv.Key), value: kv.Value, createIdx: kv.CreateIndex,
 			modIdx: kv.ModIndex, version: kv.Version, expiresAt: kv.ExpiresAt, session: kv.Session})
 	case recSession:
 		f, err := parseFields(b)
