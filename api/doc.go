@@ -24,7 +24,10 @@
 //   - Reads of absent things: KV.Get -> NotFound (NOT_FOUND); Session.Get ->
 //     NotFound (SESSION_EXPIRED); Lock.Get of a lock nobody holds or waits
 //     for -> OK with a free LockInfo (token 0); Cache.Get -> OK, state MISS.
-//     KV.Delete of an absent key -> OK, deleted = 0.
+//     KV.Delete of an absent key -> OK, deleted = 0. KV.Touch of an absent
+//     key -> NotFound (NOT_FOUND).
+//   - A transaction is authorized for every key and session either branch
+//     may touch (allowTxn), since which branch runs is decided at apply.
 //   - A request that ended (deadline, cancel) before its command was
 //     proposed carries ErrorInfo NOT_LEADER (nothing applied); one that ended
 //     while its command was in flight carries INDETERMINATE.

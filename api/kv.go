@@ -74,9 +74,7 @@ func (s *kvService) Put(ctx context.Context, req *kvpb.PutRequest) (*kvpb.PutRes
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
-	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) },
+	if err := n.authz(func() error { return n.authzKeyWrite(ctx, req.GetKey(), req.GetFence(), req.GetHeader()) },
 		func() error { return n.ownSession(ctx, req.GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
@@ -126,9 +124,7 @@ func (s *kvService) Delete(ctx context.Context, req *kvpb.DeleteRequest) (*kvpb.
 	}
 	// With prefix, key is the prefix: readwrite on it covers every key
 	// that starts with it (permissions are prefixes too).
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
-	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+	if err := n.authzKeyWrite(ctx, req.GetKey(), req.GetFence(), req.GetHeader()); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Delete{Delete: req}}, (*kvpb.CommandResult).GetDelete)
@@ -171,9 +167,7 @@ func (s *kvService) Add(ctx context.Context, req *kvpb.AddRequest) (*kvpb.AddRes
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
-	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+	if err := n.authzKeyWrite(ctx, req.GetKey(), req.GetFence(), req.GetHeader()); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Add{Add: req}}, (*kvpb.CommandResult).GetAdd)
@@ -189,9 +183,7 @@ func (s *kvService) Touch(ctx context.Context, req *kvpb.TouchRequest) (*kvpb.To
 	); err != nil {
 		return nil, n.toStatus(err)
 	}
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READWRITE)
-	}, func() error { return n.allowFence(ctx, req.GetFence()) }, func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
+	if err := n.authzKeyWrite(ctx, req.GetKey(), req.GetFence(), req.GetHeader()); err != nil {
 		return nil, n.toStatus(err)
 	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Touch{Touch: req}}, (*kvpb.CommandResult).GetTouch)
@@ -206,7 +198,33 @@ func (s *kvService) Txn(ctx context.Context, req *kvpb.TxnRequest) (*kvpb.TxnRes
 		func() error { return n.ownSession(ctx, req.GetHeader().GetSession()) }); err != nil {
 		return nil, n.toStatus(err)
 	}
+	// Its gets answer with values, as reads do: held to the connection's
+	// unread budget before anything is proposed.
+	if gets := max(countGets(req.GetSuccess()), countGets(req.GetFailure())); gets > 0 {
+		if _, err := n.reserveAnswer(ctx, gets*n.valueAnswerBytes()); err != nil {
+			return nil, n.toStatus(err)
+		}
+	}
 	return writeAs(ctx, n, &kvpb.Command{Op: &kvpb.Command_Txn{Txn: req}}, (*kvpb.CommandResult).GetTxn)
+}
+
+func countGets(ops []*kvpb.TxnOp) int {
+	n := 0
+	for _, op := range ops {
+		if op.GetGet() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// authzKeyWrite is the authorization of a write of key (or, for a delete
+// by prefix, of every key under it): readwrite on it, read on the fence's
+// lock, and ownership of the header's session.
+func (n *Server) authzKeyWrite(ctx context.Context, key []byte, f *kvpb.Fence, h *kvpb.RequestHeader) error {
+	return n.authz(func() error {
+		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, key, kvpb.PermLevel_PERM_LEVEL_READWRITE)
+	}, func() error { return n.allowFence(ctx, f) }, func() error { return n.ownSession(ctx, h.GetSession()) })
 }
 
 func firstErr(errs ...error) error {

@@ -8,8 +8,9 @@
 // gives the same state, the same results and the same snapshot bytes out on
 // every replica.
 //
-// The state is: keys (with TTLs), client sessions (with the exactly-once
-// results of their recent commands), locks (holder, fencing token, FIFO line
+// The state is: keys (with TTLs, and the session each may be bound to),
+// client sessions (with the exactly-once results of their recent commands,
+// and the set of keys bound to them, derived), locks (holder, fencing token, FIFO line
 // of waiters, lock-delay), cache entries (value, freshness, fill lease, line
 // of waiters, size bound), the members' addresses, and the auth state (users
 // with bcrypt hashes made before proposing, roles and their permissions, the
@@ -18,11 +19,11 @@
 // only what is due.
 //
 // ApplyEvents also returns the changes the entry made (fsm.Event), in the
-// order it made them: puts and deletes of keys (TTL expiries marked),
-// session ends, lock grants, releases, handoffs, breaks and line changes,
-// and cache stores, fills, lease changes, invalidations, evictions and
-// expiries, each with the entry's index and log time and the item's new
-// state. Events are output, never state: the node keeps their history, the
+// order it made them: puts, touches and deletes of keys (expiries, of a
+// TTL or of the key's session, marked), session ends, lock grants,
+// releases, handoffs, breaks and line changes, and cache stores, fills,
+// lease changes, invalidations, evictions and expiries, each with the
+// entry's index and log time and the item's new state. Events are output, never state: the node keeps their history, the
 // snapshot does not change, and the same log gives the same events on every
 // replica. Deadlines that only move (keepalives, renewals, a new leader's
 // grace) are not events. WatchState is the matching snapshot of watched
@@ -36,6 +37,10 @@
 //     a "now" and hide what has expired by then even if no entry removed it yet.
 //   - Two FSMs fed the same log produce byte-identical snapshots, and
 //     StateHash is the sha256 of that encoding.
+//   - A key bound to a session never outlives it: the entry that ends the
+//     session (close or expiry) deletes its keys.
+//   - A transaction (txn.go) applies all of its branch or nothing: every op
+//     is checked before the first is applied.
 //   - Auth reads (Auth, Allowed) never take the state lock: each entry that
 //     changes auth state publishes a new immutable AuthView.
 //

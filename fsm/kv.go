@@ -94,14 +94,20 @@ func (s *state) checkPutBinding(req *kvpb.PutRequest, old kvItem, exists bool) *
 	return nil
 }
 
-func (s *state) put(req *kvpb.PutRequest) *kvpb.CommandResult {
-	if len(req.Key) == 0 {
+// checkKeyTTLFence checks what Put and Touch share: a key, a TTL that is
+// not negative, and the fence.
+func (s *state) checkKeyTTLFence(key []byte, ttlMs int64, f *kvpb.Fence) *kvpb.CommandResult {
+	if len(key) == 0 {
 		return invalid("key: must not be empty")
 	}
-	if req.TtlMs < 0 {
-		return invalid("ttl_ms: must not be negative, got %d", req.TtlMs)
+	if ttlMs < 0 {
+		return invalid("ttl_ms: must not be negative, got %d", ttlMs)
 	}
-	if r := s.checkFence(req.Fence); r != nil {
+	return s.checkFence(f)
+}
+
+func (s *state) put(req *kvpb.PutRequest) *kvpb.CommandResult {
+	if r := s.checkKeyTTLFence(req.Key, req.TtlMs, req.Fence); r != nil {
 		return r
 	}
 	key := string(req.Key)
@@ -169,13 +175,7 @@ func (s *state) deletePrefix(prefix string) uint64 {
 // touchKey gives an existing key a new TTL from now (0: none), keeping its
 // value, version, mod_index and session.
 func (s *state) touchKey(req *kvpb.TouchRequest) *kvpb.CommandResult {
-	if len(req.Key) == 0 {
-		return invalid("key: must not be empty")
-	}
-	if req.TtlMs < 0 {
-		return invalid("ttl_ms: must not be negative, got %d", req.TtlMs)
-	}
-	if r := s.checkFence(req.Fence); r != nil {
+	if r := s.checkKeyTTLFence(req.Key, req.TtlMs, req.Fence); r != nil {
 		return r
 	}
 	key := string(req.Key)

@@ -41,7 +41,7 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 	for range n {
 		h.now += int64(rng.IntN(60)) * ms
 		var cmd *kvpb.Command
-		switch rng.IntN(24) {
+		switch rng.IntN(28) {
 		case 0, 1:
 			cmd = put(pick(), "v", int64(rng.IntN(3))*300)
 		case 2:
@@ -90,6 +90,17 @@ func randomLog(t testing.TB, seed uint64, n int) [][]byte {
 			}
 		case 20, 21, 22, 23:
 			cmd = randomAuthOp(rng)
+		case 24:
+			cmd = putReq(&kvpb.PutRequest{Key: []byte(pick()), Value: []byte("b"), Session: sess(), IfAbsent: rng.IntN(2) == 0})
+		case 25:
+			cmd = touchCmd(pick(), int64(rng.IntN(3))*300, nil)
+		case 26:
+			cmd = delPrefix("d/")
+		case 27:
+			s := sess()
+			cmd = txnCmd(next(s), []*kvpb.Compare{cmpNum(pick(), tVersion, kvpb.CompareOp(rng.IntN(4)), uint64(rng.IntN(3)))},
+				[]*kvpb.TxnOp{opPutReq(&kvpb.PutRequest{Key: []byte(pick()), Value: []byte("t"), Session: sess()}), opGet(pick())},
+				[]*kvpb.TxnOp{opDel("d/", true), opGet(pick())})
 		}
 		res := h.apply(cmd)
 		cmd.Stamp, cmd.Limits = h.now, h.limits

@@ -15,7 +15,7 @@ import (
 //  2. check: every op of the branch against the state as the branch's
 //     earlier ops would leave it (txnView), without changing anything. The
 //     first op that would fail refuses the whole transaction with its code,
-//     and a message that names it ("success[2].put: ...");
+//     and a message that names it ("success[2].put.if_absent: ...");
 //  3. apply: the ops in order, each through the same code a lone Put,
 //     Delete or Get uses (so each makes the events it would make alone).
 //     Nothing in this step can fail: everything that could was checked.

@@ -14,8 +14,8 @@ var testBugs = map[string]bool{}
 // "ttl-wall-clock", "log-time-fast", "watch-drop-event",
 // "watch-reorder-event") and fsm ("lock-ignore-expiry", "unfenced-store",
 // "no-dedup", "ttl-off-by-one", "renewal-keeps-deadline",
-// "dedup-lost-on-restore", "lock-delay-ignored", "fill-lease-half"). Call
-// it before starting a node.
+// "dedup-lost-on-restore", "lock-delay-ignored", "fill-lease-half",
+// "txn-partial"). Call it before starting a node.
 func SetTestBug(name string) {
 	testBugs[name] = true
 	fsm.SetTestBug(name)

@@ -424,11 +424,13 @@ func bytesText(n int64) string {
 // addsData reports whether cmd can make the replicated state larger. Those
 // are refused while the data dir is full or over quota; the rest (deletes,
 // releases, closes, keepalives, the leader's ticks) go through, so that
-// space can be freed and sessions are kept alive. An op not listed here
-// (a new one) counts as adding data.
+// space can be freed and sessions are kept alive. A Touch only moves a
+// key's deadline, as a keepalive moves a session's: it goes through too. A
+// Txn counts as adding data whatever its ops. An op not listed here (a new
+// one) counts as adding data.
 func addsData(cmd *kvpb.Command) bool {
 	switch cmd.GetOp().(type) {
-	case *kvpb.Command_Delete, *kvpb.Command_KeepAlive, *kvpb.Command_KeepAliveBatch, *kvpb.Command_CloseSession,
+	case *kvpb.Command_Delete, *kvpb.Command_Touch, *kvpb.Command_KeepAlive, *kvpb.Command_KeepAliveBatch, *kvpb.Command_CloseSession,
 		*kvpb.Command_Release, *kvpb.Command_CancelWait, *kvpb.Command_Renew, *kvpb.Command_Break,
 		*kvpb.Command_Invalidate, *kvpb.Command_Tick, *kvpb.Command_Recover, *kvpb.Command_SetMember,
 		*kvpb.Command_RemoveMember, *kvpb.Command_AuthDisable, *kvpb.Command_UserDelete,
