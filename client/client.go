@@ -328,7 +328,7 @@ func (c *Client) discoverLocked(addr string) {
 		defer cancel()
 		var leader string
 		if cc, err := c.conn(addr); err == nil {
-			st, err := kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{})
+			st, err := kvpb.NewClusterClient(cc).Status(ctx, &kvpb.StatusRequest{SkipStateHash: true})
 			if err == nil {
 				leader = st.GetLeaderAddr()
 			}

@@ -33,6 +33,7 @@ type fake struct {
 	headers   []*kvpb.RequestHeader // every Add received, in order
 	addNodes  []string              // the node each was received on
 	keepalive int                   // KeepAlives received
+	statuses  []*kvpb.StatusRequest // every Status received
 
 	// onAdd decides what node answers an Add; nil: apply it.
 	onAdd func(node string, n int, req *kvpb.AddRequest) error
@@ -52,6 +53,7 @@ func newFake(t *testing.T, nodes ...string) *fake {
 		n := &fakeNode{f: f, name: name}
 		kvpb.RegisterKVServer(srv, n)
 		kvpb.RegisterSessionServer(srv, &fakeSessions{fakeNode: n})
+		kvpb.RegisterClusterServer(srv, &fakeCluster{f: f})
 		go srv.Serve(lis)
 		t.Cleanup(srv.Stop)
 		f.lis[name] = lis
@@ -90,6 +92,19 @@ func (f *fake) apply(req *kvpb.AddRequest) *kvpb.AddResponse {
 	r := &kvpb.AddResponse{Value: f.counter}
 	f.dedup[k] = r
 	return r
+}
+
+// fakeCluster records Status requests and names no leader.
+type fakeCluster struct {
+	kvpb.UnimplementedClusterServer
+	f *fake
+}
+
+func (c *fakeCluster) Status(_ context.Context, req *kvpb.StatusRequest) (*kvpb.StatusResponse, error) {
+	c.f.mu.Lock()
+	defer c.f.mu.Unlock()
+	c.f.statuses = append(c.f.statuses, req)
+	return &kvpb.StatusResponse{}, nil
 }
 
 type fakeNode struct {
@@ -564,6 +579,36 @@ func TestUnreachableLeavesElectionsAndFailoverAlone(t *testing.T) {
 		}
 		if resp.GetValue() != int64(i+1) {
 			t.Errorf("Add #%d = %d, want %d", i, resp.GetValue(), i+1)
+		}
+	}
+}
+
+// TestDiscoverySkipsStateHash: looking for the leader asks a member's
+// Status without the state hash, which would make the member encode and
+// hash its whole state.
+func TestDiscoverySkipsStateHash(t *testing.T) {
+	f := newFake(t, "a")
+	c := f.client(t, "a")
+	if _, err := c.Add(context.Background(), []byte("k"), 1); err != nil {
+		t.Fatalf("Add: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var got []*kvpb.StatusRequest
+	for time.Now().Before(deadline) {
+		f.mu.Lock()
+		got = append([]*kvpb.StatusRequest(nil), f.statuses...)
+		f.mu.Unlock()
+		if len(got) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(got) == 0 {
+		t.Fatal("no Status request within 10 s of a request with no known leader")
+	}
+	for i, req := range got {
+		if !req.SkipStateHash {
+			t.Errorf("Status request %d asks for the state hash", i)
 		}
 	}
 }

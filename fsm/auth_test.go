@@ -529,7 +529,7 @@ func TestRestoreVersion1(t *testing.T) {
 func asVersion1(t *testing.T, snap []byte) []byte {
 	t.Helper()
 	r := bufio.NewReader(bytes.NewReader(snap))
-	hb, err := readRecord(r)
+	hb, err := readRecord(r, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +547,7 @@ func asVersion1(t *testing.T, snap []byte) []byte {
 	write(hb)
 	dropped := 0
 	for {
-		b, err := readRecord(r)
+		b, err := readRecord(r, nil)
 		if err == io.EOF {
 			break
 		}

@@ -226,7 +226,7 @@ func (f *FSM) WatchState(target kvpb.WatchTarget, key []byte, prefix bool) Watch
 	match := func(name string) bool { return name == k || (prefix && strings.HasPrefix(name, k)) }
 	switch target {
 	case kvpb.WatchTarget_WATCH_TARGET_KEYS:
-		s.kv.AscendGreaterOrEqual(kvItem{key: k}, func(it kvItem) bool {
+		s.kv.AscendGreaterOrEqual(&kvItem{key: k}, func(it *kvItem) bool {
 			if !match(it.key) {
 				return false
 			}

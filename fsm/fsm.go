@@ -154,7 +154,7 @@ func (f *FSM) ListAt(prefix, startAfter []byte, limit, maxBytes int, keysOnly bo
 	p, after := string(prefix), string(startAfter)
 	from := max(p, after)
 	size := 0
-	f.s.kv.AscendGreaterOrEqual(kvItem{key: from}, func(it kvItem) bool {
+	f.s.kv.AscendGreaterOrEqual(&kvItem{key: from}, func(it *kvItem) bool {
 		if !strings.HasPrefix(it.key, p) {
 			return false
 		}

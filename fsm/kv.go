@@ -158,7 +158,7 @@ func (s *state) deleteKey(key string) uint64 {
 // with a DELETE event each, and returns how many.
 func (s *state) deletePrefix(prefix string) uint64 {
 	var keys []string
-	s.kv.AscendGreaterOrEqual(kvItem{key: prefix}, func(it kvItem) bool {
+	s.kv.AscendGreaterOrEqual(&kvItem{key: prefix}, func(it *kvItem) bool {
 		if !strings.HasPrefix(it.key, prefix) {
 			return false
 		}

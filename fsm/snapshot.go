@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -75,7 +76,7 @@ type snapshot struct {
 	limits   *kvpb.StateLimits
 	counters cacheCounters
 	members  []*kvpb.Member
-	kv       *btree.BTreeG[kvItem]
+	kv       *btree.BTreeG[*kvItem]
 	sessions []session // sorted by id; only the replicated fields and dedup
 	locks    *btree.BTreeG[lockItem]
 	cache    *btree.BTreeG[cacheItem]
@@ -114,7 +115,8 @@ func (s *state) capture() *snapshot {
 
 type recordWriter struct {
 	w   io.Writer
-	buf []byte
+	buf []byte // a record's length and kind
+	key []byte // a key record's payload, reused
 	err error
 }
 
@@ -128,8 +130,92 @@ func (rw *recordWriter) raw(b []byte) {
 	}
 }
 
+// record writes a record without copying its payload.
 func (rw *recordWriter) record(kind recordKind, payload []byte) {
-	rw.raw(append([]byte{byte(kind)}, payload...))
+	if rw.err != nil {
+		return
+	}
+	rw.buf = binary.AppendUvarint(rw.buf[:0], uint64(1+len(payload)))
+	rw.buf = append(rw.buf, byte(kind))
+	if _, rw.err = rw.w.Write(rw.buf); rw.err == nil {
+		_, rw.err = rw.w.Write(payload)
+	}
+}
+
+// keyRecord writes a key's record. It is the one record there are millions
+// of, so its payload is encoded by hand into a reused buffer: the bytes
+// are exactly those of the deterministic marshalling of it.proto(false)
+// (TestKeyRecordMatchesProto), which earlier builds wrote.
+func (rw *recordWriter) keyRecord(it *kvItem) {
+	rw.key = appendKeyValue(rw.key[:0], it)
+	rw.record(recKey, rw.key)
+}
+
+// appendKeyValue appends a kvpb.KeyValue of it: fields in number order,
+// zero values left out, as proto's deterministic marshalling writes them.
+func appendKeyValue(b []byte, it *kvItem) []byte {
+	if it.key != "" {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendString(b, it.key)
+	}
+	b = appendBytes(b, 2, it.value)
+	b = appendUint(b, 3, it.createIdx)
+	b = appendUint(b, 4, it.modIdx)
+	b = appendUint(b, 5, it.version)
+	b = appendUint(b, 6, uint64(it.expiresAt))
+	return appendUint(b, 7, it.session)
+}
+
+// parseKeyValue reads what appendKeyValue (or proto) wrote into a new item
+// that owns its bytes. Fields it does not know are skipped, as
+// proto.Unmarshal followed by the conversion of the known fields would.
+func parseKeyValue(b []byte) (*kvItem, error) {
+	it := &kvItem{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case typ == protowire.BytesType && (num == 1 || num == 2):
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			if num == 1 {
+				it.key = string(v)
+			} else {
+				it.value = cloneBytes(v)
+			}
+			b = b[n:]
+		case typ == protowire.VarintType && num >= 3 && num <= 7:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			switch num {
+			case 3:
+				it.createIdx = v
+			case 4:
+				it.modIdx = v
+			case 5:
+				it.version = v
+			case 6:
+				it.expiresAt = int64(v)
+			case 7:
+				it.session = v
+			}
+			b = b[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return it, nil
 }
 
 func (rw *recordWriter) msg(kind recordKind, m proto.Message) {
@@ -197,8 +283,8 @@ func (snap *snapshot) encode(w io.Writer) error {
 	for _, m := range snap.members {
 		rw.msg(recMember, m)
 	}
-	snap.kv.Ascend(func(it kvItem) bool {
-		rw.msg(recKey, it.proto(false))
+	snap.kv.Ascend(func(it *kvItem) bool {
+		rw.keyRecord(it)
 		return rw.err == nil
 	})
 	for _, se := range snap.sessions {
@@ -346,7 +432,9 @@ func unpack(b []byte) ([]uint64, error) {
 	return out, nil
 }
 
-func readRecord(r *bufio.Reader) ([]byte, error) {
+// readRecord reads the next record into buf when it has room, else into a
+// new slice.
+func readRecord(r *bufio.Reader, buf []byte) ([]byte, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
 		return nil, err
@@ -354,7 +442,11 @@ func readRecord(r *bufio.Reader) ([]byte, error) {
 	if n > maxRecord {
 		return nil, fmt.Errorf("record of %d bytes", n)
 	}
-	b := make([]byte, n)
+	b := buf[:0]
+	if uint64(cap(b)) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	if _, err := io.ReadFull(r, b); err != nil {
 		return nil, io.ErrUnexpectedEOF
 	}
@@ -364,7 +456,7 @@ func readRecord(r *bufio.Reader) ([]byte, error) {
 // decodeSnapshot reads a snapshot stream into a new state.
 func decodeSnapshot(rd io.Reader) (*state, error) {
 	r := bufio.NewReaderSize(rd, 1<<16)
-	hb, err := readRecord(r)
+	hb, err := readRecord(r, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrSnapshotFormat, err)
 	}
@@ -378,8 +470,12 @@ func decodeSnapshot(rd io.Reader) (*state, error) {
 	}
 	s := newState()
 	s.index, s.logTime = hdr.AppliedIndex, hdr.LogTime
+	// Records are read into one reused buffer. A key's record is parsed
+	// into an item that copies what it keeps; every other kind is decoded
+	// from a copy of its own, since some keep slices of their record.
+	var buf []byte
 	for i := 1; ; i++ {
-		b, err := readRecord(r)
+		b, err := readRecord(r, buf)
 		if err == io.EOF {
 			break
 		}
@@ -387,7 +483,12 @@ func decodeSnapshot(rd io.Reader) (*state, error) {
 			err = errors.New("empty record")
 		}
 		if err == nil {
-			err = s.decodeRecord(recordKind(b[0]), b[1:])
+			buf = b
+			if kind := recordKind(b[0]); kind == recKey {
+				err = s.restoreKey(b[1:])
+			} else {
+				err = s.decodeRecord(kind, bytes.Clone(b[1:]))
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: record %d: %w", ErrSnapshotFormat, i, err)
@@ -404,6 +505,17 @@ func decodeSnapshot(rd io.Reader) (*state, error) {
 	}
 	s.rebuild()
 	return s, nil
+}
+
+// restoreKey adds the key of a key record (its derived indexes are built
+// by rebuild).
+func (s *state) restoreKey(b []byte) error {
+	it, err := parseKeyValue(b)
+	if err != nil {
+		return err
+	}
+	s.kv.ReplaceOrInsert(it)
+	return nil
 }
 
 func (s *state) decodeRecord(kind recordKind, b []byte) error {
@@ -425,12 +537,7 @@ func (s *state) decodeRecord(kind recordKind, b []byte) error {
 		}
 		s.members[m.Name] = member{name: m.Name, peerAddr: m.PeerAddr, clientAddr: m.ClientAddr}
 	case recKey:
-		var kv kvpb.KeyValue
-		if err := proto.Unmarshal(b, &kv); err != nil {
-			return err
-		}
-		s.kv.ReplaceOrInsert(kvItem{key: string(kv.Key), value: kv.Value, createIdx: kv.CreateIndex,
-			modIdx: kv.ModIndex, version: kv.Version, expiresAt: kv.ExpiresAt, session: kv.Session})
+		return s.restoreKey(b)
 	case recSession:
 		f, err := parseFields(b)
 		if err != nil {

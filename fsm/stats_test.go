@@ -24,7 +24,7 @@ func recount(f *FSM) Stats {
 		FillLeasesGranted:        s.counters.leasesGranted,
 		FillLeasesExpired:        s.counters.leasesExpired,
 	}
-	s.kv.Ascend(func(it kvItem) bool {
+	s.kv.Ascend(func(it *kvItem) bool {
 		st.KVBytes += uint64(len(it.key) + len(it.value))
 		return true
 	})

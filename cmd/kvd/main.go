@@ -74,6 +74,7 @@ type serverFlags struct {
 	watchHistoryBytes                                    int64
 	watchHistoryEvents, watchBuffer                      int
 	watchProgress                                        time.Duration
+	gcPercent                                            int
 }
 
 func newRootCmd(stderr io.Writer) *cobra.Command {
@@ -96,6 +97,9 @@ Run a local three-node cluster for development with "kvd dev".`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.config()
 			if err != nil {
+				return usageError{err}
+			}
+			if err := setGCPercent(f.gcPercent, cmd.Flags().Changed("gc-percent")); err != nil {
 				return usageError{err}
 			}
 			if err := f.tls.check(f.clientAddr, f.peerAddr); err != nil {
@@ -172,6 +176,8 @@ Run a local three-node cluster for development with "kvd dev".`,
 	fs.IntVar(&f.watchHistoryEvents, "watch-history-events", node.DefaultWatchHistoryEvents, "most changes the watch history holds")
 	fs.IntVar(&f.watchBuffer, "watch-buffer", node.DefaultWatchBuffer, "changes queued for one watch stream before it is cancelled as too slow (its client resumes)")
 	fs.DurationVar(&f.watchProgress, "watch-progress-interval", node.DefaultWatchProgressInterval, "how often the node confirms with the leader that it is up to date, for its watchers' progress messages")
+
+	fs.IntVar(&f.gcPercent, "gc-percent", defaultGCPercent, "garbage collector target (Go's GOGC): the heap grows this many percent over the live data between collections; lower holds less memory for a little more CPU. -1: off. Unless this flag is given, a GOGC environment variable wins")
 
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); default off")

@@ -36,6 +36,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log level", []string{"--name", "n1", "--data-dir", dir, "--log-level", "loud"}, 2, "--log-level"},
 		{"bad log store", []string{"--name", "n1", "--data-dir", dir, "--log-store", "rocks"}, 2, "--log-store \"rocks\": want wal or bolt"},
 		{"extra arg", []string{"stray"}, 2, "unknown command"},
+		{"gc percent", []string{"--name", "n1", "--data-dir", dir, "--gc-percent", "0"}, 2, "--gc-percent: want at least 10, or -1 (off), got 0"},
 		{"watch history", []string{"--name", "n1", "--data-dir", dir, "--watch-history-events", "0"}, 2, "--watch-history-events: want at least 1, got 0"},
 		{"watch buffer", []string{"--name", "n1", "--data-dir", dir, "--watch-buffer", "-3"}, 2, "--watch-buffer: want at least 1, got -3"},
 	}
