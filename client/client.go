@@ -634,6 +634,21 @@ func (c *Client) RenewLock(ctx context.Context, name []byte, token uint64) (*kvp
 	})
 }
 
+// ProclaimAs sets the value of lock name, held with token by session, a
+// session this client does not drive: the command that `kvctl elect` runs
+// proclaims through the session of the kvctl that leads
+// (KVD_ELECTION_SESSION). It is sent with seq 0, so it is not
+// deduplicated, and is retried like a read: setting a value twice under
+// one token is the same as setting it once. With auth on, the caller must
+// own the session (or be an admin). ErrStaleToken when token is not the
+// session's current grant.
+func (c *Client) ProclaimAs(ctx context.Context, session uint64, name []byte, token uint64, value []byte) (*kvpb.ProclaimResponse, error) {
+	req := &kvpb.ProclaimRequest{Header: &kvpb.RequestHeader{Session: session}, Name: name, Token: token, Value: value}
+	return read(ctx, c, 0, "", func(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOption) (*kvpb.ProclaimResponse, error) {
+		return kvpb.NewLockClient(cc).Proclaim(ctx, req, opts...)
+	})
+}
+
 // GetLock reads a lock's state (WithStale). A lock the server knows
 // nothing about is ErrNotFound.
 func (c *Client) GetLock(ctx context.Context, name []byte, opts ...OpOption) (*kvpb.GetLockResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
@@ -27,12 +28,15 @@ type electOptions struct {
 	restart   bool
 	listen    bool
 	show      bool
+	proclaim  bool
+	token     uint64
+	session   uint64
 }
 
 func newElectCommand(a *app) *cobra.Command {
 	var o electOptions
 	cmd := &cobra.Command{
-		Use:   "elect NAME [VALUE [-- CMD ARGS...]] | elect NAME --listen | elect NAME --show",
+		Use:   "elect NAME [VALUE [-- CMD ARGS...]] | elect NAME --listen | elect NAME --show | elect NAME --proclaim VALUE",
 		Short: "Leader election: campaign, run a command only while leading, or watch the leader",
 		Long: `Leader election. An election is a lock whose holder has a value; its
 fencing token (the term's token) grows with every new leader.
@@ -67,6 +71,12 @@ kvctl elect NAME --listen
 kvctl elect NAME --show
   Print the current leader once. Exit 4 when there is none.
 
+kvctl elect NAME --proclaim VALUE [--token T --session S]
+  Change the leader's value without a new term (the token stays). Meant for
+  CMD: the token and session default to KVD_ELECTION_TOKEN and
+  KVD_ELECTION_SESSION. Exit 1 when the token is no longer the current
+  term (another leader), 4 when nobody leads.
+
 Elections default to --lock-delay 1s: after a leader's session expires or
 its lock is broken, the next candidate leads one second later, so that the
 old leader's CMD, stopped by the server's expiry at the latest, has surely
@@ -79,8 +89,12 @@ otherwise CMD's exit code.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			switch {
-			case o.listen && o.show:
-				return &usageError{"elect: --listen and --show exclude each other"}
+			case btoi(o.listen)+btoi(o.show)+btoi(o.proclaim) > 1:
+				return &usageError{"elect: --listen, --show and --proclaim exclude each other"}
+			case o.proclaim:
+				if len(args) != 2 || dash >= 0 {
+					return &usageError{"elect: --proclaim wants NAME VALUE"}
+				}
 			case o.listen || o.show:
 				if len(args) != 1 || dash >= 0 {
 					return &usageError{"elect: --listen and --show want NAME only"}
@@ -101,6 +115,8 @@ otherwise CMD's exit code.`,
 				return a.electShow(cmd, args[0])
 			case o.listen:
 				return a.electListen(cmd.Context(), args[0])
+			case o.proclaim:
+				return a.electProclaim(cmd, args[0], args[1], o)
 			}
 			var child []string
 			if len(args) > 2 {
@@ -116,6 +132,9 @@ otherwise CMD's exit code.`,
 	f.BoolVar(&o.restart, "restart", false, "when leadership is lost, campaign again (and restart CMD when leading again) instead of exiting 5")
 	f.BoolVar(&o.listen, "listen", false, "print each change of leader or value until interrupted")
 	f.BoolVar(&o.show, "show", false, "print the current leader (exit 4: none)")
+	f.BoolVar(&o.proclaim, "proclaim", false, "change the leader's value (NAME VALUE), keeping its term")
+	f.Uint64Var(&o.token, "token", 0, "with --proclaim: the term's token (default $KVD_ELECTION_TOKEN)")
+	f.Uint64Var(&o.session, "session", 0, "with --proclaim: the leading session (default $KVD_ELECTION_SESSION)")
 	return cmd
 }
 
@@ -306,6 +325,49 @@ func (a *app) electShow(cmd *cobra.Command, name string) error {
 		return fmt.Errorf("elect %q --show: %w", name, err)
 	}
 	l := election.Leader{Value: li.GetValue(), Token: li.GetToken(), Session: li.GetSession(),
+		HeldSince: li.GetHeldSince(), Index: resp.GetHeader().GetAppliedIndex()}
+	return a.printLeader(name, l, resp.GetHeader())
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// electProclaim sets the leader's value under its term's token and
+// session, given or from the environment kvctl elect gives CMD.
+func (a *app) electProclaim(cmd *cobra.Command, name, value string, o electOptions) error {
+	for _, f := range []struct {
+		v    *uint64
+		flag string
+		env  string
+	}{{&o.token, "--token", "KVD_ELECTION_TOKEN"}, {&o.session, "--session", "KVD_ELECTION_SESSION"}} {
+		if *f.v != 0 {
+			continue
+		}
+		env := os.Getenv(f.env)
+		if env == "" {
+			return &usageError{fmt.Sprintf("elect --proclaim: %s is required (or %s, which kvctl elect sets for CMD)", f.flag, f.env)}
+		}
+		n, err := strconv.ParseUint(env, 10, 64)
+		if err != nil || n == 0 {
+			return &usageError{fmt.Sprintf("elect --proclaim: %s=%q is not a positive integer", f.env, env)}
+		}
+		*f.v = n
+	}
+	c, ctx, cancel, err := a.request(cmd)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	resp, err := c.ProclaimAs(ctx, o.session, []byte(name), o.token, []byte(value))
+	if err != nil {
+		return tokenErr("elect --proclaim", name, o.token, err)
+	}
+	li := resp.GetLock()
+	l := election.Leader{Value: []byte(value), Token: li.GetToken(), Session: li.GetSession(),
 		HeldSince: li.GetHeldSince(), Index: resp.GetHeader().GetAppliedIndex()}
 	return a.printLeader(name, l, resp.GetHeader())
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/election"
+	"github.com/kvdproject/kvd/internal/testcluster"
 )
 
 // elect NAME VALUE -- CMD runs CMD as the leader with the term's token,
@@ -78,5 +79,50 @@ func TestElectLeadershipLostExit5(t *testing.T) {
 	}
 	if _, err := c.GetLock(t.Context(), []byte("cron")); err != nil && !errors.Is(err, client.ErrNotFound) {
 		t.Fatal(err)
+	}
+}
+
+// elect NAME --proclaim VALUE changes the leader's value under its token
+// and session (flags, or the environment elect gives CMD), keeping the
+// term; a superseded token is refused (exit 1), and with nobody leading it
+// exits 4.
+func TestElectProclaim(t *testing.T) {
+	cl, c := lockTestCluster(t)
+	s := testcluster.NewSession(t, c, 10*time.Second)
+	e := election.New(s, "cron")
+	if err := e.Campaign(t.Context(), []byte("host-1")); err != nil {
+		t.Fatal(err)
+	}
+	tok, sid := e.Token(), s.ID()
+	code, out, errs := lockCLI(t, cl, "elect", "cron", "--proclaim", "host-1 v2",
+		"--token", fmt.Sprint(tok), "--session", fmt.Sprint(sid))
+	if want := fmt.Sprintf("token %d session %d: host-1 v2\n", tok, sid); code != 0 || out != want {
+		t.Fatalf("elect --proclaim: exit %d, %q; want 0, %q (%s)", code, out, want, errs)
+	}
+	l, err := election.LeaderOf(t.Context(), c, "cron")
+	if err != nil || string(l.Value) != "host-1 v2" || l.Token != tok {
+		t.Fatalf("leader after --proclaim = %+v, %v; want host-1 v2 under token %d", l, err, tok)
+	}
+	// From the environment, as CMD would.
+	t.Setenv("KVD_ELECTION_TOKEN", fmt.Sprint(tok))
+	t.Setenv("KVD_ELECTION_SESSION", fmt.Sprint(sid))
+	if code, _, errs := lockCLI(t, cl, "elect", "cron", "--proclaim", "v3"); code != 0 {
+		t.Fatalf("elect --proclaim from the environment: exit %d (%s)", code, errs)
+	}
+	if l, err := election.LeaderOf(t.Context(), c, "cron"); err != nil || string(l.Value) != "v3" {
+		t.Fatalf("leader after --proclaim from the environment = %+v, %v; want v3", l, err)
+	}
+	if code, _, errs := lockCLI(t, cl, "elect", "cron", "--proclaim", "v4", "--token", fmt.Sprint(tok+1)); code != 1 || !strings.Contains(errs, "not current") {
+		t.Errorf("elect --proclaim with another token: exit %d (%s); want 1, not current", code, errs)
+	}
+	if err := e.Resign(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := lockCLI(t, cl, "elect", "cron", "--proclaim", "v5"); code != exitNotFound {
+		t.Errorf("elect --proclaim with nobody leading: exit %d (%s); want %d", code, errs, exitNotFound)
+	}
+	t.Setenv("KVD_ELECTION_TOKEN", "")
+	if code, _, _ := lockCLI(t, cl, "elect", "cron", "--proclaim", "v6"); code != exitUsage {
+		t.Errorf("elect --proclaim with no token: exit %d, want %d", code, exitUsage)
 	}
 }
