@@ -301,6 +301,20 @@ func (s *Server) allow(ctx context.Context, kind kvpb.PermKind, key []byte, leve
 // authz runs the authorization checks of a request in order; the first
 // refusal wins. Each is a func so that none runs (none waits) after one
 // refused.
+// readAllowed confirms a read at consistency c, then checks that the caller
+// may read name of kind: after the read, so that a member behind on an auth
+// change has caught up by then. Its errors are gRPC statuses.
+func (n *Server) readAllowed(ctx context.Context, c kvpb.Consistency, kind kvpb.PermKind, name []byte) (int64, *kvpb.ResponseHeader, error) {
+	now, hdr, err := n.b.Read(ctx, c)
+	if err != nil {
+		return 0, nil, n.toStatus(err)
+	}
+	if err := n.authz(func() error { return n.allow(ctx, kind, name, kvpb.PermLevel_PERM_LEVEL_READ) }); err != nil {
+		return 0, nil, n.toStatus(err)
+	}
+	return now, hdr, nil
+}
+
 func (s *Server) authz(checks ...func() error) error {
 	for _, c := range checks {
 		if err := c(); err != nil {

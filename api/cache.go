@@ -25,16 +25,9 @@ func (s *cacheService) Get(ctx context.Context, req *kvpb.CacheGetRequest) (*kvp
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_CACHE, req.GetKey())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_CACHE, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	if _, err := n.reserveAnswer(ctx, n.cacheAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)

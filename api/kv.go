@@ -91,16 +91,9 @@ func (s *kvService) Get(ctx context.Context, req *kvpb.GetRequest) (*kvpb.GetRes
 	if err := n.checkKey("key", req.GetKey()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_KEYS, req.GetKey())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetKey(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	if _, err := n.reserveAnswer(ctx, n.valueAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)
@@ -139,16 +132,9 @@ func (s *kvService) List(ctx context.Context, req *kvpb.ListRequest) (*kvpb.List
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_KEYS, req.GetPrefix())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_KEYS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	if _, err := n.reserveAnswer(ctx, n.listAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)

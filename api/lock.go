@@ -214,16 +214,9 @@ func (s *lockService) Get(ctx context.Context, req *kvpb.GetLockRequest) (*kvpb.
 	if err := n.checkName("name", req.GetName()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_LOCKS, req.GetName())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetName(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	// The header names the index of the state read (it may be newer than
 	// the read's preparation): a watch from it misses and repeats nothing.
@@ -246,16 +239,9 @@ func (s *lockService) List(ctx context.Context, req *kvpb.ListLocksRequest) (*kv
 	if err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_LOCKS, req.GetPrefix())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetPrefix(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	if _, err := n.reserveAnswer(ctx, n.listAnswerBytes()); err != nil {
 		return nil, n.toStatus(err)
@@ -281,16 +267,9 @@ func (s *lockService) CheckFence(ctx context.Context, req *kvpb.CheckFenceReques
 	if err := n.checkName("lock", req.GetLock()); err != nil {
 		return nil, n.toStatus(err)
 	}
-	now, hdr, err := n.b.Read(ctx, req.GetConsistency())
+	now, hdr, err := n.readAllowed(ctx, req.GetConsistency(), kvpb.PermKind_PERM_KIND_LOCKS, req.GetLock())
 	if err != nil {
-		return nil, n.toStatus(err)
-	}
-	// Checked after the read: a member behind on an auth change has
-	// caught up by now.
-	if err := n.authz(func() error {
-		return n.allow(ctx, kvpb.PermKind_PERM_KIND_LOCKS, req.GetLock(), kvpb.PermLevel_PERM_LEVEL_READ)
-	}); err != nil {
-		return nil, n.toStatus(err)
+		return nil, err
 	}
 	valid, current := n.b.FSM().CheckFence(req.GetLock(), req.GetToken(), now)
 	if !valid {
