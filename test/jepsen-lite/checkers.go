@@ -674,18 +674,55 @@ func CheckMemo(ops []Op) *Verdict {
 // certainly under a live fill lease: single flight means one lease, one
 // run. A
 // run's lease was granted before the run started (the Fill that granted it
-// returned first) and after its memoize call was invoked, and lasts
-// fillLease of log time, which runs no faster than real time; so it was
-// certainly live from the run's start until the call's invocation +
-// fillLease. (A run that outlived its lease may be overlapped by the
-// lease's next holder: that is legitimate, and not flagged.)
+// returned first) and lasts fillLease of log time, which runs no faster
+// than real time. It was granted after its memoize call was invoked, or
+// after an earlier call of the same client on the same key that gave up
+// (its flight was cancelled when its caller left, and the lease stayed
+// with the client's session: the server answers a Fill of the session
+// that holds a live lease with that same lease). So it was certainly live
+// from the run's start until the earliest such invocation + fillLease. (A
+// run that outlived its lease may be overlapped by the lease's next
+// holder: that is legitimate, and not flagged.)
+// grantSlack bounds how long after a memoize call gave up a Fill it sent
+// may still be applied, for checkComputeRuns (the faults delay links by at
+// most about a second).
+const grantSlack = 3 * time.Second
+
 func checkComputeRuns(v *Verdict, ops []Op) {
 	runs := byKey(ops, func(op *Op) bool { return op.Workload == "memo" && op.Type == "compute" })
 	calls := map[string]int{}
-	for _, op := range ops {
+	// Each client's memoize calls per key, in invocation order.
+	type clientKey struct {
+		client int
+		key    string
+	}
+	byClient := map[clientKey][]*Op{}
+	for i := range ops {
+		op := &ops[i]
 		if op.Workload == "memo" && op.Type == "memoize" {
 			calls[op.Key]++
+			ck := clientKey{op.Client, op.Key}
+			byClient[ck] = append(byClient[ck], op)
 		}
+	}
+	// grantedAfter is the earliest time the lease a run computed under may
+	// have been granted: its call's invocation, or that of the earlier
+	// calls of the same client on the key that gave up (no value) while a
+	// lease they may have taken could still live at the next call. A Fill
+	// sent before a call gave up may apply after it (a delayed link), so
+	// "could still live" allows grantSlack beyond the call's end.
+	grantedAfter := func(r *Op) int64 {
+		cs := byClient[clientKey{r.Client, r.Key}]
+		i := sort.Search(len(cs), func(i int) bool { return cs[i].Invoke >= r.CallInvoke })
+		at := r.CallInvoke
+		for i--; i >= 0; i-- {
+			c := cs[i]
+			if c.Outcome == OK || c.Complete+int64(grantSlack+fillLease) < at {
+				break
+			}
+			at = c.Invoke
+		}
+		return at
 	}
 	for _, key := range sortedKeys(runs) {
 		rs := runs[key]
@@ -693,7 +730,7 @@ func checkComputeRuns(v *Verdict, ops []Op) {
 		v.Counts["memoize-calls"] += calls[key]
 		// While it ran and its lease certainly lived.
 		live := func(r *Op) (int64, int64) {
-			return r.Invoke, min(r.Complete, r.CallInvoke+int64(fillLease)-ttlClockSlack)
+			return r.Invoke, min(r.Complete, grantedAfter(r)+int64(fillLease)-ttlClockSlack)
 		}
 		for i := range rs {
 			for j := i + 1; j < len(rs); j++ {

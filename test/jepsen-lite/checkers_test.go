@@ -206,12 +206,31 @@ func TestChecksAgainstTheClientsClock(t *testing.T) {
 			{Workload: "memo", Type: "compute", Key: "memoize/0/1", Value: "b", CallInvoke: secondStart - 5*ms, Invoke: secondStart, Complete: secondStart + 20*ms, Outcome: OK},
 		}
 	}
+	// Client 2's call on the key gave up at 3 s; its flight may have taken
+	// a lease that its session still held when its next call on the key
+	// (at 3.1 s) was answered with that same lease: the run under it was
+	// certainly leased only until the first call's invocation + the lease.
+	// Client 1's run at 3.4 s may then hold the next lease.
+	reused := func(gaveUp bool) []Op {
+		first := Op{Workload: "memo", Type: "memoize", Client: 2, Key: "memoize/0/1", Invoke: 0, Complete: 3000 * ms, Outcome: Info, Err: "context deadline exceeded"}
+		if !gaveUp {
+			first.Outcome, first.Err, first.Value, first.Found = OK, "", "x", true
+		}
+		return []Op{first,
+			{Workload: "memo", Type: "memoize", Client: 2, Key: "memoize/0/1", Value: "b", Found: true, Invoke: 3100 * ms, Complete: 3710 * ms, Outcome: OK},
+			{Workload: "memo", Type: "compute", Client: 2, Key: "memoize/0/1", Value: "b", CallInvoke: 3100 * ms, Invoke: 3101 * ms, Complete: 3700 * ms, Outcome: OK},
+			{Workload: "memo", Type: "memoize", Client: 1, Key: "memoize/0/1", Value: "a", Found: true, Invoke: 2900 * ms, Complete: 3420 * ms, Outcome: OK},
+			{Workload: "memo", Type: "compute", Client: 1, Key: "memoize/0/1", Value: "a", CallInvoke: 2900 * ms, Invoke: 3400 * ms, Complete: 3415 * ms, Outcome: OK},
+		}
+	}
 	tests := []struct {
 		name  string
 		check func([]Op) *Verdict
 		ops   []Op
 		pass  bool
 	}{
+		{"memoize: a run under a lease its client's earlier call took", CheckMemo, reused(true), true},
+		{"memoize: the same runs when no earlier call gave up", CheckMemo, reused(false), false},
 		{"ttl: absent before invocation + TTL in real time", CheckTTL, absentAt(900 * ms), false},
 		{"ttl: absent after invocation + TTL", CheckTTL, absentAt(1001 * ms), true},
 		{"session: server expired it with lease left", CheckSessionLeases, lease("expired", 300), false},
