@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvdproject/kvd/client"
 	"github.com/kvdproject/kvd/internal/testcluster"
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -129,4 +130,49 @@ func BenchmarkKeepAlive(b *testing.B) {
 // (the in-process cluster's timeouts are short); renewing again is safe.
 func transient(c kvpb.ErrorCode) bool {
 	return c == kvpb.ErrorCode_ERROR_CODE_INDETERMINATE || c == kvpb.ErrorCode_ERROR_CODE_NOT_LEADER
+}
+
+// BenchmarkClientCalls: the Go client's Get (linearizable, stale) and Put
+// through an in-process cluster, 64 callers on one client: each call over
+// the connection's Pipeline stream, or as a unary call of its own
+// (client.Config.NoPipeline). Client, server and raft together.
+func BenchmarkClientCalls(b *testing.B) {
+	for _, mode := range []string{"pipeline", "unary"} {
+		for _, op := range []string{"get-linearizable", "get-stale", "put"} {
+			b.Run(mode+"/"+op, func(b *testing.B) {
+				c, _ := benchCluster(b)
+				cl, err := client.New(client.Config{Endpoints: c.Endpoints, Dialer: c.Dialer, NoPipeline: mode == "unary"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { cl.Close() })
+				ctx := context.Background()
+				val := make([]byte, 256)
+				if _, err := cl.Put(ctx, []byte("k"), val); err != nil {
+					b.Fatalf("Put: %v", err)
+				}
+				var next atomic.Int64
+				b.SetParallelism(32)
+				b.ReportAllocs()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						var err error
+						switch op {
+						case "get-linearizable":
+							_, err = cl.Get(ctx, []byte("k"))
+						case "get-stale":
+							_, err = cl.Get(ctx, []byte("k"), client.WithStale())
+						case "put":
+							_, err = cl.Put(ctx, []byte(strconv.Itoa(int(next.Add(1)%10000))), val)
+						}
+						if err != nil {
+							b.Errorf("%s: %v", op, err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
 }

@@ -112,6 +112,13 @@ type Server struct {
 	// streamRenewals, when positive, replaces maxStreamRenewals (tests).
 	streamRenewals int
 
+	// Pipelined calls (pipeline.go): the unary methods a Pipeline call may
+	// name, the unary interceptors every call runs through, and the
+	// goroutines that run them.
+	pipeMethods   map[string]pipeMethod
+	pipeIntercept grpc.UnaryServerInterceptor
+	pipeWorkers   *workerPool
+
 	mu       sync.Mutex
 	stopping bool
 	watching bool // watchWrites runs
@@ -154,6 +161,11 @@ func New(b Backend, cfg Config) *Server {
 	// Per connection: limits.MaxConcurrentStreams calls, keepalive and an
 	// idle timeout (node.ServerOptions), and at most limits.MaxUnreadBytes
 	// of answers its client has not read (unread.go).
+	unary := []grpc.UnaryServerInterceptor{s.metrics.grpc.UnaryServerInterceptor(), s.unaryUnread, s.unaryAuth}
+	s.pipeIntercept = chainUnary(unary)
+	// As many goroutines as one connection's calls in flight: more
+	// connections pipelining at once get goroutines of their own.
+	s.pipeWorkers = &workerPool{size: max(limits.MaxConcurrentStreams, 256), done: s.ctx.Done()}
 	opts := append(node.ServerOptions(uint32(limits.MaxConcurrentStreams)),
 		grpc.MaxRecvMsgSize(limits.MaxRequestBytes),
 		// Lists are paged at MaxResponseBytes; other answers are far smaller.
@@ -170,7 +182,7 @@ func New(b Backend, cfg Config) *Server {
 		grpc.NumStreamWorkers(1024),
 		// Metrics first, so calls that authentication refuses are counted;
 		// then the unread-answer count, which sees every answer.
-		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.unaryUnread, s.unaryAuth),
+		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.streamAuth),
 	)
 	creds := insecure.NewCredentials()
@@ -179,10 +191,16 @@ func New(b Backend, cfg Config) *Server {
 	}
 	opts = append(opts, grpc.Creds(countingCreds{creds}))
 	s.grpc = grpc.NewServer(opts...)
-	kvpb.RegisterKVServer(s.grpc, &kvService{n: s})
-	kvpb.RegisterSessionServer(s.grpc, &sessionService{n: s})
-	kvpb.RegisterLockServer(s.grpc, &lockService{n: s})
-	kvpb.RegisterCacheServer(s.grpc, &cacheService{n: s})
+	services := map[*grpc.ServiceDesc]any{
+		&kvpb.KV_ServiceDesc:      &kvService{n: s},
+		&kvpb.Session_ServiceDesc: &sessionService{n: s},
+		&kvpb.Lock_ServiceDesc:    &lockService{n: s},
+		&kvpb.Cache_ServiceDesc:   &cacheService{n: s},
+	}
+	for desc, srv := range services {
+		s.grpc.RegisterService(desc, srv)
+	}
+	s.pipeMethods = pipeMethods(services)
 	kvpb.RegisterClusterServer(s.grpc, &clusterService{n: s})
 	kvpb.RegisterAuthServer(s.grpc, &authService{n: s})
 	kvpb.RegisterWatchServer(s.grpc, &watchService{n: s})

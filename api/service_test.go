@@ -30,6 +30,8 @@ type fakeBackend struct {
 	index uint64
 	now   int64
 	done  chan struct{}
+	// limits, when set, replaces node.DefaultLimits.
+	limits *node.Limits
 }
 
 func newFakeBackend() *fakeBackend {
@@ -90,9 +92,14 @@ func (b *fakeBackend) RenewSessionAsync(id, tag uint64, done chan<- node.Renewal
 }
 func (b *fakeBackend) Leader() (string, string)              { return "fake", "" }
 func (b *fakeBackend) WriteHealth() (<-chan struct{}, error) { return nil, nil }
-func (b *fakeBackend) Limits() node.Limits                   { return node.DefaultLimits() }
-func (b *fakeBackend) ElectionTimeout() time.Duration        { return 50 * time.Millisecond }
-func (b *fakeBackend) Done() <-chan struct{}                 { return b.done }
+func (b *fakeBackend) Limits() node.Limits {
+	if b.limits != nil {
+		return *b.limits
+	}
+	return node.DefaultLimits()
+}
+func (b *fakeBackend) ElectionTimeout() time.Duration { return 50 * time.Millisecond }
+func (b *fakeBackend) Done() <-chan struct{}          { return b.done }
 func (b *fakeBackend) Status(bool) *kvpb.StatusResponse {
 	return &kvpb.StatusResponse{Header: b.LocalHeader()}
 }

@@ -34,6 +34,7 @@ type connUnread struct {
 	pending  int64         // answer bytes handed to gRPC, not yet written as DATA
 	reserved int64         // worst-case sizes of answers being built
 	wake     chan struct{} // closed when pending drops, while someone waits
+	slots    chan struct{} // pipelined calls in flight (pipeline.go)
 }
 
 // reserve waits until an answer of up to n bytes fits in budget, then

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -34,6 +36,33 @@ var benchKV = &kvpb.KeyValue{Key: []byte("00000001"), Value: make([]byte, 256), 
 
 func (benchServer) Get(_ context.Context, req *kvpb.GetRequest) (*kvpb.GetResponse, error) {
 	return &kvpb.GetResponse{Header: &kvpb.ResponseHeader{AppliedIndex: 12, LogTime: 34, ServedBy: "n1", Term: 2}, Kv: benchKV}, nil
+}
+
+// Pipeline answers every call as Get answers (the benchmarks pipeline
+// only Gets), one message per call.
+func (benchServer) Pipeline(st kvpb.KV_PipelineServer) error {
+	resp, _ := proto.Marshal(&kvpb.GetResponse{Header: &kvpb.ResponseHeader{AppliedIndex: 12, LogTime: 34, ServedBy: "n1", Term: 2}, Kv: benchKV})
+	var mu sync.Mutex
+	for {
+		req, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, call := range req.GetCalls() {
+			go func() { // as the server runs each call on a worker
+				var in kvpb.GetRequest
+				if err := proto.Unmarshal(call.GetRequest(), &in); err != nil {
+					panic(err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				st.Send(&kvpb.PipelineResponse{Answers: []*kvpb.PipelineAnswer{{Tag: call.GetTag(), Response: resp}}})
+			}()
+		}
+	}
 }
 
 func (benchSessions) KeepAlive(_ context.Context, req *kvpb.KeepAliveRequest) (*kvpb.KeepAliveResponse, error) {
@@ -68,8 +97,12 @@ func startBenchServer(b *testing.B) func(ctx context.Context, addr string) (net.
 	return func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }
 }
 
-func benchClient(b *testing.B) *Client {
-	c, err := New(Config{Endpoints: []string{"n1"}, Dialer: startBenchServer(b)})
+func benchClient(b *testing.B, cfg ...func(*Config)) *Client {
+	conf := Config{Endpoints: []string{"n1"}, Dialer: startBenchServer(b)}
+	for _, f := range cfg {
+		f(&conf)
+	}
+	c, err := New(conf)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,6 +132,17 @@ func parallel(b *testing.B, op func(ctx context.Context) error) {
 
 func BenchmarkGet(b *testing.B) {
 	c := benchClient(b)
+	key := []byte("00000001")
+	parallel(b, func(ctx context.Context) error {
+		_, err := c.Get(ctx, key)
+		return err
+	})
+}
+
+// BenchmarkGetUnary is client.Get with each call a unary call of its own
+// (Config.NoPipeline), as before the Pipeline stream.
+func BenchmarkGetUnary(b *testing.B) {
+	c := benchClient(b, func(cfg *Config) { cfg.NoPipeline = true })
 	key := []byte("00000001")
 	parallel(b, func(ctx context.Context) error {
 		_, err := c.Get(ctx, key)

@@ -126,7 +126,7 @@ func attempt[R any](ctx context.Context, c *Client, timeout time.Duration, endpo
 	} else if !isSelfTimed(ctx) {
 		actx, cancel = context.WithDeadline(ctx, pp.dl.at)
 	}
-	resp, err := send(actx, cc, pp.opts...)
+	resp, err := send(actx, c.via(cc), pp.opts...)
 	timedOut := ctx.Err() == nil && (actx.Err() != nil || errors.Is(err, errAttemptTimeout))
 	if cancel != nil {
 		cancel()

@@ -62,6 +62,10 @@ type Config struct {
 	// down are ridden through as before. 0 (the default): every request
 	// retries until its context ends. kvctl uses 1s.
 	UnreachableTimeout time.Duration
+	// NoPipeline sends every call as a unary gRPC call of its own instead
+	// of over the connection's Pipeline stream (see pipeline.go): for a
+	// comparison, or a proxy in between that handles only unary calls.
+	NoPipeline bool
 }
 
 // Defaults of Config.
@@ -162,6 +166,13 @@ type Client struct {
 	kaNoStream map[*grpc.ClientConn]bool
 	kaTag      atomic.Uint64 // the last renewal's tag
 
+	// One Pipeline stream per connection (pipeline.go): the pipeConn of
+	// each connection, its stream, and the connections whose member does
+	// not serve it.
+	pipes       sync.Map // *grpc.ClientConn -> *pipeConn
+	pipeStreams sync.Map // *grpc.ClientConn -> *pipeStream; added under mu
+	pipeRefused map[*grpc.ClientConn]bool
+
 	signIn     *signIn
 	handshakes map[string]error // last TLS handshake failure by address; see recordingCreds
 }
@@ -173,13 +184,14 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.setDefaults()
 	c := &Client{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		conns:      make(map[string]*grpc.ClientConn),
-		endpoints:  append([]string(nil), cfg.Endpoints...),
-		signIn:     &signIn{user: cfg.Username, password: cfg.Password},
-		suspect:    make(map[string]time.Time),
-		kaNoStream: make(map[*grpc.ClientConn]bool),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		conns:       make(map[string]*grpc.ClientConn),
+		endpoints:   append([]string(nil), cfg.Endpoints...),
+		signIn:      &signIn{user: cfg.Username, password: cfg.Password},
+		suspect:     make(map[string]time.Time),
+		kaNoStream:  make(map[*grpc.ClientConn]bool),
+		pipeRefused: make(map[*grpc.ClientConn]bool),
 	}
 	c.bg, c.stopBG = context.WithCancel(context.Background())
 	for _, e := range c.endpoints {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -40,6 +41,11 @@ type fake struct {
 	// onKeepAlive decides what a KeepAlive gets; nil: renew.
 	onKeepAlive func(id uint64) error
 
+	// noPipeline: the nodes answer Pipeline UNIMPLEMENTED, as an older kvd.
+	noPipeline  bool
+	pipelined   int // calls received over Pipeline streams
+	pipeStreams int // Pipeline streams opened
+
 	txns []*kvpb.TxnRequest // every Txn received, in order
 	// onTxn answers the nth Txn (from 1); nil: succeeded, no results.
 	onTxn func(n int, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error)
@@ -70,6 +76,70 @@ func (f *fake) dial(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
 	}
 	return lis.DialContext(ctx)
+}
+
+// Pipeline serves each call through the unary handler of its method (KV
+// and Session of this node), concurrently, as kvd does.
+func (n *fakeNode) Pipeline(st kvpb.KV_PipelineServer) error {
+	f := n.f
+	f.mu.Lock()
+	refuse := f.noPipeline
+	f.pipeStreams++
+	f.mu.Unlock()
+	if refuse {
+		return status.Error(codes.Unimplemented, "unknown method Pipeline")
+	}
+	handlers := map[string]grpc.MethodHandler{}
+	srvs := map[string]any{}
+	for desc, srv := range map[*grpc.ServiceDesc]any{&kvpb.KV_ServiceDesc: n, &kvpb.Session_ServiceDesc: fakeSessions{fakeNode: n}} {
+		for _, md := range desc.Methods {
+			name := "/" + desc.ServiceName + "/" + md.MethodName
+			handlers[name], srvs[name] = md.Handler, srv
+		}
+	}
+	var sendMu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		for _, call := range req.GetCalls() {
+			f.mu.Lock()
+			f.pipelined++
+			f.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := st.Context()
+				if us := call.GetTimeoutUs(); us > 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, time.Duration(us)*time.Microsecond)
+					defer cancel()
+				}
+				a := &kvpb.PipelineAnswer{Tag: call.GetTag()}
+				var resp any
+				err := status.Errorf(codes.Unimplemented, "method %s", call.GetMethod())
+				if h := handlers[call.GetMethod()]; h != nil {
+					resp, err = h(srvs[call.GetMethod()], ctx, func(m any) error { return proto.Unmarshal(call.GetRequest(), m.(proto.Message)) }, nil)
+				}
+				if err == nil {
+					a.Response, err = proto.Marshal(resp.(proto.Message))
+				}
+				if err != nil {
+					a.Response = nil
+					a.Status, _ = proto.Marshal(status.Convert(err).Proto())
+				}
+				sendMu.Lock()
+				defer sendMu.Unlock()
+				st.Send(&kvpb.PipelineResponse{Answers: []*kvpb.PipelineAnswer{a}})
+			}()
+		}
+	}
 }
 
 func (f *fake) client(t *testing.T, endpoints ...string) *Client {

@@ -53,7 +53,7 @@ func (c *Client) keepAliveSend(id uint64) sendFunc[*kvpb.KeepAliveResponse] {
 			}
 			return kvpb.NewSessionClient(cci).KeepAlive(ctx, &kvpb.KeepAliveRequest{Id: id}, opts...)
 		}
-		cc, ok := cci.(*grpc.ClientConn)
+		cc, ok := connOf(cci)
 		if !ok {
 			return unary()
 		}

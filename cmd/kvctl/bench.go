@@ -46,6 +46,7 @@ type benchFlags struct {
 	nearCache   time.Duration // memoize: near-cache bound, 0 off
 
 	cpuProfile string // write the load generator's own CPU profile here
+	unary      bool   // client.Config.NoPipeline
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -77,6 +78,7 @@ member per instance). The run ends after --total requests, or after
 	pf.IntVar(&f.keySpace, "key-space", 100000, "distinct keys (chosen at random)")
 	pf.BoolVar(&f.seqKeys, "sequential-keys", false, "put: write keys 0, 1, 2... (modulo --key-space) instead of random ones")
 	pf.IntVar(&f.firstKey, "first-key", 0, "put --sequential-keys: start at this key (to load a key space in parts)")
+	pf.BoolVar(&f.unary, "unary", false, "send every request as a unary gRPC call of its own instead of over each connection's Pipeline stream (client.Config.NoPipeline), to compare")
 	pf.StringVar(&f.cpuProfile, "cpuprofile", "", "write kvctl's own CPU profile of the timed run to this file (go tool pprof)")
 
 	put := &cobra.Command{
@@ -252,7 +254,7 @@ func runBench(ctx context.Context, a *app, f *benchFlags, wl workload) error {
 		b.value[i] = 'a' + byte(i%26)
 	}
 	for range f.conns {
-		cfg := client.Config{Endpoints: eps, Dialer: testDialer}
+		cfg := client.Config{Endpoints: eps, Dialer: testDialer, NoPipeline: f.unary}
 		// The global TLS and sign-in flags apply to the load too.
 		if err := a.configure(&cfg); err != nil {
 			return err

@@ -2341,6 +2341,248 @@ func (x *AddResponse) GetKv() *KeyValue {
 	return nil
 }
 
+// PipelineRequest is one message of a Pipeline stream: one or more calls.
+type PipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*PipelineCall        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineRequest) Reset() {
+	*x = PipelineRequest{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineRequest) ProtoMessage() {}
+
+func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
+func (*PipelineRequest) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PipelineRequest) GetCalls() []*PipelineCall {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// PipelineCall is one unary call sent on a Pipeline stream.
+type PipelineCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client and carried back in the answer; unique among the
+	// client's calls in flight on the stream.
+	Tag uint64 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The unary method, by its full gRPC name ("/kvd.v1.KV/Get"). Methods of
+	// KV, Session, Lock and Cache; any other is answered UNIMPLEMENTED.
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// The method's request message, encoded.
+	Request []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	// How long the caller waits, in microseconds (a unary call's
+	// grpc-timeout); 0: as long as the stream lasts.
+	TimeoutUs uint64 `protobuf:"varint,4,opt,name=timeout_us,json=timeoutUs,proto3" json:"timeout_us,omitempty"`
+	// "Bearer <token>" while auth is enabled: the call's own token, checked
+	// as a unary call's "authorization" metadata is. Empty: the identity the
+	// stream was opened with.
+	Authorization string `protobuf:"bytes,5,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineCall) Reset() {
+	*x = PipelineCall{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineCall) ProtoMessage() {}
+
+func (x *PipelineCall) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineCall.ProtoReflect.Descriptor instead.
+func (*PipelineCall) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PipelineCall) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *PipelineCall) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *PipelineCall) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetTimeoutUs() uint64 {
+	if x != nil {
+		return x.TimeoutUs
+	}
+	return 0
+}
+
+func (x *PipelineCall) GetAuthorization() string {
+	if x != nil {
+		return x.Authorization
+	}
+	return ""
+}
+
+// PipelineResponse is one message of answers on a Pipeline stream.
+type PipelineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answers       []*PipelineAnswer      `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PipelineResponse) GetAnswers() []*PipelineAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+// PipelineAnswer answers one PipelineCall: its response, or the status the
+// unary call would have failed with.
+type PipelineAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tag   uint64                 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The method's response message, encoded; unset when status is set.
+	Response []byte `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// A google.rpc.Status, encoded (code, message, and the ErrorInfo detail
+	// kvd's errors carry); unset when the call succeeded.
+	Status        []byte `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineAnswer) Reset() {
+	*x = PipelineAnswer{}
+	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineAnswer) ProtoMessage() {}
+
+func (x *PipelineAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineAnswer.ProtoReflect.Descriptor instead.
+func (*PipelineAnswer) Descriptor() ([]byte, []int) {
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PipelineAnswer) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *PipelineAnswer) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *PipelineAnswer) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 type SessionInfo struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // Raft index of the entry that created it
@@ -2360,7 +2602,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2614,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[22]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2627,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{22}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SessionInfo) GetId() uint64 {
@@ -2457,7 +2699,7 @@ type CreateSessionRequest struct {
 
 func (x *CreateSessionRequest) Reset() {
 	*x = CreateSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2711,7 @@ func (x *CreateSessionRequest) String() string {
 func (*CreateSessionRequest) ProtoMessage() {}
 
 func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[23]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2724,7 @@ func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{23}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateSessionRequest) GetTtlMs() int64 {
@@ -2516,7 +2758,7 @@ type CreateSessionResponse struct {
 
 func (x *CreateSessionResponse) Reset() {
 	*x = CreateSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2770,7 @@ func (x *CreateSessionResponse) String() string {
 func (*CreateSessionResponse) ProtoMessage() {}
 
 func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[24]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2783,7 @@ func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{24}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateSessionResponse) GetHeader() *ResponseHeader {
@@ -2567,7 +2809,7 @@ type KeepAliveRequest struct {
 
 func (x *KeepAliveRequest) Reset() {
 	*x = KeepAliveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2821,7 @@ func (x *KeepAliveRequest) String() string {
 func (*KeepAliveRequest) ProtoMessage() {}
 
 func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[25]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2834,7 @@ func (x *KeepAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{25}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeepAliveRequest) GetId() uint64 {
@@ -2612,7 +2854,7 @@ type KeepAliveResponse struct {
 
 func (x *KeepAliveResponse) Reset() {
 	*x = KeepAliveResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2624,7 +2866,7 @@ func (x *KeepAliveResponse) String() string {
 func (*KeepAliveResponse) ProtoMessage() {}
 
 func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[26]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2637,7 +2879,7 @@ func (x *KeepAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{26}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KeepAliveResponse) GetHeader() *ResponseHeader {
@@ -2663,7 +2905,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2917,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[27]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2930,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{27}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CloseSessionRequest) GetId() uint64 {
@@ -2707,7 +2949,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2961,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[28]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2974,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{28}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CloseSessionResponse) GetHeader() *ResponseHeader {
@@ -2752,7 +2994,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2764,7 +3006,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[29]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2777,7 +3019,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{29}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetSessionRequest) GetId() uint64 {
@@ -2804,7 +3046,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3058,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[30]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3071,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{30}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetSessionResponse) GetHeader() *ResponseHeader {
@@ -2859,7 +3101,7 @@ type KeepAliveStreamRequest struct {
 
 func (x *KeepAliveStreamRequest) Reset() {
 	*x = KeepAliveStreamRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +3113,7 @@ func (x *KeepAliveStreamRequest) String() string {
 func (*KeepAliveStreamRequest) ProtoMessage() {}
 
 func (x *KeepAliveStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[31]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +3126,7 @@ func (x *KeepAliveStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveStreamRequest.ProtoReflect.Descriptor instead.
 func (*KeepAliveStreamRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{31}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *KeepAliveStreamRequest) GetId() uint64 {
@@ -2922,7 +3164,7 @@ type KeepAliveStreamResponse struct {
 
 func (x *KeepAliveStreamResponse) Reset() {
 	*x = KeepAliveStreamResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2934,7 +3176,7 @@ func (x *KeepAliveStreamResponse) String() string {
 func (*KeepAliveStreamResponse) ProtoMessage() {}
 
 func (x *KeepAliveStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[32]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2947,7 +3189,7 @@ func (x *KeepAliveStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveStreamResponse.ProtoReflect.Descriptor instead.
 func (*KeepAliveStreamResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{32}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeepAliveStreamResponse) GetHeader() *ResponseHeader {
@@ -3004,7 +3246,7 @@ type LockWaiter struct {
 
 func (x *LockWaiter) Reset() {
 	*x = LockWaiter{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3258,7 @@ func (x *LockWaiter) String() string {
 func (*LockWaiter) ProtoMessage() {}
 
 func (x *LockWaiter) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[33]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3271,7 @@ func (x *LockWaiter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockWaiter.ProtoReflect.Descriptor instead.
 func (*LockWaiter) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{33}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LockWaiter) GetSession() uint64 {
@@ -3087,7 +3329,7 @@ type LockInfo struct {
 
 func (x *LockInfo) Reset() {
 	*x = LockInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3099,7 +3341,7 @@ func (x *LockInfo) String() string {
 func (*LockInfo) ProtoMessage() {}
 
 func (x *LockInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[34]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3112,7 +3354,7 @@ func (x *LockInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockInfo.ProtoReflect.Descriptor instead.
 func (*LockInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{34}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LockInfo) GetName() []byte {
@@ -3218,7 +3460,7 @@ type AcquireRequest struct {
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3230,7 +3472,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[35]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3243,7 +3485,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{35}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AcquireRequest) GetHeader() *RequestHeader {
@@ -3295,7 +3537,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3549,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[36]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3562,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{36}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AcquireResponse) GetHeader() *ResponseHeader {
@@ -3369,7 +3611,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3623,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[37]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3636,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{37}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReleaseRequest) GetHeader() *RequestHeader {
@@ -3429,7 +3671,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3441,7 +3683,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[38]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3454,7 +3696,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{38}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReleaseResponse) GetHeader() *ResponseHeader {
@@ -3488,7 +3730,7 @@ type CancelWaitRequest struct {
 
 func (x *CancelWaitRequest) Reset() {
 	*x = CancelWaitRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3500,7 +3742,7 @@ func (x *CancelWaitRequest) String() string {
 func (*CancelWaitRequest) ProtoMessage() {}
 
 func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[39]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3755,7 @@ func (x *CancelWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitRequest.ProtoReflect.Descriptor instead.
 func (*CancelWaitRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{39}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CancelWaitRequest) GetHeader() *RequestHeader {
@@ -3546,7 +3788,7 @@ type CancelWaitResponse struct {
 
 func (x *CancelWaitResponse) Reset() {
 	*x = CancelWaitResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3558,7 +3800,7 @@ func (x *CancelWaitResponse) String() string {
 func (*CancelWaitResponse) ProtoMessage() {}
 
 func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[40]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3571,7 +3813,7 @@ func (x *CancelWaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelWaitResponse.ProtoReflect.Descriptor instead.
 func (*CancelWaitResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{40}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CancelWaitResponse) GetHeader() *ResponseHeader {
@@ -3592,7 +3834,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3604,7 +3846,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[41]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3617,7 +3859,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{41}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RenewRequest) GetName() []byte {
@@ -3644,7 +3886,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3656,7 +3898,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[42]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3669,7 +3911,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{42}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RenewResponse) GetHeader() *ResponseHeader {
@@ -3696,7 +3938,7 @@ type GetLockRequest struct {
 
 func (x *GetLockRequest) Reset() {
 	*x = GetLockRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3708,7 +3950,7 @@ func (x *GetLockRequest) String() string {
 func (*GetLockRequest) ProtoMessage() {}
 
 func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[43]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3721,7 +3963,7 @@ func (x *GetLockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockRequest.ProtoReflect.Descriptor instead.
 func (*GetLockRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{43}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetLockRequest) GetName() []byte {
@@ -3748,7 +3990,7 @@ type GetLockResponse struct {
 
 func (x *GetLockResponse) Reset() {
 	*x = GetLockResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3760,7 +4002,7 @@ func (x *GetLockResponse) String() string {
 func (*GetLockResponse) ProtoMessage() {}
 
 func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[44]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +4015,7 @@ func (x *GetLockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLockResponse.ProtoReflect.Descriptor instead.
 func (*GetLockResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{44}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetLockResponse) GetHeader() *ResponseHeader {
@@ -3807,7 +4049,7 @@ type ListLocksRequest struct {
 
 func (x *ListLocksRequest) Reset() {
 	*x = ListLocksRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3819,7 +4061,7 @@ func (x *ListLocksRequest) String() string {
 func (*ListLocksRequest) ProtoMessage() {}
 
 func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[45]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3832,7 +4074,7 @@ func (x *ListLocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksRequest.ProtoReflect.Descriptor instead.
 func (*ListLocksRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{45}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListLocksRequest) GetPrefix() []byte {
@@ -3875,7 +4117,7 @@ type ListLocksResponse struct {
 
 func (x *ListLocksResponse) Reset() {
 	*x = ListLocksResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3887,7 +4129,7 @@ func (x *ListLocksResponse) String() string {
 func (*ListLocksResponse) ProtoMessage() {}
 
 func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[46]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3900,7 +4142,7 @@ func (x *ListLocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLocksResponse.ProtoReflect.Descriptor instead.
 func (*ListLocksResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{46}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListLocksResponse) GetHeader() *ResponseHeader {
@@ -3940,7 +4182,7 @@ type BreakRequest struct {
 
 func (x *BreakRequest) Reset() {
 	*x = BreakRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3952,7 +4194,7 @@ func (x *BreakRequest) String() string {
 func (*BreakRequest) ProtoMessage() {}
 
 func (x *BreakRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[47]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3965,7 +4207,7 @@ func (x *BreakRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakRequest.ProtoReflect.Descriptor instead.
 func (*BreakRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{47}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BreakRequest) GetHeader() *RequestHeader {
@@ -4004,7 +4246,7 @@ type BreakResponse struct {
 
 func (x *BreakResponse) Reset() {
 	*x = BreakResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4016,7 +4258,7 @@ func (x *BreakResponse) String() string {
 func (*BreakResponse) ProtoMessage() {}
 
 func (x *BreakResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[48]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4029,7 +4271,7 @@ func (x *BreakResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakResponse.ProtoReflect.Descriptor instead.
 func (*BreakResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{48}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BreakResponse) GetHeader() *ResponseHeader {
@@ -4082,7 +4324,7 @@ type ProclaimRequest struct {
 
 func (x *ProclaimRequest) Reset() {
 	*x = ProclaimRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4094,7 +4336,7 @@ func (x *ProclaimRequest) String() string {
 func (*ProclaimRequest) ProtoMessage() {}
 
 func (x *ProclaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[49]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4107,7 +4349,7 @@ func (x *ProclaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProclaimRequest.ProtoReflect.Descriptor instead.
 func (*ProclaimRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{49}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ProclaimRequest) GetHeader() *RequestHeader {
@@ -4148,7 +4390,7 @@ type ProclaimResponse struct {
 
 func (x *ProclaimResponse) Reset() {
 	*x = ProclaimResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4160,7 +4402,7 @@ func (x *ProclaimResponse) String() string {
 func (*ProclaimResponse) ProtoMessage() {}
 
 func (x *ProclaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[50]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4173,7 +4415,7 @@ func (x *ProclaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProclaimResponse.ProtoReflect.Descriptor instead.
 func (*ProclaimResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{50}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ProclaimResponse) GetHeader() *ResponseHeader {
@@ -4201,7 +4443,7 @@ type CheckFenceRequest struct {
 
 func (x *CheckFenceRequest) Reset() {
 	*x = CheckFenceRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4213,7 +4455,7 @@ func (x *CheckFenceRequest) String() string {
 func (*CheckFenceRequest) ProtoMessage() {}
 
 func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[51]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4226,7 +4468,7 @@ func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceRequest.ProtoReflect.Descriptor instead.
 func (*CheckFenceRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{51}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CheckFenceRequest) GetLock() []byte {
@@ -4261,7 +4503,7 @@ type CheckFenceResponse struct {
 
 func (x *CheckFenceResponse) Reset() {
 	*x = CheckFenceResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4273,7 +4515,7 @@ func (x *CheckFenceResponse) String() string {
 func (*CheckFenceResponse) ProtoMessage() {}
 
 func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[52]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4286,7 +4528,7 @@ func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceResponse.ProtoReflect.Descriptor instead.
 func (*CheckFenceResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{52}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CheckFenceResponse) GetHeader() *ResponseHeader {
@@ -4321,7 +4563,7 @@ type FillLease struct {
 
 func (x *FillLease) Reset() {
 	*x = FillLease{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +4575,7 @@ func (x *FillLease) String() string {
 func (*FillLease) ProtoMessage() {}
 
 func (x *FillLease) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[53]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +4588,7 @@ func (x *FillLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillLease.ProtoReflect.Descriptor instead.
 func (*FillLease) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{53}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FillLease) GetSession() uint64 {
@@ -4387,7 +4629,7 @@ type CacheEntry struct {
 
 func (x *CacheEntry) Reset() {
 	*x = CacheEntry{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4399,7 +4641,7 @@ func (x *CacheEntry) String() string {
 func (*CacheEntry) ProtoMessage() {}
 
 func (x *CacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[54]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4412,7 +4654,7 @@ func (x *CacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEntry.ProtoReflect.Descriptor instead.
 func (*CacheEntry) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{54}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CacheEntry) GetKey() []byte {
@@ -4481,7 +4723,7 @@ type CacheGetRequest struct {
 
 func (x *CacheGetRequest) Reset() {
 	*x = CacheGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4493,7 +4735,7 @@ func (x *CacheGetRequest) String() string {
 func (*CacheGetRequest) ProtoMessage() {}
 
 func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[55]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4506,7 +4748,7 @@ func (x *CacheGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetRequest.ProtoReflect.Descriptor instead.
 func (*CacheGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{55}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CacheGetRequest) GetKey() []byte {
@@ -4534,7 +4776,7 @@ type CacheGetResponse struct {
 
 func (x *CacheGetResponse) Reset() {
 	*x = CacheGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4546,7 +4788,7 @@ func (x *CacheGetResponse) String() string {
 func (*CacheGetResponse) ProtoMessage() {}
 
 func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[56]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4559,7 +4801,7 @@ func (x *CacheGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheGetResponse.ProtoReflect.Descriptor instead.
 func (*CacheGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{56}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CacheGetResponse) GetHeader() *ResponseHeader {
@@ -4600,7 +4842,7 @@ type FillRequest struct {
 
 func (x *FillRequest) Reset() {
 	*x = FillRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4612,7 +4854,7 @@ func (x *FillRequest) String() string {
 func (*FillRequest) ProtoMessage() {}
 
 func (x *FillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[57]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4625,7 +4867,7 @@ func (x *FillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillRequest.ProtoReflect.Descriptor instead.
 func (*FillRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{57}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FillRequest) GetHeader() *RequestHeader {
@@ -4679,7 +4921,7 @@ type FillResponse struct {
 
 func (x *FillResponse) Reset() {
 	*x = FillResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4691,7 +4933,7 @@ func (x *FillResponse) String() string {
 func (*FillResponse) ProtoMessage() {}
 
 func (x *FillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[58]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4704,7 +4946,7 @@ func (x *FillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillResponse.ProtoReflect.Descriptor instead.
 func (*FillResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{58}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FillResponse) GetHeader() *ResponseHeader {
@@ -4752,7 +4994,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4764,7 +5006,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[59]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4777,7 +5019,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{59}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *StoreRequest) GetHeader() *RequestHeader {
@@ -4846,7 +5088,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4858,7 +5100,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[60]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4871,7 +5113,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{60}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *StoreResponse) GetHeader() *ResponseHeader {
@@ -4901,7 +5143,7 @@ type CacheSetRequest struct {
 
 func (x *CacheSetRequest) Reset() {
 	*x = CacheSetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4913,7 +5155,7 @@ func (x *CacheSetRequest) String() string {
 func (*CacheSetRequest) ProtoMessage() {}
 
 func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[61]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4926,7 +5168,7 @@ func (x *CacheSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetRequest.ProtoReflect.Descriptor instead.
 func (*CacheSetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{61}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CacheSetRequest) GetHeader() *RequestHeader {
@@ -4974,7 +5216,7 @@ type CacheSetResponse struct {
 
 func (x *CacheSetResponse) Reset() {
 	*x = CacheSetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4986,7 +5228,7 @@ func (x *CacheSetResponse) String() string {
 func (*CacheSetResponse) ProtoMessage() {}
 
 func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[62]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4999,7 +5241,7 @@ func (x *CacheSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheSetResponse.ProtoReflect.Descriptor instead.
 func (*CacheSetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{62}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CacheSetResponse) GetHeader() *ResponseHeader {
@@ -5027,7 +5269,7 @@ type InvalidateRequest struct {
 
 func (x *InvalidateRequest) Reset() {
 	*x = InvalidateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5039,7 +5281,7 @@ func (x *InvalidateRequest) String() string {
 func (*InvalidateRequest) ProtoMessage() {}
 
 func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[63]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5052,7 +5294,7 @@ func (x *InvalidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateRequest.ProtoReflect.Descriptor instead.
 func (*InvalidateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{63}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *InvalidateRequest) GetHeader() *RequestHeader {
@@ -5086,7 +5328,7 @@ type InvalidateResponse struct {
 
 func (x *InvalidateResponse) Reset() {
 	*x = InvalidateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5098,7 +5340,7 @@ func (x *InvalidateResponse) String() string {
 func (*InvalidateResponse) ProtoMessage() {}
 
 func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[64]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5111,7 +5353,7 @@ func (x *InvalidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidateResponse.ProtoReflect.Descriptor instead.
 func (*InvalidateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{64}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *InvalidateResponse) GetHeader() *ResponseHeader {
@@ -5136,7 +5378,7 @@ type CacheStatsRequest struct {
 
 func (x *CacheStatsRequest) Reset() {
 	*x = CacheStatsRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5148,7 +5390,7 @@ func (x *CacheStatsRequest) String() string {
 func (*CacheStatsRequest) ProtoMessage() {}
 
 func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[65]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5161,7 +5403,7 @@ func (x *CacheStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsRequest.ProtoReflect.Descriptor instead.
 func (*CacheStatsRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{65}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
 }
 
 type CacheStatsResponse struct {
@@ -5187,7 +5429,7 @@ type CacheStatsResponse struct {
 
 func (x *CacheStatsResponse) Reset() {
 	*x = CacheStatsResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5199,7 +5441,7 @@ func (x *CacheStatsResponse) String() string {
 func (*CacheStatsResponse) ProtoMessage() {}
 
 func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[66]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5212,7 +5454,7 @@ func (x *CacheStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatsResponse.ProtoReflect.Descriptor instead.
 func (*CacheStatsResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{66}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *CacheStatsResponse) GetHeader() *ResponseHeader {
@@ -5319,7 +5561,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5331,7 +5573,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[67]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5344,7 +5586,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{67}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Member) GetName() string {
@@ -5393,7 +5635,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5405,7 +5647,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[68]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5418,7 +5660,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{68}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *StatusRequest) GetSkipStateHash() bool {
@@ -5465,7 +5707,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5477,7 +5719,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[69]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5490,7 +5732,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{69}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -5627,7 +5869,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5639,7 +5881,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[70]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5652,7 +5894,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{70}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
 }
 
 type MembersResponse struct {
@@ -5665,7 +5907,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5677,7 +5919,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[71]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5690,7 +5932,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{71}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -5718,7 +5960,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5730,7 +5972,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[72]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5743,7 +5985,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{72}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *AddMemberRequest) GetName() string {
@@ -5777,7 +6019,7 @@ type AddMemberResponse struct {
 
 func (x *AddMemberResponse) Reset() {
 	*x = AddMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5789,7 +6031,7 @@ func (x *AddMemberResponse) String() string {
 func (*AddMemberResponse) ProtoMessage() {}
 
 func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[73]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5802,7 +6044,7 @@ func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
 func (*AddMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{73}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *AddMemberResponse) GetHeader() *ResponseHeader {
@@ -5828,7 +6070,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5840,7 +6082,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[74]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5853,7 +6095,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{74}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RemoveMemberRequest) GetName() string {
@@ -5873,7 +6115,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5885,7 +6127,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[75]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5898,7 +6140,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{75}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -5924,7 +6166,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5936,7 +6178,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[76]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5949,7 +6191,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{76}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *TransferLeaderRequest) GetName() string {
@@ -5969,7 +6211,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5981,7 +6223,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[77]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5994,7 +6236,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{77}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *TransferLeaderResponse) GetHeader() *ResponseHeader {
@@ -6019,7 +6261,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6031,7 +6273,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[78]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6044,7 +6286,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{78}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
 }
 
 type SnapshotResponse struct {
@@ -6057,7 +6299,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6069,7 +6311,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[79]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6082,7 +6324,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{79}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *SnapshotResponse) GetHeader() *ResponseHeader {
@@ -6112,7 +6354,7 @@ type Permission struct {
 
 func (x *Permission) Reset() {
 	*x = Permission{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6124,7 +6366,7 @@ func (x *Permission) String() string {
 func (*Permission) ProtoMessage() {}
 
 func (x *Permission) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[80]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6137,7 +6379,7 @@ func (x *Permission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Permission.ProtoReflect.Descriptor instead.
 func (*Permission) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{80}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *Permission) GetKind() PermKind {
@@ -6176,7 +6418,7 @@ type User struct {
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6188,7 +6430,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[81]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6201,7 +6443,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{81}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *User) GetName() string {
@@ -6244,7 +6486,7 @@ type Role struct {
 
 func (x *Role) Reset() {
 	*x = Role{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6256,7 +6498,7 @@ func (x *Role) String() string {
 func (*Role) ProtoMessage() {}
 
 func (x *Role) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[82]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6269,7 +6511,7 @@ func (x *Role) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Role.ProtoReflect.Descriptor instead.
 func (*Role) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{82}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *Role) GetName() string {
@@ -6305,7 +6547,7 @@ type AuthenticateRequest struct {
 
 func (x *AuthenticateRequest) Reset() {
 	*x = AuthenticateRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6317,7 +6559,7 @@ func (x *AuthenticateRequest) String() string {
 func (*AuthenticateRequest) ProtoMessage() {}
 
 func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[83]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6330,7 +6572,7 @@ func (x *AuthenticateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{83}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *AuthenticateRequest) GetName() string {
@@ -6359,7 +6601,7 @@ type AuthenticateResponse struct {
 
 func (x *AuthenticateResponse) Reset() {
 	*x = AuthenticateResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6371,7 +6613,7 @@ func (x *AuthenticateResponse) String() string {
 func (*AuthenticateResponse) ProtoMessage() {}
 
 func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[84]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6384,7 +6626,7 @@ func (x *AuthenticateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{84}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *AuthenticateResponse) GetHeader() *ResponseHeader {
@@ -6417,7 +6659,7 @@ type AuthEnableRequest struct {
 
 func (x *AuthEnableRequest) Reset() {
 	*x = AuthEnableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6429,7 +6671,7 @@ func (x *AuthEnableRequest) String() string {
 func (*AuthEnableRequest) ProtoMessage() {}
 
 func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[85]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6442,7 +6684,7 @@ func (x *AuthEnableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableRequest.ProtoReflect.Descriptor instead.
 func (*AuthEnableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{85}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *AuthEnableRequest) GetHeader() *RequestHeader {
@@ -6461,7 +6703,7 @@ type AuthEnableResponse struct {
 
 func (x *AuthEnableResponse) Reset() {
 	*x = AuthEnableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6473,7 +6715,7 @@ func (x *AuthEnableResponse) String() string {
 func (*AuthEnableResponse) ProtoMessage() {}
 
 func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[86]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6486,7 +6728,7 @@ func (x *AuthEnableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableResponse.ProtoReflect.Descriptor instead.
 func (*AuthEnableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{86}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *AuthEnableResponse) GetHeader() *ResponseHeader {
@@ -6505,7 +6747,7 @@ type AuthDisableRequest struct {
 
 func (x *AuthDisableRequest) Reset() {
 	*x = AuthDisableRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6517,7 +6759,7 @@ func (x *AuthDisableRequest) String() string {
 func (*AuthDisableRequest) ProtoMessage() {}
 
 func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[87]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6530,7 +6772,7 @@ func (x *AuthDisableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableRequest.ProtoReflect.Descriptor instead.
 func (*AuthDisableRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{87}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *AuthDisableRequest) GetHeader() *RequestHeader {
@@ -6549,7 +6791,7 @@ type AuthDisableResponse struct {
 
 func (x *AuthDisableResponse) Reset() {
 	*x = AuthDisableResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6561,7 +6803,7 @@ func (x *AuthDisableResponse) String() string {
 func (*AuthDisableResponse) ProtoMessage() {}
 
 func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[88]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6574,7 +6816,7 @@ func (x *AuthDisableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthDisableResponse.ProtoReflect.Descriptor instead.
 func (*AuthDisableResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{88}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *AuthDisableResponse) GetHeader() *ResponseHeader {
@@ -6593,7 +6835,7 @@ type AuthStatusRequest struct {
 
 func (x *AuthStatusRequest) Reset() {
 	*x = AuthStatusRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6605,7 +6847,7 @@ func (x *AuthStatusRequest) String() string {
 func (*AuthStatusRequest) ProtoMessage() {}
 
 func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[89]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6618,7 +6860,7 @@ func (x *AuthStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusRequest.ProtoReflect.Descriptor instead.
 func (*AuthStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{89}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *AuthStatusRequest) GetConsistency() Consistency {
@@ -6640,7 +6882,7 @@ type AuthStatusResponse struct {
 
 func (x *AuthStatusResponse) Reset() {
 	*x = AuthStatusResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6652,7 +6894,7 @@ func (x *AuthStatusResponse) String() string {
 func (*AuthStatusResponse) ProtoMessage() {}
 
 func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[90]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6665,7 +6907,7 @@ func (x *AuthStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthStatusResponse.ProtoReflect.Descriptor instead.
 func (*AuthStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{90}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *AuthStatusResponse) GetHeader() *ResponseHeader {
@@ -6705,7 +6947,7 @@ type UserAddRequest struct {
 
 func (x *UserAddRequest) Reset() {
 	*x = UserAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6717,7 +6959,7 @@ func (x *UserAddRequest) String() string {
 func (*UserAddRequest) ProtoMessage() {}
 
 func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[91]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6730,7 +6972,7 @@ func (x *UserAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddRequest.ProtoReflect.Descriptor instead.
 func (*UserAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{91}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *UserAddRequest) GetHeader() *RequestHeader {
@@ -6778,7 +7020,7 @@ type UserAddResponse struct {
 
 func (x *UserAddResponse) Reset() {
 	*x = UserAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6790,7 +7032,7 @@ func (x *UserAddResponse) String() string {
 func (*UserAddResponse) ProtoMessage() {}
 
 func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[92]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6803,7 +7045,7 @@ func (x *UserAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserAddResponse.ProtoReflect.Descriptor instead.
 func (*UserAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{92}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *UserAddResponse) GetHeader() *ResponseHeader {
@@ -6830,7 +7072,7 @@ type UserDeleteRequest struct {
 
 func (x *UserDeleteRequest) Reset() {
 	*x = UserDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6842,7 +7084,7 @@ func (x *UserDeleteRequest) String() string {
 func (*UserDeleteRequest) ProtoMessage() {}
 
 func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[93]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6855,7 +7097,7 @@ func (x *UserDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteRequest.ProtoReflect.Descriptor instead.
 func (*UserDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{93}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *UserDeleteRequest) GetHeader() *RequestHeader {
@@ -6881,7 +7123,7 @@ type UserDeleteResponse struct {
 
 func (x *UserDeleteResponse) Reset() {
 	*x = UserDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6893,7 +7135,7 @@ func (x *UserDeleteResponse) String() string {
 func (*UserDeleteResponse) ProtoMessage() {}
 
 func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[94]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6906,7 +7148,7 @@ func (x *UserDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserDeleteResponse.ProtoReflect.Descriptor instead.
 func (*UserDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{94}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *UserDeleteResponse) GetHeader() *ResponseHeader {
@@ -6926,7 +7168,7 @@ type UserGetRequest struct {
 
 func (x *UserGetRequest) Reset() {
 	*x = UserGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6938,7 +7180,7 @@ func (x *UserGetRequest) String() string {
 func (*UserGetRequest) ProtoMessage() {}
 
 func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[95]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6951,7 +7193,7 @@ func (x *UserGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetRequest.ProtoReflect.Descriptor instead.
 func (*UserGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{95}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *UserGetRequest) GetName() string {
@@ -6978,7 +7220,7 @@ type UserGetResponse struct {
 
 func (x *UserGetResponse) Reset() {
 	*x = UserGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6990,7 +7232,7 @@ func (x *UserGetResponse) String() string {
 func (*UserGetResponse) ProtoMessage() {}
 
 func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[96]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7003,7 +7245,7 @@ func (x *UserGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGetResponse.ProtoReflect.Descriptor instead.
 func (*UserGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{96}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *UserGetResponse) GetHeader() *ResponseHeader {
@@ -7029,7 +7271,7 @@ type UserListRequest struct {
 
 func (x *UserListRequest) Reset() {
 	*x = UserListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7041,7 +7283,7 @@ func (x *UserListRequest) String() string {
 func (*UserListRequest) ProtoMessage() {}
 
 func (x *UserListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[97]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7054,7 +7296,7 @@ func (x *UserListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListRequest.ProtoReflect.Descriptor instead.
 func (*UserListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{97}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *UserListRequest) GetConsistency() Consistency {
@@ -7074,7 +7316,7 @@ type UserListResponse struct {
 
 func (x *UserListResponse) Reset() {
 	*x = UserListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7086,7 +7328,7 @@ func (x *UserListResponse) String() string {
 func (*UserListResponse) ProtoMessage() {}
 
 func (x *UserListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[98]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7099,7 +7341,7 @@ func (x *UserListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserListResponse.ProtoReflect.Descriptor instead.
 func (*UserListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{98}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *UserListResponse) GetHeader() *ResponseHeader {
@@ -7131,7 +7373,7 @@ type UserChangePasswordRequest struct {
 
 func (x *UserChangePasswordRequest) Reset() {
 	*x = UserChangePasswordRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7143,7 +7385,7 @@ func (x *UserChangePasswordRequest) String() string {
 func (*UserChangePasswordRequest) ProtoMessage() {}
 
 func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[99]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7156,7 +7398,7 @@ func (x *UserChangePasswordRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordRequest.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{99}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *UserChangePasswordRequest) GetHeader() *RequestHeader {
@@ -7204,7 +7446,7 @@ type UserChangePasswordResponse struct {
 
 func (x *UserChangePasswordResponse) Reset() {
 	*x = UserChangePasswordResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7216,7 +7458,7 @@ func (x *UserChangePasswordResponse) String() string {
 func (*UserChangePasswordResponse) ProtoMessage() {}
 
 func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[100]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7229,7 +7471,7 @@ func (x *UserChangePasswordResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserChangePasswordResponse.ProtoReflect.Descriptor instead.
 func (*UserChangePasswordResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{100}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *UserChangePasswordResponse) GetHeader() *ResponseHeader {
@@ -7257,7 +7499,7 @@ type UserGrantRoleRequest struct {
 
 func (x *UserGrantRoleRequest) Reset() {
 	*x = UserGrantRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7269,7 +7511,7 @@ func (x *UserGrantRoleRequest) String() string {
 func (*UserGrantRoleRequest) ProtoMessage() {}
 
 func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[101]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7282,7 +7524,7 @@ func (x *UserGrantRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{101}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *UserGrantRoleRequest) GetHeader() *RequestHeader {
@@ -7316,7 +7558,7 @@ type UserGrantRoleResponse struct {
 
 func (x *UserGrantRoleResponse) Reset() {
 	*x = UserGrantRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7328,7 +7570,7 @@ func (x *UserGrantRoleResponse) String() string {
 func (*UserGrantRoleResponse) ProtoMessage() {}
 
 func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[102]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7341,7 +7583,7 @@ func (x *UserGrantRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserGrantRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserGrantRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{102}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *UserGrantRoleResponse) GetHeader() *ResponseHeader {
@@ -7369,7 +7611,7 @@ type UserRevokeRoleRequest struct {
 
 func (x *UserRevokeRoleRequest) Reset() {
 	*x = UserRevokeRoleRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7381,7 +7623,7 @@ func (x *UserRevokeRoleRequest) String() string {
 func (*UserRevokeRoleRequest) ProtoMessage() {}
 
 func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[103]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7394,7 +7636,7 @@ func (x *UserRevokeRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleRequest.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{103}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *UserRevokeRoleRequest) GetHeader() *RequestHeader {
@@ -7428,7 +7670,7 @@ type UserRevokeRoleResponse struct {
 
 func (x *UserRevokeRoleResponse) Reset() {
 	*x = UserRevokeRoleResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7440,7 +7682,7 @@ func (x *UserRevokeRoleResponse) String() string {
 func (*UserRevokeRoleResponse) ProtoMessage() {}
 
 func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[104]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7453,7 +7695,7 @@ func (x *UserRevokeRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserRevokeRoleResponse.ProtoReflect.Descriptor instead.
 func (*UserRevokeRoleResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{104}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *UserRevokeRoleResponse) GetHeader() *ResponseHeader {
@@ -7480,7 +7722,7 @@ type RoleAddRequest struct {
 
 func (x *RoleAddRequest) Reset() {
 	*x = RoleAddRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7492,7 +7734,7 @@ func (x *RoleAddRequest) String() string {
 func (*RoleAddRequest) ProtoMessage() {}
 
 func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[105]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7505,7 +7747,7 @@ func (x *RoleAddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddRequest.ProtoReflect.Descriptor instead.
 func (*RoleAddRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{105}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *RoleAddRequest) GetHeader() *RequestHeader {
@@ -7532,7 +7774,7 @@ type RoleAddResponse struct {
 
 func (x *RoleAddResponse) Reset() {
 	*x = RoleAddResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7544,7 +7786,7 @@ func (x *RoleAddResponse) String() string {
 func (*RoleAddResponse) ProtoMessage() {}
 
 func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[106]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7557,7 +7799,7 @@ func (x *RoleAddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleAddResponse.ProtoReflect.Descriptor instead.
 func (*RoleAddResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{106}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *RoleAddResponse) GetHeader() *ResponseHeader {
@@ -7585,7 +7827,7 @@ type RoleDeleteRequest struct {
 
 func (x *RoleDeleteRequest) Reset() {
 	*x = RoleDeleteRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7597,7 +7839,7 @@ func (x *RoleDeleteRequest) String() string {
 func (*RoleDeleteRequest) ProtoMessage() {}
 
 func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[107]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7610,7 +7852,7 @@ func (x *RoleDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteRequest.ProtoReflect.Descriptor instead.
 func (*RoleDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{107}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *RoleDeleteRequest) GetHeader() *RequestHeader {
@@ -7636,7 +7878,7 @@ type RoleDeleteResponse struct {
 
 func (x *RoleDeleteResponse) Reset() {
 	*x = RoleDeleteResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7648,7 +7890,7 @@ func (x *RoleDeleteResponse) String() string {
 func (*RoleDeleteResponse) ProtoMessage() {}
 
 func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[108]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7661,7 +7903,7 @@ func (x *RoleDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleDeleteResponse.ProtoReflect.Descriptor instead.
 func (*RoleDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{108}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *RoleDeleteResponse) GetHeader() *ResponseHeader {
@@ -7681,7 +7923,7 @@ type RoleGetRequest struct {
 
 func (x *RoleGetRequest) Reset() {
 	*x = RoleGetRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7693,7 +7935,7 @@ func (x *RoleGetRequest) String() string {
 func (*RoleGetRequest) ProtoMessage() {}
 
 func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[109]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7706,7 +7948,7 @@ func (x *RoleGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetRequest.ProtoReflect.Descriptor instead.
 func (*RoleGetRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{109}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *RoleGetRequest) GetName() string {
@@ -7733,7 +7975,7 @@ type RoleGetResponse struct {
 
 func (x *RoleGetResponse) Reset() {
 	*x = RoleGetResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7745,7 +7987,7 @@ func (x *RoleGetResponse) String() string {
 func (*RoleGetResponse) ProtoMessage() {}
 
 func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[110]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7758,7 +8000,7 @@ func (x *RoleGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGetResponse.ProtoReflect.Descriptor instead.
 func (*RoleGetResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{110}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *RoleGetResponse) GetHeader() *ResponseHeader {
@@ -7784,7 +8026,7 @@ type RoleListRequest struct {
 
 func (x *RoleListRequest) Reset() {
 	*x = RoleListRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7796,7 +8038,7 @@ func (x *RoleListRequest) String() string {
 func (*RoleListRequest) ProtoMessage() {}
 
 func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[111]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7809,7 +8051,7 @@ func (x *RoleListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListRequest.ProtoReflect.Descriptor instead.
 func (*RoleListRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{111}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *RoleListRequest) GetConsistency() Consistency {
@@ -7829,7 +8071,7 @@ type RoleListResponse struct {
 
 func (x *RoleListResponse) Reset() {
 	*x = RoleListResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7841,7 +8083,7 @@ func (x *RoleListResponse) String() string {
 func (*RoleListResponse) ProtoMessage() {}
 
 func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[112]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7854,7 +8096,7 @@ func (x *RoleListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleListResponse.ProtoReflect.Descriptor instead.
 func (*RoleListResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{112}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *RoleListResponse) GetHeader() *ResponseHeader {
@@ -7884,7 +8126,7 @@ type RoleGrantPermissionRequest struct {
 
 func (x *RoleGrantPermissionRequest) Reset() {
 	*x = RoleGrantPermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7896,7 +8138,7 @@ func (x *RoleGrantPermissionRequest) String() string {
 func (*RoleGrantPermissionRequest) ProtoMessage() {}
 
 func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[113]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7909,7 +8151,7 @@ func (x *RoleGrantPermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{113}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *RoleGrantPermissionRequest) GetHeader() *RequestHeader {
@@ -7943,7 +8185,7 @@ type RoleGrantPermissionResponse struct {
 
 func (x *RoleGrantPermissionResponse) Reset() {
 	*x = RoleGrantPermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7955,7 +8197,7 @@ func (x *RoleGrantPermissionResponse) String() string {
 func (*RoleGrantPermissionResponse) ProtoMessage() {}
 
 func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[114]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7968,7 +8210,7 @@ func (x *RoleGrantPermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleGrantPermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleGrantPermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{114}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *RoleGrantPermissionResponse) GetHeader() *ResponseHeader {
@@ -7999,7 +8241,7 @@ type RoleRevokePermissionRequest struct {
 
 func (x *RoleRevokePermissionRequest) Reset() {
 	*x = RoleRevokePermissionRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8011,7 +8253,7 @@ func (x *RoleRevokePermissionRequest) String() string {
 func (*RoleRevokePermissionRequest) ProtoMessage() {}
 
 func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[115]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8024,7 +8266,7 @@ func (x *RoleRevokePermissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionRequest.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{115}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *RoleRevokePermissionRequest) GetHeader() *RequestHeader {
@@ -8065,7 +8307,7 @@ type RoleRevokePermissionResponse struct {
 
 func (x *RoleRevokePermissionResponse) Reset() {
 	*x = RoleRevokePermissionResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8077,7 +8319,7 @@ func (x *RoleRevokePermissionResponse) String() string {
 func (*RoleRevokePermissionResponse) ProtoMessage() {}
 
 func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[116]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8090,7 +8332,7 @@ func (x *RoleRevokePermissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleRevokePermissionResponse.ProtoReflect.Descriptor instead.
 func (*RoleRevokePermissionResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{116}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *RoleRevokePermissionResponse) GetHeader() *ResponseHeader {
@@ -8134,7 +8376,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8146,7 +8388,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[117]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8159,7 +8401,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{117}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
 }
 
 func (x *WatchEvent) GetIndex() uint64 {
@@ -8273,7 +8515,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8285,7 +8527,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[118]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8298,7 +8540,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{118}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
 }
 
 func (x *WatchRequest) GetTarget() WatchTarget {
@@ -8380,7 +8622,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8392,7 +8634,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[119]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8405,7 +8647,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{119}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
 }
 
 func (x *WatchResponse) GetHeader() *ResponseHeader {
@@ -8507,7 +8749,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8519,7 +8761,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[120]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8532,7 +8774,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{120}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
 }
 
 func (x *Command) GetStamp() int64 {
@@ -9094,7 +9336,7 @@ type StateLimits struct {
 
 func (x *StateLimits) Reset() {
 	*x = StateLimits{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9106,7 +9348,7 @@ func (x *StateLimits) String() string {
 func (*StateLimits) ProtoMessage() {}
 
 func (x *StateLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[121]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9119,7 +9361,7 @@ func (x *StateLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateLimits.ProtoReflect.Descriptor instead.
 func (*StateLimits) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{121}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
 }
 
 func (x *StateLimits) GetMaxWaitersPerLock() uint32 {
@@ -9183,7 +9425,7 @@ type KeepAliveBatchOp struct {
 
 func (x *KeepAliveBatchOp) Reset() {
 	*x = KeepAliveBatchOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9195,7 +9437,7 @@ func (x *KeepAliveBatchOp) String() string {
 func (*KeepAliveBatchOp) ProtoMessage() {}
 
 func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[122]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9208,7 +9450,7 @@ func (x *KeepAliveBatchOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchOp.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{122}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
 }
 
 func (x *KeepAliveBatchOp) GetIds() []uint64 {
@@ -9229,7 +9471,7 @@ type KeepAliveBatchResult struct {
 
 func (x *KeepAliveBatchResult) Reset() {
 	*x = KeepAliveBatchResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9241,7 +9483,7 @@ func (x *KeepAliveBatchResult) String() string {
 func (*KeepAliveBatchResult) ProtoMessage() {}
 
 func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[123]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9254,7 +9496,7 @@ func (x *KeepAliveBatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveBatchResult.ProtoReflect.Descriptor instead.
 func (*KeepAliveBatchResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{123}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
 }
 
 func (x *KeepAliveBatchResult) GetResults() []*CommandResult {
@@ -9273,7 +9515,7 @@ type TickOp struct {
 
 func (x *TickOp) Reset() {
 	*x = TickOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9285,7 +9527,7 @@ func (x *TickOp) String() string {
 func (*TickOp) ProtoMessage() {}
 
 func (x *TickOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[124]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9298,7 +9540,7 @@ func (x *TickOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TickOp.ProtoReflect.Descriptor instead.
 func (*TickOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{124}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{128}
 }
 
 // RecoverOp is proposed once by a new leader: every deadline that fell due
@@ -9313,7 +9555,7 @@ type RecoverOp struct {
 
 func (x *RecoverOp) Reset() {
 	*x = RecoverOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9325,7 +9567,7 @@ func (x *RecoverOp) String() string {
 func (*RecoverOp) ProtoMessage() {}
 
 func (x *RecoverOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[125]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9338,7 +9580,7 @@ func (x *RecoverOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverOp.ProtoReflect.Descriptor instead.
 func (*RecoverOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{125}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{129}
 }
 
 func (x *RecoverOp) GetGraceNs() int64 {
@@ -9359,7 +9601,7 @@ type SetMemberOp struct {
 
 func (x *SetMemberOp) Reset() {
 	*x = SetMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9371,7 +9613,7 @@ func (x *SetMemberOp) String() string {
 func (*SetMemberOp) ProtoMessage() {}
 
 func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[126]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9384,7 +9626,7 @@ func (x *SetMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberOp.ProtoReflect.Descriptor instead.
 func (*SetMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{126}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{130}
 }
 
 func (x *SetMemberOp) GetName() string {
@@ -9417,7 +9659,7 @@ type RemoveMemberOp struct {
 
 func (x *RemoveMemberOp) Reset() {
 	*x = RemoveMemberOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9429,7 +9671,7 @@ func (x *RemoveMemberOp) String() string {
 func (*RemoveMemberOp) ProtoMessage() {}
 
 func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[127]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9442,7 +9684,7 @@ func (x *RemoveMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberOp.ProtoReflect.Descriptor instead.
 func (*RemoveMemberOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{127}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{131}
 }
 
 func (x *RemoveMemberOp) GetName() string {
@@ -9467,7 +9709,7 @@ type AuthEnableOp struct {
 
 func (x *AuthEnableOp) Reset() {
 	*x = AuthEnableOp{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9479,7 +9721,7 @@ func (x *AuthEnableOp) String() string {
 func (*AuthEnableOp) ProtoMessage() {}
 
 func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[128]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9492,7 +9734,7 @@ func (x *AuthEnableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthEnableOp.ProtoReflect.Descriptor instead.
 func (*AuthEnableOp) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{128}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{132}
 }
 
 func (x *AuthEnableOp) GetHeader() *RequestHeader {
@@ -9556,7 +9798,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -9568,7 +9810,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[129]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -9581,7 +9823,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{129}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{133}
 }
 
 func (x *CommandResult) GetCode() ErrorCode {
@@ -10082,7 +10324,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10094,7 +10336,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[130]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10107,7 +10349,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{130}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{134}
 }
 
 func (x *ProposeRequest) GetCommand() *Command {
@@ -10128,7 +10370,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10140,7 +10382,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[131]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10153,7 +10395,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{131}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{135}
 }
 
 func (x *ProposeResponse) GetResult() *CommandResult {
@@ -10185,7 +10427,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10197,7 +10439,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[132]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10210,7 +10452,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{132}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{136}
 }
 
 type ReadIndexResponse struct {
@@ -10226,7 +10468,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10238,7 +10480,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[133]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10251,7 +10493,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{133}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{137}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -10283,7 +10525,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10295,7 +10537,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[134]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10308,7 +10550,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{134}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{138}
 }
 
 // SnapshotChunk is one part of a SnapshotSave stream: first info, then data
@@ -10327,7 +10569,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[139]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10339,7 +10581,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[135]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[139]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10352,7 +10594,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{135}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{139}
 }
 
 func (x *SnapshotChunk) GetPart() isSnapshotChunk_Part {
@@ -10425,7 +10667,7 @@ type SnapshotInfo struct {
 
 func (x *SnapshotInfo) Reset() {
 	*x = SnapshotInfo{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[140]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10437,7 +10679,7 @@ func (x *SnapshotInfo) String() string {
 func (*SnapshotInfo) ProtoMessage() {}
 
 func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[136]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[140]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10450,7 +10692,7 @@ func (x *SnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInfo.ProtoReflect.Descriptor instead.
 func (*SnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{136}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{140}
 }
 
 func (x *SnapshotInfo) GetHeader() *ResponseHeader {
@@ -10500,7 +10742,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[141]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10512,7 +10754,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[137]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[141]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10525,7 +10767,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{137}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{141}
 }
 
 func (x *SnapshotTrailer) GetSha256() []byte {
@@ -10555,7 +10797,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[142]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -10567,7 +10809,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvd_v1_kvd_proto_msgTypes[138]
+	mi := &file_kvd_v1_kvd_proto_msgTypes[142]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -10580,7 +10822,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{138}
+	return file_kvd_v1_kvd_proto_rawDescGZIP(), []int{142}
 }
 
 func (x *SnapshotHeader) GetFormatVersion() uint32 {
@@ -10728,7 +10970,22 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\vAddResponse\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.kvd.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value\x12 \n" +
-	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"\xc6\x01\n" +
+	"\x02kv\x18\x03 \x01(\v2\x10.kvd.v1.KeyValueR\x02kv\"=\n" +
+	"\x0fPipelineRequest\x12*\n" +
+	"\x05calls\x18\x01 \x03(\v2\x14.kvd.v1.PipelineCallR\x05calls\"\x97\x01\n" +
+	"\fPipelineCall\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_us\x18\x04 \x01(\x04R\ttimeoutUs\x12$\n" +
+	"\rauthorization\x18\x05 \x01(\tR\rauthorization\"D\n" +
+	"\x10PipelineResponse\x120\n" +
+	"\aanswers\x18\x01 \x03(\v2\x16.kvd.v1.PipelineAnswerR\aanswers\"V\n" +
+	"\x0ePipelineAnswer\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x1a\n" +
+	"\bresponse\x18\x02 \x01(\fR\bresponse\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\fR\x06status\"\xc6\x01\n" +
 	"\vSessionInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
@@ -11410,7 +11667,7 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x1fWATCH_MESSAGE_KIND_SNAPSHOT_END\x10\x03\x12\x1d\n" +
 	"\x19WATCH_MESSAGE_KIND_EVENTS\x10\x04\x12\x1f\n" +
 	"\x1bWATCH_MESSAGE_KIND_PROGRESS\x10\x05\x12\x1f\n" +
-	"\x1bWATCH_MESSAGE_KIND_CANCELED\x10\x062\xe6\x02\n" +
+	"\x1bWATCH_MESSAGE_KIND_CANCELED\x10\x062\xa9\x03\n" +
 	"\x02KV\x12.\n" +
 	"\x03Put\x12\x12.kvd.v1.PutRequest\x1a\x13.kvd.v1.PutResponse\x12.\n" +
 	"\x03Get\x12\x12.kvd.v1.GetRequest\x1a\x13.kvd.v1.GetResponse\x127\n" +
@@ -11418,7 +11675,8 @@ const file_kvd_v1_kvd_proto_rawDesc = "" +
 	"\x04List\x12\x13.kvd.v1.ListRequest\x1a\x14.kvd.v1.ListResponse\x12.\n" +
 	"\x03Add\x12\x12.kvd.v1.AddRequest\x1a\x13.kvd.v1.AddResponse\x124\n" +
 	"\x05Touch\x12\x14.kvd.v1.TouchRequest\x1a\x15.kvd.v1.TouchResponse\x12.\n" +
-	"\x03Txn\x12\x12.kvd.v1.TxnRequest\x1a\x13.kvd.v1.TxnResponse2\xec\x02\n" +
+	"\x03Txn\x12\x12.kvd.v1.TxnRequest\x1a\x13.kvd.v1.TxnResponse\x12A\n" +
+	"\bPipeline\x12\x17.kvd.v1.PipelineRequest\x1a\x18.kvd.v1.PipelineResponse(\x010\x012\xec\x02\n" +
 	"\aSession\x12E\n" +
 	"\x06Create\x12\x1c.kvd.v1.CreateSessionRequest\x1a\x1d.kvd.v1.CreateSessionResponse\x12@\n" +
 	"\tKeepAlive\x12\x18.kvd.v1.KeepAliveRequest\x1a\x19.kvd.v1.KeepAliveResponse\x12V\n" +
@@ -11497,7 +11755,7 @@ func file_kvd_v1_kvd_proto_rawDescGZIP() []byte {
 }
 
 var file_kvd_v1_kvd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 139)
+var file_kvd_v1_kvd_proto_msgTypes = make([]protoimpl.MessageInfo, 143)
 var file_kvd_v1_kvd_proto_goTypes = []any{
 	(Consistency)(0),                     // 0: kvd.v1.Consistency
 	(ErrorCode)(0),                       // 1: kvd.v1.ErrorCode
@@ -11531,123 +11789,127 @@ var file_kvd_v1_kvd_proto_goTypes = []any{
 	(*ListResponse)(nil),                 // 29: kvd.v1.ListResponse
 	(*AddRequest)(nil),                   // 30: kvd.v1.AddRequest
 	(*AddResponse)(nil),                  // 31: kvd.v1.AddResponse
-	(*SessionInfo)(nil),                  // 32: kvd.v1.SessionInfo
-	(*CreateSessionRequest)(nil),         // 33: kvd.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),        // 34: kvd.v1.CreateSessionResponse
-	(*KeepAliveRequest)(nil),             // 35: kvd.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),            // 36: kvd.v1.KeepAliveResponse
-	(*CloseSessionRequest)(nil),          // 37: kvd.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),         // 38: kvd.v1.CloseSessionResponse
-	(*GetSessionRequest)(nil),            // 39: kvd.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),           // 40: kvd.v1.GetSessionResponse
-	(*KeepAliveStreamRequest)(nil),       // 41: kvd.v1.KeepAliveStreamRequest
-	(*KeepAliveStreamResponse)(nil),      // 42: kvd.v1.KeepAliveStreamResponse
-	(*LockWaiter)(nil),                   // 43: kvd.v1.LockWaiter
-	(*LockInfo)(nil),                     // 44: kvd.v1.LockInfo
-	(*AcquireRequest)(nil),               // 45: kvd.v1.AcquireRequest
-	(*AcquireResponse)(nil),              // 46: kvd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),               // 47: kvd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),              // 48: kvd.v1.ReleaseResponse
-	(*CancelWaitRequest)(nil),            // 49: kvd.v1.CancelWaitRequest
-	(*CancelWaitResponse)(nil),           // 50: kvd.v1.CancelWaitResponse
-	(*RenewRequest)(nil),                 // 51: kvd.v1.RenewRequest
-	(*RenewResponse)(nil),                // 52: kvd.v1.RenewResponse
-	(*GetLockRequest)(nil),               // 53: kvd.v1.GetLockRequest
-	(*GetLockResponse)(nil),              // 54: kvd.v1.GetLockResponse
-	(*ListLocksRequest)(nil),             // 55: kvd.v1.ListLocksRequest
-	(*ListLocksResponse)(nil),            // 56: kvd.v1.ListLocksResponse
-	(*BreakRequest)(nil),                 // 57: kvd.v1.BreakRequest
-	(*BreakResponse)(nil),                // 58: kvd.v1.BreakResponse
-	(*ProclaimRequest)(nil),              // 59: kvd.v1.ProclaimRequest
-	(*ProclaimResponse)(nil),             // 60: kvd.v1.ProclaimResponse
-	(*CheckFenceRequest)(nil),            // 61: kvd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),           // 62: kvd.v1.CheckFenceResponse
-	(*FillLease)(nil),                    // 63: kvd.v1.FillLease
-	(*CacheEntry)(nil),                   // 64: kvd.v1.CacheEntry
-	(*CacheGetRequest)(nil),              // 65: kvd.v1.CacheGetRequest
-	(*CacheGetResponse)(nil),             // 66: kvd.v1.CacheGetResponse
-	(*FillRequest)(nil),                  // 67: kvd.v1.FillRequest
-	(*FillResponse)(nil),                 // 68: kvd.v1.FillResponse
-	(*StoreRequest)(nil),                 // 69: kvd.v1.StoreRequest
-	(*StoreResponse)(nil),                // 70: kvd.v1.StoreResponse
-	(*CacheSetRequest)(nil),              // 71: kvd.v1.CacheSetRequest
-	(*CacheSetResponse)(nil),             // 72: kvd.v1.CacheSetResponse
-	(*InvalidateRequest)(nil),            // 73: kvd.v1.InvalidateRequest
-	(*InvalidateResponse)(nil),           // 74: kvd.v1.InvalidateResponse
-	(*CacheStatsRequest)(nil),            // 75: kvd.v1.CacheStatsRequest
-	(*CacheStatsResponse)(nil),           // 76: kvd.v1.CacheStatsResponse
-	(*Member)(nil),                       // 77: kvd.v1.Member
-	(*StatusRequest)(nil),                // 78: kvd.v1.StatusRequest
-	(*StatusResponse)(nil),               // 79: kvd.v1.StatusResponse
-	(*MembersRequest)(nil),               // 80: kvd.v1.MembersRequest
-	(*MembersResponse)(nil),              // 81: kvd.v1.MembersResponse
-	(*AddMemberRequest)(nil),             // 82: kvd.v1.AddMemberRequest
-	(*AddMemberResponse)(nil),            // 83: kvd.v1.AddMemberResponse
-	(*RemoveMemberRequest)(nil),          // 84: kvd.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),         // 85: kvd.v1.RemoveMemberResponse
-	(*TransferLeaderRequest)(nil),        // 86: kvd.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),       // 87: kvd.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),              // 88: kvd.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),             // 89: kvd.v1.SnapshotResponse
-	(*Permission)(nil),                   // 90: kvd.v1.Permission
-	(*User)(nil),                         // 91: kvd.v1.User
-	(*Role)(nil),                         // 92: kvd.v1.Role
-	(*AuthenticateRequest)(nil),          // 93: kvd.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil),         // 94: kvd.v1.AuthenticateResponse
-	(*AuthEnableRequest)(nil),            // 95: kvd.v1.AuthEnableRequest
-	(*AuthEnableResponse)(nil),           // 96: kvd.v1.AuthEnableResponse
-	(*AuthDisableRequest)(nil),           // 97: kvd.v1.AuthDisableRequest
-	(*AuthDisableResponse)(nil),          // 98: kvd.v1.AuthDisableResponse
-	(*AuthStatusRequest)(nil),            // 99: kvd.v1.AuthStatusRequest
-	(*AuthStatusResponse)(nil),           // 100: kvd.v1.AuthStatusResponse
-	(*UserAddRequest)(nil),               // 101: kvd.v1.UserAddRequest
-	(*UserAddResponse)(nil),              // 102: kvd.v1.UserAddResponse
-	(*UserDeleteRequest)(nil),            // 103: kvd.v1.UserDeleteRequest
-	(*UserDeleteResponse)(nil),           // 104: kvd.v1.UserDeleteResponse
-	(*UserGetRequest)(nil),               // 105: kvd.v1.UserGetRequest
-	(*UserGetResponse)(nil),              // 106: kvd.v1.UserGetResponse
-	(*UserListRequest)(nil),              // 107: kvd.v1.UserListRequest
-	(*UserListResponse)(nil),             // 108: kvd.v1.UserListResponse
-	(*UserChangePasswordRequest)(nil),    // 109: kvd.v1.UserChangePasswordRequest
-	(*UserChangePasswordResponse)(nil),   // 110: kvd.v1.UserChangePasswordResponse
-	(*UserGrantRoleRequest)(nil),         // 111: kvd.v1.UserGrantRoleRequest
-	(*UserGrantRoleResponse)(nil),        // 112: kvd.v1.UserGrantRoleResponse
-	(*UserRevokeRoleRequest)(nil),        // 113: kvd.v1.UserRevokeRoleRequest
-	(*UserRevokeRoleResponse)(nil),       // 114: kvd.v1.UserRevokeRoleResponse
-	(*RoleAddRequest)(nil),               // 115: kvd.v1.RoleAddRequest
-	(*RoleAddResponse)(nil),              // 116: kvd.v1.RoleAddResponse
-	(*RoleDeleteRequest)(nil),            // 117: kvd.v1.RoleDeleteRequest
-	(*RoleDeleteResponse)(nil),           // 118: kvd.v1.RoleDeleteResponse
-	(*RoleGetRequest)(nil),               // 119: kvd.v1.RoleGetRequest
-	(*RoleGetResponse)(nil),              // 120: kvd.v1.RoleGetResponse
-	(*RoleListRequest)(nil),              // 121: kvd.v1.RoleListRequest
-	(*RoleListResponse)(nil),             // 122: kvd.v1.RoleListResponse
-	(*RoleGrantPermissionRequest)(nil),   // 123: kvd.v1.RoleGrantPermissionRequest
-	(*RoleGrantPermissionResponse)(nil),  // 124: kvd.v1.RoleGrantPermissionResponse
-	(*RoleRevokePermissionRequest)(nil),  // 125: kvd.v1.RoleRevokePermissionRequest
-	(*RoleRevokePermissionResponse)(nil), // 126: kvd.v1.RoleRevokePermissionResponse
-	(*WatchEvent)(nil),                   // 127: kvd.v1.WatchEvent
-	(*WatchRequest)(nil),                 // 128: kvd.v1.WatchRequest
-	(*WatchResponse)(nil),                // 129: kvd.v1.WatchResponse
-	(*Command)(nil),                      // 130: kvd.v1.Command
-	(*StateLimits)(nil),                  // 131: kvd.v1.StateLimits
-	(*KeepAliveBatchOp)(nil),             // 132: kvd.v1.KeepAliveBatchOp
-	(*KeepAliveBatchResult)(nil),         // 133: kvd.v1.KeepAliveBatchResult
-	(*TickOp)(nil),                       // 134: kvd.v1.TickOp
-	(*RecoverOp)(nil),                    // 135: kvd.v1.RecoverOp
-	(*SetMemberOp)(nil),                  // 136: kvd.v1.SetMemberOp
-	(*RemoveMemberOp)(nil),               // 137: kvd.v1.RemoveMemberOp
-	(*AuthEnableOp)(nil),                 // 138: kvd.v1.AuthEnableOp
-	(*CommandResult)(nil),                // 139: kvd.v1.CommandResult
-	(*ProposeRequest)(nil),               // 140: kvd.v1.ProposeRequest
-	(*ProposeResponse)(nil),              // 141: kvd.v1.ProposeResponse
-	(*ReadIndexRequest)(nil),             // 142: kvd.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),            // 143: kvd.v1.ReadIndexResponse
-	(*SnapshotSaveRequest)(nil),          // 144: kvd.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),                // 145: kvd.v1.SnapshotChunk
-	(*SnapshotInfo)(nil),                 // 146: kvd.v1.SnapshotInfo
-	(*SnapshotTrailer)(nil),              // 147: kvd.v1.SnapshotTrailer
-	(*SnapshotHeader)(nil),               // 148: kvd.v1.SnapshotHeader
+	(*PipelineRequest)(nil),              // 32: kvd.v1.PipelineRequest
+	(*PipelineCall)(nil),                 // 33: kvd.v1.PipelineCall
+	(*PipelineResponse)(nil),             // 34: kvd.v1.PipelineResponse
+	(*PipelineAnswer)(nil),               // 35: kvd.v1.PipelineAnswer
+	(*SessionInfo)(nil),                  // 36: kvd.v1.SessionInfo
+	(*CreateSessionRequest)(nil),         // 37: kvd.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),        // 38: kvd.v1.CreateSessionResponse
+	(*KeepAliveRequest)(nil),             // 39: kvd.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),            // 40: kvd.v1.KeepAliveResponse
+	(*CloseSessionRequest)(nil),          // 41: kvd.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),         // 42: kvd.v1.CloseSessionResponse
+	(*GetSessionRequest)(nil),            // 43: kvd.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),           // 44: kvd.v1.GetSessionResponse
+	(*KeepAliveStreamRequest)(nil),       // 45: kvd.v1.KeepAliveStreamRequest
+	(*KeepAliveStreamResponse)(nil),      // 46: kvd.v1.KeepAliveStreamResponse
+	(*LockWaiter)(nil),                   // 47: kvd.v1.LockWaiter
+	(*LockInfo)(nil),                     // 48: kvd.v1.LockInfo
+	(*AcquireRequest)(nil),               // 49: kvd.v1.AcquireRequest
+	(*AcquireResponse)(nil),              // 50: kvd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),               // 51: kvd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),              // 52: kvd.v1.ReleaseResponse
+	(*CancelWaitRequest)(nil),            // 53: kvd.v1.CancelWaitRequest
+	(*CancelWaitResponse)(nil),           // 54: kvd.v1.CancelWaitResponse
+	(*RenewRequest)(nil),                 // 55: kvd.v1.RenewRequest
+	(*RenewResponse)(nil),                // 56: kvd.v1.RenewResponse
+	(*GetLockRequest)(nil),               // 57: kvd.v1.GetLockRequest
+	(*GetLockResponse)(nil),              // 58: kvd.v1.GetLockResponse
+	(*ListLocksRequest)(nil),             // 59: kvd.v1.ListLocksRequest
+	(*ListLocksResponse)(nil),            // 60: kvd.v1.ListLocksResponse
+	(*BreakRequest)(nil),                 // 61: kvd.v1.BreakRequest
+	(*BreakResponse)(nil),                // 62: kvd.v1.BreakResponse
+	(*ProclaimRequest)(nil),              // 63: kvd.v1.ProclaimRequest
+	(*ProclaimResponse)(nil),             // 64: kvd.v1.ProclaimResponse
+	(*CheckFenceRequest)(nil),            // 65: kvd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),           // 66: kvd.v1.CheckFenceResponse
+	(*FillLease)(nil),                    // 67: kvd.v1.FillLease
+	(*CacheEntry)(nil),                   // 68: kvd.v1.CacheEntry
+	(*CacheGetRequest)(nil),              // 69: kvd.v1.CacheGetRequest
+	(*CacheGetResponse)(nil),             // 70: kvd.v1.CacheGetResponse
+	(*FillRequest)(nil),                  // 71: kvd.v1.FillRequest
+	(*FillResponse)(nil),                 // 72: kvd.v1.FillResponse
+	(*StoreRequest)(nil),                 // 73: kvd.v1.StoreRequest
+	(*StoreResponse)(nil),                // 74: kvd.v1.StoreResponse
+	(*CacheSetRequest)(nil),              // 75: kvd.v1.CacheSetRequest
+	(*CacheSetResponse)(nil),             // 76: kvd.v1.CacheSetResponse
+	(*InvalidateRequest)(nil),            // 77: kvd.v1.InvalidateRequest
+	(*InvalidateResponse)(nil),           // 78: kvd.v1.InvalidateResponse
+	(*CacheStatsRequest)(nil),            // 79: kvd.v1.CacheStatsRequest
+	(*CacheStatsResponse)(nil),           // 80: kvd.v1.CacheStatsResponse
+	(*Member)(nil),                       // 81: kvd.v1.Member
+	(*StatusRequest)(nil),                // 82: kvd.v1.StatusRequest
+	(*StatusResponse)(nil),               // 83: kvd.v1.StatusResponse
+	(*MembersRequest)(nil),               // 84: kvd.v1.MembersRequest
+	(*MembersResponse)(nil),              // 85: kvd.v1.MembersResponse
+	(*AddMemberRequest)(nil),             // 86: kvd.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),            // 87: kvd.v1.AddMemberResponse
+	(*RemoveMemberRequest)(nil),          // 88: kvd.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),         // 89: kvd.v1.RemoveMemberResponse
+	(*TransferLeaderRequest)(nil),        // 90: kvd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),       // 91: kvd.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),              // 92: kvd.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),             // 93: kvd.v1.SnapshotResponse
+	(*Permission)(nil),                   // 94: kvd.v1.Permission
+	(*User)(nil),                         // 95: kvd.v1.User
+	(*Role)(nil),                         // 96: kvd.v1.Role
+	(*AuthenticateRequest)(nil),          // 97: kvd.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),         // 98: kvd.v1.AuthenticateResponse
+	(*AuthEnableRequest)(nil),            // 99: kvd.v1.AuthEnableRequest
+	(*AuthEnableResponse)(nil),           // 100: kvd.v1.AuthEnableResponse
+	(*AuthDisableRequest)(nil),           // 101: kvd.v1.AuthDisableRequest
+	(*AuthDisableResponse)(nil),          // 102: kvd.v1.AuthDisableResponse
+	(*AuthStatusRequest)(nil),            // 103: kvd.v1.AuthStatusRequest
+	(*AuthStatusResponse)(nil),           // 104: kvd.v1.AuthStatusResponse
+	(*UserAddRequest)(nil),               // 105: kvd.v1.UserAddRequest
+	(*UserAddResponse)(nil),              // 106: kvd.v1.UserAddResponse
+	(*UserDeleteRequest)(nil),            // 107: kvd.v1.UserDeleteRequest
+	(*UserDeleteResponse)(nil),           // 108: kvd.v1.UserDeleteResponse
+	(*UserGetRequest)(nil),               // 109: kvd.v1.UserGetRequest
+	(*UserGetResponse)(nil),              // 110: kvd.v1.UserGetResponse
+	(*UserListRequest)(nil),              // 111: kvd.v1.UserListRequest
+	(*UserListResponse)(nil),             // 112: kvd.v1.UserListResponse
+	(*UserChangePasswordRequest)(nil),    // 113: kvd.v1.UserChangePasswordRequest
+	(*UserChangePasswordResponse)(nil),   // 114: kvd.v1.UserChangePasswordResponse
+	(*UserGrantRoleRequest)(nil),         // 115: kvd.v1.UserGrantRoleRequest
+	(*UserGrantRoleResponse)(nil),        // 116: kvd.v1.UserGrantRoleResponse
+	(*UserRevokeRoleRequest)(nil),        // 117: kvd.v1.UserRevokeRoleRequest
+	(*UserRevokeRoleResponse)(nil),       // 118: kvd.v1.UserRevokeRoleResponse
+	(*RoleAddRequest)(nil),               // 119: kvd.v1.RoleAddRequest
+	(*RoleAddResponse)(nil),              // 120: kvd.v1.RoleAddResponse
+	(*RoleDeleteRequest)(nil),            // 121: kvd.v1.RoleDeleteRequest
+	(*RoleDeleteResponse)(nil),           // 122: kvd.v1.RoleDeleteResponse
+	(*RoleGetRequest)(nil),               // 123: kvd.v1.RoleGetRequest
+	(*RoleGetResponse)(nil),              // 124: kvd.v1.RoleGetResponse
+	(*RoleListRequest)(nil),              // 125: kvd.v1.RoleListRequest
+	(*RoleListResponse)(nil),             // 126: kvd.v1.RoleListResponse
+	(*RoleGrantPermissionRequest)(nil),   // 127: kvd.v1.RoleGrantPermissionRequest
+	(*RoleGrantPermissionResponse)(nil),  // 128: kvd.v1.RoleGrantPermissionResponse
+	(*RoleRevokePermissionRequest)(nil),  // 129: kvd.v1.RoleRevokePermissionRequest
+	(*RoleRevokePermissionResponse)(nil), // 130: kvd.v1.RoleRevokePermissionResponse
+	(*WatchEvent)(nil),                   // 131: kvd.v1.WatchEvent
+	(*WatchRequest)(nil),                 // 132: kvd.v1.WatchRequest
+	(*WatchResponse)(nil),                // 133: kvd.v1.WatchResponse
+	(*Command)(nil),                      // 134: kvd.v1.Command
+	(*StateLimits)(nil),                  // 135: kvd.v1.StateLimits
+	(*KeepAliveBatchOp)(nil),             // 136: kvd.v1.KeepAliveBatchOp
+	(*KeepAliveBatchResult)(nil),         // 137: kvd.v1.KeepAliveBatchResult
+	(*TickOp)(nil),                       // 138: kvd.v1.TickOp
+	(*RecoverOp)(nil),                    // 139: kvd.v1.RecoverOp
+	(*SetMemberOp)(nil),                  // 140: kvd.v1.SetMemberOp
+	(*RemoveMemberOp)(nil),               // 141: kvd.v1.RemoveMemberOp
+	(*AuthEnableOp)(nil),                 // 142: kvd.v1.AuthEnableOp
+	(*CommandResult)(nil),                // 143: kvd.v1.CommandResult
+	(*ProposeRequest)(nil),               // 144: kvd.v1.ProposeRequest
+	(*ProposeResponse)(nil),              // 145: kvd.v1.ProposeResponse
+	(*ReadIndexRequest)(nil),             // 146: kvd.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),            // 147: kvd.v1.ReadIndexResponse
+	(*SnapshotSaveRequest)(nil),          // 148: kvd.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),                // 149: kvd.v1.SnapshotChunk
+	(*SnapshotInfo)(nil),                 // 150: kvd.v1.SnapshotInfo
+	(*SnapshotTrailer)(nil),              // 151: kvd.v1.SnapshotTrailer
+	(*SnapshotHeader)(nil),               // 152: kvd.v1.SnapshotHeader
 }
 var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	1,   // 0: kvd.v1.ErrorInfo.code:type_name -> kvd.v1.ErrorCode
@@ -11686,321 +11948,325 @@ var file_kvd_v1_kvd_proto_depIdxs = []int32{
 	12,  // 33: kvd.v1.AddRequest.fence:type_name -> kvd.v1.Fence
 	11,  // 34: kvd.v1.AddResponse.header:type_name -> kvd.v1.ResponseHeader
 	14,  // 35: kvd.v1.AddResponse.kv:type_name -> kvd.v1.KeyValue
-	11,  // 36: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	32,  // 37: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	11,  // 38: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
-	32,  // 39: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
-	11,  // 40: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 41: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 42: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
-	32,  // 43: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
-	11,  // 44: kvd.v1.KeepAliveStreamResponse.header:type_name -> kvd.v1.ResponseHeader
-	32,  // 45: kvd.v1.KeepAliveStreamResponse.session:type_name -> kvd.v1.SessionInfo
-	13,  // 46: kvd.v1.KeepAliveStreamResponse.error:type_name -> kvd.v1.ErrorInfo
-	43,  // 47: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
-	10,  // 48: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 49: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
-	44,  // 50: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
-	10,  // 51: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 52: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 53: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 54: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 55: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
-	44,  // 56: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 57: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 58: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
-	44,  // 59: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 60: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 61: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
-	44,  // 62: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
-	10,  // 63: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 64: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 65: kvd.v1.ProclaimRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 66: kvd.v1.ProclaimResponse.header:type_name -> kvd.v1.ResponseHeader
-	44,  // 67: kvd.v1.ProclaimResponse.lock:type_name -> kvd.v1.LockInfo
-	0,   // 68: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 69: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
-	63,  // 70: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
-	0,   // 71: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 72: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 73: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
-	64,  // 74: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 75: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
-	0,   // 76: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 77: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
-	4,   // 78: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
-	64,  // 79: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 80: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 81: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
-	64,  // 82: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 83: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 84: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
-	64,  // 85: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
-	10,  // 86: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 87: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 88: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 89: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 90: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
-	77,  // 91: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
-	11,  // 92: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	77,  // 93: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
-	11,  // 94: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
-	77,  // 95: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
-	11,  // 96: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
-	11,  // 97: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
-	5,   // 98: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
-	6,   // 99: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
-	90,  // 100: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
-	11,  // 101: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 102: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 103: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 104: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 105: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 106: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 107: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
-	10,  // 108: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 109: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 110: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
-	10,  // 111: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 112: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 113: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 114: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 115: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
-	0,   // 116: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 117: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 118: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
-	10,  // 119: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 120: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 121: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
-	10,  // 122: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 123: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 124: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
-	10,  // 125: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 126: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
-	91,  // 127: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
-	10,  // 128: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 129: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
-	92,  // 130: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
-	10,  // 131: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
-	11,  // 132: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
-	0,   // 133: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 134: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
-	92,  // 135: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
-	0,   // 136: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
-	11,  // 137: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
-	92,  // 138: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
-	10,  // 139: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	90,  // 140: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
-	11,  // 141: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	92,  // 142: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
-	10,  // 143: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
-	5,   // 144: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
-	11,  // 145: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
-	92,  // 146: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
-	7,   // 147: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
-	8,   // 148: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
-	14,  // 149: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
-	14,  // 150: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
-	44,  // 151: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
-	64,  // 152: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
-	32,  // 153: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
-	7,   // 154: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
-	8,   // 155: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
-	11,  // 156: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
-	9,   // 157: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
-	127, // 158: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
-	131, // 159: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
-	15,  // 160: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
-	19,  // 161: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
-	30,  // 162: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
-	21,  // 163: kvd.v1.Command.touch:type_name -> kvd.v1.TouchRequest
-	26,  // 164: kvd.v1.Command.txn:type_name -> kvd.v1.TxnRequest
-	33,  // 165: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
-	35,  // 166: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
-	37,  // 167: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
-	132, // 168: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
-	45,  // 169: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
-	47,  // 170: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
-	49,  // 171: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
-	51,  // 172: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
-	57,  // 173: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
-	59,  // 174: kvd.v1.Command.proclaim:type_name -> kvd.v1.ProclaimRequest
-	67,  // 175: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
-	69,  // 176: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
-	71,  // 177: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
-	73,  // 178: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
-	134, // 179: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
-	135, // 180: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
-	136, // 181: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
-	137, // 182: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
-	138, // 183: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
-	97,  // 184: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
-	101, // 185: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
-	103, // 186: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
-	109, // 187: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
-	111, // 188: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
-	113, // 189: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
-	115, // 190: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
-	117, // 191: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
-	123, // 192: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
-	125, // 193: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
-	139, // 194: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
-	10,  // 195: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
-	1,   // 196: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
-	16,  // 197: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
-	20,  // 198: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
-	31,  // 199: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
-	22,  // 200: kvd.v1.CommandResult.touch:type_name -> kvd.v1.TouchResponse
-	27,  // 201: kvd.v1.CommandResult.txn:type_name -> kvd.v1.TxnResponse
-	34,  // 202: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
-	36,  // 203: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
-	38,  // 204: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
-	133, // 205: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
-	46,  // 206: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
-	48,  // 207: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
-	50,  // 208: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
-	52,  // 209: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
-	58,  // 210: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
-	60,  // 211: kvd.v1.CommandResult.proclaim:type_name -> kvd.v1.ProclaimResponse
-	68,  // 212: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
-	70,  // 213: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
-	72,  // 214: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
-	74,  // 215: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
-	96,  // 216: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
-	98,  // 217: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
-	102, // 218: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
-	104, // 219: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
-	110, // 220: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
-	112, // 221: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
-	114, // 222: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
-	116, // 223: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
-	118, // 224: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
-	124, // 225: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
-	126, // 226: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
-	130, // 227: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
-	139, // 228: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
-	146, // 229: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
-	147, // 230: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
-	11,  // 231: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
-	15,  // 232: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
-	17,  // 233: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
-	19,  // 234: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
-	28,  // 235: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
-	30,  // 236: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
-	21,  // 237: kvd.v1.KV.Touch:input_type -> kvd.v1.TouchRequest
-	26,  // 238: kvd.v1.KV.Txn:input_type -> kvd.v1.TxnRequest
-	33,  // 239: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
-	35,  // 240: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
-	41,  // 241: kvd.v1.Session.KeepAliveStream:input_type -> kvd.v1.KeepAliveStreamRequest
-	37,  // 242: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
-	39,  // 243: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
-	45,  // 244: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
-	47,  // 245: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
-	49,  // 246: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
-	51,  // 247: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
-	53,  // 248: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
-	55,  // 249: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
-	57,  // 250: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
-	61,  // 251: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
-	59,  // 252: kvd.v1.Lock.Proclaim:input_type -> kvd.v1.ProclaimRequest
-	65,  // 253: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
-	67,  // 254: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
-	69,  // 255: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
-	71,  // 256: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
-	73,  // 257: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
-	75,  // 258: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
-	78,  // 259: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
-	80,  // 260: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
-	82,  // 261: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
-	84,  // 262: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	86,  // 263: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	88,  // 264: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
-	144, // 265: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
-	93,  // 266: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
-	95,  // 267: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
-	97,  // 268: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
-	99,  // 269: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
-	101, // 270: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
-	103, // 271: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
-	105, // 272: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
-	107, // 273: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
-	109, // 274: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
-	111, // 275: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
-	113, // 276: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
-	115, // 277: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
-	117, // 278: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
-	119, // 279: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
-	121, // 280: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
-	123, // 281: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
-	125, // 282: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
-	128, // 283: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
-	140, // 284: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
-	142, // 285: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
-	82,  // 286: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
-	84,  // 287: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
-	86,  // 288: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
-	16,  // 289: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
-	18,  // 290: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
-	20,  // 291: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
-	29,  // 292: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
-	31,  // 293: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
-	22,  // 294: kvd.v1.KV.Touch:output_type -> kvd.v1.TouchResponse
-	27,  // 295: kvd.v1.KV.Txn:output_type -> kvd.v1.TxnResponse
-	34,  // 296: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
-	36,  // 297: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
-	42,  // 298: kvd.v1.Session.KeepAliveStream:output_type -> kvd.v1.KeepAliveStreamResponse
-	38,  // 299: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
-	40,  // 300: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
-	46,  // 301: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
-	48,  // 302: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
-	50,  // 303: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
-	52,  // 304: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
-	54,  // 305: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
-	56,  // 306: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
-	58,  // 307: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
-	62,  // 308: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
-	60,  // 309: kvd.v1.Lock.Proclaim:output_type -> kvd.v1.ProclaimResponse
-	66,  // 310: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
-	68,  // 311: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
-	70,  // 312: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
-	72,  // 313: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
-	74,  // 314: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
-	76,  // 315: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
-	79,  // 316: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
-	81,  // 317: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
-	83,  // 318: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
-	85,  // 319: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	87,  // 320: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	89,  // 321: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
-	145, // 322: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
-	94,  // 323: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
-	96,  // 324: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
-	98,  // 325: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
-	100, // 326: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
-	102, // 327: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
-	104, // 328: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
-	106, // 329: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
-	108, // 330: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
-	110, // 331: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
-	112, // 332: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
-	114, // 333: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
-	116, // 334: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
-	118, // 335: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
-	120, // 336: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
-	122, // 337: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
-	124, // 338: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
-	126, // 339: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
-	129, // 340: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
-	141, // 341: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
-	143, // 342: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
-	83,  // 343: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
-	85,  // 344: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
-	87,  // 345: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
-	289, // [289:346] is the sub-list for method output_type
-	232, // [232:289] is the sub-list for method input_type
-	232, // [232:232] is the sub-list for extension type_name
-	232, // [232:232] is the sub-list for extension extendee
-	0,   // [0:232] is the sub-list for field type_name
+	33,  // 36: kvd.v1.PipelineRequest.calls:type_name -> kvd.v1.PipelineCall
+	35,  // 37: kvd.v1.PipelineResponse.answers:type_name -> kvd.v1.PipelineAnswer
+	11,  // 38: kvd.v1.CreateSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	36,  // 39: kvd.v1.CreateSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	11,  // 40: kvd.v1.KeepAliveResponse.header:type_name -> kvd.v1.ResponseHeader
+	36,  // 41: kvd.v1.KeepAliveResponse.session:type_name -> kvd.v1.SessionInfo
+	11,  // 42: kvd.v1.CloseSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 43: kvd.v1.GetSessionRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 44: kvd.v1.GetSessionResponse.header:type_name -> kvd.v1.ResponseHeader
+	36,  // 45: kvd.v1.GetSessionResponse.session:type_name -> kvd.v1.SessionInfo
+	11,  // 46: kvd.v1.KeepAliveStreamResponse.header:type_name -> kvd.v1.ResponseHeader
+	36,  // 47: kvd.v1.KeepAliveStreamResponse.session:type_name -> kvd.v1.SessionInfo
+	13,  // 48: kvd.v1.KeepAliveStreamResponse.error:type_name -> kvd.v1.ErrorInfo
+	47,  // 49: kvd.v1.LockInfo.waiters:type_name -> kvd.v1.LockWaiter
+	10,  // 50: kvd.v1.AcquireRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 51: kvd.v1.AcquireResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 52: kvd.v1.AcquireResponse.lock:type_name -> kvd.v1.LockInfo
+	10,  // 53: kvd.v1.ReleaseRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 54: kvd.v1.ReleaseResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 55: kvd.v1.CancelWaitRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 56: kvd.v1.CancelWaitResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 57: kvd.v1.RenewResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 58: kvd.v1.RenewResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 59: kvd.v1.GetLockRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 60: kvd.v1.GetLockResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 61: kvd.v1.GetLockResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 62: kvd.v1.ListLocksRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 63: kvd.v1.ListLocksResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 64: kvd.v1.ListLocksResponse.locks:type_name -> kvd.v1.LockInfo
+	10,  // 65: kvd.v1.BreakRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 66: kvd.v1.BreakResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 67: kvd.v1.ProclaimRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 68: kvd.v1.ProclaimResponse.header:type_name -> kvd.v1.ResponseHeader
+	48,  // 69: kvd.v1.ProclaimResponse.lock:type_name -> kvd.v1.LockInfo
+	0,   // 70: kvd.v1.CheckFenceRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 71: kvd.v1.CheckFenceResponse.header:type_name -> kvd.v1.ResponseHeader
+	67,  // 72: kvd.v1.CacheEntry.lease:type_name -> kvd.v1.FillLease
+	0,   // 73: kvd.v1.CacheGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 74: kvd.v1.CacheGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 75: kvd.v1.CacheGetResponse.state:type_name -> kvd.v1.CacheState
+	68,  // 76: kvd.v1.CacheGetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 77: kvd.v1.FillRequest.header:type_name -> kvd.v1.RequestHeader
+	0,   // 78: kvd.v1.FillRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 79: kvd.v1.FillResponse.header:type_name -> kvd.v1.ResponseHeader
+	4,   // 80: kvd.v1.FillResponse.state:type_name -> kvd.v1.CacheState
+	68,  // 81: kvd.v1.FillResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 82: kvd.v1.StoreRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 83: kvd.v1.StoreResponse.header:type_name -> kvd.v1.ResponseHeader
+	68,  // 84: kvd.v1.StoreResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 85: kvd.v1.CacheSetRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 86: kvd.v1.CacheSetResponse.header:type_name -> kvd.v1.ResponseHeader
+	68,  // 87: kvd.v1.CacheSetResponse.entry:type_name -> kvd.v1.CacheEntry
+	10,  // 88: kvd.v1.InvalidateRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 89: kvd.v1.InvalidateResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 90: kvd.v1.CacheStatsResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 91: kvd.v1.StatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 92: kvd.v1.MembersResponse.header:type_name -> kvd.v1.ResponseHeader
+	81,  // 93: kvd.v1.MembersResponse.members:type_name -> kvd.v1.Member
+	11,  // 94: kvd.v1.AddMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	81,  // 95: kvd.v1.AddMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 96: kvd.v1.RemoveMemberResponse.header:type_name -> kvd.v1.ResponseHeader
+	81,  // 97: kvd.v1.RemoveMemberResponse.members:type_name -> kvd.v1.Member
+	11,  // 98: kvd.v1.TransferLeaderResponse.header:type_name -> kvd.v1.ResponseHeader
+	11,  // 99: kvd.v1.SnapshotResponse.header:type_name -> kvd.v1.ResponseHeader
+	5,   // 100: kvd.v1.Permission.kind:type_name -> kvd.v1.PermKind
+	6,   // 101: kvd.v1.Permission.level:type_name -> kvd.v1.PermLevel
+	94,  // 102: kvd.v1.Role.permissions:type_name -> kvd.v1.Permission
+	11,  // 103: kvd.v1.AuthenticateResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 104: kvd.v1.AuthEnableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 105: kvd.v1.AuthEnableResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 106: kvd.v1.AuthDisableRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 107: kvd.v1.AuthDisableResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 108: kvd.v1.AuthStatusRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 109: kvd.v1.AuthStatusResponse.header:type_name -> kvd.v1.ResponseHeader
+	10,  // 110: kvd.v1.UserAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 111: kvd.v1.UserAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 112: kvd.v1.UserAddResponse.user:type_name -> kvd.v1.User
+	10,  // 113: kvd.v1.UserDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 114: kvd.v1.UserDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 115: kvd.v1.UserGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 116: kvd.v1.UserGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 117: kvd.v1.UserGetResponse.user:type_name -> kvd.v1.User
+	0,   // 118: kvd.v1.UserListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 119: kvd.v1.UserListResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 120: kvd.v1.UserListResponse.users:type_name -> kvd.v1.User
+	10,  // 121: kvd.v1.UserChangePasswordRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 122: kvd.v1.UserChangePasswordResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 123: kvd.v1.UserChangePasswordResponse.user:type_name -> kvd.v1.User
+	10,  // 124: kvd.v1.UserGrantRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 125: kvd.v1.UserGrantRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 126: kvd.v1.UserGrantRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 127: kvd.v1.UserRevokeRoleRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 128: kvd.v1.UserRevokeRoleResponse.header:type_name -> kvd.v1.ResponseHeader
+	95,  // 129: kvd.v1.UserRevokeRoleResponse.user:type_name -> kvd.v1.User
+	10,  // 130: kvd.v1.RoleAddRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 131: kvd.v1.RoleAddResponse.header:type_name -> kvd.v1.ResponseHeader
+	96,  // 132: kvd.v1.RoleAddResponse.role:type_name -> kvd.v1.Role
+	10,  // 133: kvd.v1.RoleDeleteRequest.header:type_name -> kvd.v1.RequestHeader
+	11,  // 134: kvd.v1.RoleDeleteResponse.header:type_name -> kvd.v1.ResponseHeader
+	0,   // 135: kvd.v1.RoleGetRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 136: kvd.v1.RoleGetResponse.header:type_name -> kvd.v1.ResponseHeader
+	96,  // 137: kvd.v1.RoleGetResponse.role:type_name -> kvd.v1.Role
+	0,   // 138: kvd.v1.RoleListRequest.consistency:type_name -> kvd.v1.Consistency
+	11,  // 139: kvd.v1.RoleListResponse.header:type_name -> kvd.v1.ResponseHeader
+	96,  // 140: kvd.v1.RoleListResponse.roles:type_name -> kvd.v1.Role
+	10,  // 141: kvd.v1.RoleGrantPermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	94,  // 142: kvd.v1.RoleGrantPermissionRequest.permission:type_name -> kvd.v1.Permission
+	11,  // 143: kvd.v1.RoleGrantPermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	96,  // 144: kvd.v1.RoleGrantPermissionResponse.role:type_name -> kvd.v1.Role
+	10,  // 145: kvd.v1.RoleRevokePermissionRequest.header:type_name -> kvd.v1.RequestHeader
+	5,   // 146: kvd.v1.RoleRevokePermissionRequest.kind:type_name -> kvd.v1.PermKind
+	11,  // 147: kvd.v1.RoleRevokePermissionResponse.header:type_name -> kvd.v1.ResponseHeader
+	96,  // 148: kvd.v1.RoleRevokePermissionResponse.role:type_name -> kvd.v1.Role
+	7,   // 149: kvd.v1.WatchEvent.target:type_name -> kvd.v1.WatchTarget
+	8,   // 150: kvd.v1.WatchEvent.type:type_name -> kvd.v1.EventType
+	14,  // 151: kvd.v1.WatchEvent.kv:type_name -> kvd.v1.KeyValue
+	14,  // 152: kvd.v1.WatchEvent.prev_kv:type_name -> kvd.v1.KeyValue
+	48,  // 153: kvd.v1.WatchEvent.lock:type_name -> kvd.v1.LockInfo
+	68,  // 154: kvd.v1.WatchEvent.cache:type_name -> kvd.v1.CacheEntry
+	36,  // 155: kvd.v1.WatchEvent.session:type_name -> kvd.v1.SessionInfo
+	7,   // 156: kvd.v1.WatchRequest.target:type_name -> kvd.v1.WatchTarget
+	8,   // 157: kvd.v1.WatchRequest.types:type_name -> kvd.v1.EventType
+	11,  // 158: kvd.v1.WatchResponse.header:type_name -> kvd.v1.ResponseHeader
+	9,   // 159: kvd.v1.WatchResponse.kind:type_name -> kvd.v1.WatchMessageKind
+	131, // 160: kvd.v1.WatchResponse.events:type_name -> kvd.v1.WatchEvent
+	135, // 161: kvd.v1.Command.limits:type_name -> kvd.v1.StateLimits
+	15,  // 162: kvd.v1.Command.put:type_name -> kvd.v1.PutRequest
+	19,  // 163: kvd.v1.Command.delete:type_name -> kvd.v1.DeleteRequest
+	30,  // 164: kvd.v1.Command.add:type_name -> kvd.v1.AddRequest
+	21,  // 165: kvd.v1.Command.touch:type_name -> kvd.v1.TouchRequest
+	26,  // 166: kvd.v1.Command.txn:type_name -> kvd.v1.TxnRequest
+	37,  // 167: kvd.v1.Command.create_session:type_name -> kvd.v1.CreateSessionRequest
+	39,  // 168: kvd.v1.Command.keep_alive:type_name -> kvd.v1.KeepAliveRequest
+	41,  // 169: kvd.v1.Command.close_session:type_name -> kvd.v1.CloseSessionRequest
+	136, // 170: kvd.v1.Command.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchOp
+	49,  // 171: kvd.v1.Command.acquire:type_name -> kvd.v1.AcquireRequest
+	51,  // 172: kvd.v1.Command.release:type_name -> kvd.v1.ReleaseRequest
+	53,  // 173: kvd.v1.Command.cancel_wait:type_name -> kvd.v1.CancelWaitRequest
+	55,  // 174: kvd.v1.Command.renew:type_name -> kvd.v1.RenewRequest
+	61,  // 175: kvd.v1.Command.break:type_name -> kvd.v1.BreakRequest
+	63,  // 176: kvd.v1.Command.proclaim:type_name -> kvd.v1.ProclaimRequest
+	71,  // 177: kvd.v1.Command.fill:type_name -> kvd.v1.FillRequest
+	73,  // 178: kvd.v1.Command.store:type_name -> kvd.v1.StoreRequest
+	75,  // 179: kvd.v1.Command.cache_set:type_name -> kvd.v1.CacheSetRequest
+	77,  // 180: kvd.v1.Command.invalidate:type_name -> kvd.v1.InvalidateRequest
+	138, // 181: kvd.v1.Command.tick:type_name -> kvd.v1.TickOp
+	139, // 182: kvd.v1.Command.recover:type_name -> kvd.v1.RecoverOp
+	140, // 183: kvd.v1.Command.set_member:type_name -> kvd.v1.SetMemberOp
+	141, // 184: kvd.v1.Command.remove_member:type_name -> kvd.v1.RemoveMemberOp
+	142, // 185: kvd.v1.Command.auth_enable:type_name -> kvd.v1.AuthEnableOp
+	101, // 186: kvd.v1.Command.auth_disable:type_name -> kvd.v1.AuthDisableRequest
+	105, // 187: kvd.v1.Command.user_add:type_name -> kvd.v1.UserAddRequest
+	107, // 188: kvd.v1.Command.user_delete:type_name -> kvd.v1.UserDeleteRequest
+	113, // 189: kvd.v1.Command.user_change_password:type_name -> kvd.v1.UserChangePasswordRequest
+	115, // 190: kvd.v1.Command.user_grant_role:type_name -> kvd.v1.UserGrantRoleRequest
+	117, // 191: kvd.v1.Command.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleRequest
+	119, // 192: kvd.v1.Command.role_add:type_name -> kvd.v1.RoleAddRequest
+	121, // 193: kvd.v1.Command.role_delete:type_name -> kvd.v1.RoleDeleteRequest
+	127, // 194: kvd.v1.Command.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionRequest
+	129, // 195: kvd.v1.Command.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionRequest
+	143, // 196: kvd.v1.KeepAliveBatchResult.results:type_name -> kvd.v1.CommandResult
+	10,  // 197: kvd.v1.AuthEnableOp.header:type_name -> kvd.v1.RequestHeader
+	1,   // 198: kvd.v1.CommandResult.code:type_name -> kvd.v1.ErrorCode
+	16,  // 199: kvd.v1.CommandResult.put:type_name -> kvd.v1.PutResponse
+	20,  // 200: kvd.v1.CommandResult.delete:type_name -> kvd.v1.DeleteResponse
+	31,  // 201: kvd.v1.CommandResult.add:type_name -> kvd.v1.AddResponse
+	22,  // 202: kvd.v1.CommandResult.touch:type_name -> kvd.v1.TouchResponse
+	27,  // 203: kvd.v1.CommandResult.txn:type_name -> kvd.v1.TxnResponse
+	38,  // 204: kvd.v1.CommandResult.create_session:type_name -> kvd.v1.CreateSessionResponse
+	40,  // 205: kvd.v1.CommandResult.keep_alive:type_name -> kvd.v1.KeepAliveResponse
+	42,  // 206: kvd.v1.CommandResult.close_session:type_name -> kvd.v1.CloseSessionResponse
+	137, // 207: kvd.v1.CommandResult.keep_alive_batch:type_name -> kvd.v1.KeepAliveBatchResult
+	50,  // 208: kvd.v1.CommandResult.acquire:type_name -> kvd.v1.AcquireResponse
+	52,  // 209: kvd.v1.CommandResult.release:type_name -> kvd.v1.ReleaseResponse
+	54,  // 210: kvd.v1.CommandResult.cancel_wait:type_name -> kvd.v1.CancelWaitResponse
+	56,  // 211: kvd.v1.CommandResult.renew:type_name -> kvd.v1.RenewResponse
+	62,  // 212: kvd.v1.CommandResult.break:type_name -> kvd.v1.BreakResponse
+	64,  // 213: kvd.v1.CommandResult.proclaim:type_name -> kvd.v1.ProclaimResponse
+	72,  // 214: kvd.v1.CommandResult.fill:type_name -> kvd.v1.FillResponse
+	74,  // 215: kvd.v1.CommandResult.store:type_name -> kvd.v1.StoreResponse
+	76,  // 216: kvd.v1.CommandResult.cache_set:type_name -> kvd.v1.CacheSetResponse
+	78,  // 217: kvd.v1.CommandResult.invalidate:type_name -> kvd.v1.InvalidateResponse
+	100, // 218: kvd.v1.CommandResult.auth_enable:type_name -> kvd.v1.AuthEnableResponse
+	102, // 219: kvd.v1.CommandResult.auth_disable:type_name -> kvd.v1.AuthDisableResponse
+	106, // 220: kvd.v1.CommandResult.user_add:type_name -> kvd.v1.UserAddResponse
+	108, // 221: kvd.v1.CommandResult.user_delete:type_name -> kvd.v1.UserDeleteResponse
+	114, // 222: kvd.v1.CommandResult.user_change_password:type_name -> kvd.v1.UserChangePasswordResponse
+	116, // 223: kvd.v1.CommandResult.user_grant_role:type_name -> kvd.v1.UserGrantRoleResponse
+	118, // 224: kvd.v1.CommandResult.user_revoke_role:type_name -> kvd.v1.UserRevokeRoleResponse
+	120, // 225: kvd.v1.CommandResult.role_add:type_name -> kvd.v1.RoleAddResponse
+	122, // 226: kvd.v1.CommandResult.role_delete:type_name -> kvd.v1.RoleDeleteResponse
+	128, // 227: kvd.v1.CommandResult.role_grant_permission:type_name -> kvd.v1.RoleGrantPermissionResponse
+	130, // 228: kvd.v1.CommandResult.role_revoke_permission:type_name -> kvd.v1.RoleRevokePermissionResponse
+	134, // 229: kvd.v1.ProposeRequest.command:type_name -> kvd.v1.Command
+	143, // 230: kvd.v1.ProposeResponse.result:type_name -> kvd.v1.CommandResult
+	150, // 231: kvd.v1.SnapshotChunk.info:type_name -> kvd.v1.SnapshotInfo
+	151, // 232: kvd.v1.SnapshotChunk.trailer:type_name -> kvd.v1.SnapshotTrailer
+	11,  // 233: kvd.v1.SnapshotInfo.header:type_name -> kvd.v1.ResponseHeader
+	15,  // 234: kvd.v1.KV.Put:input_type -> kvd.v1.PutRequest
+	17,  // 235: kvd.v1.KV.Get:input_type -> kvd.v1.GetRequest
+	19,  // 236: kvd.v1.KV.Delete:input_type -> kvd.v1.DeleteRequest
+	28,  // 237: kvd.v1.KV.List:input_type -> kvd.v1.ListRequest
+	30,  // 238: kvd.v1.KV.Add:input_type -> kvd.v1.AddRequest
+	21,  // 239: kvd.v1.KV.Touch:input_type -> kvd.v1.TouchRequest
+	26,  // 240: kvd.v1.KV.Txn:input_type -> kvd.v1.TxnRequest
+	32,  // 241: kvd.v1.KV.Pipeline:input_type -> kvd.v1.PipelineRequest
+	37,  // 242: kvd.v1.Session.Create:input_type -> kvd.v1.CreateSessionRequest
+	39,  // 243: kvd.v1.Session.KeepAlive:input_type -> kvd.v1.KeepAliveRequest
+	45,  // 244: kvd.v1.Session.KeepAliveStream:input_type -> kvd.v1.KeepAliveStreamRequest
+	41,  // 245: kvd.v1.Session.Close:input_type -> kvd.v1.CloseSessionRequest
+	43,  // 246: kvd.v1.Session.Get:input_type -> kvd.v1.GetSessionRequest
+	49,  // 247: kvd.v1.Lock.Acquire:input_type -> kvd.v1.AcquireRequest
+	51,  // 248: kvd.v1.Lock.Release:input_type -> kvd.v1.ReleaseRequest
+	53,  // 249: kvd.v1.Lock.CancelWait:input_type -> kvd.v1.CancelWaitRequest
+	55,  // 250: kvd.v1.Lock.Renew:input_type -> kvd.v1.RenewRequest
+	57,  // 251: kvd.v1.Lock.Get:input_type -> kvd.v1.GetLockRequest
+	59,  // 252: kvd.v1.Lock.List:input_type -> kvd.v1.ListLocksRequest
+	61,  // 253: kvd.v1.Lock.Break:input_type -> kvd.v1.BreakRequest
+	65,  // 254: kvd.v1.Lock.CheckFence:input_type -> kvd.v1.CheckFenceRequest
+	63,  // 255: kvd.v1.Lock.Proclaim:input_type -> kvd.v1.ProclaimRequest
+	69,  // 256: kvd.v1.Cache.Get:input_type -> kvd.v1.CacheGetRequest
+	71,  // 257: kvd.v1.Cache.Fill:input_type -> kvd.v1.FillRequest
+	73,  // 258: kvd.v1.Cache.Store:input_type -> kvd.v1.StoreRequest
+	75,  // 259: kvd.v1.Cache.Set:input_type -> kvd.v1.CacheSetRequest
+	77,  // 260: kvd.v1.Cache.Invalidate:input_type -> kvd.v1.InvalidateRequest
+	79,  // 261: kvd.v1.Cache.Stats:input_type -> kvd.v1.CacheStatsRequest
+	82,  // 262: kvd.v1.Cluster.Status:input_type -> kvd.v1.StatusRequest
+	84,  // 263: kvd.v1.Cluster.Members:input_type -> kvd.v1.MembersRequest
+	86,  // 264: kvd.v1.Cluster.AddMember:input_type -> kvd.v1.AddMemberRequest
+	88,  // 265: kvd.v1.Cluster.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	90,  // 266: kvd.v1.Cluster.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	92,  // 267: kvd.v1.Cluster.Snapshot:input_type -> kvd.v1.SnapshotRequest
+	148, // 268: kvd.v1.Cluster.SnapshotSave:input_type -> kvd.v1.SnapshotSaveRequest
+	97,  // 269: kvd.v1.Auth.Authenticate:input_type -> kvd.v1.AuthenticateRequest
+	99,  // 270: kvd.v1.Auth.AuthEnable:input_type -> kvd.v1.AuthEnableRequest
+	101, // 271: kvd.v1.Auth.AuthDisable:input_type -> kvd.v1.AuthDisableRequest
+	103, // 272: kvd.v1.Auth.AuthStatus:input_type -> kvd.v1.AuthStatusRequest
+	105, // 273: kvd.v1.Auth.UserAdd:input_type -> kvd.v1.UserAddRequest
+	107, // 274: kvd.v1.Auth.UserDelete:input_type -> kvd.v1.UserDeleteRequest
+	109, // 275: kvd.v1.Auth.UserGet:input_type -> kvd.v1.UserGetRequest
+	111, // 276: kvd.v1.Auth.UserList:input_type -> kvd.v1.UserListRequest
+	113, // 277: kvd.v1.Auth.UserChangePassword:input_type -> kvd.v1.UserChangePasswordRequest
+	115, // 278: kvd.v1.Auth.UserGrantRole:input_type -> kvd.v1.UserGrantRoleRequest
+	117, // 279: kvd.v1.Auth.UserRevokeRole:input_type -> kvd.v1.UserRevokeRoleRequest
+	119, // 280: kvd.v1.Auth.RoleAdd:input_type -> kvd.v1.RoleAddRequest
+	121, // 281: kvd.v1.Auth.RoleDelete:input_type -> kvd.v1.RoleDeleteRequest
+	123, // 282: kvd.v1.Auth.RoleGet:input_type -> kvd.v1.RoleGetRequest
+	125, // 283: kvd.v1.Auth.RoleList:input_type -> kvd.v1.RoleListRequest
+	127, // 284: kvd.v1.Auth.RoleGrantPermission:input_type -> kvd.v1.RoleGrantPermissionRequest
+	129, // 285: kvd.v1.Auth.RoleRevokePermission:input_type -> kvd.v1.RoleRevokePermissionRequest
+	132, // 286: kvd.v1.Watch.Watch:input_type -> kvd.v1.WatchRequest
+	144, // 287: kvd.v1.Internal.Propose:input_type -> kvd.v1.ProposeRequest
+	146, // 288: kvd.v1.Internal.ReadIndex:input_type -> kvd.v1.ReadIndexRequest
+	86,  // 289: kvd.v1.Internal.AddMember:input_type -> kvd.v1.AddMemberRequest
+	88,  // 290: kvd.v1.Internal.RemoveMember:input_type -> kvd.v1.RemoveMemberRequest
+	90,  // 291: kvd.v1.Internal.TransferLeader:input_type -> kvd.v1.TransferLeaderRequest
+	16,  // 292: kvd.v1.KV.Put:output_type -> kvd.v1.PutResponse
+	18,  // 293: kvd.v1.KV.Get:output_type -> kvd.v1.GetResponse
+	20,  // 294: kvd.v1.KV.Delete:output_type -> kvd.v1.DeleteResponse
+	29,  // 295: kvd.v1.KV.List:output_type -> kvd.v1.ListResponse
+	31,  // 296: kvd.v1.KV.Add:output_type -> kvd.v1.AddResponse
+	22,  // 297: kvd.v1.KV.Touch:output_type -> kvd.v1.TouchResponse
+	27,  // 298: kvd.v1.KV.Txn:output_type -> kvd.v1.TxnResponse
+	34,  // 299: kvd.v1.KV.Pipeline:output_type -> kvd.v1.PipelineResponse
+	38,  // 300: kvd.v1.Session.Create:output_type -> kvd.v1.CreateSessionResponse
+	40,  // 301: kvd.v1.Session.KeepAlive:output_type -> kvd.v1.KeepAliveResponse
+	46,  // 302: kvd.v1.Session.KeepAliveStream:output_type -> kvd.v1.KeepAliveStreamResponse
+	42,  // 303: kvd.v1.Session.Close:output_type -> kvd.v1.CloseSessionResponse
+	44,  // 304: kvd.v1.Session.Get:output_type -> kvd.v1.GetSessionResponse
+	50,  // 305: kvd.v1.Lock.Acquire:output_type -> kvd.v1.AcquireResponse
+	52,  // 306: kvd.v1.Lock.Release:output_type -> kvd.v1.ReleaseResponse
+	54,  // 307: kvd.v1.Lock.CancelWait:output_type -> kvd.v1.CancelWaitResponse
+	56,  // 308: kvd.v1.Lock.Renew:output_type -> kvd.v1.RenewResponse
+	58,  // 309: kvd.v1.Lock.Get:output_type -> kvd.v1.GetLockResponse
+	60,  // 310: kvd.v1.Lock.List:output_type -> kvd.v1.ListLocksResponse
+	62,  // 311: kvd.v1.Lock.Break:output_type -> kvd.v1.BreakResponse
+	66,  // 312: kvd.v1.Lock.CheckFence:output_type -> kvd.v1.CheckFenceResponse
+	64,  // 313: kvd.v1.Lock.Proclaim:output_type -> kvd.v1.ProclaimResponse
+	70,  // 314: kvd.v1.Cache.Get:output_type -> kvd.v1.CacheGetResponse
+	72,  // 315: kvd.v1.Cache.Fill:output_type -> kvd.v1.FillResponse
+	74,  // 316: kvd.v1.Cache.Store:output_type -> kvd.v1.StoreResponse
+	76,  // 317: kvd.v1.Cache.Set:output_type -> kvd.v1.CacheSetResponse
+	78,  // 318: kvd.v1.Cache.Invalidate:output_type -> kvd.v1.InvalidateResponse
+	80,  // 319: kvd.v1.Cache.Stats:output_type -> kvd.v1.CacheStatsResponse
+	83,  // 320: kvd.v1.Cluster.Status:output_type -> kvd.v1.StatusResponse
+	85,  // 321: kvd.v1.Cluster.Members:output_type -> kvd.v1.MembersResponse
+	87,  // 322: kvd.v1.Cluster.AddMember:output_type -> kvd.v1.AddMemberResponse
+	89,  // 323: kvd.v1.Cluster.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	91,  // 324: kvd.v1.Cluster.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	93,  // 325: kvd.v1.Cluster.Snapshot:output_type -> kvd.v1.SnapshotResponse
+	149, // 326: kvd.v1.Cluster.SnapshotSave:output_type -> kvd.v1.SnapshotChunk
+	98,  // 327: kvd.v1.Auth.Authenticate:output_type -> kvd.v1.AuthenticateResponse
+	100, // 328: kvd.v1.Auth.AuthEnable:output_type -> kvd.v1.AuthEnableResponse
+	102, // 329: kvd.v1.Auth.AuthDisable:output_type -> kvd.v1.AuthDisableResponse
+	104, // 330: kvd.v1.Auth.AuthStatus:output_type -> kvd.v1.AuthStatusResponse
+	106, // 331: kvd.v1.Auth.UserAdd:output_type -> kvd.v1.UserAddResponse
+	108, // 332: kvd.v1.Auth.UserDelete:output_type -> kvd.v1.UserDeleteResponse
+	110, // 333: kvd.v1.Auth.UserGet:output_type -> kvd.v1.UserGetResponse
+	112, // 334: kvd.v1.Auth.UserList:output_type -> kvd.v1.UserListResponse
+	114, // 335: kvd.v1.Auth.UserChangePassword:output_type -> kvd.v1.UserChangePasswordResponse
+	116, // 336: kvd.v1.Auth.UserGrantRole:output_type -> kvd.v1.UserGrantRoleResponse
+	118, // 337: kvd.v1.Auth.UserRevokeRole:output_type -> kvd.v1.UserRevokeRoleResponse
+	120, // 338: kvd.v1.Auth.RoleAdd:output_type -> kvd.v1.RoleAddResponse
+	122, // 339: kvd.v1.Auth.RoleDelete:output_type -> kvd.v1.RoleDeleteResponse
+	124, // 340: kvd.v1.Auth.RoleGet:output_type -> kvd.v1.RoleGetResponse
+	126, // 341: kvd.v1.Auth.RoleList:output_type -> kvd.v1.RoleListResponse
+	128, // 342: kvd.v1.Auth.RoleGrantPermission:output_type -> kvd.v1.RoleGrantPermissionResponse
+	130, // 343: kvd.v1.Auth.RoleRevokePermission:output_type -> kvd.v1.RoleRevokePermissionResponse
+	133, // 344: kvd.v1.Watch.Watch:output_type -> kvd.v1.WatchResponse
+	145, // 345: kvd.v1.Internal.Propose:output_type -> kvd.v1.ProposeResponse
+	147, // 346: kvd.v1.Internal.ReadIndex:output_type -> kvd.v1.ReadIndexResponse
+	87,  // 347: kvd.v1.Internal.AddMember:output_type -> kvd.v1.AddMemberResponse
+	89,  // 348: kvd.v1.Internal.RemoveMember:output_type -> kvd.v1.RemoveMemberResponse
+	91,  // 349: kvd.v1.Internal.TransferLeader:output_type -> kvd.v1.TransferLeaderResponse
+	292, // [292:350] is the sub-list for method output_type
+	234, // [234:292] is the sub-list for method input_type
+	234, // [234:234] is the sub-list for extension type_name
+	234, // [234:234] is the sub-list for extension extendee
+	0,   // [0:234] is the sub-list for field type_name
 }
 
 func init() { file_kvd_v1_kvd_proto_init() }
@@ -12020,8 +12286,8 @@ func file_kvd_v1_kvd_proto_init() {
 		(*TxnOpResult_Delete)(nil),
 		(*TxnOpResult_Get)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[118].OneofWrappers = []any{}
-	file_kvd_v1_kvd_proto_msgTypes[120].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[122].OneofWrappers = []any{}
+	file_kvd_v1_kvd_proto_msgTypes[124].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Add)(nil),
@@ -12057,7 +12323,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*Command_RoleGrantPermission)(nil),
 		(*Command_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[129].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[133].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
 		(*CommandResult_Delete)(nil),
 		(*CommandResult_Add)(nil),
@@ -12089,7 +12355,7 @@ func file_kvd_v1_kvd_proto_init() {
 		(*CommandResult_RoleGrantPermission)(nil),
 		(*CommandResult_RoleRevokePermission)(nil),
 	}
-	file_kvd_v1_kvd_proto_msgTypes[135].OneofWrappers = []any{
+	file_kvd_v1_kvd_proto_msgTypes[139].OneofWrappers = []any{
 		(*SnapshotChunk_Info)(nil),
 		(*SnapshotChunk_Data)(nil),
 		(*SnapshotChunk_Trailer)(nil),
@@ -12100,7 +12366,7 @@ func file_kvd_v1_kvd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvd_v1_kvd_proto_rawDesc), len(file_kvd_v1_kvd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   139,
+			NumMessages:   143,
 			NumExtensions: 0,
 			NumServices:   8,
 		},

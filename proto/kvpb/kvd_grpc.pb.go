@@ -29,13 +29,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KV_Put_FullMethodName    = "/kvd.v1.KV/Put"
-	KV_Get_FullMethodName    = "/kvd.v1.KV/Get"
-	KV_Delete_FullMethodName = "/kvd.v1.KV/Delete"
-	KV_List_FullMethodName   = "/kvd.v1.KV/List"
-	KV_Add_FullMethodName    = "/kvd.v1.KV/Add"
-	KV_Touch_FullMethodName  = "/kvd.v1.KV/Touch"
-	KV_Txn_FullMethodName    = "/kvd.v1.KV/Txn"
+	KV_Put_FullMethodName      = "/kvd.v1.KV/Put"
+	KV_Get_FullMethodName      = "/kvd.v1.KV/Get"
+	KV_Delete_FullMethodName   = "/kvd.v1.KV/Delete"
+	KV_List_FullMethodName     = "/kvd.v1.KV/List"
+	KV_Add_FullMethodName      = "/kvd.v1.KV/Add"
+	KV_Touch_FullMethodName    = "/kvd.v1.KV/Touch"
+	KV_Txn_FullMethodName      = "/kvd.v1.KV/Txn"
+	KV_Pipeline_FullMethodName = "/kvd.v1.KV/Pipeline"
 )
 
 // KVClient is the client API for KV service.
@@ -49,6 +50,21 @@ type KVClient interface {
 	Add(ctx context.Context, in *AddRequest, opts ...grpc.CallOption) (*AddResponse, error)
 	Touch(ctx context.Context, in *TouchRequest, opts ...grpc.CallOption) (*TouchResponse, error)
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Pipeline carries many unary calls of KV, Session, Lock and Cache over
+	// one long-lived stream, so that a call costs one small message each way
+	// instead of an HTTP/2 stream of its own with its headers. Each call is
+	// served exactly as the same unary call would be (the same checks,
+	// permissions, limits and answer), concurrently with the others; answers
+	// come back matched by tag, in the order they are ready. A call that
+	// fails is answered with the status the unary call would have failed
+	// with, and the stream goes on. A connection holds at most
+	// --max-concurrent-streams pipelined calls in flight (read and not yet
+	// answered): past that the server stops reading its streams until
+	// answers leave, so a client that never reads cannot make the server
+	// hold more than a connection of unary calls would. The stream ends when
+	// the server stops; calls in flight on it are then unanswered (a write is
+	// retried under the same session and seq, as after any lost answer).
+	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 }
 
 type kVClient struct {
@@ -129,6 +145,19 @@ func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *kVClient) Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Pipeline_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PipelineRequest, PipelineResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, PipelineResponse]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -140,6 +169,21 @@ type KVServer interface {
 	Add(context.Context, *AddRequest) (*AddResponse, error)
 	Touch(context.Context, *TouchRequest) (*TouchResponse, error)
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Pipeline carries many unary calls of KV, Session, Lock and Cache over
+	// one long-lived stream, so that a call costs one small message each way
+	// instead of an HTTP/2 stream of its own with its headers. Each call is
+	// served exactly as the same unary call would be (the same checks,
+	// permissions, limits and answer), concurrently with the others; answers
+	// come back matched by tag, in the order they are ready. A call that
+	// fails is answered with the status the unary call would have failed
+	// with, and the stream goes on. A connection holds at most
+	// --max-concurrent-streams pipelined calls in flight (read and not yet
+	// answered): past that the server stops reading its streams until
+	// answers leave, so a client that never reads cannot make the server
+	// hold more than a connection of unary calls would. The stream ends when
+	// the server stops; calls in flight on it are then unanswered (a write is
+	// retried under the same session and seq, as after any lost answer).
+	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -170,6 +214,9 @@ func (UnimplementedKVServer) Touch(context.Context, *TouchRequest) (*TouchRespon
 }
 func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedKVServer) Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error {
+	return status.Error(codes.Unimplemented, "method Pipeline not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -318,6 +365,13 @@ func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Pipeline_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Pipeline(&grpc.GenericServerStream[PipelineRequest, PipelineResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_PipelineServer = grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -354,7 +408,14 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Txn_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Pipeline",
+			Handler:       _KV_Pipeline_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "kvd/v1/kvd.proto",
 }
 

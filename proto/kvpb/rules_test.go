@@ -44,6 +44,9 @@ func TestEveryResponseHasAHeader(t *testing.T) {
 		for j := 0; j < svc.Methods().Len(); j++ {
 			m := svc.Methods().Get(j)
 			out := m.Output()
+			if svc.Name() == "KV" && m.Name() == "Pipeline" {
+				continue // a carrier: each answer in it is a method's own response, header and all
+			}
 			if !strings.HasSuffix(string(out.Name()), "Response") {
 				continue // streamed events and the like say so in their own messages
 			}

@@ -1,0 +1,271 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
+)
+
+// Pipelined calls (KV.Pipeline). A client sends many unary calls over one
+// long-lived stream per connection; each call is run through the same
+// generated method handler and the same interceptors (metrics, unread
+// answers, auth) as the unary call, on a pool of goroutines, and its
+// answer (or the status the unary call would have failed with) goes back
+// matched by tag. What a call may do, and what it costs the server in
+// memory, is what the same unary call may do and costs:
+//   - in flight, a connection holds at most MaxConcurrentStreams
+//     pipelined calls (a slot each, taken before the call is run and given
+//     back once its answer has been handed to gRPC), as it holds at most
+//     that many unary calls; past that the stream is not read until
+//     answers leave, and HTTP/2 flow control stops the client;
+//   - answers count against the connection's unread bytes as unary
+//     answers do (the unaryUnread interceptor runs for every call);
+//   - a message is at most MaxRequestBytes, as a unary request is.
+
+// pipeAnswerBatchBytes bounds the answers packed into one message: answers
+// ready together leave in one message (one HTTP/2 frame and, mostly, one
+// socket write) up to this size; a larger answer goes alone.
+const pipeAnswerBatchBytes = 64 << 10
+
+// maxPipeTimeout caps a call's timeout_us: a larger one (up to 2^64 µs)
+// would overflow a time.Duration.
+const maxPipeTimeout = 24 * time.Hour
+
+// pipeMethod is one unary method a Pipeline call may name.
+type pipeMethod struct {
+	srv     any
+	handler grpc.MethodHandler
+}
+
+// pipeMethods maps the full name of every unary method of KV, Session,
+// Lock and Cache to its handler.
+func pipeMethods(services map[*grpc.ServiceDesc]any) map[string]pipeMethod {
+	m := make(map[string]pipeMethod)
+	for desc, srv := range services {
+		for _, md := range desc.Methods {
+			m["/"+desc.ServiceName+"/"+md.MethodName] = pipeMethod{srv: srv, handler: md.Handler}
+		}
+	}
+	return m
+}
+
+// chainUnary runs interceptors in order around a handler, as
+// grpc.ChainUnaryInterceptor does for unary calls.
+func chainUnary(ints []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		var next func(i int) grpc.UnaryHandler
+		next = func(i int) grpc.UnaryHandler {
+			if i == len(ints) {
+				return handler
+			}
+			return func(ctx context.Context, req any) (any, error) {
+				return ints[i](ctx, req, info, next(i+1))
+			}
+		}
+		return next(0)(ctx, req)
+	}
+}
+
+// workerPool runs functions on goroutines kept between calls, whose
+// stacks have already grown (a new goroutine per call grows its stack by
+// copying, as the comment on grpc.NumStreamWorkers in New says); a call
+// finding every worker busy gets a goroutine of its own.
+type workerPool struct {
+	size int
+	once sync.Once
+	work chan func()
+	done <-chan struct{}
+}
+
+func (p *workerPool) run(f func()) {
+	p.once.Do(func() {
+		p.work = make(chan func())
+		for range p.size {
+			go func() {
+				for {
+					select {
+					case f := <-p.work:
+						f()
+					case <-p.done:
+						return
+					}
+				}
+			}()
+		}
+	})
+	select {
+	case p.work <- f:
+	default:
+		go f()
+	}
+}
+
+// pipelineSlots returns the connection's semaphore of pipelined calls in
+// flight, shared by every Pipeline stream on it.
+func (c *connUnread) pipelineSlots(n int) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.slots == nil {
+		c.slots = make(chan struct{}, n)
+	}
+	return c.slots
+}
+
+func (s *kvService) Pipeline(stream kvpb.KV_PipelineServer) error {
+	return s.n.servePipeline(stream)
+}
+
+// servePipeline reads calls until the client closes its side (then it
+// waits for every answer to be sent), the stream breaks or the server
+// stops. Calls still running when it returns see their context end; their
+// slots are given back as they finish.
+func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	limit := n.limits.MaxConcurrentStreams
+	if limit <= 0 {
+		limit = 256
+	}
+	var slots chan struct{}
+	if cu := connOf(ctx); cu != nil {
+		slots = cu.pipelineSlots(limit)
+	} else {
+		slots = make(chan struct{}, limit)
+	}
+	// Room for every call this stream can have in flight, so a finished
+	// call never waits to queue its answer.
+	answers := make(chan *kvpb.PipelineAnswer, limit)
+	var running sync.WaitGroup
+	sent := make(chan error, 1) // the sender's end, once every answer is out
+	go func() { sent <- n.sendPipelineAnswers(stream, answers, slots) }()
+	// end lets the running calls finish (their context ends unless the
+	// client closed its side) and the sender send or drop their answers,
+	// and returns err, or the sender's error when err is nil. The handler
+	// does not return while the sender may still use the stream.
+	end := func(err error) error {
+		if err != nil {
+			cancel()
+		}
+		running.Wait()
+		close(answers)
+		if serr := <-sent; err == nil {
+			err = serr
+		}
+		return err
+	}
+
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return end(nil)
+		}
+		if err != nil {
+			return end(err)
+		}
+		for _, call := range req.GetCalls() {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return end(ctx.Err())
+			case <-n.ctx.Done():
+				return end(n.toStatus(errStopping))
+			}
+			running.Add(1)
+			n.pipeWorkers.run(func() {
+				defer running.Done()
+				answers <- n.pipelineCall(ctx, call)
+			})
+		}
+	}
+}
+
+// sendPipelineAnswers sends answers as they come, packing those ready
+// together into one message, and gives back a slot for each answer once
+// gRPC has it (or once a send has failed: then it only drains). It returns
+// when answers is closed.
+func (n *Server) sendPipelineAnswers(stream kvpb.KV_PipelineServer, answers <-chan *kvpb.PipelineAnswer, slots <-chan struct{}) error {
+	var sendErr error
+	batch := make([]*kvpb.PipelineAnswer, 0, 64)
+	for a := range answers {
+		batch = append(batch[:0], a)
+		size := len(a.Response) + len(a.Status)
+	more:
+		for size < pipeAnswerBatchBytes {
+			select {
+			case b, ok := <-answers:
+				if !ok {
+					break more
+				}
+				batch = append(batch, b)
+				size += len(b.Response) + len(b.Status)
+			default:
+				break more
+			}
+		}
+		if sendErr == nil {
+			sendErr = stream.Send(&kvpb.PipelineResponse{Answers: batch})
+		}
+		for range batch {
+			<-slots
+		}
+		clear(batch)
+	}
+	return sendErr
+}
+
+// pipelineCall runs one call as its unary method would run and returns
+// its answer.
+func (n *Server) pipelineCall(ctx context.Context, call *kvpb.PipelineCall) *kvpb.PipelineAnswer {
+	a := &kvpb.PipelineAnswer{Tag: call.GetTag()}
+	m, ok := n.pipeMethods[call.GetMethod()]
+	if !ok {
+		a.Status = encodeStatus(status.New(codes.Unimplemented,
+			fmt.Sprintf("calls[].method: %q is not a unary method of KV, Session, Lock or Cache", call.GetMethod())))
+		return a
+	}
+	if tok := call.GetAuthorization(); tok != "" {
+		// The call's own token, in place of the stream's metadata.
+		ctx = metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", tok))
+	}
+	if t := call.GetTimeoutUs(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(min(t, uint64(maxPipeTimeout/time.Microsecond)))*time.Microsecond)
+		defer cancel()
+	}
+	dec := func(v any) error {
+		if err := proto.Unmarshal(call.GetRequest(), v.(proto.Message)); err != nil {
+			return status.Errorf(codes.InvalidArgument, "calls[].request: not a valid %s: %v", call.GetMethod(), err)
+		}
+		return nil
+	}
+	resp, err := m.handler(m.srv, ctx, dec, n.pipeIntercept)
+	if err == nil {
+		a.Response, err = proto.Marshal(resp.(proto.Message))
+	}
+	if err != nil {
+		a.Response = nil
+		a.Status = encodeStatus(status.Convert(err))
+	}
+	return a
+}
+
+// encodeStatus encodes st as a google.rpc.Status.
+func encodeStatus(st *status.Status) []byte {
+	b, err := proto.Marshal(st.Proto())
+	if err != nil {
+		// Only a detail that cannot be encoded gets here: keep the rest.
+		b, _ = proto.Marshal(status.New(st.Code(), st.Message()).Proto())
+	}
+	return b
+}
