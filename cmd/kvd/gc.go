@@ -3,7 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"sync"
 )
 
 // defaultGCPercent is kvd's garbage collector target (Go's GOGC). Go's
@@ -15,14 +19,117 @@ import (
 // CPU (docs/performance.md "Memory and start-up").
 const defaultGCPercent = 50
 
-// setGCPercent applies --gc-percent. The GOGC environment variable, which
-// the Go runtime has already applied, wins unless the flag was given.
-func setGCPercent(v int, given bool) error {
+// defaultGCMinHeadroom is the least the heap may grow between collections
+// (--gc-min-headroom). A percentage of a small state is a few megabytes:
+// with 100,000 keys (~40 MiB live) and 50%, every 20 MiB of garbage
+// (about a thousand puts) started a collection, and collecting took a
+// fifth of a member's CPU under load. 64 MiB bounds what a small state
+// costs in memory absolutely, as the percentage bounds a large one
+// relatively: from about 128 MiB of live data up, the percentage decides.
+const defaultGCMinHeadroom = 64 << 20
+
+// setGCPercent applies --gc-percent and returns the target in force. The
+// GOGC environment variable, which the Go runtime has already applied,
+// wins unless the flag was given.
+func setGCPercent(v int, given bool) (int, error) {
 	if v != -1 && v < 10 {
-		return fmt.Errorf("--gc-percent: want at least 10, or -1 (off), got %d", v)
+		return 0, fmt.Errorf("--gc-percent: want at least 10, or -1 (off), got %d", v)
 	}
-	if given || os.Getenv("GOGC") == "" {
+	env := os.Getenv("GOGC")
+	if given || env == "" {
 		debug.SetGCPercent(v)
+		return v, nil
 	}
-	return nil
+	if env == "off" {
+		return -1, nil
+	}
+	if n, err := strconv.Atoi(env); err == nil {
+		return n, nil
+	}
+	return 100, nil // what the runtime makes of a GOGC it cannot read
+}
+
+// gcPercentFor is the target that lets a heap of live bytes grow by at
+// least headroom, and never by less than percent of it.
+func gcPercentFor(percent int, headroom, live uint64) int {
+	if percent < 0 || headroom == 0 {
+		return percent
+	}
+	need := headroom * 100 / max(live, 1)
+	return max(percent, int(min(need, 100_000)))
+}
+
+// gcTuner keeps the heap's headroom at least minHeadroom: after every
+// collection (a finalizer on an object made for it runs once per cycle)
+// it sets the target for the live heap that collection found.
+type gcTuner struct {
+	percent  int
+	headroom uint64
+
+	mu      sync.Mutex
+	current int
+	sample  []metrics.Sample
+	stopped bool
+}
+
+// startGCTuner starts tuning; percent is the target in force (-1: off,
+// and then it does nothing), headroom 0 turns it off.
+func startGCTuner(percent int, headroom uint64) *gcTuner {
+	t := &gcTuner{percent: percent, headroom: headroom, current: percent,
+		sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	if percent < 0 || headroom == 0 {
+		return t
+	}
+	t.tune()
+	t.arm()
+	return t
+}
+
+// gcSentinel is garbage as soon as it is made; its finalizer runs after
+// the collection that finds it.
+type gcSentinel struct {
+	t *gcTuner
+}
+
+func (t *gcTuner) arm() {
+	runtime.SetFinalizer(&gcSentinel{t: t}, func(s *gcSentinel) {
+		if s.t.tune() {
+			s.t.arm()
+		}
+	})
+}
+
+// stop ends the tuning after the next collection (tests).
+func (t *gcTuner) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stopped = true
+}
+
+// tune sets the target for the live heap the last collection measured,
+// when it moved by more than a twentieth. It reports whether tuning goes
+// on.
+func (t *gcTuner) tune() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	metrics.Read(t.sample)
+	if t.sample[0].Value.Kind() != metrics.KindUint64 {
+		return true
+	}
+	p := gcPercentFor(t.percent, t.headroom, t.sample[0].Value.Uint64())
+	if d := p - t.current; d*20 > t.current || -d*20 > t.current {
+		debug.SetGCPercent(p)
+		t.current = p
+	}
+	return true
+}
+
+// target is the percent set last.
+func (t *gcTuner) target() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.current
 }
