@@ -49,6 +49,9 @@ func setGCPercent(v int, given bool) (int, error) {
 	return 100, nil // what the runtime makes of a GOGC it cannot read
 }
 
+// maxGCPercent caps the target for a nearly empty heap.
+const maxGCPercent = 10_000
+
 // gcPercentFor is the target that lets a heap of live bytes grow by at
 // least headroom, and never by less than percent of it.
 func gcPercentFor(percent int, headroom, live uint64) int {
@@ -56,7 +59,7 @@ func gcPercentFor(percent int, headroom, live uint64) int {
 		return percent
 	}
 	need := headroom * 100 / max(live, 1)
-	return max(percent, int(min(need, 100_000)))
+	return max(percent, int(min(need, maxGCPercent)))
 }
 
 // gcTuner keeps the heap's headroom at least minHeadroom: after every
@@ -66,23 +69,34 @@ type gcTuner struct {
 	percent  int
 	headroom uint64
 
+	// live reads the live heap the last collection found (0: none yet).
+	live func() uint64
+
 	mu      sync.Mutex
 	current int
-	sample  []metrics.Sample
 	stopped bool
 }
 
 // startGCTuner starts tuning; percent is the target in force (-1: off,
 // and then it does nothing), headroom 0 turns it off.
 func startGCTuner(percent int, headroom uint64) *gcTuner {
-	t := &gcTuner{percent: percent, headroom: headroom, current: percent,
-		sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	t := &gcTuner{percent: percent, headroom: headroom, current: percent, live: liveHeap}
 	if percent < 0 || headroom == 0 {
 		return t
 	}
-	t.tune()
 	t.arm()
 	return t
+}
+
+// liveHeap is the live heap the last collection marked (0 before the
+// first).
+func liveHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // gcSentinel is garbage as soon as it is made; its finalizer runs after
@@ -115,11 +129,14 @@ func (t *gcTuner) tune() bool {
 	if t.stopped {
 		return false
 	}
-	metrics.Read(t.sample)
-	if t.sample[0].Value.Kind() != metrics.KindUint64 {
+	live := t.live()
+	if live == 0 {
+		// Before the first collection nothing has been measured: a target
+		// for "nothing live" would put the first collection off by
+		// gigabytes (Go's first goal is 4 MiB times the percent).
 		return true
 	}
-	p := gcPercentFor(t.percent, t.headroom, t.sample[0].Value.Uint64())
+	p := gcPercentFor(t.percent, t.headroom, live)
 	if d := p - t.current; d*20 > t.current || -d*20 > t.current {
 		debug.SetGCPercent(p)
 		t.current = p

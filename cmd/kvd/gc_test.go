@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"testing"
+	"time"
 )
 
 // TestSetGCPercent: the flag's value is applied unless GOGC is set in the
@@ -38,13 +39,13 @@ func TestGCPercentFor(t *testing.T) {
 		headroom, live uint64
 		want           int
 	}{
-		{50, 64 << 20, 32 << 20, 200},  // 64 MiB over 32 MiB live
-		{50, 64 << 20, 128 << 20, 50},  // 50% of 128 MiB is the headroom
-		{50, 64 << 20, 1 << 30, 50},    // large: the percent
-		{50, 0, 32 << 20, 50},          // no minimum
-		{-1, 64 << 20, 32 << 20, -1},   // GC off
-		{50, 64 << 20, 0, 100_000},     // nothing live yet: capped
-		{300, 64 << 20, 64 << 20, 300}, // the percent already gives more
+		{50, 64 << 20, 32 << 20, 200},   // 64 MiB over 32 MiB live
+		{50, 64 << 20, 128 << 20, 50},   // 50% of 128 MiB is the headroom
+		{50, 64 << 20, 1 << 30, 50},     // large: the percent
+		{50, 0, 32 << 20, 50},           // no minimum
+		{-1, 64 << 20, 32 << 20, -1},    // GC off
+		{50, 64 << 20, 1, maxGCPercent}, // almost nothing live: capped
+		{300, 64 << 20, 64 << 20, 300},  // the percent already gives more
 	} {
 		if got := gcPercentFor(c.percent, c.headroom, c.live); got != c.want {
 			t.Errorf("gcPercentFor(%d, %d, %d) = %d, want %d", c.percent, c.headroom, c.live, got, c.want)
@@ -52,25 +53,44 @@ func TestGCPercentFor(t *testing.T) {
 	}
 }
 
-// TestGCTunerFollowsTheLiveHeap: after a collection the tuner sets the
-// target the live heap calls for: with a small heap and a minimum of 1 GiB
-// of headroom, far above the configured 50; set back to 50 when the
-// minimum is small.
+// TestGCTunerFollowsTheLiveHeap: the tuner sets the target the live heap
+// calls for, only once a collection has measured it, and only when it
+// moved by more than a twentieth.
 func TestGCTunerFollowsTheLiveHeap(t *testing.T) {
 	orig := debug.SetGCPercent(50)
 	t.Cleanup(func() { debug.SetGCPercent(orig) })
 	current := func() int { v := debug.SetGCPercent(-1); debug.SetGCPercent(v); return v }
+	var live uint64
+	tu := &gcTuner{percent: 50, headroom: 64 << 20, current: 50, live: func() uint64 { return live }}
+	for _, c := range []struct {
+		live uint64
+		want int
+	}{
+		{0, 50},         // nothing measured yet: no change
+		{32 << 20, 200}, // small: the headroom decides
+		{33 << 20, 200}, // moved by less than a twentieth: kept
+		{1 << 30, 50},   // large: the percent
+		{16 << 20, 400}, // small again
+	} {
+		live = c.live
+		tu.tune()
+		if tu.target() != c.want || current() != c.want {
+			t.Fatalf("live %d: target %d, runtime's %d, want %d", c.live, tu.target(), current(), c.want)
+		}
+	}
+}
+
+// TestGCTunerRunsAfterCollections: started for real, the tuner sets a
+// target after a collection (here far above 50, for 1 GiB of headroom).
+func TestGCTunerRunsAfterCollections(t *testing.T) {
+	orig := debug.SetGCPercent(50)
+	t.Cleanup(func() { debug.SetGCPercent(orig) })
 	tu := startGCTuner(50, 1<<30)
 	t.Cleanup(tu.stop)
-	runtime.GC()
-	if tu.target() <= 50 || current() != tu.target() {
-		t.Fatalf("target %d, runtime's %d after a collection of a small heap with 1 GiB headroom, want well above 50", tu.target(), current())
-	}
-	tu.mu.Lock()
-	tu.headroom = 1 // any heap gives more than a byte at 50%
-	tu.mu.Unlock()
-	tu.tune()
-	if tu.target() != 50 || current() != 50 {
-		t.Fatalf("target %d, runtime's %d with 1 byte of minimum headroom, want 50", tu.target(), current())
+	for deadline := time.Now().Add(5 * time.Second); tu.target() <= 50; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("target still %d 5 s after collections began", tu.target())
+		}
+		runtime.GC() // the finalizer runs after it, on its own goroutine
 	}
 }
