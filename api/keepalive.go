@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/node"
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -124,7 +123,7 @@ func (n *Server) sendRenewals(ctx context.Context, stream kvpb.Session_KeepAlive
 			var size int64
 			if cu != nil {
 				// Counted like a unary answer until its DATA is written.
-				size = int64(proto.Size(resp)) + 5
+				size = int64(resp.SizeVT()) + 5
 				cu.settle(0, size)
 			}
 			if err := stream.Send(resp); err != nil {

@@ -244,14 +244,14 @@ func (n *Server) pipelineCall(ctx context.Context, call *kvpb.PipelineCall) *kvp
 		defer cancel()
 	}
 	dec := func(v any) error {
-		if err := proto.Unmarshal(call.GetRequest(), v.(proto.Message)); err != nil {
+		if err := kvpb.Unmarshal(call.GetRequest(), v.(proto.Message)); err != nil {
 			return status.Errorf(codes.InvalidArgument, "calls[].request: not a valid %s: %v", call.GetMethod(), err)
 		}
 		return nil
 	}
 	resp, err := m.handler(m.srv, ctx, dec, n.pipeIntercept)
 	if err == nil {
-		a.Response, err = proto.Marshal(resp.(proto.Message))
+		a.Response, err = kvpb.Marshal(resp.(proto.Message))
 	}
 	if err != nil {
 		a.Response = nil

@@ -213,7 +213,7 @@ func (s *Server) unaryUnread(ctx context.Context, req any, _ *grpc.UnaryServerIn
 	resp, err := handler(context.WithValue(ctx, answerAcctKey{}, acct), req)
 	var size int64
 	if m, ok := resp.(proto.Message); ok && err == nil {
-		size = int64(proto.Size(m)) + 5 // gRPC's length prefix
+		size = int64(kvpb.Size(m)) + 5 // gRPC's length prefix
 	}
 	cu.settle(acct.reserved, size)
 	return resp, err

@@ -262,7 +262,7 @@ func (c *Client) connKey(key, addr string) (*grpc.ClientConn, error) {
 		grpc.WithChainStreamInterceptor(c.signIn.interceptStream),
 		grpc.WithInitialWindowSize(flowWindow),
 		grpc.WithInitialConnWindowSize(flowConnWindow),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes), kvpb.CallCodec()),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{
 				BaseDelay:  100 * time.Millisecond,

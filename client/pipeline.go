@@ -86,7 +86,7 @@ func (p *pipeConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 
 func (p *pipeConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	req, ok := args.(proto.Message)
-	if !ok || !pipeMethodSet[method] || proto.Size(req) > maxPipelinedRequest || p.c.noPipeline(p.cc) {
+	if !ok || !pipeMethodSet[method] || kvpb.Size(req) > maxPipelinedRequest || p.c.noPipeline(p.cc) {
 		return p.cc.Invoke(ctx, method, args, reply, opts...)
 	}
 	var err error
@@ -109,7 +109,7 @@ func (p *pipeConn) invoke(ctx context.Context, method string, args, reply any, _
 	if err != nil {
 		return err
 	}
-	body, err := proto.Marshal(args.(proto.Message))
+	body, err := kvpb.Marshal(args.(proto.Message))
 	if err != nil {
 		return grpcstatus.Errorf(codes.Internal, "kvd: encoding %s: %v", method, err)
 	}
@@ -190,7 +190,7 @@ func (a pipeAnswer) result(reply any) error {
 		}
 		return grpcstatus.ErrorProto(&st)
 	}
-	if err := proto.Unmarshal(a.a.GetResponse(), reply.(proto.Message)); err != nil {
+	if err := kvpb.Unmarshal(a.a.GetResponse(), reply.(proto.Message)); err != nil {
 		return grpcstatus.Errorf(codes.Internal, "kvd: the member's answer does not decode: %v", err)
 	}
 	return nil

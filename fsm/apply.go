@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
@@ -23,7 +22,7 @@ var (
 // the entry's index.
 func (s *state) applyCommand(data []byte) *kvpb.CommandResult {
 	cmd := &kvpb.Command{}
-	if err := proto.Unmarshal(data, cmd); err != nil {
+	if err := cmd.UnmarshalVT(data); err != nil {
 		return s.finish(nil, fail(kvpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "command: cannot decode entry: %v", err))
 	}
 	if cmd.Limits != nil {

@@ -142,7 +142,7 @@ func slim(res *kvpb.CommandResult) *kvpb.CommandResult {
 		res.Message = msg[:maxRememberedMessage] + "..."
 		restore = append(restore, func() { res.Message = msg })
 	}
-	out := proto.CloneOf(res)
+	out := res.CloneVT()
 	for _, f := range restore {
 		f()
 	}

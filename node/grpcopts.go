@@ -5,6 +5,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/kvdproject/kvd/proto/kvpb"
 )
 
 // Connection limits shared by the client port (package api) and the peer
@@ -35,9 +37,10 @@ const (
 // ServerOptions are the gRPC server options of a kvd port: fixed flow
 // control windows (see FlowWindow), maxStreams concurrent calls per
 // connection, keepalive pings and an enforcement policy, and the idle
-// timeout.
+// timeout; kvd's codec (kvpb.Codec: vtprotobuf's generated code).
 func ServerOptions(maxStreams uint32) []grpc.ServerOption {
 	return []grpc.ServerOption{
+		kvpb.ServerCodec(),
 		grpc.InitialWindowSize(FlowWindow),
 		grpc.InitialConnWindowSize(FlowConnWindow),
 		grpc.MaxConcurrentStreams(maxStreams),

@@ -242,6 +242,7 @@ func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 		}),
 		grpc.WithInitialWindowSize(FlowWindow),
 		grpc.WithInitialConnWindowSize(FlowConnWindow),
+		grpc.WithDefaultCallOptions(kvpb.CallCodec()),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to peer %s: %w", addr, err)

@@ -9,7 +9,6 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/kvdproject/kvd/proto/kvpb"
 )
@@ -62,7 +61,7 @@ func (n *Node) applyLocal(ctx context.Context, e *epoch, cmd *kvpb.Command) (*kv
 	}
 	cmd.Stamp = n.stamp(e)
 	cmd.Limits = n.limits
-	data, err := proto.Marshal(cmd)
+	data, err := kvpb.Marshal(cmd)
 	if err != nil {
 		return nil, Applied{}, fmt.Errorf("marshal command: %w", err)
 	}
