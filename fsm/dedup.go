@@ -48,7 +48,7 @@ func bodyDigest(cmd *kvpb.Command) uint64 {
 			op.Clear(f)
 		}
 	}
-	b, _ := marshal.Marshal(op.Interface()) // a message we decoded ourselves
+	b, _ := kvpb.Marshal(op.Interface()) // a message we decoded ourselves; the bytes of a deterministic proto.Marshal
 	for _, s := range put {
 		op.Set(s.fd, s.v)
 	}
