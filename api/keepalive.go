@@ -60,8 +60,35 @@ func (s *sessionService) KeepAliveStream(stream kvpb.Session_KeepAliveStreamServ
 		}
 	}
 
+	// One goroutine reads the stream, so that a server that stops does not
+	// wait for the client's next renewal.
+	reqs := make(chan *kvpb.KeepAliveStreamRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for {
-		req, err := stream.Recv()
+		var req *kvpb.KeepAliveStreamRequest
+		var err error
+		select {
+		case req = <-reqs:
+		case err = <-recvErr:
+		case <-ctx.Done():
+			return stop(ctx.Err())
+		case <-n.ctx.Done():
+			return stop(n.toStatus(errStopping))
+		}
 		if errors.Is(err, io.EOF) {
 			// The client sends no more: taking every slot waits until
 			// what is in flight has been answered.

@@ -38,6 +38,16 @@ import (
 // socket write) up to this size; a larger answer goes alone.
 const pipeAnswerBatchBytes = 64 << 10
 
+// maxPipeCallsPerMessage bounds the calls of one message: a message of
+// empty calls decodes to ~60 times its size, and a stream holds one message
+// while it waits for slots for its calls.
+const maxPipeCallsPerMessage = 1024
+
+// maxPipeStreamsPerConn bounds the Pipeline streams one connection may have
+// open (the Go client opens one; a few more let a client open a new one
+// before the old one has ended). Each holds at most one decoded message.
+const maxPipeStreamsPerConn = 4
+
 // maxPipeTimeout caps a call's timeout_us: a larger one (up to 2^64 µs)
 // would overflow a time.Duration.
 const maxPipeTimeout = 24 * time.Hour
@@ -111,15 +121,25 @@ func (p *workerPool) run(f func()) {
 	}
 }
 
-// pipelineSlots returns the connection's semaphore of pipelined calls in
-// flight, shared by every Pipeline stream on it.
-func (c *connUnread) pipelineSlots(n int) chan struct{} {
+// openPipeline counts a Pipeline stream opened on the connection and
+// returns the connection's semaphore of pipelined calls in flight, shared
+// by every Pipeline stream on it; ok is false when the connection already
+// has maxPipeStreamsPerConn open. done counts the stream closed.
+func (c *connUnread) openPipeline(n int) (slots chan struct{}, done func(), ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.pipes >= maxPipeStreamsPerConn {
+		return nil, nil, false
+	}
+	c.pipes++
 	if c.slots == nil {
 		c.slots = make(chan struct{}, n)
 	}
-	return c.slots
+	return c.slots, func() {
+		c.mu.Lock()
+		c.pipes--
+		c.mu.Unlock()
+	}, true
 }
 
 func (s *kvService) Pipeline(stream kvpb.KV_PipelineServer) error {
@@ -137,9 +157,15 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 	if limit <= 0 {
 		limit = 256
 	}
+	cu := connOf(ctx)
 	var slots chan struct{}
-	if cu := connOf(ctx); cu != nil {
-		slots = cu.pipelineSlots(limit)
+	if cu != nil {
+		var done func()
+		var ok bool
+		if slots, done, ok = cu.openPipeline(limit); !ok {
+			return status.Errorf(codes.ResourceExhausted, "this connection already has %d Pipeline streams open, the limit", maxPipeStreamsPerConn)
+		}
+		defer done()
 	} else {
 		slots = make(chan struct{}, limit)
 	}
@@ -148,7 +174,7 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 	answers := make(chan *kvpb.PipelineAnswer, limit)
 	var running sync.WaitGroup
 	sent := make(chan error, 1) // the sender's end, once every answer is out
-	go func() { sent <- n.sendPipelineAnswers(stream, answers, slots) }()
+	go func() { sent <- n.sendPipelineAnswers(stream, cu, answers, slots) }()
 	// end lets the running calls finish (their context ends unless the
 	// client closed its side) and the sender send or drop their answers,
 	// and returns err, or the sender's error when err is nil. The handler
@@ -165,13 +191,42 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 		return err
 	}
 
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return end(nil)
+	// One goroutine reads the stream, so that a server that stops does not
+	// wait for the client's next message; it holds at most one decoded
+	// message the loop below has not taken.
+	msgs := make(chan *kvpb.PipelineRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- req:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if err != nil {
+	}()
+
+	for {
+		var req *kvpb.PipelineRequest
+		select {
+		case req = <-msgs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return end(nil)
+			}
 			return end(err)
+		case <-ctx.Done():
+			return end(ctx.Err())
+		case <-n.ctx.Done():
+			return end(n.toStatus(errStopping))
+		}
+		if k := len(req.GetCalls()); k > maxPipeCallsPerMessage {
+			return end(status.Errorf(codes.InvalidArgument, "calls: %d calls in one message, the limit is %d", k, maxPipeCallsPerMessage))
 		}
 		for _, call := range req.GetCalls() {
 			select {
@@ -193,8 +248,10 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 // sendPipelineAnswers sends answers as they come, packing those ready
 // together into one message, and gives back a slot for each answer once
 // gRPC has it (or once a send has failed: then it only drains). It returns
-// when answers is closed.
-func (n *Server) sendPipelineAnswers(stream kvpb.KV_PipelineServer, answers <-chan *kvpb.PipelineAnswer, slots <-chan struct{}) error {
+// when answers is closed. The connection's unread count (cu, nil when not
+// counted) gets what the unary interceptor did not count of each message
+// (errors, the envelope), and loses all of a message that failed to go.
+func (n *Server) sendPipelineAnswers(stream kvpb.KV_PipelineServer, cu *connUnread, answers <-chan *kvpb.PipelineAnswer, slots <-chan struct{}) error {
 	var sendErr error
 	batch := make([]*kvpb.PipelineAnswer, 0, 64)
 	for a := range answers {
@@ -214,7 +271,31 @@ func (n *Server) sendPipelineAnswers(stream kvpb.KV_PipelineServer, answers <-ch
 			}
 		}
 		if sendErr == nil {
-			sendErr = stream.Send(&kvpb.PipelineResponse{Answers: batch})
+			msg := &kvpb.PipelineResponse{Answers: batch}
+			var total int64
+			if cu != nil {
+				// The interceptor counted each successful answer as a unary
+				// answer: its response and gRPC's 5-byte prefix.
+				total = int64(msg.SizeVT()) + 5
+				var counted int64
+				for _, b := range batch {
+					if len(b.Status) == 0 {
+						counted += int64(len(b.Response)) + 5
+					}
+				}
+				if extra := total - counted; extra > 0 {
+					cu.settle(0, extra)
+				}
+			}
+			if sendErr = stream.Send(msg); sendErr != nil && cu != nil {
+				cu.sent(total) // it will not be written
+			}
+		} else if cu != nil {
+			for _, b := range batch {
+				if len(b.Status) == 0 {
+					cu.sent(int64(len(b.Response)) + 5)
+				}
+			}
 		}
 		for range batch {
 			<-slots
@@ -230,10 +311,17 @@ func (n *Server) pipelineCall(ctx context.Context, call *kvpb.PipelineCall) *kvp
 	a := &kvpb.PipelineAnswer{Tag: call.GetTag()}
 	m, ok := n.pipeMethods[call.GetMethod()]
 	if !ok {
+		name := call.GetMethod()
+		if len(name) > 64 {
+			name = name[:64] + "..."
+		}
 		a.Status = encodeStatus(status.New(codes.Unimplemented,
-			fmt.Sprintf("calls[].method: %q is not a unary method of KV, Session, Lock or Cache", call.GetMethod())))
+			fmt.Sprintf("calls[].method: %q is not a unary method of KV, Session, Lock or Cache", name)))
 		return a
 	}
+	// Judged afresh, as a unary call is: not as the user the stream was
+	// opened by (auth may have been turned off or on since).
+	ctx = context.WithValue(ctx, userKey{}, nil)
 	if tok := call.GetAuthorization(); tok != "" {
 		// The call's own token, in place of the stream's metadata.
 		ctx = metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", tok))
@@ -244,7 +332,7 @@ func (n *Server) pipelineCall(ctx context.Context, call *kvpb.PipelineCall) *kvp
 		defer cancel()
 	}
 	dec := func(v any) error {
-		if err := kvpb.Unmarshal(call.GetRequest(), v.(proto.Message)); err != nil {
+		if err := kvpb.UnmarshalChecked(call.GetRequest(), v.(proto.Message)); err != nil {
 			return status.Errorf(codes.InvalidArgument, "calls[].request: not a valid %s: %v", call.GetMethod(), err)
 		}
 		return nil
@@ -260,12 +348,13 @@ func (n *Server) pipelineCall(ctx context.Context, call *kvpb.PipelineCall) *kvp
 	return a
 }
 
-// encodeStatus encodes st as a google.rpc.Status.
+// encodeStatus encodes st as a google.rpc.Status; never empty, which would
+// read as success.
 func encodeStatus(st *status.Status) []byte {
-	b, err := proto.Marshal(st.Proto())
-	if err != nil {
-		// Only a detail that cannot be encoded gets here: keep the rest.
-		b, _ = proto.Marshal(status.New(st.Code(), st.Message()).Proto())
+	if b, err := proto.Marshal(st.Proto()); err == nil && len(b) > 0 {
+		return b
 	}
+	// A detail or message that cannot be encoded (text that is not UTF-8).
+	b, _ := proto.Marshal(status.New(codes.Internal, "kvd: the call failed with a status that cannot be encoded").Proto())
 	return b
 }

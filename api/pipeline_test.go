@@ -1,8 +1,12 @@
 package api
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -269,5 +273,116 @@ func TestPipelineCallTimeout(t *testing.T) {
 	}
 	if took > 5*time.Second {
 		t.Errorf("answered after %v, want about the call's 300 ms", took)
+	}
+}
+
+// TestPipelineStopDoesNotWaitForOpenStreams: Server.Stop with a Pipeline
+// stream or a KeepAliveStream open (the Go client keeps both open on every
+// connection) returns without waiting out its context (found by review:
+// the handlers were blocked reading the client's next message).
+func TestPipelineStopDoesNotWaitForOpenStreams(t *testing.T) {
+	for _, kind := range []string{"pipeline", "keepalive-stream"} {
+		t.Run(kind, func(t *testing.T) {
+			b := newFakeBackend()
+			s := New(b, Config{BcryptCost: bcrypt.MinCost})
+			t.Cleanup(func() { close(b.done); b.hub.Close() })
+			conn := serveOn(t, s)
+			ctx := testCtx(t, 30*time.Second)
+			if kind == "pipeline" {
+				st, err := kvpb.NewKVClient(conn).Pipeline(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st.Send(&kvpb.PipelineRequest{Calls: []*kvpb.PipelineCall{pipeCall(t, 1, kvpb.KV_Get_FullMethodName, &kvpb.GetRequest{Key: []byte("k")})}})
+				recvAnswers(t, st, 1)
+			} else {
+				id := createSession(t, ctx, conn)
+				st, err := kvpb.NewSessionClient(conn).KeepAliveStream(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				renewOn(t, st, id, 1)
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			s.Stop(sctx)
+			if sctx.Err() != nil {
+				t.Fatalf("Stop waited out its whole context with a %s open", kind)
+			}
+		})
+	}
+}
+
+// TestPipelineBoundsWhatAConnectionHolds: a connection may have at most
+// maxPipeStreamsPerConn Pipeline streams, a message at most
+// maxPipeCallsPerMessage calls (each bound refused with a status naming
+// it), and the answer to an unknown method does not echo a huge name.
+func TestPipelineBoundsWhatAConnectionHolds(t *testing.T) {
+	_, conn := serveFake(t, Config{})
+	ctx := testCtx(t, 10*time.Second)
+	var open []kvpb.KV_PipelineClient
+	for range maxPipeStreamsPerConn {
+		st, err := kvpb.NewKVClient(conn).Pipeline(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Send(&kvpb.PipelineRequest{Calls: []*kvpb.PipelineCall{pipeCall(t, 1, kvpb.KV_Get_FullMethodName, &kvpb.GetRequest{Key: []byte("k")})}})
+		recvAnswers(t, st, 1) // open for sure
+		open = append(open, st)
+	}
+	extra, err := kvpb.NewKVClient(conn).Pipeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra.Send(&kvpb.PipelineRequest{})
+	if _, err := extra.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream %d on one connection: %v, want RESOURCE_EXHAUSTED", maxPipeStreamsPerConn+1, err)
+	}
+
+	st := open[0]
+	name := strings.Repeat("x", 1<<20)
+	if err := st.Send(&kvpb.PipelineRequest{Calls: []*kvpb.PipelineCall{{Tag: 2, Method: name}}}); err != nil {
+		t.Fatal(err)
+	}
+	if a := recvAnswers(t, st, 1)[2]; len(a.GetStatus()) > 512 {
+		t.Errorf("the answer to a 1 MiB unknown method name is %d bytes", len(a.GetStatus()))
+	}
+
+	many := &kvpb.PipelineRequest{Calls: make([]*kvpb.PipelineCall, maxPipeCallsPerMessage+1)}
+	for i := range many.Calls {
+		many.Calls[i] = &kvpb.PipelineCall{Tag: uint64(i)}
+	}
+	st.Send(many)
+	_, err = st.Recv()
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "1024") {
+		t.Fatalf("a message of %d calls: %v, want INVALID_ARGUMENT naming the limit", len(many.Calls), err)
+	}
+}
+
+// TestPipelineCallsIgnoreTheStreamsUserOnceAuthIsOff: a call is judged on
+// the auth state now, as a unary call is: with auth turned off after the
+// stream was opened by alice, a put outside her prefix succeeds (found by
+// review: the stream's user was kept and still checked).
+func TestPipelineCallsIgnoreTheStreamsUserOnceAuthIsOff(t *testing.T) {
+	_, conn := serveFake(t, Config{})
+	root, alice, _ := setUpAuth(t, conn)
+	ctx := testCtx(t, 10*time.Second)
+	st, err := kvpb.NewKVClient(conn).Pipeline(asUser(ctx, alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kvpb.NewAuthClient(conn).AuthDisable(asUser(ctx, root), &kvpb.AuthDisableRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&kvpb.PipelineRequest{Calls: []*kvpb.PipelineCall{
+		pipeCall(t, 1, kvpb.KV_Put_FullMethodName, &kvpb.PutRequest{Key: []byte("b/y"), Value: []byte("v")}),
+		{Tag: 2, Method: kvpb.Session_Create_FullMethodName, Request: []byte{0x12, 0x01, 0xff}}, // name "\xff"
+	}})
+	got := recvAnswers(t, st, 2)
+	if s := answerStatus(t, got[1]); s != nil {
+		t.Errorf("pipelined put on b/ with auth off: %v", s.Err())
+	}
+	if s := answerStatus(t, got[2]); s == nil || s.Code() != codes.InvalidArgument {
+		t.Errorf("a session name that is not UTF-8: %v, want INVALID_ARGUMENT (it would break every snapshot)", s)
 	}
 }

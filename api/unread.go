@@ -35,6 +35,7 @@ type connUnread struct {
 	reserved int64         // worst-case sizes of answers being built
 	wake     chan struct{} // closed when pending drops, while someone waits
 	slots    chan struct{} // pipelined calls in flight (pipeline.go)
+	pipes    int           // Pipeline streams open
 }
 
 // reserve waits until an answer of up to n bytes fits in budget, then

@@ -43,19 +43,24 @@ type fake struct {
 
 	// noPipeline: the nodes answer Pipeline UNIMPLEMENTED, as an older kvd.
 	noPipeline  bool
-	pipelined   int // calls received over Pipeline streams
-	pipeStreams int // Pipeline streams opened
+	pipeHold    chan struct{} // while set, Pipeline streams stop reading
+	pipelined   int           // calls received over Pipeline streams
+	pipeStreams int           // Pipeline streams opened
 
 	txns []*kvpb.TxnRequest // every Txn received, in order
 	// onTxn answers the nth Txn (from 1); nil: succeeded, no results.
 	onTxn func(n int, req *kvpb.TxnRequest) (*kvpb.TxnResponse, error)
 }
 
+// fakeServerOpts are added to every fake node's server options.
+var fakeServerOpts []grpc.ServerOption
+
 func newFake(t *testing.T, nodes ...string) *fake {
 	f := &fake{t: t, lis: map[string]*bufconn.Listener{}, sessions: map[uint64]bool{}, dedup: map[[2]uint64]*kvpb.AddResponse{}, nextID: 100}
 	for _, name := range nodes {
 		lis := bufconn.Listen(1 << 20)
-		srv := grpc.NewServer()
+		// fixed windows as kvd's (no BDP growth), small so that a test can fill one
+		srv := grpc.NewServer(append([]grpc.ServerOption{grpc.InitialWindowSize(64 << 10), grpc.InitialConnWindowSize(64 << 10)}, fakeServerOpts...)...)
 		n := &fakeNode{f: f, name: name}
 		kvpb.RegisterKVServer(srv, n)
 		kvpb.RegisterSessionServer(srv, &fakeSessions{fakeNode: n})
@@ -101,6 +106,12 @@ func (n *fakeNode) Pipeline(st kvpb.KV_PipelineServer) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
+		f.mu.Lock()
+		hold := f.pipeHold
+		f.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
 		req, err := st.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {

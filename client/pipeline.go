@@ -31,10 +31,14 @@ import (
 
 const (
 	// maxPipelinedRequest: a request encoded larger goes as a unary call.
-	maxPipelinedRequest = 64 << 10
-	// pipeCallBatchBytes bounds the requests packed into one message
-	// (well under the server's --max-request-bytes, 1.5 MiB by default).
-	pipeCallBatchBytes = 256 << 10
+	maxPipelinedRequest = 16 << 10
+	// pipeCallBatchBytes bounds the requests packed into one message, and
+	// maxCallsPerMessage their number (the server refuses more than 1024).
+	// A member whose --max-request-bytes is below a message anyway ends
+	// the stream with RESOURCE_EXHAUSTED: its connection then gets unary
+	// calls (runPipe).
+	pipeCallBatchBytes = 64 << 10
+	maxCallsPerMessage = 256
 )
 
 // pipeMethodSet holds the methods that may be pipelined: the unary methods
@@ -115,13 +119,13 @@ func (p *pipeConn) invoke(ctx context.Context, method string, args, reply any, _
 	}
 	w := waiterPool.Get().(*pipeWaiter)
 	w.call = kvpb.PipelineCall{Method: method, Request: body}
+	w.deadline, w.cancelled = time.Time{}, false
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
+		if time.Until(dl) <= 0 {
 			waiterPool.Put(w)
 			return grpcstatus.FromContextError(context.DeadlineExceeded).Err()
 		}
-		w.call.TimeoutUs = uint64(max(left/time.Microsecond, 1))
+		w.deadline = dl // timeout_us is what is left when it is sent
 	}
 	if md, ok := metadata.FromOutgoingContext(ctx); ok {
 		if v := md.Get(authorizationKey); len(v) > 0 {
@@ -146,7 +150,7 @@ func (p *pipeConn) invoke(ctx context.Context, method string, args, reply any, _
 		}
 		return err
 	case <-ctx.Done():
-		if w.sent() {
+		if w.cancel() {
 			markSent(opts)
 		}
 		st.forget(w)
@@ -156,11 +160,44 @@ func (p *pipeConn) invoke(ctx context.Context, method string, args, reply any, _
 
 // pipeWaiter is one call in flight: the call, and where its answer goes.
 type pipeWaiter struct {
-	call kvpb.PipelineCall
-	ch   chan pipeAnswer // room for the one answer
+	call     kvpb.PipelineCall
+	deadline time.Time       // the caller's, zero for none
+	ch       chan pipeAnswer // room for the one answer
 
-	mu     sync.Mutex
-	queued bool // handed to the sender, which may have sent it
+	mu        sync.Mutex
+	queued    bool // taken by the sender, which may have sent it
+	cancelled bool // its caller stopped waiting before the sender took it: never sent
+}
+
+// take is the sender's claim on w: false when its caller has stopped
+// waiting or its deadline has passed (it is then never sent, so an attempt
+// that gave up cannot be applied later); otherwise it sets the call's
+// timeout to what is left of the deadline.
+func (w *pipeWaiter) take(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.cancelled && !w.deadline.IsZero() && !now.Before(w.deadline) {
+		w.cancelled = true
+	}
+	if w.cancelled {
+		return false
+	}
+	w.queued = true
+	if !w.deadline.IsZero() {
+		w.call.TimeoutUs = uint64(max(w.deadline.Sub(now)/time.Microsecond, 1))
+	}
+	return true
+}
+
+// cancel marks w given up by its caller and reports whether the sender
+// may already have sent it.
+func (w *pipeWaiter) cancel() (sent bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.queued {
+		w.cancelled = true
+	}
+	return w.queued
 }
 
 func (w *pipeWaiter) sent() bool {
@@ -322,11 +359,19 @@ func (c *Client) runPipe(ctx context.Context, cc *grpc.ClientConn, st *pipeStrea
 		}
 		clear(answered)
 	}
-	switch {
-	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		err = ErrClosed
-	case grpcstatus.Code(err) == codes.Unimplemented:
+	switch grpcstatus.Code(err) {
+	case codes.Unimplemented:
 		// An older member: it ran none of the calls.
+		c.mu.Lock()
+		c.pipeRefused[cc] = true
+		c.mu.Unlock()
+		err = errNoPipeline
+	case codes.ResourceExhausted:
+		// A message over the member's --max-request-bytes: the calls in
+		// it did not run, others on the stream may have. Every call waiting
+		// is sent again as a unary call (under the same session and seq, so
+		// a write is still applied at most once), and so is every later
+		// call to this member.
 		c.mu.Lock()
 		c.pipeRefused[cc] = true
 		c.mu.Unlock()
@@ -369,13 +414,15 @@ func (c *Client) sendPipe(ctx context.Context, st *pipeStream) {
 			for i := 0; i < len(batch); {
 				calls = calls[:0]
 				size := 0
-				for ; i < len(batch) && (len(calls) == 0 || size+len(batch[i].call.Request) <= pipeCallBatchBytes); i++ {
-					w := batch[i]
-					w.mu.Lock()
-					w.queued = true
-					w.mu.Unlock()
-					calls = append(calls, &w.call)
-					size += len(w.call.Request)
+				now := time.Now()
+				for ; i < len(batch) && len(calls) < maxCallsPerMessage && (len(calls) == 0 || size+len(batch[i].call.Request) <= pipeCallBatchBytes); i++ {
+					if w := batch[i]; w.take(now) {
+						calls = append(calls, &w.call)
+						size += len(w.call.Request)
+					}
+				}
+				if len(calls) == 0 {
+					continue
 				}
 				if err := st.cs.Send(&kvpb.PipelineRequest{Calls: calls}); err != nil {
 					// The stream has ended: its receiver fails every call.

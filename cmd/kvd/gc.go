@@ -52,15 +52,27 @@ func setGCPercent(v int, given bool) (int, error) {
 // maxGCPercent caps the target for a nearly empty heap.
 const maxGCPercent = 10_000
 
-// gcPercentFor is the target that lets a heap of live bytes grow by at
-// least headroom, and never by less than percent of it.
-func gcPercentFor(percent int, headroom, live uint64) int {
+// gcPercentFor is the target that lets the heap grow by at least headroom
+// over live bytes, and never by less than percent. Go's heap goal is
+// live + (live + roots) x percent/100, where roots are the goroutine stacks
+// and globals a collection scans; a target computed from the live heap
+// alone overshoots when the roots are large beside it (with 2 MiB live and
+// 3 MiB of stacks, a 64 MiB floor gave a 217 MiB goal).
+func gcPercentFor(percent int, headroom, live, roots uint64) int {
 	if percent < 0 || headroom == 0 {
 		return percent
 	}
-	need := headroom * 100 / max(live, 1)
+	need := headroom * 100 / max(live+roots, 1)
+	// Go's goal is never below 4 MiB x percent/100 either: keep that
+	// minimum within the floor too (with 1 MiB live, 5,300% would set a
+	// minimum heap of 212 MiB).
+	need = min(need, (live+headroom)*100/goHeapMinimum)
 	return max(percent, int(min(need, maxGCPercent)))
 }
+
+// goHeapMinimum is the Go runtime's smallest heap goal at 100%; it scales
+// with the percent.
+const goHeapMinimum = 4 << 20
 
 // gcTuner keeps the heap's headroom at least minHeadroom: after every
 // collection (a finalizer on an object made for it runs once per cycle)
@@ -69,8 +81,9 @@ type gcTuner struct {
 	percent  int
 	headroom uint64
 
-	// live reads the live heap the last collection found (0: none yet).
-	live func() uint64
+	// live reads the live heap the last collection found (0: none yet)
+	// and the roots it scanned (stacks and globals).
+	live func() (heap, roots uint64)
 
 	mu      sync.Mutex
 	current int
@@ -89,14 +102,17 @@ func startGCTuner(percent int, headroom uint64) *gcTuner {
 }
 
 // liveHeap is the live heap the last collection marked (0 before the
-// first).
-func liveHeap() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+// first) and the roots it scanned.
+func liveHeap() (heap, roots uint64) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}
 	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+	v := make([]uint64, len(s))
+	for i := range s {
+		if s[i].Value.Kind() == metrics.KindUint64 {
+			v[i] = s[i].Value.Uint64()
+		}
 	}
-	return s[0].Value.Uint64()
+	return v[0], v[1] + v[2]
 }
 
 // gcSentinel is garbage as soon as it is made; its finalizer runs after
@@ -129,14 +145,14 @@ func (t *gcTuner) tune() bool {
 	if t.stopped {
 		return false
 	}
-	live := t.live()
+	live, roots := t.live()
 	if live == 0 {
 		// Before the first collection nothing has been measured: a target
 		// for "nothing live" would put the first collection off by
 		// gigabytes (Go's first goal is 4 MiB times the percent).
 		return true
 	}
-	p := gcPercentFor(t.percent, t.headroom, live)
+	p := gcPercentFor(t.percent, t.headroom, live, roots)
 	if d := p - t.current; d*20 > t.current || -d*20 > t.current {
 		debug.SetGCPercent(p)
 		t.current = p

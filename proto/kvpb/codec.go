@@ -52,20 +52,38 @@ func Size(m proto.Message) int {
 }
 
 // codec is gRPC's "proto" codec with the generated code for kvd's messages
-// and gRPC's own for every other (health, reflection).
-type codec struct{ fallback encoding.CodecV2 }
+// and gRPC's own for every other (health, reflection). The generated
+// decoder does not check that string fields are UTF-8, as proto3 requires
+// and protobuf-go does: a name that is not would be stored, and then fail
+// every snapshot restore (protobuf-go reads snapshots) and every client
+// built on protobuf-go. So what a server receives from the network is
+// decoded by protobuf-go (validating); answers a client receives from a
+// member, and entries a member wrote itself, use the generated decoder.
+type codec struct {
+	fallback   encoding.CodecV2
+	validating bool // decode with protobuf-go
+}
 
-// Codec returns the codec kvd's servers and clients use: pass it with
-// grpc.ForceServerCodecV2 or grpc.ForceCodecV2.
-func Codec() encoding.CodecV2 { return theCodec }
+// Codec returns the codec kvd's clients use (ForceCodecV2); ServerCodec
+// and CallCodec are the options that set the server's and the client's.
+func Codec() encoding.CodecV2 { return clientCodec }
 
-var theCodec = codec{fallback: encoding.GetCodecV2("proto")}
+var (
+	clientCodec = codec{fallback: encoding.GetCodecV2("proto")}
+	serverCodec = codec{fallback: encoding.GetCodecV2("proto"), validating: true}
+)
 
-// ServerCodec is the server option that sets Codec.
-func ServerCodec() grpc.ServerOption { return grpc.ForceServerCodecV2(theCodec) }
+// ServerCodec is the server option that sets the server's codec: generated
+// encoding, protobuf-go's validating decoding.
+func ServerCodec() grpc.ServerOption { return grpc.ForceServerCodecV2(serverCodec) }
 
-// CallCodec is the call option that sets Codec.
-func CallCodec() grpc.CallOption { return grpc.ForceCodecV2(theCodec) }
+// CallCodec is the call option that sets the client's codec: generated
+// encoding and decoding.
+func CallCodec() grpc.CallOption { return grpc.ForceCodecV2(clientCodec) }
+
+// UnmarshalChecked decodes b into m as a server must decode what it
+// receives: with protobuf-go, which checks strings are UTF-8.
+func UnmarshalChecked(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
 
 func (codec) Name() string { return "proto" }
 
@@ -93,7 +111,7 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(vtMessage)
-	if !ok {
+	if !ok || c.validating {
 		return c.fallback.Unmarshal(data, v)
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -120,5 +121,26 @@ func BenchmarkCodec(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestServerCodecRefusesInvalidUTF8: a request whose string field is not
+// UTF-8 is refused by the server's codec (and by UnmarshalChecked), as
+// protobuf-go refuses it, so it never reaches the log or a snapshot; the
+// client's codec, which decodes what members send, accepts what they send.
+func TestServerCodecRefusesInvalidUTF8(t *testing.T) {
+	// CreateSessionRequest.name (field 2) = "\xff": hand-encoded, since
+	// protobuf-go will not encode it.
+	bad := []byte{0x12, 0x01, 0xff}
+	var m CreateSessionRequest
+	if err := UnmarshalChecked(bad, &m); err == nil {
+		t.Fatal("UnmarshalChecked accepted a name that is not UTF-8")
+	}
+	if err := serverCodec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &m); err == nil {
+		t.Fatal("the server codec accepted a name that is not UTF-8")
+	}
+	good := []byte{0x12, 0x02, 'o', 'k'}
+	if err := serverCodec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(good)}, &m); err != nil || m.GetName() != "ok" {
+		t.Fatalf("the server codec on a valid name: %v, %q", err, m.GetName())
 	}
 }
