@@ -172,14 +172,31 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 	// Room for every call this stream can have in flight, so a finished
 	// call never waits to queue its answer.
 	answers := make(chan *kvpb.PipelineAnswer, limit)
-	var running sync.WaitGroup
+	var (
+		running sync.WaitGroup
+		mu      sync.Mutex
+		ended   bool // no call starts after this
+	)
 	sent := make(chan error, 1) // the sender's end, once every answer is out
 	go func() { sent <- n.sendPipelineAnswers(stream, cu, answers, slots) }()
-	// end lets the running calls finish (their context ends unless the
-	// client closed its side) and the sender send or drop their answers,
-	// and returns err, or the sender's error when err is nil. The handler
-	// does not return while the sender may still use the stream.
+	// start counts a call that is about to run, unless the stream has ended.
+	start := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended {
+			return false
+		}
+		running.Add(1)
+		return true
+	}
+	// end stops new calls, lets the running ones finish (their context ends
+	// unless the client closed its side) and the sender send or drop their
+	// answers, and returns err, or the sender's error when err is nil. The
+	// handler does not return while the sender may still use the stream.
 	end := func(err error) error {
+		mu.Lock()
+		ended = true
+		mu.Unlock()
 		if err != nil {
 			cancel()
 		}
@@ -191,56 +208,49 @@ func (n *Server) servePipeline(stream kvpb.KV_PipelineServer) error {
 		return err
 	}
 
-	// One goroutine reads the stream, so that a server that stops does not
-	// wait for the client's next message; it holds at most one decoded
-	// message the loop below has not taken.
-	msgs := make(chan *kvpb.PipelineRequest)
-	recvErr := make(chan error, 1)
+	// The calls are read and started on a goroutine of their own, so that
+	// a server that stops does not wait for the client's next message.
+	readErr := make(chan error, 1)
 	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case msgs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
+		readErr <- n.readPipeline(ctx, stream, slots, start, func(call *kvpb.PipelineCall) {
+			defer running.Done()
+			answers <- n.pipelineCall(ctx, call)
+		})
 	}()
+	select {
+	case err := <-readErr:
+		if errors.Is(err, io.EOF) {
+			return end(nil)
+		}
+		return end(err)
+	case <-n.ctx.Done():
+		return end(n.toStatus(errStopping))
+	}
+}
 
+// readPipeline reads messages and starts their calls (run, on the worker
+// pool, once start has counted them and a slot is free) until the stream
+// or ctx ends; it returns why (io.EOF when the client closed its side).
+func (n *Server) readPipeline(ctx context.Context, stream kvpb.KV_PipelineServer, slots chan struct{}, start func() bool, run func(*kvpb.PipelineCall)) error {
 	for {
-		var req *kvpb.PipelineRequest
-		select {
-		case req = <-msgs:
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return end(nil)
-			}
-			return end(err)
-		case <-ctx.Done():
-			return end(ctx.Err())
-		case <-n.ctx.Done():
-			return end(n.toStatus(errStopping))
+		req, err := stream.Recv()
+		if err != nil {
+			return err
 		}
 		if k := len(req.GetCalls()); k > maxPipeCallsPerMessage {
-			return end(status.Errorf(codes.InvalidArgument, "calls: %d calls in one message, the limit is %d", k, maxPipeCallsPerMessage))
+			return status.Errorf(codes.InvalidArgument, "calls: %d calls in one message, the limit is %d", k, maxPipeCallsPerMessage)
 		}
 		for _, call := range req.GetCalls() {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
-				return end(ctx.Err())
-			case <-n.ctx.Done():
-				return end(n.toStatus(errStopping))
+				return ctx.Err()
 			}
-			running.Add(1)
-			n.pipeWorkers.run(func() {
-				defer running.Done()
-				answers <- n.pipelineCall(ctx, call)
-			})
+			if !start() {
+				<-slots
+				return ctx.Err()
+			}
+			n.pipeWorkers.run(func() { run(call) })
 		}
 	}
 }

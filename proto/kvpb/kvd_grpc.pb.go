@@ -60,10 +60,13 @@ type KVClient interface {
 	// with, and the stream goes on. A connection holds at most
 	// --max-concurrent-streams pipelined calls in flight (read and not yet
 	// answered): past that the server stops reading its streams until
-	// answers leave, so a client that never reads cannot make the server
-	// hold more than a connection of unary calls would. The stream ends when
-	// the server stops; calls in flight on it are then unanswered (a write is
-	// retried under the same session and seq, as after any lost answer).
+	// answers leave, so a client that never reads can make the server hold
+	// as many calls again as its unary calls, and no more. A connection may
+	// have 4 Pipeline streams open, and a message may hold 1024 calls; a
+	// server decodes every request as a unary request is decoded. The stream
+	// ends when the server stops; calls in flight on it are then unanswered (a
+	// write is retried under the same session and seq, as after any lost
+	// answer).
 	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 }
 
@@ -179,10 +182,13 @@ type KVServer interface {
 	// with, and the stream goes on. A connection holds at most
 	// --max-concurrent-streams pipelined calls in flight (read and not yet
 	// answered): past that the server stops reading its streams until
-	// answers leave, so a client that never reads cannot make the server
-	// hold more than a connection of unary calls would. The stream ends when
-	// the server stops; calls in flight on it are then unanswered (a write is
-	// retried under the same session and seq, as after any lost answer).
+	// answers leave, so a client that never reads can make the server hold
+	// as many calls again as its unary calls, and no more. A connection may
+	// have 4 Pipeline streams open, and a message may hold 1024 calls; a
+	// server decodes every request as a unary request is decoded. The stream
+	// ends when the server stops; calls in flight on it are then unanswered (a
+	// write is retried under the same session and seq, as after any lost
+	// answer).
 	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
