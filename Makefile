@@ -83,10 +83,10 @@ jepsen-long:
 jepsen-self-test:
 	cd $(JEPSEN) && $(GO) run . --self-test
 
-# Micro-benchmarks of the apply, watch hub, api and report paths (no disk). A running
+# Micro-benchmarks of the apply, watch hub, api, client (Pipeline), codec and report paths (no disk). A running
 # cluster is measured with `kvctl bench` (docs/performance.md).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./fsm ./node ./api ./cmd/kvctl
+	$(GO) test -run '^$$' -bench . -benchmem ./fsm ./node ./api ./client ./proto/kvpb ./cmd/kvctl
 
 clean:
 	rm -rf bin
