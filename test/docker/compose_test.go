@@ -637,7 +637,15 @@ func testKillAndRestart(t *testing.T, c *cluster) {
 // figures are logged.
 func testRollingRestart(t *testing.T, c *cluster) {
 	const writers = 4
-	cl := c.newClient(t, c.seeds)
+	// Unary calls (no Pipeline stream): the attempt counter sees one gRPC
+	// pick per unary call, while pipelined calls share one stream's pick.
+	// The other subtests, and jepsen-lite's restarts, use the pipelined
+	// default.
+	cl, err := client.New(client.Config{Endpoints: c.seeds, TLS: c.tls, NoPipeline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
 	var (
 		requests, failures atomic.Int64
 		mu                 sync.Mutex
