@@ -37,7 +37,7 @@ const (
 // ServerOptions are the gRPC server options of a kvd port: fixed flow
 // control windows (see FlowWindow), maxStreams concurrent calls per
 // connection, keepalive pings and an enforcement policy, and the idle
-// timeout; kvd's codec (kvpb.Codec: vtprotobuf's generated code).
+// timeout; kvd's server codec (kvpb.ServerCodec: vtprotobuf's generated encoding).
 func ServerOptions(maxStreams uint32) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		kvpb.ServerCodec(),

@@ -49,9 +49,6 @@ func setGCPercent(v int, given bool) (int, error) {
 	return 100, nil // what the runtime makes of a GOGC it cannot read
 }
 
-// maxGCPercent caps the target for a nearly empty heap.
-const maxGCPercent = 10_000
-
 // gcPercentFor is the target that lets the heap grow by at least headroom
 // over live bytes, and never by less than percent. Go's heap goal is
 // live + (live + roots) x percent/100, where roots are the goroutine stacks
@@ -67,7 +64,7 @@ func gcPercentFor(percent int, headroom, live, roots uint64) int {
 	// minimum within the floor too (with 1 MiB live, 5,300% would set a
 	// minimum heap of 212 MiB).
 	need = min(need, (live+headroom)*100/goHeapMinimum)
-	return max(percent, int(min(need, maxGCPercent)))
+	return max(percent, int(need))
 }
 
 // goHeapMinimum is the Go runtime's smallest heap goal at 100%; it scales

@@ -64,10 +64,6 @@ type codec struct {
 	validating bool // decode with protobuf-go
 }
 
-// Codec returns the codec kvd's clients use (ForceCodecV2); ServerCodec
-// and CallCodec are the options that set the server's and the client's.
-func Codec() encoding.CodecV2 { return clientCodec }
-
 var (
 	clientCodec = codec{fallback: encoding.GetCodecV2("proto")}
 	serverCodec = codec{fallback: encoding.GetCodecV2("proto"), validating: true}

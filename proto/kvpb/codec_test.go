@@ -55,7 +55,7 @@ func TestGeneratedCodeMatchesProto(t *testing.T) {
 // TestCodecRoundTrip: the gRPC codec encodes and decodes kvd's messages,
 // small and pooled, and passes other messages to gRPC's own proto codec.
 func TestCodecRoundTrip(t *testing.T) {
-	c := Codec()
+	c := clientCodec // kvd's client codec; ServerCodec and CallCodec set these
 	msgs := append(codecSamples(), &grpc_health_v1.HealthCheckRequest{Service: "kvd.writes"})
 	for _, m := range msgs {
 		data, err := c.Marshal(m)
