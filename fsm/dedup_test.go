@@ -192,3 +192,34 @@ func TestBodyDigestIsStable(t *testing.T) {
 		t.Fatal("bodyDigest changed the command's header")
 	}
 }
+
+// The ops digested without reflection get the digest reflection gives, with
+// and without a header, and keep their header.
+func TestHeaderOnlyDigestMatches(t *testing.T) {
+	hdr := func() *kvpb.RequestHeader { return &kvpb.RequestHeader{Session: 9, Seq: 4, MinPendingSeq: 2} }
+	cmds := []*kvpb.Command{
+		{Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Header: hdr(), Key: []byte("k"), Value: []byte("v"), TtlMs: 1000}}},
+		{Op: &kvpb.Command_Put{Put: &kvpb.PutRequest{Key: []byte("k")}}},
+		{Op: &kvpb.Command_Delete{Delete: &kvpb.DeleteRequest{Header: hdr(), Key: []byte("k"), Prefix: true}}},
+		{Op: &kvpb.Command_Acquire{Acquire: &kvpb.AcquireRequest{Header: hdr(), Name: []byte("l"), WaitMs: 5}}},
+		{Op: &kvpb.Command_Release{Release: &kvpb.ReleaseRequest{Header: hdr(), Name: []byte("l"), Token: 3}}},
+		{Op: &kvpb.Command_Store{Store: &kvpb.StoreRequest{Header: hdr(), Key: []byte("c"), Value: []byte("x"), TtlMs: 2000}}},
+	}
+	for _, cmd := range cmds {
+		before := proto.Clone(cmd)
+		fast, ok := headerOnlyDigest(cmd)
+		if !ok {
+			t.Fatalf("%v: not digested without reflection", cmd)
+		}
+		if slow := reflectDigest(cmd); fast != slow {
+			t.Errorf("%v: digest %x without reflection, %x with", cmd, fast, slow)
+		}
+		if !proto.Equal(cmd, before) {
+			t.Errorf("digest changed the command: %v, was %v", cmd, before)
+		}
+	}
+	// Any other op takes the reflective path.
+	if _, ok := headerOnlyDigest(&kvpb.Command{Op: &kvpb.Command_Touch{Touch: &kvpb.TouchRequest{Key: []byte("k")}}}); ok {
+		t.Error("Touch is not one of the header-only ops")
+	}
+}

@@ -743,11 +743,7 @@ func (n *Node) openStores(hlog hclog.Logger) (raft.LogStore, raft.StableStore, *
 		return nil, nil, nil, nil, fmt.Errorf("open snapshot store in %s: %w", dir, dataDirErr(dir, err))
 	}
 	snaps = &spaceSnapshots{SnapshotStore: fss, g: g}
-	logs, err := raft.NewLogCache(512, timedLogStore{st.logs, n.metrics.logAppend})
-	if err != nil {
-		closeAll()
-		return nil, nil, nil, nil, fmt.Errorf("log cache: %w", err)
-	}
+	logs := newTailCache(timedLogStore{st.logs, n.metrics.logAppend}, tailCacheEntries, tailCacheBytes)
 	g.check() // refuse writes from the start if there is no room
 	n.stores = st
 	n.dataLock = lock
