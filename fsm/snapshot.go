@@ -226,8 +226,15 @@ func (rw *recordWriter) msg(kind recordKind, m proto.Message) {
 	rw.record(kind, b)
 }
 
-func appendMsg(b []byte, num protowire.Number, m proto.Message) []byte {
-	mb, _ := marshal.Marshal(m) // our own well-formed messages
+// appendMsg appends m as field num of a hand-written record. A message
+// that cannot be encoded (a string that is not UTF-8 that got into the
+// state) fails the whole snapshot, as in msg: a snapshot is never written
+// with a record missing.
+func (rw *recordWriter) appendMsg(b []byte, num protowire.Number, m proto.Message) []byte {
+	mb, err := marshal.Marshal(m)
+	if err != nil && rw.err == nil {
+		rw.err = fmt.Errorf("encode %T: %w", m, err)
+	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendBytes(b, mb)
 }
@@ -291,14 +298,14 @@ func (snap *snapshot) encode(w io.Writer) error {
 		info := se.proto()
 		info.Keys = 0 // derived: rebuilt from the keys' sessions on restore
 		var b []byte
-		b = appendMsg(b, 1, info)
+		b = rw.appendMsg(b, 1, info)
 		b = appendUint(b, 2, se.minPending)
 		rw.record(recSession, b)
 		se.dedup.Ascend(func(d dedupEntry) bool {
 			var b []byte
 			b = appendUint(b, 1, se.id)
 			b = appendUint(b, 2, d.seq)
-			b = appendMsg(b, 3, d.res)
+			b = rw.appendMsg(b, 3, d.res)
 			b = appendUint(b, 4, d.digest)
 			rw.record(recDedup, b)
 			return rw.err == nil
@@ -316,7 +323,7 @@ func (snap *snapshot) encode(w io.Writer) error {
 			delays = append(delays, uint64(w.lockDelayMs))
 		}
 		var b []byte
-		b = appendMsg(b, 1, info)
+		b = rw.appendMsg(b, 1, info)
 		b = appendPacked(b, 2, delays)
 		rw.record(recLock, b)
 		return rw.err == nil
@@ -335,7 +342,7 @@ func (snap *snapshot) encode(w io.Writer) error {
 			untils = append(untils, uint64(w.waitUntil))
 		}
 		var b []byte
-		b = appendMsg(b, 1, e)
+		b = rw.appendMsg(b, 1, e)
 		if c.hasValue {
 			b = appendUint(b, 2, 1)
 		}
@@ -374,7 +381,7 @@ func (snap *snapshot) encodeAuth(rw *recordWriter) {
 	})
 	a.users.Ascend(func(u userItem) bool {
 		var b []byte
-		b = appendMsg(b, 1, u.proto())
+		b = rw.appendMsg(b, 1, u.proto())
 		b = appendBytes(b, 2, u.hash)
 		rw.record(recUser, b)
 		return rw.err == nil
