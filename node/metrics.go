@@ -118,6 +118,11 @@ var (
 	descCacheWaiters = gauge("kvd_cache_fill_waiters", "Sessions waiting for another session's fill of a cache entry (single flight).")
 	descFillLeases   = gauge("kvd_cache_fill_leases", "Fill leases held.")
 
+	descWatchEvents = gauge("kvd_watch_history_events", "Changes this member keeps in its watch history (bounded by --watch-history-events).")
+	descWatchBytes  = gauge("kvd_watch_history_bytes",
+		"Estimated bytes of the changes in this member's watch history (bounded by --watch-history-bytes; old values included).")
+	descWatchers = gauge("kvd_watchers", "Watch streams open on this member.")
+
 	descCacheFills = prometheus.NewDesc("kvd_cache_fills_total",
 		"Values stored into the cache (fills and sets), cluster-wide: replicated, the same on every member.", nil, nil)
 	descCacheStaleStores = prometheus.NewDesc("kvd_cache_fills_rejected_total",
@@ -134,6 +139,7 @@ var scrapeDescs = []*prometheus.Desc{
 	descTerm, descCommit, descApplied, descLastLog, descIsLeader, descHasLeader, descLogTime, descLogTimeOffset,
 	descKeys, descKVBytes, descSessions, descLocksHeld, descLockWaiters,
 	descCacheEntries, descCacheBytes, descCacheMax, descCacheWaiters, descFillLeases,
+	descWatchEvents, descWatchBytes, descWatchers,
 	descCacheFills, descCacheStaleStores, descCacheEvictions, descLeasesGranted, descLeasesExpired,
 }
 
@@ -192,6 +198,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(descCacheMax, float64(st.CacheMaxBytes))
 	g(descCacheWaiters, float64(st.CacheWaiters))
 	g(descFillLeases, float64(st.FillLeases))
+	if h := n.watch; h != nil {
+		_, _, events, bytes := h.HistoryRange()
+		g(descWatchEvents, float64(events))
+		g(descWatchBytes, float64(bytes))
+		g(descWatchers, float64(h.Watchers()))
+	}
 	cnt(descCacheFills, st.CacheStores)
 	cnt(descCacheStaleStores, st.CacheStaleStoresRejected)
 	cnt(descCacheEvictions, st.CacheEvictions)

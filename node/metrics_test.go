@@ -115,6 +115,10 @@ func TestCollector(t *testing.T) {
 		check("kvd_kv_bytes", equal(float64(kvBytes)), fmt.Sprint(kvBytes))
 		check("kvd_sessions", equal(0), "0")
 		check("kvd_locks_held", equal(0), "0")
+		// Each put is one change in every member's watch history.
+		check("kvd_watch_history_events", atLeast(keys), fmt.Sprintf(">= %d", keys))
+		check("kvd_watch_history_bytes", atLeast(float64(kvBytes)), fmt.Sprintf(">= %d", kvBytes))
+		check("kvd_watchers", equal(0), "0")
 		// No whole-cluster outage: log time keeps up with the wall clock.
 		check("kvd_log_time_offset_seconds", func(v float64) bool { return v > -5 && v < 1 }, "within (-5s, 1s)")
 		leaders += value(t, mfs, "kvd_raft_is_leader")
