@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -135,6 +136,23 @@ func startDev(t *testing.T, bin, dataDir string, base int, extra ...string) *dev
 	return d
 }
 
+// wait waits for kvd dev to end, and fails the test (after killing it) if it
+// does not within timeout.
+func (d *devProcess) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		d.cmd.Process.Kill()
+		<-done
+		t.Fatalf("kvd dev still runs %v after the signal", timeout)
+		return nil
+	}
+}
+
 // waitLine reads stderr until a line matches re, and returns its submatches.
 func (d *devProcess) waitLine(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
 	t.Helper()
@@ -259,6 +277,12 @@ func TestDevSupervision(t *testing.T) {
 	base := freeBasePort(t)
 	n2Addr := "127.0.0.1:" + strconv.Itoa(base+100)
 
+	// Under nohup (or any parent that ignores SIGHUP) the ignored signal is
+	// inherited by kvd dev, and SIGHUP would not end it: catching it here
+	// gives the children the default action, as from a terminal.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
+
 	dev := startDev(t, bin, dataDir, base)
 	pids := dev.waitReady(t)
 
@@ -284,7 +308,7 @@ func TestDevSupervision(t *testing.T) {
 		if err := dev.cmd.Process.Signal(sig); err != nil {
 			t.Fatal(err)
 		}
-		err := dev.cmd.Wait()
+		err := dev.wait(t, 20*time.Second)
 		if ws, ok := dev.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != sig {
 			t.Fatalf("kvd dev after %v: %v; want it ended by that signal", sig, err)
 		}
@@ -306,7 +330,7 @@ func TestDevSupervision(t *testing.T) {
 	if err := dev.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	if err := dev.cmd.Wait(); err != nil {
+	if err := dev.wait(t, 20*time.Second); err != nil {
 		t.Fatalf("kvd dev after SIGINT: %v; want exit 0", err)
 	}
 	waitGone(t, pids, 5*time.Second)
@@ -439,7 +463,7 @@ func TestDevTLS(t *testing.T) {
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd.Wait()
+	d.wait(t, 20*time.Second)
 	d2 := startDev(t, bin, dataDir, base, "--tls")
 	d2.waitReady(t)
 	after, err := os.ReadFile(env["KVD_CACERT"])
