@@ -29,23 +29,29 @@ type tailCache struct {
 	store    raft.LogStore
 	maxBytes int
 
-	mu     sync.RWMutex
-	ring   []*raft.Log // entry i at ring[i % len(ring)], for lo <= i <= hi
-	lo, hi uint64      // lo > hi: empty
-	bytes  int
+	mu sync.RWMutex
+	// ring holds copies of the entries' structs (not the pointers raft
+	// hands in: on the leader those point into raft's futures, whose
+	// results would stay alive with them); entry i is ring[i % len(ring)]
+	// for lo <= i <= hi. The data is shared with raft.
+	ring   []raft.Log
+	lo, hi uint64 // lo > hi: empty
+	bytes  int    // entryBytes of the entries in [lo, hi]
 }
 
 func newTailCache(store raft.LogStore, entries, maxBytes int) *tailCache {
-	return &tailCache{store: store, maxBytes: maxBytes, ring: make([]*raft.Log, entries), lo: 1}
+	return &tailCache{store: store, maxBytes: maxBytes, ring: make([]raft.Log, entries), lo: 1}
 }
 
 // entryBytes is what an entry holds in memory, roughly.
 func entryBytes(l *raft.Log) int { return 64 + len(l.Data) + len(l.Extensions) }
 
+func (c *tailCache) slot(i uint64) *raft.Log { return &c.ring[i%uint64(len(c.ring))] }
+
 func (c *tailCache) GetLog(idx uint64, log *raft.Log) error {
 	c.mu.RLock()
 	if c.lo <= idx && idx <= c.hi {
-		*log = *c.ring[idx%uint64(len(c.ring))]
+		*log = *c.slot(idx)
 		c.mu.RUnlock()
 		return nil
 	}
@@ -69,10 +75,14 @@ func (c *tailCache) StoreLogs(logs []*raft.Log) error {
 			c.clearLocked()
 			c.lo = l.Index
 		}
-		c.ring[l.Index%uint64(len(c.ring))] = l
+		// Make room first: the slot l takes may be the oldest entry's.
+		for l.Index-c.lo+1 > uint64(len(c.ring)) {
+			c.dropLowLocked()
+		}
+		*c.slot(l.Index) = *l
 		c.hi = l.Index
 		c.bytes += entryBytes(l)
-		for c.hi-c.lo+1 > uint64(len(c.ring)) || (c.bytes > c.maxBytes && c.lo < c.hi) {
+		for c.bytes > c.maxBytes && c.lo < c.hi {
 			c.dropLowLocked()
 		}
 	}
@@ -81,12 +91,18 @@ func (c *tailCache) StoreLogs(logs []*raft.Log) error {
 
 // dropLowLocked forgets the oldest cached entry.
 func (c *tailCache) dropLowLocked() {
-	slot := &c.ring[c.lo%uint64(len(c.ring))]
-	if *slot != nil && (*slot).Index == c.lo {
-		c.bytes -= entryBytes(*slot)
-		*slot = nil
-	}
+	s := c.slot(c.lo)
+	c.bytes -= entryBytes(s)
+	*s = raft.Log{}
 	c.lo++
+}
+
+// dropHighLocked forgets the newest cached entry.
+func (c *tailCache) dropHighLocked() {
+	s := c.slot(c.hi)
+	c.bytes -= entryBytes(s)
+	*s = raft.Log{}
+	c.hi--
 }
 
 func (c *tailCache) clearLocked() {
@@ -94,24 +110,40 @@ func (c *tailCache) clearLocked() {
 	c.lo, c.hi, c.bytes = 1, 0, 0
 }
 
-// DeleteRange drops the cached entries in [min, max] from the cache as well:
-// a suffix (a conflicting tail a new leader overwrites) or a prefix
-// (compaction after a snapshot, normally older than anything cached).
+// DeleteRange forgets the cached entries in [min, max], then deletes them
+// from the store without holding the cache's lock (a store that waits for
+// disk room must not hold up reads of cached entries, nor raft's deletion of
+// old entries that frees the room). Raft deletes either a suffix (a
+// conflicting tail a new leader overwrites; on its main goroutine, as every
+// append) or a prefix (compaction after a snapshot, at or below the
+// snapshot's index, which is below anything being appended), so no entry
+// is cached again before the store has deleted it.
 func (c *tailCache) DeleteRange(min, max uint64) error {
 	c.mu.Lock()
 	if c.lo <= c.hi && min <= c.hi && max >= c.lo {
-		c.clearLocked()
+		if min <= c.lo {
+			for c.lo <= c.hi && c.lo <= max {
+				c.dropLowLocked()
+			}
+		} else {
+			for c.hi >= min {
+				c.dropHighLocked()
+			}
+		}
+		if c.lo > c.hi {
+			c.clearLocked()
+		}
 	}
-	err := c.store.DeleteRange(min, max)
 	c.mu.Unlock()
-	return err
+	return c.store.DeleteRange(min, max)
 }
 
 func (c *tailCache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
 func (c *tailCache) LastIndex() (uint64, error)  { return c.store.LastIndex() }
 
 // IsMonotonic passes on the store's answer (raft-wal's is true: raft then
-// never deletes a suffix without first installing a snapshot).
+// removes the whole log when it installs a snapshot, rather than keeping a
+// suffix past the snapshot).
 func (c *tailCache) IsMonotonic() bool {
 	m, ok := c.store.(raft.MonotonicLogStore)
 	return ok && m.IsMonotonic()

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -107,9 +108,134 @@ func TestTailCacheForgetsADeletedSuffix(t *testing.T) {
 	if l, miss := get(t, c, s, 7); miss || l.Term != 2 {
 		t.Fatalf("entry 7 after the overwrite: store asked %v, term %d (want cached, term 2)", miss, l.Term)
 	}
-	// Entries before the new run come from the store.
-	if l, miss := get(t, c, s, 3); !miss || l.Term != 1 {
-		t.Fatalf("entry 3: store asked %v, term %d", miss, l.Term)
+	// The entries before the deleted suffix stay cached.
+	if l, miss := get(t, c, s, 3); miss || l.Term != 1 {
+		t.Fatalf("entry 3: store asked %v, term %d (want cached, term 1)", miss, l.Term)
+	}
+	checkBytes(t, c)
+}
+
+// checkBytes holds the cache's byte count to the entries it caches.
+func checkBytes(t *testing.T, c *tailCache) {
+	t.Helper()
+	want := 0
+	for i := c.lo; i <= c.hi && c.lo <= c.hi; i++ {
+		l := c.slot(i)
+		if l.Index != i {
+			t.Fatalf("slot of entry %d holds entry %d", i, l.Index)
+		}
+		want += entryBytes(l)
+	}
+	if c.bytes != want {
+		t.Fatalf("cache counts %d bytes, its entries [%d, %d] hold %d", c.bytes, c.lo, c.hi, want)
+	}
+}
+
+// Once the ring is full every store replaces the oldest entry: its bytes
+// must leave the count (they once stayed, and the count crept up to the
+// bound until the cache held almost nothing).
+func TestTailCacheCountsBytesAcrossWraps(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newTailCache(s, 16, 1<<20)
+	for i := uint64(1); i <= 1000; i += 5 {
+		if err := c.StoreLogs(entries(i, i+4, 40, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBytes(t, c)
+	if c.lo != 985 || c.hi != 1000 {
+		t.Fatalf("cache holds [%d, %d], want [985, 1000]", c.lo, c.hi)
+	}
+	// Larger entries now: the cache still holds as many as fit.
+	if err := c.StoreLogs(entries(1001, 1036, 4000, 1)); err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, c)
+	if n := c.hi - c.lo + 1; n != 16 {
+		t.Fatalf("cache holds %d entries of 4000 bytes under a 1 MiB bound, want 16", n)
+	}
+}
+
+// The cache keeps its own copy of an entry's struct: on the leader raft
+// hands in a pointer into its future, which holds the command's result.
+func TestTailCacheCopiesTheEntry(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newTailCache(s, 8, 1<<20)
+	ls := entries(1, 1, 10, 1)
+	if err := c.StoreLogs(ls); err != nil {
+		t.Fatal(err)
+	}
+	ls[0].Term = 99
+	if l, miss := get(t, c, s, 1); miss || l.Term != 1 {
+		t.Fatalf("entry 1: store asked %v, term %d (want cached, term 1)", miss, l.Term)
+	}
+}
+
+// Compaction deletes a prefix: what follows it stays cached.
+func TestTailCacheKeepsWhatFollowsACompactedPrefix(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newTailCache(s, 64, 1<<20)
+	if err := c.StoreLogs(entries(1, 20, 10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteRange(1, 12); err != nil {
+		t.Fatal(err)
+	}
+	if c.lo != 13 || c.hi != 20 {
+		t.Fatalf("cache holds [%d, %d] after compacting 1-12, want [13, 20]", c.lo, c.hi)
+	}
+	checkBytes(t, c)
+	if _, miss := get(t, c, s, 15); miss {
+		t.Fatal("entry 15 is past the compacted prefix and should be cached")
+	}
+	var l raft.Log
+	if err := c.GetLog(5, &l); err == nil {
+		t.Fatal("entry 5 was compacted away but GetLog found it")
+	}
+}
+
+// slowStore blocks DeleteRange until released.
+type slowStore struct {
+	*countingStore
+	deleting chan struct{}
+	release  chan struct{}
+}
+
+func (s *slowStore) DeleteRange(min, max uint64) error {
+	close(s.deleting)
+	<-s.release
+	return s.countingStore.DeleteRange(min, max)
+}
+
+// A store's DeleteRange may wait (for disk room): reads of cached entries
+// must not wait with it.
+func TestTailCacheReadsDuringAStoreDelete(t *testing.T) {
+	s := &slowStore{countingStore: &countingStore{InmemStore: raft.NewInmemStore()},
+		deleting: make(chan struct{}), release: make(chan struct{})}
+	c := newTailCache(s, 64, 1<<20)
+	if err := c.StoreLogs(entries(1, 20, 10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.DeleteRange(1, 5) }()
+	<-s.deleting
+	got := make(chan raft.Log, 1)
+	go func() {
+		var l raft.Log
+		c.GetLog(10, &l)
+		got <- l
+	}()
+	select {
+	case l := <-got:
+		if l.Index != 10 {
+			t.Fatalf("GetLog(10) returned entry %d", l.Index)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("GetLog of a cached entry waited for the store's DeleteRange")
+	}
+	close(s.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 
