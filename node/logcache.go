@@ -130,9 +130,6 @@ func (c *tailCache) DeleteRange(min, max uint64) error {
 				c.dropHighLocked()
 			}
 		}
-		if c.lo > c.hi {
-			c.clearLocked()
-		}
 	}
 	c.mu.Unlock()
 	return c.store.DeleteRange(min, max)

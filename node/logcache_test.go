@@ -27,6 +27,20 @@ func entries(from, to uint64, size int, term uint64) []*raft.Log {
 	return ls
 }
 
+// newTestCache is a cache of the given bounds over an empty store.
+func newTestCache(entries, maxBytes int) (*tailCache, *countingStore) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	return newTailCache(s, entries, maxBytes), s
+}
+
+// store stores logs through the cache.
+func store(t *testing.T, c *tailCache, logs []*raft.Log) {
+	t.Helper()
+	if err := c.StoreLogs(logs); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // get reads idx through the cache and says whether the store was asked.
 func get(t *testing.T, c *tailCache, s *countingStore, idx uint64) (raft.Log, bool) {
 	t.Helper()
@@ -42,12 +56,9 @@ func get(t *testing.T, c *tailCache, s *countingStore, idx uint64) (raft.Log, bo
 }
 
 func TestTailCacheServesTheNewestEntries(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 8, 1<<20)
+	c, s := newTestCache(8, 1<<20)
 	for i := uint64(1); i <= 21; i += 4 {
-		if err := c.StoreLogs(entries(i, i+3, 10, 1)); err != nil {
-			t.Fatal(err)
-		}
+		store(t, c, entries(i, i+3, 10, 1))
 	}
 	// 1..24 stored; the newest 8 (17..24) are cached.
 	for i := uint64(17); i <= 24; i++ {
@@ -61,12 +72,9 @@ func TestTailCacheServesTheNewestEntries(t *testing.T) {
 }
 
 func TestTailCacheIsBoundedInBytes(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
 	// Each entry counts 64 + 1000 bytes: 3 fit in 3300 bytes.
-	c := newTailCache(s, 1024, 3300)
-	if err := c.StoreLogs(entries(1, 10, 1000, 1)); err != nil {
-		t.Fatal(err)
-	}
+	c, s := newTestCache(1024, 3300)
+	store(t, c, entries(1, 10, 1000, 1))
 	if c.bytes > 3300 {
 		t.Fatalf("cache holds %d bytes, bound 3300", c.bytes)
 	}
@@ -79,9 +87,7 @@ func TestTailCacheIsBoundedInBytes(t *testing.T) {
 		t.Fatal("entry 7 is over the byte bound but was served from the cache")
 	}
 	// One entry larger than the whole bound is still cached alone.
-	if err := c.StoreLogs(entries(11, 11, 5000, 1)); err != nil {
-		t.Fatal(err)
-	}
+	store(t, c, entries(11, 11, 5000, 1))
 	if c.lo != 11 || c.hi != 11 {
 		t.Fatalf("cache holds [%d, %d], want [11, 11]", c.lo, c.hi)
 	}
@@ -90,11 +96,8 @@ func TestTailCacheIsBoundedInBytes(t *testing.T) {
 // A new leader overwrites a conflicting tail: the cache must never return
 // the entries the store dropped.
 func TestTailCacheForgetsADeletedSuffix(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 64, 1<<20)
-	if err := c.StoreLogs(entries(1, 10, 10, 1)); err != nil {
-		t.Fatal(err)
-	}
+	c, s := newTestCache(64, 1<<20)
+	store(t, c, entries(1, 10, 10, 1))
 	if err := c.DeleteRange(6, 10); err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +105,7 @@ func TestTailCacheForgetsADeletedSuffix(t *testing.T) {
 	if err := c.GetLog(7, &l); err == nil {
 		t.Fatalf("entry 7 was deleted but GetLog returned term %d", l.Term)
 	}
-	if err := c.StoreLogs(entries(6, 8, 10, 2)); err != nil {
-		t.Fatal(err)
-	}
+	store(t, c, entries(6, 8, 10, 2))
 	if l, miss := get(t, c, s, 7); miss || l.Term != 2 {
 		t.Fatalf("entry 7 after the overwrite: store asked %v, term %d (want cached, term 2)", miss, l.Term)
 	}
@@ -135,21 +136,16 @@ func checkBytes(t *testing.T, c *tailCache) {
 // must leave the count (they once stayed, and the count crept up to the
 // bound until the cache held almost nothing).
 func TestTailCacheCountsBytesAcrossWraps(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 16, 1<<20)
+	c, _ := newTestCache(16, 1<<20)
 	for i := uint64(1); i <= 1000; i += 5 {
-		if err := c.StoreLogs(entries(i, i+4, 40, 1)); err != nil {
-			t.Fatal(err)
-		}
+		store(t, c, entries(i, i+4, 40, 1))
 	}
 	checkBytes(t, c)
 	if c.lo != 985 || c.hi != 1000 {
 		t.Fatalf("cache holds [%d, %d], want [985, 1000]", c.lo, c.hi)
 	}
 	// Larger entries now: the cache still holds as many as fit.
-	if err := c.StoreLogs(entries(1001, 1036, 4000, 1)); err != nil {
-		t.Fatal(err)
-	}
+	store(t, c, entries(1001, 1036, 4000, 1))
 	checkBytes(t, c)
 	if n := c.hi - c.lo + 1; n != 16 {
 		t.Fatalf("cache holds %d entries of 4000 bytes under a 1 MiB bound, want 16", n)
@@ -159,12 +155,9 @@ func TestTailCacheCountsBytesAcrossWraps(t *testing.T) {
 // The cache keeps its own copy of an entry's struct: on the leader raft
 // hands in a pointer into its future, which holds the command's result.
 func TestTailCacheCopiesTheEntry(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 8, 1<<20)
+	c, s := newTestCache(8, 1<<20)
 	ls := entries(1, 1, 10, 1)
-	if err := c.StoreLogs(ls); err != nil {
-		t.Fatal(err)
-	}
+	store(t, c, ls)
 	ls[0].Term = 99
 	if l, miss := get(t, c, s, 1); miss || l.Term != 1 {
 		t.Fatalf("entry 1: store asked %v, term %d (want cached, term 1)", miss, l.Term)
@@ -173,11 +166,8 @@ func TestTailCacheCopiesTheEntry(t *testing.T) {
 
 // Compaction deletes a prefix: what follows it stays cached.
 func TestTailCacheKeepsWhatFollowsACompactedPrefix(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 64, 1<<20)
-	if err := c.StoreLogs(entries(1, 20, 10, 1)); err != nil {
-		t.Fatal(err)
-	}
+	c, s := newTestCache(64, 1<<20)
+	store(t, c, entries(1, 20, 10, 1))
 	if err := c.DeleteRange(1, 12); err != nil {
 		t.Fatal(err)
 	}
@@ -213,9 +203,7 @@ func TestTailCacheReadsDuringAStoreDelete(t *testing.T) {
 	s := &slowStore{countingStore: &countingStore{InmemStore: raft.NewInmemStore()},
 		deleting: make(chan struct{}), release: make(chan struct{})}
 	c := newTailCache(s, 64, 1<<20)
-	if err := c.StoreLogs(entries(1, 20, 10, 1)); err != nil {
-		t.Fatal(err)
-	}
+	store(t, c, entries(1, 20, 10, 1))
 	done := make(chan error, 1)
 	go func() { done <- c.DeleteRange(1, 5) }()
 	<-s.deleting
@@ -242,14 +230,9 @@ func TestTailCacheReadsDuringAStoreDelete(t *testing.T) {
 // After a snapshot is installed the next entries do not follow the cached
 // run: the run starts again.
 func TestTailCacheStartsAgainAfterAGap(t *testing.T) {
-	s := &countingStore{InmemStore: raft.NewInmemStore()}
-	c := newTailCache(s, 64, 1<<20)
-	if err := c.StoreLogs(entries(1, 5, 10, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StoreLogs(entries(100, 102, 10, 3)); err != nil {
-		t.Fatal(err)
-	}
+	c, s := newTestCache(64, 1<<20)
+	store(t, c, entries(1, 5, 10, 1))
+	store(t, c, entries(100, 102, 10, 3))
 	if c.lo != 100 || c.hi != 102 || c.bytes != 3*(64+10) {
 		t.Fatalf("cache [%d, %d] %d bytes, want [100, 102] %d", c.lo, c.hi, c.bytes, 3*(64+10))
 	}

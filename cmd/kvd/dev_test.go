@@ -124,13 +124,7 @@ func startDev(t *testing.T, bin, dataDir string, base int, extra ...string) *dev
 		// A test that failed half way: stop dev and its nodes.
 		if d.cmd.ProcessState == nil {
 			d.cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { d.cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				d.cmd.Process.Kill()
-			}
+			d.waitUpTo(20 * time.Second)
 		}
 	})
 	return d
@@ -140,16 +134,25 @@ func startDev(t *testing.T, bin, dataDir string, base int, extra ...string) *dev
 // does not within timeout.
 func (d *devProcess) wait(t *testing.T, timeout time.Duration) error {
 	t.Helper()
+	ended, err := d.waitUpTo(timeout)
+	if !ended {
+		t.Fatalf("kvd dev still runs %v after the signal", timeout)
+	}
+	return err
+}
+
+// waitUpTo waits for kvd dev to end, and kills it if it does not within
+// timeout (ended false).
+func (d *devProcess) waitUpTo(timeout time.Duration) (ended bool, err error) {
 	done := make(chan error, 1)
 	go func() { done <- d.cmd.Wait() }()
 	select {
 	case err := <-done:
-		return err
+		return true, err
 	case <-time.After(timeout):
 		d.cmd.Process.Kill()
 		<-done
-		t.Fatalf("kvd dev still runs %v after the signal", timeout)
-		return nil
+		return false, nil
 	}
 }
 
